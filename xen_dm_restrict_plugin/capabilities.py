@@ -1,0 +1,184 @@
+"""What the host's device model can do, found by probing it.
+
+QEMU spells the restriction differently by version (``-runas`` is gone in
+10, ``-chroot`` in 9, ``-run-with`` arrived in 8.1/9.1) and some builds
+lack seccomp, while ``-help`` lists options that do not work.  The only
+reliable test is to ask QEMU to parse the option: ``QEMU -no-user-config
+OPTION... -version`` exits 0 only when every option was accepted, needs
+no Xen and has no side effect.  Probes run in parallel and are cached per
+binary identity (path, inode, size, mtime), so a boot pays for them once
+per QEMU upgrade.  When QEMU cannot restrict, boots are refused: Xen
+would leave the restriction silently ineffective.
+"""
+
+import concurrent.futures
+import dataclasses
+import logging
+import os
+import subprocess
+import threading
+import typing
+
+from xen_dm_restrict_plugin import conf as conf_mod
+from xen_dm_restrict_plugin import exception
+from xen_dm_restrict_plugin import restrict
+
+LOG = logging.getLogger(__name__)
+
+PROBE_TIMEOUT = 10.0
+
+#: Probe name -> arguments QEMU must accept.
+PROBES = {
+    'xen-domid-restrict': ['-xen-domid-restrict'],
+    'runas': ['-runas', '1:1'],
+    'chroot': ['-chroot', '/'],
+    'run-with-user': ['-run-with', 'user=1:1'],
+    'run-with-chroot': ['-run-with', 'chroot=/'],
+    'sandbox': ['-sandbox', restrict.SANDBOX_POLICY],
+    # An option no QEMU has: a binary accepting it is not a QEMU at all
+    # (``/bin/true`` accepts everything).
+    'nonsense': ['-xen-dm-restrict-no-such-option'],
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """The outcome of probing one binary: probe name -> supported."""
+
+    binary: str
+    supported: typing.Mapping[str, bool]
+
+    def has(self, name: str) -> bool:
+        return bool(self.supported.get(name))
+
+
+_cache: typing.Dict[tuple, Capabilities] = {}
+_cache_lock = threading.Lock()
+
+
+def _identity(binary: str) -> tuple:
+    try:
+        st = os.stat(binary)
+    except OSError as err:
+        raise exception.CapabilityMissing(
+            'device model %s' % binary,
+            'it cannot be probed: %s' % (err.strerror or err),
+            'install qemu-xen (e.g. Debian package qemu-system-xen) or set '
+            '[dm_restrict] qemu_binary to its path') from None
+    return (os.path.realpath(binary), st.st_ino, st.st_size,
+            st.st_mtime_ns)
+
+
+def _run_probe(binary: str, args: typing.Sequence[str]) -> bool:
+    try:
+        proc = subprocess.run(
+            [binary, '-no-user-config'] + list(args) + ['-version'],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, timeout=PROBE_TIMEOUT,
+            close_fds=True)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        LOG.warning('probe of %s %s failed: %s', binary, ' '.join(args), err)
+        return False
+    return proc.returncode == 0
+
+
+def probe(binary: str) -> Capabilities:
+    """Probe ``binary`` (cached by identity), all probes in parallel.
+
+    :raises CapabilityMissing: the binary cannot be stat'ed.
+    """
+    key = _identity(binary)
+    with _cache_lock:
+        cached = _cache.get(key)
+    if cached is not None:
+        return cached
+    with concurrent.futures.ThreadPoolExecutor(len(PROBES)) as pool:
+        futures = {name: pool.submit(_run_probe, binary, args)
+                   for name, args in PROBES.items()}
+        supported = {name: fut.result() for name, fut in futures.items()}
+    caps = Capabilities(binary, supported)
+    LOG.info('probed device model %s: %s', binary, ', '.join(
+        '%s=%s' % (k, 'yes' if v else 'no')
+        for k, v in sorted(supported.items())))
+    with _cache_lock:
+        _cache[key] = caps
+    return caps
+
+
+def clear_cache() -> None:
+    with _cache_lock:
+        _cache.clear()
+
+
+def _missing(binary: str, what: str, remedy: str):
+    return exception.CapabilityMissing(
+        'device model %s' % binary, 'it does not support %s' % what, remedy)
+
+
+def syntax_from_capabilities(caps: Capabilities,
+                             sandbox_policy: str
+                             ) -> restrict.DeviceModelSyntax:
+    """Choose the argument syntax, or refuse when QEMU cannot restrict.
+
+    :raises CapabilityMissing: naming the binary and the missing option.
+    """
+    upgrade = ('use qemu-xen 3.0 or later built with Xen support, on '
+               'Linux 4.11 or later')
+    if caps.has('nonsense'):
+        raise exception.CapabilityMissing(
+            'device model %s' % caps.binary,
+            'it accepts an option no QEMU has, so it is not a QEMU and '
+            'cannot be probed', 'point <emulator> or [dm_restrict] '
+            'qemu_binary at the real qemu-xen binary')
+    if not caps.has('xen-domid-restrict'):
+        raise _missing(caps.binary, '-xen-domid-restrict', upgrade)
+    if caps.has('run-with-user'):
+        user_form = restrict.FORM_RUN_WITH
+    elif caps.has('runas'):
+        user_form = restrict.FORM_LEGACY
+    else:
+        raise _missing(caps.binary, '-runas or -run-with user=', upgrade)
+    if caps.has('run-with-chroot'):
+        chroot_form = restrict.FORM_RUN_WITH
+    elif caps.has('chroot'):
+        chroot_form = restrict.FORM_LEGACY
+    else:
+        raise _missing(caps.binary, '-chroot or -run-with chroot=', upgrade)
+    sandbox = False
+    if sandbox_policy != conf_mod.SANDBOX_OFF:
+        sandbox = caps.has('sandbox')
+        if not sandbox and sandbox_policy == conf_mod.SANDBOX_REQUIRED:
+            raise _missing(
+                caps.binary, '-sandbox (seccomp)',
+                'use a QEMU built with seccomp, or set [dm_restrict] '
+                'sandbox = when-supported')
+        if not sandbox:
+            LOG.warning('device model %s has no seccomp support; running '
+                        'it without -sandbox', caps.binary)
+    return restrict.DeviceModelSyntax(user_form, chroot_form, sandbox)
+
+
+def device_model_binary(settings: conf_mod.Settings,
+                        emulator: typing.Optional[str]) -> str:
+    """The QEMU that will really run for a domain with this emulator."""
+    if settings.launcher or not emulator:
+        return settings.qemu_binary
+    return emulator
+
+
+def syntax_for(settings: conf_mod.Settings,
+               emulator: typing.Optional[str]
+               ) -> restrict.DeviceModelSyntax:
+    """The syntax for a domain, from configuration or by probing.
+
+    :raises CapabilityMissing: the device model cannot restrict.
+    """
+    sandbox = settings.sandbox != conf_mod.SANDBOX_OFF
+    if settings.syntax == conf_mod.SYNTAX_RUNAS:
+        return restrict.DeviceModelSyntax(
+            restrict.FORM_LEGACY, restrict.FORM_LEGACY, sandbox)
+    if settings.syntax == conf_mod.SYNTAX_RUN_WITH:
+        return restrict.DeviceModelSyntax(
+            restrict.FORM_RUN_WITH, restrict.FORM_RUN_WITH, sandbox)
+    caps = probe(device_model_binary(settings, emulator))
+    return syntax_from_capabilities(caps, settings.sandbox)

@@ -1,0 +1,1 @@
+"""Console scripts of xen_dm_restrict_plugin."""

@@ -1,0 +1,325 @@
+"""``xen-dm-restrict``: the operator's command line.
+
+Each subcommand is a thin shell over the library, so an operator can do by
+hand what the orchestrator does on every boot: see the restricted XML a
+domain would get, check a domain without taking a lease, look at and
+release leases, and boot a tenant VM through the enabled hooks.
+
+Exit codes: 0 done, 2 refused (bad input, an unsupported feature or bad
+configuration), 1 any other failure.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+import textwrap
+import typing
+import uuid as uuid_mod
+
+from oslo_config import cfg
+
+from xen_dm_restrict_plugin import capabilities
+from xen_dm_restrict_plugin import conf as conf_mod
+from xen_dm_restrict_plugin import domain as domain_mod
+from xen_dm_restrict_plugin import exception
+from xen_dm_restrict_plugin import extension
+from xen_dm_restrict_plugin import hooks
+from xen_dm_restrict_plugin import leases
+from xen_dm_restrict_plugin import loader
+from xen_dm_restrict_plugin import policy
+from xen_dm_restrict_plugin import restrict
+
+LOG = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_REFUSED = 2
+
+DEFAULT_CONFIG = '/etc/xen-dm-restrict/xen-dm-restrict.conf'
+
+
+class CommandError(exception.Refused):
+    """A command line that cannot be carried out as given."""
+
+
+def _load_conf(args) -> cfg.ConfigOpts:
+    files = args.config_file or (
+        [DEFAULT_CONFIG] if os.path.exists(DEFAULT_CONFIG) else [])
+    for path in files:
+        if not os.path.isfile(path):
+            raise CommandError('--config-file %s' % path, 'no such file',
+                               'give the path of an existing file')
+    conf = cfg.ConfigOpts()
+    conf_mod.register_opts(conf)
+    loader.register_opts(conf)
+    try:
+        conf([], project='xen-dm-restrict', default_config_files=files)
+    except (cfg.Error, ValueError) as err:
+        raise exception.ConfigError(
+            'configuration', str(err), 'fix the configuration file') from None
+    return conf
+
+
+def _settings(conf: cfg.ConfigOpts) -> conf_mod.Settings:
+    try:
+        return conf_mod.load(conf)
+    except (cfg.Error, ValueError) as err:
+        raise exception.ConfigError(
+            'configuration', str(err), 'fix the configuration file') from None
+
+
+def _read_xml(path: str) -> bytes:
+    try:
+        if path == '-':
+            return sys.stdin.buffer.read()
+        with open(path, 'rb') as handle:
+            return handle.read()
+    except OSError as err:
+        raise CommandError('domain XML file %s' % path,
+                           err.strerror or str(err),
+                           'give a readable file, or - for stdin') from None
+
+
+def _instance(args, data: bytes, max_bytes: int) -> hooks.Instance:
+    uuid = args.instance_uuid
+    if uuid is None:
+        uuid = domain_mod.parse(data, max_bytes).uuid
+    if uuid is None:
+        raise CommandError('--instance-uuid', 'the domain XML has no <uuid> '
+                           'and none was given',
+                           'pass --instance-uuid UUID')
+    return hooks.Instance(uuid=uuid, tenant=args.tenant)
+
+
+def _write_output(path: typing.Optional[str], text: str) -> None:
+    if not path or path == '-':
+        sys.stdout.write(text + '\n')
+        return
+    tmp = path + '.tmp'
+    with open(tmp, 'w', encoding='utf-8') as handle:
+        handle.write(text + '\n')
+    os.replace(tmp, path)
+
+
+def cmd_render(args) -> int:
+    conf = _load_conf(args)
+    hook = extension.DmRestrictHook(conf, _settings(conf))
+    data = _read_xml(args.xml)
+    instance = _instance(args, data, hook.settings.max_xml_bytes)
+    try:
+        out = hook.prepare(data.decode('utf-8', 'replace'), instance)
+    finally:
+        hook.close()
+    _write_output(args.output, out)
+    return EXIT_OK
+
+
+def cmd_validate(args) -> int:
+    settings = _settings(_load_conf(args))
+    data = _read_xml(args.xml)
+    dom = domain_mod.parse(data, settings.max_xml_bytes)
+    kind = dom.kind
+    if dom.hypervisor == 'xen' and not kind.has_dom0_device_model:
+        print('%s: %s guest, no dom0 device model: nothing to restrict'
+              % (args.xml, kind.value))
+        return EXIT_OK
+    record = restrict.read_record(dom)
+    policy.check_domain(dom, restrict.foreign_args(dom, record))
+    if args.tenant is not None:
+        settings.range_for(args.tenant)
+    syntax = capabilities.syntax_for(settings, dom.emulator)
+    print('%s: %s guest, can be restricted (user %s, chroot %s, sandbox '
+          '%s)' % (args.xml, kind.value, syntax.user_form,
+                   syntax.chroot_form, 'on' if syntax.sandbox else 'off'))
+    return EXIT_OK
+
+
+def _lease_dict(lease: leases.Lease) -> dict:
+    return {'uuid': lease.uuid, 'tenant': lease.tenant, 'uid': lease.uid,
+            'created_at': lease.created_at}
+
+
+def cmd_leases_list(args) -> int:
+    settings = _settings(_load_conf(args))
+    with leases.LeaseStore(settings.lease_db,
+                           settings.lease_db_timeout) as store:
+        found = store.list(tenant=args.tenant)
+    if args.format == 'json':
+        print(json.dumps([_lease_dict(le) for le in found], indent=2))
+        return EXIT_OK
+    print('%-36s  %-20s  %10s' % ('UUID', 'TENANT', 'UID'))
+    for lease in found:
+        print('%-36s  %-20s  %10d' % (lease.uuid, lease.tenant, lease.uid))
+    return EXIT_OK
+
+
+def cmd_leases_release(args) -> int:
+    settings = _settings(_load_conf(args))
+    instance_uuid = hooks.Instance(args.uuid, 'unknown').uuid
+    with leases.LeaseStore(settings.lease_db,
+                           settings.lease_db_timeout) as store:
+        lease = store.release(instance_uuid)
+    if lease is None:
+        raise CommandError('lease of %s' % instance_uuid, 'there is none',
+                           'list leases with "xen-dm-restrict leases list"')
+    print('released uid %d of %s (tenant %s)'
+          % (lease.uid, lease.uuid, lease.tenant))
+    return EXIT_OK
+
+
+def cmd_boot(args) -> int:
+    from xen_dm_restrict_plugin import virt
+
+    conf = _load_conf(args)
+    _settings(conf)
+    data = _read_xml(args.xml)
+    manager = loader.HookManager(conf)
+    if args.instance_uuid is None:
+        found = domain_mod.parse(data, conf[conf_mod.GROUP].max_xml_bytes)
+        args.instance_uuid = found.uuid or str(uuid_mod.uuid4())
+    instance = hooks.Instance(args.instance_uuid, args.tenant)
+    conn = virt.HookedConnection.open(args.connect, manager)
+    try:
+        dom = conn.define_and_start(data.decode('utf-8', 'replace'),
+                                    instance)
+        record = _read_back_record(dom)
+        result = {'name': dom.name(), 'uuid': dom.UUIDString(),
+                  'id': dom.ID(), 'tenant': instance.tenant,
+                  'hooks': manager.names}
+        if record is not None:
+            result.update(uid=record.uid, gid=record.gid,
+                          chroot=record.chroot, applied=list(record.args))
+    finally:
+        conn.close()
+    if args.format == 'json':
+        print(json.dumps(result, indent=2))
+    else:
+        for key in ('name', 'uuid', 'id', 'tenant', 'uid', 'gid', 'chroot'):
+            if key in result:
+                print('%-8s %s' % (key + ':', result[key]))
+        if 'applied' in result:
+            print('applied: %s' % ' '.join(result['applied']))
+        else:
+            print('applied: nothing (no dm_restrict record: not restricted)')
+    return EXIT_OK
+
+
+def _read_back_record(dom) -> typing.Optional[restrict.Record]:
+    import libvirt
+    try:
+        text = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                            restrict.META_NS, 0)
+    except libvirt.libvirtError:
+        return None
+    return restrict.record_from_xml(text)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        '--config-file', action='append', metavar='PATH',
+        help='configuration file with the [dm_restrict] and [libvirt] '
+             'sections; may be repeated (default: %s if it exists)'
+             % DEFAULT_CONFIG)
+    parser.add_argument('-v', '--verbose', action='store_true',
+                        help='log what is done, to stderr')
+
+
+def _subparser(subs, name: str, summary: str, example: str):
+    parser = subs.add_parser(
+        name, help=summary, description=summary,
+        epilog='example:\n' + textwrap.indent(example, '  '),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_common(parser)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='xen-dm-restrict',
+        description='Run Xen device models of tenant VMs restricted '
+                    '(dm_restrict). Exit codes: 0 done, 2 refused, 1 error.')
+    subs = parser.add_subparsers(dest='command', metavar='COMMAND')
+    subs.required = True
+
+    render = _subparser(
+        subs, 'render', 'Print the restricted XML for a domain, taking (or '
+        'reusing) the instance\'s uid lease.',
+        'xen-dm-restrict render --tenant acme domain.xml > restricted.xml')
+    render.add_argument('xml', help='domain XML file, or - for stdin')
+    render.add_argument('--tenant', required=True, help='tenant id')
+    render.add_argument('--instance-uuid',
+                        help='instance uuid (default: the XML\'s <uuid>)')
+    render.add_argument('-o', '--output', help='write here, not stdout')
+    render.set_defaults(func=cmd_render)
+
+    validate = _subparser(
+        subs, 'validate', 'Check that a domain can run restricted, '
+        'without taking a lease.',
+        'xen-dm-restrict validate --tenant acme domain.xml')
+    validate.add_argument('xml', help='domain XML file, or - for stdin')
+    validate.add_argument('--tenant', help='also check the tenant has a '
+                          'uid range')
+    validate.set_defaults(func=cmd_validate)
+
+    lease = subs.add_parser('leases', help='List or release uid leases.',
+                            description='List or release uid leases.')
+    lease_subs = lease.add_subparsers(dest='lease_command',
+                                      metavar='ACTION')
+    lease_subs.required = True
+    llist = _subparser(lease_subs, 'list', 'List the uid leases.',
+                       'xen-dm-restrict leases list --format json')
+    llist.add_argument('--tenant', help='only this tenant\'s leases')
+    llist.add_argument('--format', choices=('table', 'json'),
+                       default='table')
+    llist.set_defaults(func=cmd_leases_list)
+    lrel = _subparser(
+        lease_subs, 'release', 'Release the uid lease of an instance whose '
+        'domain is gone for good.',
+        'xen-dm-restrict leases release 0b7a9c2e-5d1f-4a53-9e57-'
+        '2f7f3c1d9a10')
+    lrel.add_argument('uuid', help='instance uuid')
+    lrel.set_defaults(func=cmd_leases_release)
+
+    boot = _subparser(
+        subs, 'boot', 'Define and start a tenant VM through the enabled '
+        'domain hooks, and print its uid and what was applied.',
+        'xen-dm-restrict boot --config-file etc/xen-dm-restrict/'
+        'boot-example.conf \\\n'
+        '    --tenant acme etc/xen-dm-restrict/boot-example-domain.xml')
+    boot.add_argument('xml', help='domain XML file, or - for stdin')
+    boot.add_argument('--tenant', required=True, help='tenant id')
+    boot.add_argument('--instance-uuid', help='instance uuid (default: the '
+                      'XML\'s <uuid>, else a new one)')
+    boot.add_argument('--connect', default='test:///default',
+                      help='libvirt URI (default: %(default)s; on a Xen '
+                           'host: xen:///system)')
+    boot.add_argument('--format', choices=('text', 'json'), default='text')
+    boot.set_defaults(func=cmd_boot)
+    return parser
+
+
+def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if getattr(args, 'verbose', False)
+        else logging.WARNING,
+        format='%(levelname)s %(name)s: %(message)s')
+    try:
+        return args.func(args)
+    except exception.Refused as err:
+        print('refused: %s' % err, file=sys.stderr)
+        return EXIT_REFUSED
+    except exception.DmRestrictError as err:
+        print('error: %s' % err, file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as err:  # noqa: BLE001 - the last line of defence
+        LOG.debug('unexpected failure', exc_info=True)
+        print('error: %s: %s' % (type(err).__name__, err), file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == '__main__':
+    sys.exit(main())

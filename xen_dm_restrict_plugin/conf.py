@@ -1,0 +1,250 @@
+"""Configuration options of the plugin, and their validation at load time.
+
+Options live in the ``[dm_restrict]`` group of the orchestrator's
+configuration.  :func:`load` turns them into a frozen :class:`Settings`
+and refuses, naming the option, anything that would make the restriction
+unsafe, so a bad file fails when the service starts instead of on the
+first tenant boot.  :func:`list_opts` feeds oslo-config-generator and the
+Sphinx option reference.
+"""
+
+import dataclasses
+import pwd
+import typing
+
+from oslo_config import cfg
+
+from xen_dm_restrict_plugin import exception
+from xen_dm_restrict_plugin import ranges
+
+GROUP = 'dm_restrict'
+
+SYNTAX_PROBE = 'probe'
+SYNTAX_RUNAS = 'runas'
+SYNTAX_RUN_WITH = 'run-with'
+
+SANDBOX_REQUIRED = 'required'
+SANDBOX_WHEN_SUPPORTED = 'when-supported'
+SANDBOX_OFF = 'off'
+
+UNMAPPED_REFUSE = 'refuse'
+UNMAPPED_SHARED = 'shared'
+
+dm_restrict_opts = [
+    cfg.DictOpt(
+        'tenant_uid_ranges', default={},
+        help='Map of tenant id to the inclusive uid range its device models '
+             'run as, written TENANT:FIRST-LAST and separated by commas, '
+             'e.g. "acme:200000-200999,globex:201000-201999". Ranges must '
+             'not overlap and must not contain 0, 65534, 65535 or '
+             '4294967295. The uids need no passwd entry; a uid that has '
+             'one is never leased.'),
+    cfg.StrOpt(
+        'shared_uid_range',
+        help='Inclusive uid range FIRST-LAST that tenants without a range '
+             'of their own take uids from when unmapped_tenants is '
+             '"shared". Must not overlap any tenant range.'),
+    cfg.StrOpt(
+        'unmapped_tenants', default=UNMAPPED_REFUSE,
+        choices=[(UNMAPPED_REFUSE, 'Refuse to boot VMs of tenants that '
+                  'have no range in tenant_uid_ranges.'),
+                 (UNMAPPED_SHARED, 'Lease their uids from '
+                  'shared_uid_range.')],
+        help='What to do with a tenant that has no range of its own.'),
+    cfg.IntOpt(
+        'device_model_gid', min=1, max=ranges.MAX_UID,
+        help='Group id every device model runs with. Unset (the default) '
+             'gives each device model the group id equal to its uid, so no '
+             'two domains share a group either.'),
+    cfg.StrOpt(
+        'chroot_base_dir', default='/var/run/xen/dm-restrict',
+        help='Directory holding one empty, root-owned chroot directory per '
+             'device-model uid (BASE/qemu-root-UID). Must be owned by root '
+             'and not writable by others.'),
+    cfg.StrOpt(
+        'sandbox', default=SANDBOX_WHEN_SUPPORTED,
+        choices=[(SANDBOX_REQUIRED, 'Pass -sandbox and refuse to boot when '
+                  'the device model has no seccomp support.'),
+                 (SANDBOX_WHEN_SUPPORTED, 'Pass -sandbox when the device '
+                  'model supports it, and log a warning when it does not.'),
+                 (SANDBOX_OFF, 'Never pass -sandbox.')],
+        help='Seccomp policy for the device model.'),
+    cfg.StrOpt(
+        'device_model_syntax', default=SYNTAX_PROBE,
+        choices=[(SYNTAX_PROBE, 'Probe qemu_binary (or the domain\'s '
+                  '<emulator>) and use the syntax it supports; refuse when '
+                  'it cannot restrict.'),
+                 (SYNTAX_RUNAS, 'Use -runas UID:GID and -chroot DIR '
+                  '(QEMU before 10 and 9 respectively) without probing.'),
+                 (SYNTAX_RUN_WITH, 'Use -run-with user=UID:GID,chroot=DIR '
+                  '(QEMU 9.1 and later) without probing.')],
+        help='How to tell the device model which user and chroot to use. '
+             'With an explicit syntax nothing is probed and the sandbox '
+             'policy "when-supported" passes -sandbox.'),
+    cfg.StrOpt(
+        'qemu_binary', default='/usr/libexec/xen-qemu-system-i386',
+        help='The qemu-xen device model that libvirt starts for HVM guests '
+             'without an <emulator> element; probed for restriction '
+             'support and exec\'d by the launcher.'),
+    cfg.StrOpt(
+        'launcher',
+        help='If set, the path of the xen-dm-restrict-launch wrapper, '
+             'written as the <emulator> of every restricted domain so that '
+             'the device model starts in fresh namespaces with rlimits and '
+             'its chroot directory in place.'),
+    cfg.StrOpt(
+        'lease_db', default='/var/lib/xen-dm-restrict/leases.sqlite',
+        help='SQLite database of per-domain uid leases. Must be on local '
+             'storage shared by every process of this host that boots '
+             'VMs.'),
+    cfg.FloatOpt(
+        'lease_db_timeout', default=10.0, min=0.1,
+        help='Seconds to wait for another process holding the lease '
+             'database lock before failing the boot.'),
+    cfg.StrOpt(
+        'reaper_user', default='xen-dm-reaper',
+        help='Dedicated user (name or numeric uid) the reaper kills '
+             'device-model processes as. Must not be root and must not be '
+             'inside any uid range; anything running as it is killed too.'),
+    cfg.BoolOpt(
+        'enforce', default=True,
+        help='In the libvirt daemon hook, refuse to start an HVM qemu-xen '
+             'domain that carries no restriction.'),
+    cfg.IntOpt(
+        'max_xml_bytes', default=1048576, min=1024,
+        help='Largest domain XML document accepted, in bytes.'),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    """Register the ``[dm_restrict]`` options on ``conf``."""
+    conf.register_opts(dm_restrict_opts, group=GROUP)
+
+
+def list_opts():
+    """Options for oslo-config-generator and the Sphinx reference."""
+    from xen_dm_restrict_plugin import loader
+    return [(GROUP, dm_restrict_opts),
+            (loader.GROUP, loader.hook_opts)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Validated ``[dm_restrict]`` settings that the rest of the code uses.
+    """
+
+    tenant_ranges: typing.Mapping[str, ranges.UidRange]
+    shared_range: typing.Optional[ranges.UidRange]
+    gid: typing.Optional[int]
+    chroot_base_dir: str
+    sandbox: str
+    syntax: str
+    qemu_binary: str
+    launcher: typing.Optional[str]
+    lease_db: str
+    lease_db_timeout: float
+    reaper_user: str
+    reaper_uid: typing.Optional[int]
+    enforce: bool
+    max_xml_bytes: int
+
+    def all_ranges(self) -> typing.List[ranges.UidRange]:
+        found = list(self.tenant_ranges.values())
+        if self.shared_range is not None:
+            found.append(self.shared_range)
+        return found
+
+    def range_for(self, tenant: str) -> ranges.UidRange:
+        """The range a tenant's device models take uids from.
+
+        :raises Refused: the tenant has no range and may not use the
+            shared pool.
+        """
+        if tenant in self.tenant_ranges:
+            return self.tenant_ranges[tenant]
+        if self.shared_range is not None:
+            return self.shared_range
+        raise exception.Refused(
+            'tenant %r' % tenant,
+            'it has no uid range and unmapped_tenants is "refuse"',
+            'add it to [dm_restrict] tenant_uid_ranges, or set '
+            'unmapped_tenants = shared with a shared_uid_range')
+
+    def chroot_dir(self, uid: int) -> str:
+        return '%s/qemu-root-%d' % (self.chroot_base_dir.rstrip('/'), uid)
+
+    def gid_for(self, uid: int) -> int:
+        return self.gid if self.gid is not None else uid
+
+
+def _resolve_user(name: str) -> typing.Optional[int]:
+    if name.isdigit():
+        return int(name)
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
+
+
+def load(conf: cfg.ConfigOpts) -> Settings:
+    """Validate the ``[dm_restrict]`` options and return :class:`Settings`.
+
+    :param conf: a ConfigOpts with :func:`register_opts` applied and the
+        configuration files already parsed.
+    :raises ConfigError: naming the option at fault.
+    """
+    group = conf[GROUP]
+    tenant_ranges = {}
+    for tenant, text in group.tenant_uid_ranges.items():
+        if not tenant.strip():
+            raise exception.ConfigError(
+                'tenant_uid_ranges', 'an entry has an empty tenant id',
+                'write each entry as TENANT:FIRST-LAST')
+        tenant_ranges[tenant.strip()] = ranges.parse(
+            text, tenant.strip(), 'tenant_uid_ranges')
+
+    shared = None
+    if group.unmapped_tenants == UNMAPPED_SHARED:
+        if not group.shared_uid_range:
+            raise exception.ConfigError(
+                'shared_uid_range', 'unmapped_tenants is "shared" but no '
+                'shared range is set', 'set shared_uid_range = FIRST-LAST '
+                'or unmapped_tenants = refuse')
+        shared = ranges.parse(group.shared_uid_range, None,
+                              'shared_uid_range')
+    all_ranges = list(tenant_ranges.values()) + ([shared] if shared else [])
+    ranges.check_disjoint(all_ranges, 'tenant_uid_ranges')
+
+    gid = group.device_model_gid
+    if gid is not None and gid in ranges.FORBIDDEN_UIDS:
+        raise exception.ConfigError(
+            'device_model_gid', 'gid %d is reserved' % gid,
+            'choose a dedicated group id for device models')
+
+    reaper_uid = _resolve_user(group.reaper_user)
+    if reaper_uid == 0:
+        raise exception.ConfigError(
+            'reaper_user', 'the reaper must not be root: kill(-1) as root '
+            'kills every process on the host', 'create a dedicated user, '
+            'e.g. useradd --system xen-dm-reaper')
+    for rng in all_ranges:
+        if reaper_uid is not None and reaper_uid in rng:
+            raise exception.ConfigError(
+                'reaper_user', 'reaper uid %d is inside range %s of %s, so '
+                'a device model could kill the reaper' % (
+                    reaper_uid, rng, rng.owner or 'the shared pool'),
+                'use a reaper uid outside every range')
+
+    if not group.chroot_base_dir.startswith('/'):
+        raise exception.ConfigError(
+            'chroot_base_dir', '%r is not an absolute path'
+            % group.chroot_base_dir, 'use an absolute path')
+
+    return Settings(
+        tenant_ranges=tenant_ranges, shared_range=shared, gid=gid,
+        chroot_base_dir=group.chroot_base_dir, sandbox=group.sandbox,
+        syntax=group.device_model_syntax, qemu_binary=group.qemu_binary,
+        launcher=group.launcher, lease_db=group.lease_db,
+        lease_db_timeout=group.lease_db_timeout,
+        reaper_user=group.reaper_user, reaper_uid=reaper_uid,
+        enforce=group.enforce, max_xml_bytes=group.max_xml_bytes)

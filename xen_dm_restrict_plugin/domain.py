@@ -1,0 +1,240 @@
+"""A safe lxml view of one libvirt Xen domain definition.
+
+Domain XML reaches us from an orchestrator that built it partly from
+tenant input, so it is parsed with entity resolution, DTD loading and
+network access off and with a size cap, and nothing else in the code
+touches raw XML.  The view answers the questions the policy and the
+injection ask (what kind of guest, which devices, which extra QEMU
+arguments, our metadata record) and edits only those parts, leaving the
+rest of the document as it came.
+"""
+
+import enum
+import logging
+import os
+import typing
+
+from lxml import etree
+
+from xen_dm_restrict_plugin import exception
+
+LOG = logging.getLogger(__name__)
+
+XEN_NS = 'http://libvirt.org/schemas/domain/xen/1.0'
+XEN = '{%s}' % XEN_NS
+
+
+class GuestKind(enum.Enum):
+    """How a Xen guest is served, which decides what can be restricted."""
+
+    HVM_QEMU_XEN = 'hvm-qemu-xen'
+    HVM_TRADITIONAL = 'hvm-qemu-traditional'
+    HVM_STUBDOM = 'hvm-stubdom'
+    PV = 'pv'
+    PVH = 'pvh'
+
+    @property
+    def has_dom0_device_model(self) -> bool:
+        """Whether a QEMU runs in dom0 for this guest."""
+        return self in (GuestKind.HVM_QEMU_XEN, GuestKind.HVM_TRADITIONAL)
+
+
+_PARSER_OPTIONS = dict(resolve_entities=False, no_network=True,
+                       load_dtd=False, dtd_validation=False,
+                       huge_tree=False, remove_comments=False,
+                       remove_pis=False)
+
+
+def _parser() -> etree.XMLParser:
+    return etree.XMLParser(**_PARSER_OPTIONS)
+
+
+def _refuse(reason: str) -> exception.InvalidDomainXML:
+    return exception.InvalidDomainXML(
+        'domain XML', reason,
+        'pass a single well-formed libvirt <domain type="xen"> document '
+        'without a DOCTYPE')
+
+
+def parse(data: typing.Union[bytes, str], max_bytes: int) -> 'Domain':
+    """Parse a libvirt domain document safely.
+
+    :param data: the XML, as bytes or text.
+    :param max_bytes: the largest document accepted.
+    :raises InvalidDomainXML: malformed, oversized, carrying a DTD or
+        entity declarations, or not a ``<domain>``.
+    """
+    if isinstance(data, str):
+        data = data.encode('utf-8')
+    if len(data) > max_bytes:
+        raise _refuse('the document is %d bytes, over the limit of %d'
+                      % (len(data), max_bytes))
+    try:
+        root = etree.fromstring(data, _parser())
+    except (etree.XMLSyntaxError, ValueError) as err:
+        raise _refuse('it is not well-formed XML (%s)' % err) from None
+    doc = root.getroottree()
+    if doc.docinfo.internalDTD is not None or doc.docinfo.doctype:
+        raise _refuse('it carries a DOCTYPE, which may declare entities')
+    for node in root.iter(etree.Entity):
+        raise _refuse('it references entity &%s;' % node.name)
+    if root.tag != 'domain':
+        raise _refuse('its root element is <%s>, not <domain>' % root.tag)
+    return Domain(root)
+
+
+class Domain:
+    """A parsed libvirt domain; wraps the root ``<domain>`` element."""
+
+    def __init__(self, root: etree._Element):
+        self.root = root
+
+    # -- identity ---------------------------------------------------------
+    @property
+    def hypervisor(self) -> typing.Optional[str]:
+        return self.root.get('type')
+
+    @property
+    def name(self) -> typing.Optional[str]:
+        return self.root.findtext('name')
+
+    @property
+    def uuid(self) -> typing.Optional[str]:
+        text = self.root.findtext('uuid')
+        return text.strip().lower() if text else None
+
+    def set_uuid(self, uuid: str) -> None:
+        """Write ``<uuid>``, after ``<name>`` as libvirt orders it."""
+        node = self.root.find('uuid')
+        if node is None:
+            node = etree.Element('uuid')
+            anchor = self.root.find('name')
+            if anchor is not None:
+                anchor.addnext(node)
+            else:
+                self.root.insert(0, node)
+        node.text = uuid
+
+    # -- classification ---------------------------------------------------
+    @property
+    def os_type(self) -> str:
+        return (self.root.findtext('os/type') or '').strip()
+
+    @property
+    def machine(self) -> str:
+        node = self.root.find('os/type')
+        return node.get('machine', '') if node is not None else ''
+
+    @property
+    def emulator(self) -> typing.Optional[str]:
+        text = self.root.findtext('devices/emulator')
+        return text.strip() if text else None
+
+    def set_emulator(self, path: str) -> None:
+        devices = self.devices()
+        node = devices.find('emulator')
+        if node is None:
+            node = etree.Element('emulator')
+            devices.insert(0, node)
+        node.text = path
+
+    @property
+    def kind(self) -> GuestKind:
+        """Classify the guest.
+
+        ``xenpvh`` (type or machine) is PVH; ``hvm`` is HVM, served by a
+        stub domain when the emulator is a ``stubdom-dm`` style binary, by
+        qemu-xen-traditional when it is ``qemu-dm``, and by qemu-xen
+        otherwise; anything else (``xen``, ``linux``) is PV.
+        """
+        os_type, machine = self.os_type, self.machine
+        if os_type == 'xenpvh' or machine == 'xenpvh':
+            return GuestKind.PVH
+        if os_type != 'hvm':
+            return GuestKind.PV
+        binary = os.path.basename(self.emulator or '')
+        if 'stubdom' in binary:
+            return GuestKind.HVM_STUBDOM
+        if binary == 'qemu-dm':
+            return GuestKind.HVM_TRADITIONAL
+        return GuestKind.HVM_QEMU_XEN
+
+    # -- devices ----------------------------------------------------------
+    def devices(self) -> etree._Element:
+        node = self.root.find('devices')
+        if node is None:
+            node = etree.SubElement(self.root, 'devices')
+        return node
+
+    def iter_devices(self, tag: str) -> typing.Iterator[etree._Element]:
+        return iter(self.root.findall('devices/%s' % tag))
+
+    # -- xen:commandline --------------------------------------------------
+    def xen_args(self) -> typing.List[str]:
+        """The values of ``<xen:commandline><xen:arg value=...>``."""
+        return [arg.get('value', '') for arg in
+                self.root.iterfind('%scommandline/%sarg' % (XEN, XEN))]
+
+    def set_xen_args(self, args: typing.Sequence[str]) -> None:
+        """Replace every ``<xen:commandline>`` with one holding ``args``.
+
+        The xen namespace is declared on ``<domain>`` with the ``xen``
+        prefix, as libvirt writes it.
+        """
+        existing = self.root.findall('%scommandline' % XEN)
+        for node in existing:
+            self.root.remove(node)
+        if not args:
+            return
+        if self.root.nsmap.get('xen') != XEN_NS:
+            self._declare_namespace('xen', XEN_NS)
+        cmdline = etree.SubElement(self.root, '%scommandline' % XEN)
+        for value in args:
+            etree.SubElement(cmdline, '%sarg' % XEN, value=value)
+
+    def _declare_namespace(self, prefix: str, uri: str) -> None:
+        """Re-create the root with ``prefix`` bound, keeping its content.
+
+        lxml cannot add a namespace declaration to an existing element, so
+        the root is rebuilt in place and the wrapper keeps pointing at it.
+        """
+        nsmap = {k: v for k, v in self.root.nsmap.items() if k != prefix}
+        nsmap[prefix] = uri
+        new_root = etree.Element(self.root.tag, attrib=self.root.attrib,
+                                 nsmap=nsmap)
+        new_root.text = self.root.text
+        new_root.extend(list(self.root))
+        self.root = new_root
+
+    # -- metadata ---------------------------------------------------------
+    def metadata(self, tag: str) -> typing.Optional[etree._Element]:
+        """Our record under ``<metadata>``; ``tag`` is ``{ns}name``."""
+        return self.root.find('metadata/%s' % tag)
+
+    def set_metadata(self, record: etree._Element) -> None:
+        """Put ``record`` under ``<metadata>``, replacing one of its tag."""
+        meta = self.root.find('metadata')
+        if meta is None:
+            meta = etree.Element('metadata')
+            anchor = None
+            for tag in ('description', 'title', 'uuid', 'name'):
+                anchor = self.root.find(tag)
+                if anchor is not None:
+                    break
+            if anchor is not None:
+                anchor.addnext(meta)
+            else:
+                self.root.insert(0, meta)
+        old = meta.find(record.tag)
+        if old is not None:
+            meta.replace(old, record)
+        else:
+            meta.append(record)
+
+    # -- output -----------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        etree.cleanup_namespaces(self.root, keep_ns_prefixes=['xen'])
+        return etree.tostring(self.root, encoding='utf-8')
+
+    def to_string(self) -> str:
+        return self.to_bytes().decode('utf-8')

@@ -1,0 +1,129 @@
+"""The ``dm_restrict`` domain hook: restrict every tenant VM's device model.
+
+This is the stevedore-loaded entry point an orchestrator enables.  For
+each domain it parses the XML once, refuses what cannot work restricted,
+leases the instance a uid from its tenant's range, and writes the
+restriction and its record into the XML.  Everything that can refuse runs
+before the lease is taken, and a failure after it gives a new lease back,
+so a refused boot leaves nothing behind.
+"""
+
+import logging
+import typing
+
+from oslo_config import cfg
+
+from xen_dm_restrict_plugin import capabilities
+from xen_dm_restrict_plugin import conf as conf_mod
+from xen_dm_restrict_plugin import domain as domain_mod
+from xen_dm_restrict_plugin import exception
+from xen_dm_restrict_plugin import hooks
+from xen_dm_restrict_plugin import leases
+from xen_dm_restrict_plugin import policy
+from xen_dm_restrict_plugin import restrict
+
+LOG = logging.getLogger(__name__)
+
+
+class DmRestrictHook(hooks.DomainHook):
+    """Restrict the device model of every HVM qemu-xen tenant VM.
+
+    :param conf: the orchestrator's configuration; ``[dm_restrict]`` is
+        registered and validated here.
+    :param settings: already validated settings (tests, embedding).
+    :raises ConfigError: the ``[dm_restrict]`` options are invalid.
+    """
+
+    CONFIG_GROUP = conf_mod.GROUP
+
+    def __init__(self, conf: cfg.ConfigOpts,
+                 settings: typing.Optional[conf_mod.Settings] = None):
+        super().__init__(conf)
+        if settings is None:
+            conf_mod.register_opts(conf)
+            settings = conf_mod.load(conf)
+        self.settings = settings
+        self._store: typing.Optional[leases.LeaseStore] = None
+
+    @property
+    def store(self) -> leases.LeaseStore:
+        if self._store is None:
+            self._store = leases.LeaseStore(self.settings.lease_db,
+                                            self.settings.lease_db_timeout)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def restriction_for(self, lease: leases.Lease,
+                        syntax: restrict.DeviceModelSyntax
+                        ) -> restrict.Restriction:
+        return restrict.Restriction(
+            tenant=lease.tenant, uid=lease.uid,
+            gid=self.settings.gid_for(lease.uid),
+            chroot=self.settings.chroot_dir(lease.uid), syntax=syntax)
+
+    def prepare(self, xml: str, instance: hooks.Instance) -> str:
+        try:
+            return self._prepare(xml, instance)
+        except exception.DmRestrictError as err:
+            LOG.warning('refused domain for instance %s of tenant %s: %s',
+                        instance.uuid, instance.tenant, err)
+            raise
+
+    def _prepare(self, xml: str, instance: hooks.Instance) -> str:
+        dom = domain_mod.parse(xml, self.settings.max_xml_bytes)
+        if dom.uuid is not None and dom.uuid != instance.uuid:
+            raise exception.InvalidDomainXML(
+                '<uuid>%s</uuid>' % dom.uuid,
+                'it is not the uuid of instance %s' % instance.uuid,
+                'define the domain with the instance uuid')
+        kind = dom.kind
+        if dom.hypervisor == 'xen' and not kind.has_dom0_device_model:
+            LOG.info('instance %s of tenant %s is a %s guest with no dom0 '
+                     'device model; passed through unchanged',
+                     instance.uuid, instance.tenant, kind.value)
+            return xml
+
+        record = restrict.read_record(dom)
+        foreign = restrict.foreign_args(dom, record)
+        policy.check_domain(dom, foreign)
+        if record is not None and record.tenant != instance.tenant:
+            raise exception.InvalidDomainXML(
+                'dm_restrict metadata record',
+                'it belongs to tenant %r, not %r'
+                % (record.tenant, instance.tenant),
+                'remove the stale <metadata> record before defining the '
+                'domain for another tenant')
+        uid_range = self.settings.range_for(instance.tenant)
+        syntax = capabilities.syntax_for(self.settings, dom.emulator)
+
+        had_lease = self.store.get(instance.uuid) is not None
+        lease = self.store.acquire(instance.uuid, instance.tenant, uid_range)
+        try:
+            if dom.uuid is None:
+                dom.set_uuid(instance.uuid)
+            restriction = self.restriction_for(lease, syntax)
+            restrict.apply(dom, restriction, foreign, self.settings.launcher)
+            out = dom.to_string()
+        except BaseException:
+            if not had_lease:
+                self.store.release(instance.uuid)
+            raise
+        LOG.info('instance %s of tenant %s: device model restricted to uid '
+                 '%d gid %d (%s lease), chroot %s, args %s',
+                 instance.uuid, instance.tenant, restriction.uid,
+                 restriction.gid, 'existing' if had_lease else 'new',
+                 restriction.chroot, ' '.join(restriction.args()))
+        return out
+
+    def release(self, instance: hooks.Instance) -> None:
+        lease = self.store.release(instance.uuid)
+        if lease is None:
+            LOG.info('instance %s of tenant %s had no uid lease to release',
+                     instance.uuid, instance.tenant)
+        else:
+            LOG.info('instance %s of tenant %s: released uid %d',
+                     instance.uuid, instance.tenant, lease.uid)

@@ -1,0 +1,170 @@
+"""The restriction written into a domain: QEMU arguments and our record.
+
+libvirt's libxl driver has no dm_restrict setting, so the restriction is
+carried as extra device-model arguments in ``<xen:commandline>``, in the
+syntax the host's QEMU understands, plus a record under ``<metadata>``
+(which survives define and dump in every libvirt driver) saying which
+tenant, uid and gid the domain runs as and exactly which arguments were
+applied.  The record lets a second pass recognise its own arguments, so
+running the hook on its own output changes nothing, and lets the host
+side and reconcile find a domain's uid without the lease database.
+"""
+
+import dataclasses
+import typing
+
+from lxml import etree
+
+from xen_dm_restrict_plugin import domain as domain_mod
+
+META_NS = 'urn:xen-dm-restrict:metadata:1'
+META = '{%s}' % META_NS
+RECORD_TAG = META + 'restriction'
+META_PREFIX = 'dmrestrict'
+
+#: The seccomp policy libxl's design asks for; spawning, privilege and
+#: resource-control syscalls denied, obsolete ones too.
+SANDBOX_POLICY = ('on,obsolete=deny,elevateprivileges=allow,spawn=deny,'
+                  'resourcecontrol=deny')
+
+FORM_LEGACY = 'legacy'
+FORM_RUN_WITH = 'run-with'
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceModelSyntax:
+    """Which spelling of each restriction the device model accepts.
+
+    :param user_form: ``legacy`` for ``-runas``, ``run-with`` for
+        ``-run-with user=``.
+    :param chroot_form: ``legacy`` for ``-chroot``, ``run-with`` for
+        ``-run-with chroot=``.
+    :param sandbox: whether to pass ``-sandbox``.
+    """
+
+    user_form: str
+    chroot_form: str
+    sandbox: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Restriction:
+    """What one domain's device model is restricted to."""
+
+    tenant: str
+    uid: int
+    gid: int
+    chroot: str
+    syntax: DeviceModelSyntax
+
+    def args(self) -> typing.List[str]:
+        """The device-model arguments, in QEMU's syntax for this host."""
+        args = ['-xen-domid-restrict']
+        user = '%d:%d' % (self.uid, self.gid)
+        run_with = []
+        if self.syntax.user_form == FORM_RUN_WITH:
+            run_with.append('user=' + user)
+        else:
+            args += ['-runas', user]
+        if self.syntax.chroot_form == FORM_RUN_WITH:
+            run_with.append('chroot=' + self.chroot)
+        else:
+            args += ['-chroot', self.chroot]
+        if run_with:
+            args += ['-run-with', ','.join(run_with)]
+        if self.syntax.sandbox:
+            args += ['-sandbox', SANDBOX_POLICY]
+        return args
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """Our ``<metadata>`` record as read back from a domain."""
+
+    tenant: str
+    uid: int
+    gid: int
+    chroot: str
+    args: typing.Tuple[str, ...]
+
+
+def _sub(parent: etree._Element, tag: str, text: str) -> None:
+    etree.SubElement(parent, META + tag).text = text
+
+
+def to_element(restriction: Restriction) -> etree._Element:
+    """Build the ``<metadata>`` record for ``restriction``."""
+    record = etree.Element(RECORD_TAG, nsmap={META_PREFIX: META_NS})
+    _sub(record, 'tenant', restriction.tenant)
+    _sub(record, 'uid', str(restriction.uid))
+    _sub(record, 'gid', str(restriction.gid))
+    _sub(record, 'chroot', restriction.chroot)
+    _sub(record, 'sandbox', 'on' if restriction.syntax.sandbox else 'off')
+    args = etree.SubElement(record, META + 'args')
+    for value in restriction.args():
+        etree.SubElement(args, META + 'arg', value=value)
+    return record
+
+
+def parse_record(node: typing.Optional[etree._Element]
+                 ) -> typing.Optional[Record]:
+    """Read a record element; None when absent or not one of ours."""
+    if node is None or node.tag != RECORD_TAG:
+        return None
+    try:
+        return Record(
+            tenant=node.findtext(META + 'tenant') or '',
+            uid=int(node.findtext(META + 'uid')),
+            gid=int(node.findtext(META + 'gid')),
+            chroot=node.findtext(META + 'chroot') or '',
+            args=tuple(a.get('value', '') for a in
+                       node.iterfind('%sargs/%sarg' % (META, META))))
+    except (TypeError, ValueError):
+        return None
+
+
+def read_record(dom: domain_mod.Domain) -> typing.Optional[Record]:
+    """The record a previous pass left in ``dom``, if any."""
+    return parse_record(dom.metadata(RECORD_TAG))
+
+
+def record_from_xml(text: typing.Union[str, bytes]) -> typing.Optional[
+        Record]:
+    """Parse a bare record, as libvirt's ``virDomain.metadata()`` returns.
+    """
+    if isinstance(text, str):
+        text = text.encode('utf-8')
+    parser = etree.XMLParser(resolve_entities=False, no_network=True,
+                             load_dtd=False)
+    try:
+        return parse_record(etree.fromstring(text, parser))
+    except etree.XMLSyntaxError:
+        return None
+
+
+def foreign_args(dom: domain_mod.Domain,
+                 record: typing.Optional[Record]) -> typing.List[str]:
+    """The ``<xen:commandline>`` values a previous pass did not add."""
+    current = dom.xen_args()
+    if record is None:
+        return current
+    # The record's args were appended as one run; remove that run.
+    ours = list(record.args)
+    for start in range(len(current) - len(ours), -1, -1):
+        if ours and current[start:start + len(ours)] == ours:
+            return current[:start] + current[start + len(ours):]
+    return current
+
+
+def apply(dom: domain_mod.Domain, restriction: Restriction,
+          foreign: typing.Sequence[str],
+          emulator: typing.Optional[str] = None) -> None:
+    """Write the restriction arguments and our record into ``dom``.
+
+    :param foreign: the arguments not ours, kept ahead of ours.
+    :param emulator: if given, set as the domain's ``<emulator>``.
+    """
+    dom.set_xen_args(list(foreign) + restriction.args())
+    dom.set_metadata(to_element(restriction))
+    if emulator:
+        dom.set_emulator(emulator)
