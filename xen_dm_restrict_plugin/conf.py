@@ -113,6 +113,12 @@ dm_restrict_opts = [
     cfg.IntOpt(
         'max_xml_bytes', default=1048576, min=1024,
         help='Largest domain XML document accepted, in bytes.'),
+    cfg.StrOpt(
+        'reaper_lock_file', default='/run/xen-dm-restrict/reaper.lock',
+        help='File every reaper of this host takes an exclusive flock on '
+             'while it kills, because a reaper\'s kill(-1) also kills any '
+             'other reaper running at the same time. Its directory is '
+             'created (mode 0700) if missing.'),
 ]
 
 
@@ -147,6 +153,7 @@ class Settings:
     reaper_uid: typing.Optional[int]
     enforce: bool
     max_xml_bytes: int
+    reaper_lock_file: str = '/run/xen-dm-restrict/reaper.lock'
 
     def all_ranges(self) -> typing.List[ranges.UidRange]:
         found = list(self.tenant_ranges.values())
@@ -247,4 +254,5 @@ def load(conf: cfg.ConfigOpts) -> Settings:
         launcher=group.launcher, lease_db=group.lease_db,
         lease_db_timeout=group.lease_db_timeout,
         reaper_user=group.reaper_user, reaper_uid=reaper_uid,
-        enforce=group.enforce, max_xml_bytes=group.max_xml_bytes)
+        enforce=group.enforce, max_xml_bytes=group.max_xml_bytes,
+        reaper_lock_file=group.reaper_lock_file)

@@ -183,7 +183,7 @@ class Domain:
         """
         existing = self.root.findall('%scommandline' % XEN)
         for node in existing:
-            self.root.remove(node)
+            self._remove(node)
         if not args:
             return
         if self.root.nsmap.get('xen') != XEN_NS:
@@ -191,6 +191,7 @@ class Domain:
         cmdline = etree.SubElement(self.root, '%scommandline' % XEN)
         for value in args:
             etree.SubElement(cmdline, '%sarg' % XEN, value=value)
+        self._tidy(cmdline)
 
     def _declare_namespace(self, prefix: str, uri: str) -> None:
         """Re-create the root with ``prefix`` bound, keeping its content.
@@ -225,11 +226,35 @@ class Domain:
                 anchor.addnext(meta)
             else:
                 self.root.insert(0, meta)
+            self._tidy(meta)
         old = meta.find(record.tag)
         if old is not None:
             meta.replace(old, record)
         else:
             meta.append(record)
+        self._tidy(meta)
+
+    def _remove(self, node: etree._Element) -> None:
+        """Remove a child of the root, keeping the whitespace around it."""
+        prev = node.getprevious()
+        if prev is not None and node.getnext() is None:
+            prev.tail = node.tail
+        self.root.remove(node)
+
+    def _tidy(self, node: etree._Element) -> None:
+        """Indent an element we added like the document around it."""
+        indent = self.root.text
+        if not indent or indent.strip() or '\n' not in indent:
+            return
+        unit = indent.rsplit('\n', 1)[1] or '  '
+        etree.indent(node, space=unit, level=1)
+        prev = node.getprevious()
+        if prev is None:
+            node.tail = indent
+        elif node.getnext() is None:
+            node.tail, prev.tail = prev.tail, indent
+        else:
+            node.tail = prev.tail = indent
 
     # -- output -----------------------------------------------------------
     def to_bytes(self) -> bytes:

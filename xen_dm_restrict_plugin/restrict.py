@@ -137,23 +137,47 @@ def record_from_xml(text: typing.Union[str, bytes]) -> typing.Optional[
     parser = etree.XMLParser(resolve_entities=False, no_network=True,
                              load_dtd=False)
     try:
-        return parse_record(etree.fromstring(text, parser))
+        root = etree.fromstring(text, parser)
     except etree.XMLSyntaxError:
         return None
+    if root.tag == 'restriction':
+        # libvirt hands the element back with its namespace stripped.
+        for node in root.iter(tag=etree.Element):
+            if not node.tag.startswith('{'):
+                node.tag = META + node.tag
+    return parse_record(root)
 
 
 def foreign_args(dom: domain_mod.Domain,
                  record: typing.Optional[Record]) -> typing.List[str]:
     """The ``<xen:commandline>`` values a previous pass did not add."""
     current = dom.xen_args()
-    if record is None:
-        return current
-    # The record's args were appended as one run; remove that run.
-    ours = list(record.args)
-    for start in range(len(current) - len(ours), -1, -1):
-        if ours and current[start:start + len(ours)] == ours:
-            return current[:start] + current[start + len(ours):]
-    return current
+    if record is not None:
+        # The record's args were appended as one run; remove that run.
+        ours = list(record.args)
+        for start in range(len(current) - len(ours), -1, -1):
+            if ours and current[start:start + len(ours)] == ours:
+                current = current[:start] + current[start + len(ours):]
+                break
+    return _drop_same_as_ours(current)
+
+
+def _drop_same_as_ours(args: typing.List[str]) -> typing.List[str]:
+    """Drop ``-xen-domid-restrict`` and our exact ``-sandbox``: we add them.
+    """
+    kept = []
+    skip = False
+    for index, arg in enumerate(args):
+        if skip:
+            skip = False
+        elif arg == '-xen-domid-restrict':
+            continue
+        elif (arg == '-sandbox' and index + 1 < len(args)
+              and args[index + 1] == SANDBOX_POLICY):
+            skip = True
+        else:
+            kept.append(arg)
+    return kept
 
 
 def apply(dom: domain_mod.Domain, restriction: Restriction,

@@ -43,9 +43,19 @@ class HookedConnection:
 
     def define(self, xml: str, instance: hooks.Instance
                ) -> libvirt.virDomain:
-        """Run the hooks on ``xml`` and define the result."""
+        """Run the hooks on ``xml`` and define the result.
+
+        When libvirt refuses a domain that did not exist before, the
+        instance is released again so that no lease outlives the failure.
+        """
+        existed = self.lookup(instance) is not None
         prepared = self.hooks.prepare(xml, instance)
-        return self.conn.defineXML(prepared)
+        try:
+            return self.conn.defineXML(prepared)
+        except libvirt.libvirtError:
+            if not existed:
+                self.hooks.release(instance)
+            raise
 
     def define_and_start(self, xml: str, instance: hooks.Instance
                          ) -> libvirt.virDomain:
@@ -53,13 +63,16 @@ class HookedConnection:
 
         :raises DmRestrictError: a hook refused the domain; nothing was
             defined.
-        :raises libvirt.libvirtError: libvirt failed; the domain was
-            undefined again and the instance released.
+        :raises libvirt.libvirtError: libvirt failed; a domain that is
+            new was undefined again and the instance released.
         """
+        existed = self.lookup(instance) is not None
         dom = self.define(xml, instance)
         try:
             self.start(dom, instance)
         except BaseException:
+            if existed:
+                raise
             LOG.warning('instance %s of tenant %s failed to start; '
                         'undefining it', instance.uuid, instance.tenant)
             self._undefine_quietly(dom)

@@ -1,0 +1,96 @@
+"""Configuration is validated at load, naming the option at fault."""
+
+import os
+import pwd
+
+import pytest
+
+from tests import base
+from xen_dm_restrict_plugin import conf
+from xen_dm_restrict_plugin import exception
+from xen_dm_restrict_plugin import loader
+
+
+def _load(tmp_path, **overrides):
+    return base.make_settings(tmp_path, **overrides)
+
+
+def test_valid_configuration(tmp_path):
+    settings = _load(tmp_path)
+    assert str(settings.range_for('acme')) == '200000-200099'
+    assert settings.gid_for(200005) == 200005
+    assert settings.chroot_dir(200005).endswith('/chroots/qemu-root-200005')
+    assert _load(tmp_path, device_model_gid=64000).gid_for(200005) == 64000
+
+
+@pytest.mark.parametrize('ranges,words', [
+    ({'acme': '200000-200999', 'globex': '200500-201500'}, 'overlap'),
+    ({'acme': '0-999'}, 'contains uid 0'),
+    ({'acme': '65000-66000'}, 'contains uid 65534'),
+    ({'acme': '65535-65535'}, 'contains uid 65535'),
+    ({'acme': '4294967000-4294967295'}, 'passes the largest uid'),
+    ({'acme': '200999-200000'}, 'reversed or empty'),
+    ({'acme': '200000'}, 'not FIRST-LAST'),
+    ({'acme': 'a-b'}, 'not FIRST-LAST'),
+    ({'acme': ''}, 'not FIRST-LAST'),
+])
+def test_bad_ranges_are_refused_naming_the_option(tmp_path, ranges, words):
+    with pytest.raises(exception.ConfigError) as err:
+        _load(tmp_path, tenant_uid_ranges=ranges)
+    assert err.value.subject == 'tenant_uid_ranges'
+    assert words in str(err.value)
+
+
+def test_shared_pool(tmp_path):
+    settings = _load(tmp_path, unmapped_tenants='shared',
+                     shared_uid_range='300000-300999')
+    assert str(settings.range_for('initech')) == '300000-300999'
+    with pytest.raises(exception.ConfigError) as err:
+        _load(tmp_path, unmapped_tenants='shared')
+    assert err.value.subject == 'shared_uid_range'
+    with pytest.raises(exception.ConfigError) as err:
+        _load(tmp_path, unmapped_tenants='shared',
+              shared_uid_range='200050-200150')
+    assert 'overlap' in str(err.value)
+
+
+def test_unmapped_tenant_is_refused_by_default(tmp_path):
+    with pytest.raises(exception.Refused) as err:
+        _load(tmp_path).range_for('initech')
+    assert 'initech' in str(err.value)
+    assert 'tenant_uid_ranges' in str(err.value)
+
+
+def test_reaper_must_not_be_root_or_inside_a_range(tmp_path):
+    with pytest.raises(exception.ConfigError) as err:
+        _load(tmp_path, reaper_user='root')
+    assert err.value.subject == 'reaper_user'
+    with pytest.raises(exception.ConfigError) as err:
+        _load(tmp_path, reaper_user='200010')
+    assert 'inside range 200000-200099' in str(err.value)
+    some_user = pwd.getpwuid(os.getuid() or 1).pw_name
+    if pwd.getpwnam(some_user).pw_uid:
+        assert _load(tmp_path, reaper_user=some_user).reaper_uid
+
+
+def test_bad_gid_and_relative_chroot(tmp_path):
+    with pytest.raises(exception.ConfigError) as err:
+        _load(tmp_path, device_model_gid=65534)
+    assert err.value.subject == 'device_model_gid'
+    with pytest.raises(exception.ConfigError) as err:
+        _load(tmp_path, chroot_base_dir='relative/dir')
+    assert err.value.subject == 'chroot_base_dir'
+
+
+def test_list_opts_covers_every_registered_option():
+    listed = {(group, opt.name) for group, opts in conf.list_opts()
+              for opt in opts}
+    assert ('dm_restrict', 'tenant_uid_ranges') in listed
+    assert ('libvirt', 'domain_hooks') in listed
+    assert {o.name for o in conf.dm_restrict_opts} == {
+        name for group, name in listed if group == 'dm_restrict'}
+    assert {o.name for o in loader.hook_opts} == {
+        name for group, name in listed if group == 'libvirt'}
+    for _, opts in conf.list_opts():
+        for opt in opts:
+            assert opt.help, opt.name

@@ -1,0 +1,111 @@
+"""The safe parser and the guest classification."""
+
+import pytest
+from lxml import etree
+
+from tests import base
+from xen_dm_restrict_plugin import domain
+from xen_dm_restrict_plugin import exception
+
+LIMIT = 1 << 20
+
+
+def _with_emulator(path):
+    return base.edit(base.fixture('hvm.xml'), lambda root: root.find(
+        'devices').insert(0, _element('<emulator>%s</emulator>' % path)))
+
+
+def _element(text):
+    return etree.fromstring(text)
+
+
+@pytest.mark.parametrize('xml,kind', [
+    (base.fixture('hvm.xml'), domain.GuestKind.HVM_QEMU_XEN),
+    (_with_emulator('/usr/lib/xen/bin/qemu-system-i386'),
+     domain.GuestKind.HVM_QEMU_XEN),
+    (_with_emulator('/usr/lib/xen/bin/qemu-dm'),
+     domain.GuestKind.HVM_TRADITIONAL),
+    (_with_emulator('/usr/lib/xen/bin/stubdom-dm'),
+     domain.GuestKind.HVM_STUBDOM),
+    (base.fixture('pv.xml'), domain.GuestKind.PV),
+    (base.fixture('pvh.xml'), domain.GuestKind.PVH),
+    (base.fixture('pv.xml').replace(
+        "<type arch='x86_64' machine='xenpv'>linux</type>",
+        '<type>xen</type>'), domain.GuestKind.PV),
+    (base.fixture('pvh.xml').replace(
+        "<type arch='x86_64' machine='xenpvh'>xenpvh</type>",
+        "<type machine='xenpvh'>xen</type>"), domain.GuestKind.PVH),
+])
+def test_classification(xml, kind):
+    assert domain.parse(xml, LIMIT).kind is kind
+
+
+def test_only_hvm_kinds_have_a_dom0_device_model():
+    assert domain.GuestKind.HVM_QEMU_XEN.has_dom0_device_model
+    assert domain.GuestKind.HVM_TRADITIONAL.has_dom0_device_model
+    for kind in (domain.GuestKind.HVM_STUBDOM, domain.GuestKind.PV,
+                 domain.GuestKind.PVH):
+        assert not kind.has_dom0_device_model
+
+
+@pytest.mark.parametrize('data,words', [
+    (b'<domain type="xen"><name>x</name>', 'not well-formed'),
+    (b'', 'not well-formed'),
+    (b'<!DOCTYPE domain [<!ENTITY a "aaaa">]>'
+     b'<domain type="xen"><name>&a;</name></domain>', 'DOCTYPE'),
+    (b'<!DOCTYPE domain [<!ENTITY a "x"><!ENTITY b "&a;&a;&a;&a;">'
+     b'<!ENTITY c "&b;&b;&b;&b;">]><domain><name>&c;</name></domain>',
+     'DOCTYPE'),
+    (b'<!DOCTYPE domain [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+     b'<domain type="xen"><name>&x;</name></domain>', 'DOCTYPE'),
+    (b'<!DOCTYPE domain SYSTEM "http://127.0.0.1:1/domain.dtd">'
+     b'<domain type="xen"/>', 'DOCTYPE'),
+    (b'<network><name>default</name></network>', 'not <domain>'),
+    (b'<d:domain xmlns:d="urn:x"/>', 'not <domain>'),
+    (b'\xff\xfe<domain/>', 'not well-formed'),
+])
+def test_hostile_or_wrong_input_is_refused(data, words):
+    with pytest.raises(exception.InvalidDomainXML) as err:
+        domain.parse(data, LIMIT)
+    assert words in str(err.value)
+    assert 'Remedy' in str(err.value)
+
+
+def test_external_entity_is_never_read(tmp_path):
+    secret = tmp_path / 'secret'
+    secret.write_text('TOPSECRET')
+    data = ('<!DOCTYPE domain [<!ENTITY x SYSTEM "file://%s">]>'
+            '<domain type="xen"><name>&x;</name></domain>' % secret)
+    with pytest.raises(exception.InvalidDomainXML) as err:
+        domain.parse(data, LIMIT)
+    assert 'TOPSECRET' not in str(err.value)
+
+
+def test_oversized_input_is_refused_before_parsing():
+    data = base.fixture('hvm.xml').replace(
+        '<name>', '<!--%s--><name>' % ('x' * 2048))
+    with pytest.raises(exception.InvalidDomainXML) as err:
+        domain.parse(data, 2048)
+    assert 'over the limit of 2048' in str(err.value)
+
+
+def test_xen_args_round_trip_and_namespace_declared_once():
+    dom = domain.parse(base.fixture('hvm.xml'), LIMIT)
+    assert dom.xen_args() == []
+    dom.set_xen_args(['-a', 'b'])
+    dom.set_xen_args(['-c'])
+    text = dom.to_string()
+    assert text.count('xmlns:xen=') == 1
+    again = domain.parse(text, LIMIT)
+    assert again.xen_args() == ['-c']
+    assert again.name == 'fixture-hvm'
+
+
+def test_set_uuid_adds_it_after_name():
+    xml = base.edit(base.fixture('hvm.xml'),
+                    lambda root: root.remove(root.find('uuid')))
+    dom = domain.parse(xml, LIMIT)
+    assert dom.uuid is None
+    dom.set_uuid(base.HVM_UUID)
+    assert dom.root[1].tag == 'uuid'
+    assert domain.parse(dom.to_string(), LIMIT).uuid == base.HVM_UUID

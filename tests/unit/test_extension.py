@@ -1,0 +1,213 @@
+"""The dm_restrict hook: restrict, stay idempotent, refuse cleanly."""
+
+import os
+
+import pytest
+from lxml import etree
+
+from tests import base
+from xen_dm_restrict_plugin import domain
+from xen_dm_restrict_plugin import exception
+from xen_dm_restrict_plugin import extension
+from xen_dm_restrict_plugin import hooks
+from xen_dm_restrict_plugin import policy
+from xen_dm_restrict_plugin import restrict
+
+ACME = hooks.Instance(base.HVM_UUID, 'acme')
+
+
+@pytest.fixture
+def make_hook(tmp_path):
+    made = []
+
+    def make(**overrides):
+        conf = base.make_conf(tmp_path, **overrides)
+        hook = extension.DmRestrictHook(conf)
+        made.append(hook)
+        return hook
+    yield make
+    for hook in made:
+        hook.close()
+
+
+@pytest.fixture
+def hook(make_hook):
+    return make_hook()
+
+
+def _leases(hook):
+    if not os.path.exists(hook.settings.lease_db):
+        return []
+    return hook.store.list()
+
+
+def test_hvm_guest_is_restricted(hook):
+    out = hook.prepare(base.fixture('hvm.xml'), ACME)
+    dom = domain.parse(out, 1 << 20)
+    record = restrict.read_record(dom)
+    [lease] = hook.store.list()
+    assert (lease.uuid, lease.tenant) == (base.HVM_UUID, 'acme')
+    assert lease.uid in hook.settings.range_for('acme')
+    assert record.uid == lease.uid and record.gid == lease.uid
+    assert record.tenant == 'acme'
+    chroot = hook.settings.chroot_dir(lease.uid)
+    assert dom.xen_args() == [
+        '-xen-domid-restrict', '-runas', '%d:%d' % (lease.uid, lease.uid),
+        '-chroot', chroot, '-sandbox', restrict.SANDBOX_POLICY]
+    assert list(record.args) == dom.xen_args()
+    base.assert_schema_valid(out)
+
+
+def test_everything_else_is_kept(hook):
+    source = domain.parse(base.fixture('hvm.xml'), 1 << 20)
+    out = domain.parse(hook.prepare(base.fixture('hvm.xml'), ACME), 1 << 20)
+    for node in (out.root.find('metadata'),
+                 out.root.find('{%s}commandline' % domain.XEN_NS)):
+        out.root.remove(node)
+    assert out.root.attrib == source.root.attrib
+    canon = [[etree.tostring(child, method='c14n', exclusive=True)
+              for child in d.root] for d in (source, out)]
+    assert canon[0] == canon[1]
+
+
+def test_prepare_is_idempotent(hook):
+    once = hook.prepare(base.fixture('hvm.xml'), ACME)
+    twice = hook.prepare(once, ACME)
+    assert twice == once
+    assert len(hook.store.list()) == 1
+
+
+def test_uids_are_per_instance_and_stable(hook):
+    first = hook.prepare(base.fixture('hvm.xml'), ACME)
+    other_uuid = '11111111-2222-4333-8444-555555555555'
+    other = hook.prepare(base.fixture('hvm.xml').replace(
+        base.HVM_UUID, other_uuid), hooks.Instance(other_uuid, 'acme'))
+    uid = {x: restrict.read_record(domain.parse(x, 1 << 20)).uid
+           for x in (first, other)}
+    assert uid[first] != uid[other]
+    again = hook.prepare(base.fixture('hvm.xml'), ACME)
+    assert restrict.read_record(domain.parse(again, 1 << 20)).uid == \
+        uid[first]
+
+
+def test_tenant_ranges_are_respected(hook):
+    globex_uuid = '22222222-2222-4333-8444-555555555555'
+    out = hook.prepare(base.fixture('hvm.xml').replace(
+        base.HVM_UUID, globex_uuid), hooks.Instance(globex_uuid, 'globex'))
+    uid = restrict.read_record(domain.parse(out, 1 << 20)).uid
+    assert 201000 <= uid <= 201099
+
+
+def test_foreign_arguments_are_kept_ahead_of_ours(hook):
+    xml = base.edit(base.fixture('hvm.xml'), lambda root: None)
+    dom = domain.parse(xml, 1 << 20)
+    dom.set_xen_args(['-d', 'guest_errors', '-xen-domid-restrict'])
+    out = domain.parse(hook.prepare(dom.to_string(), ACME), 1 << 20)
+    assert out.xen_args()[:3] == ['-d', 'guest_errors',
+                                  '-xen-domid-restrict']
+    assert out.xen_args().count('-xen-domid-restrict') == 1
+
+
+def test_run_with_syntax_and_fixed_gid(make_hook):
+    hook = make_hook(device_model_syntax='run-with', device_model_gid=64000,
+                     sandbox='off')
+    out = domain.parse(hook.prepare(base.fixture('hvm.xml'), ACME), 1 << 20)
+    uid = hook.store.get(base.HVM_UUID).uid
+    assert out.xen_args() == [
+        '-xen-domid-restrict', '-run-with',
+        'user=%d:64000,chroot=%s' % (uid, hook.settings.chroot_dir(uid))]
+    base.assert_schema_valid(out.to_string())
+
+
+def test_launcher_becomes_the_emulator(make_hook):
+    hook = make_hook(launcher='/usr/bin/xen-dm-restrict-launch')
+    out = domain.parse(hook.prepare(base.fixture('hvm.xml'), ACME), 1 << 20)
+    assert out.emulator == '/usr/bin/xen-dm-restrict-launch'
+
+
+def test_missing_uuid_is_filled_in(hook):
+    xml = base.edit(base.fixture('hvm.xml'),
+                    lambda root: root.remove(root.find('uuid')))
+    out = domain.parse(hook.prepare(xml, ACME), 1 << 20)
+    assert out.uuid == base.HVM_UUID
+    base.assert_schema_valid(out.to_string())
+
+
+@pytest.mark.parametrize('name', ['pv.xml', 'pvh.xml'])
+def test_guests_without_device_model_pass_unchanged(hook, name):
+    xml = base.fixture(name)
+    instance = hooks.Instance(domain.parse(xml, 1 << 20).uuid, 'acme')
+    assert hook.prepare(xml, instance) == xml
+    assert not os.path.exists(hook.settings.lease_db)
+
+
+def test_stub_domain_passes_unchanged(hook):
+    xml = base.add_device(base.fixture('hvm.xml'),
+                          '<emulator>/usr/lib/xen/bin/stubdom-dm</emulator>')
+    assert hook.prepare(xml, ACME) == xml
+    assert _leases(hook) == []
+
+
+REFUSED = [
+    ('pci', lambda: base.add_device(base.fixture('hvm.xml'),
+                                    "<hostdev mode='subsystem' type='pci'>"
+                                    "<source><address domain='0' bus='1' "
+                                    "slot='0' function='0'/></source>"
+                                    "</hostdev>"),
+     exception.FeatureRefused),
+    ('traditional', lambda: base.add_device(
+        base.fixture('hvm.xml'), '<emulator>/usr/bin/qemu-dm</emulator>'),
+     exception.FeatureRefused),
+    ('runas', lambda: base.fixture('hvm.xml').replace(
+        '</devices>', '</devices><xen:commandline xmlns:xen="%s">'
+        '<xen:arg value="-runas"/><xen:arg value="0:0"/>'
+        '</xen:commandline>' % domain.XEN_NS), exception.FeatureRefused),
+    ('malformed', lambda: base.fixture('hvm.xml')[:-20],
+     exception.InvalidDomainXML),
+    ('entity', lambda: '<!DOCTYPE d [<!ENTITY e "x">]>'
+     + base.fixture('hvm.xml').replace('fixture-hvm', '&e;'),
+     exception.InvalidDomainXML),
+    ('wrong uuid', lambda: base.fixture('hvm.xml').replace(
+        base.HVM_UUID, '99999999-2222-4333-8444-555555555555'),
+     exception.InvalidDomainXML),
+]
+
+
+@pytest.mark.parametrize('label,make_xml,error', REFUSED,
+                         ids=[r[0] for r in REFUSED])
+def test_refusals_leave_nothing_behind(hook, label, make_xml, error):
+    with pytest.raises(error):
+        hook.prepare(make_xml(), ACME)
+    assert not os.path.exists(hook.settings.lease_db)
+
+
+def test_unmapped_tenant_is_refused_without_a_lease(hook):
+    with pytest.raises(exception.Refused) as err:
+        hook.prepare(base.fixture('hvm.xml'),
+                     hooks.Instance(base.HVM_UUID, 'initech'))
+    assert 'initech' in str(err.value)
+    assert not os.path.exists(hook.settings.lease_db)
+
+
+def test_record_of_another_tenant_is_refused(hook):
+    out = hook.prepare(base.fixture('hvm.xml'), ACME)
+    with pytest.raises(exception.InvalidDomainXML) as err:
+        hook.prepare(out, hooks.Instance(base.HVM_UUID, 'globex'))
+    assert "tenant 'acme'" in str(err.value)
+
+
+def test_tampered_restriction_is_refused(hook):
+    out = hook.prepare(base.fixture('hvm.xml'), ACME)
+    dom = domain.parse(out, 1 << 20)
+    args = dom.xen_args()
+    args[args.index('-runas') + 1] = '0:0'
+    dom.set_xen_args(args)
+    with pytest.raises(exception.FeatureRefused) as err:
+        hook.prepare(dom.to_string(), ACME)
+    assert '-runas' in str(err.value)
+
+
+def test_restriction_options_cover_what_we_inject(hook):
+    out = domain.parse(hook.prepare(base.fixture('hvm.xml'), ACME), 1 << 20)
+    names = {policy.option_name(a) for a in out.xen_args()} - {None}
+    assert names <= policy.RESTRICTION_OPTIONS

@@ -1,0 +1,461 @@
+"""Durable per-VM uid leases, kept in a SQLite database.
+
+Every restricted device model runs as a uid of its own, leased to the
+instance from its tenant's range.  The lease must outlive the process that
+took it (a compute service restarts while its VMs keep running), must be
+safe when several processes allocate at once (the orchestrator, the
+console script and the libvirt hook), and must survive a crash or SIGKILL
+at any point.  SQLite gives all three: each change is one ``BEGIN
+IMMEDIATE`` transaction, and a UNIQUE constraint on the uid is the
+backstop against two instances sharing a uid.
+
+Allocation is round robin: a cursor per range, stored with the leases,
+moves past each uid handed out, so a just-released uid is the last one to
+be leased again.  That widens the time an old QEMU of a uid has to be
+reaped before another domain gets the uid.  The next free uid is found by
+an indexed gap search from the cursor, so its cost does not grow with the
+size of the range (tenant ranges may hold a million uids).
+"""
+
+import contextlib
+import dataclasses
+import logging
+import os
+import pwd
+import sqlite3
+import threading
+import time
+import typing
+import uuid as uuid_mod
+
+from xen_dm_restrict_plugin import exception
+from xen_dm_restrict_plugin import ranges
+
+LOG = logging.getLogger(__name__)
+
+#: stored in ``PRAGMA user_version``; 0 means "no schema yet".
+SCHEMA_VERSION = 1
+#: unusable uids skipped in a row before a range counts as exhausted.
+MAX_UNUSABLE = 10000
+
+_SCHEMA = (
+    'CREATE TABLE leases ('
+    ' uuid TEXT PRIMARY KEY NOT NULL,'
+    ' tenant TEXT NOT NULL,'
+    ' uid INTEGER NOT NULL UNIQUE,'
+    ' created_at REAL NOT NULL)',
+    'CREATE TABLE cursors ('
+    ' first INTEGER NOT NULL,'
+    ' last INTEGER NOT NULL,'
+    ' next_uid INTEGER NOT NULL,'
+    ' PRIMARY KEY (first, last)) WITHOUT ROWID',
+)
+_COLUMNS = 'SELECT uuid, tenant, uid, created_at FROM leases '
+# The first leased uid in [start, stop) whose successor is free: walks the
+# uid index from start, so it costs the length of the leased run there.
+_GAP = ('SELECT l.uid + 1 FROM leases AS l WHERE l.uid >= ? AND l.uid < ?'
+        ' AND NOT EXISTS (SELECT 1 FROM leases AS m WHERE m.uid = l.uid + 1)'
+        ' ORDER BY l.uid LIMIT 1')
+
+_CORRUPT = ('restore it from a backup, or move it aside and re-record the '
+            'leases of the running domains; it was left untouched')
+# (words in the sqlite message, what it means, what to do)
+_SQLITE_ERRORS = (
+    ('not a database', 'is not a lease database, or is corrupted', _CORRUPT),
+    ('malformed', 'is corrupted', _CORRUPT),
+    ('locked', 'stayed locked by another process for more than %(timeout)g '
+     's', 'find the process holding it (fuser %(path)s) or raise '
+     'lease_db_timeout'),
+    ('busy', 'stayed busy for more than %(timeout)g s',
+     'find the process holding it (fuser %(path)s) or raise '
+     'lease_db_timeout'),
+    ('readonly', 'is read-only',
+     'make the file and its directory writable by this process'),
+    ('unable to open', 'cannot be opened',
+     'check that the file and its directory exist and are writable by '
+     'this process'),
+    ('full', 'cannot grow: its disk is full',
+     'free space on the filesystem holding it'),
+    ('i/o error', 'could not be read or written: its disk may be full or '
+     'failing', 'check the free space and the kernel log'),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Lease:
+    """One instance's hold on one uid.
+
+    :param uuid: the instance (libvirt domain) uuid, lowercase canonical.
+    :param tenant: the tenant owning the instance.
+    :param uid: the uid its device model runs as.
+    :param created_at: when the lease was taken (``time.time()``).
+    """
+
+    uuid: str
+    tenant: str
+    uid: int
+    created_at: float
+
+
+def uid_has_no_account(uid: int) -> bool:
+    """Tell whether a uid is free for a device model: not root, no account.
+
+    A uid with a passwd entry belongs to a user or a service, whose
+    processes the device model could then signal and whose files it could
+    read.
+
+    :param uid: the uid to check.
+    """
+    if uid == 0:
+        return False
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return True
+    return False
+
+
+def _canonical_uuid(value: str) -> str:
+    try:
+        return str(uuid_mod.UUID(str(value)))
+    except ValueError:
+        raise exception.LeaseError(
+            'instance uuid %r' % (value,), 'it is not a UUID',
+            'pass the instance uuid in its canonical form') from None
+
+
+class LeaseStore:
+    """The lease database, opened (and created if absent) eagerly.
+
+    Every SQLite failure is raised as :class:`LeaseError` naming the
+    database, and nothing here ever deletes a lease except
+    :meth:`release`.  One store may be shared by threads.
+
+    :param path: the database file; its directory must exist.
+    :param timeout: seconds to wait for another process's write lock.
+    :raises LeaseError: the directory is missing, or the file cannot be
+        opened, is not a lease database, is locked or is read-only.
+    """
+
+    def __init__(self, path: str, timeout: float = 10.0):
+        self.path = path
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._conn: typing.Optional[sqlite3.Connection] = None
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise exception.LeaseError(
+                'lease database %s' % path,
+                'its directory %s does not exist' % parent,
+                'create %s (mode 0700, owned by the service user) or set '
+                'lease_db to a path in an existing directory' % parent)
+        with self._guard():
+            conn = sqlite3.connect(path, timeout=timeout,
+                                   isolation_level=None,
+                                   check_same_thread=False)
+            try:
+                self._prepare(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+
+    def __enter__(self) -> 'LeaseStore':
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the database; closing twice is harmless."""
+        with self._lock, self._guard():
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def acquire(self, uuid: str, tenant: str, uid_range: ranges.UidRange,
+                is_usable: typing.Callable[[int], bool] = uid_has_no_account
+                ) -> Lease:
+        """Lease an instance a uid from a range, or return its lease.
+
+        :param uuid: the instance uuid.
+        :param tenant: the tenant owning the instance.
+        :param uid_range: the range to lease from.
+        :param is_usable: tells whether a free uid may be leased; uids
+            0, 65534, 65535 and 4294967295 are never leased.
+        :raises LeaseError: the instance already holds a lease for another
+            tenant or outside the range, or the database failed.
+        :raises RangeExhausted: no free, usable uid is left in the range.
+        """
+        uuid = _canonical_uuid(uuid)
+        with self._write() as conn:
+            lease = self._find(conn, 'WHERE uuid = ?', uuid)
+            if lease is not None:
+                self._check_kept(lease, tenant, uid_range)
+                return lease
+            uid = _allocate(conn, tenant, uid_range, is_usable)
+            lease = self._add(conn, uuid, tenant, uid)
+            following = uid + 1 if uid < uid_range.last else uid_range.first
+            conn.execute('INSERT OR REPLACE INTO cursors VALUES (?, ?, ?)',
+                         (uid_range.first, uid_range.last, following))
+        LOG.info('leased uid %d to instance %s of tenant %s',
+                 uid, uuid, tenant)
+        return lease
+
+    def insert(self, lease_uuid: str, tenant: str, uid: int) -> Lease:
+        """Lease a given uid to an instance, e.g. to re-record a lease.
+
+        Taking the lease the instance already holds returns it.
+
+        :param lease_uuid: the instance uuid.
+        :param tenant: the tenant owning the instance.
+        :param uid: the uid to lease.
+        :raises LeaseError: the uid may never be leased, the uid or the
+            instance is leased to someone else, or the database failed.
+        """
+        lease_uuid = _canonical_uuid(lease_uuid)
+        if uid in ranges.FORBIDDEN_UIDS:
+            raise exception.LeaseError(
+                'uid %d' % uid, 'a device model must never run as it',
+                'lease a uid from the tenant range instead')
+        with self._write() as conn:
+            mine = self._find(conn, 'WHERE uuid = ?', lease_uuid)
+            if mine is not None and (mine.uid, mine.tenant) == (uid, tenant):
+                return mine
+            holder = self._find(conn, 'WHERE uid = ?', uid)
+            for held in (mine, holder):
+                if held is not None:
+                    raise exception.LeaseError(
+                        'lease of uid %d to instance %s' % (uid, lease_uuid),
+                        'instance %s of tenant %s already holds uid %d'
+                        % (held.uuid, held.tenant, held.uid),
+                        'release that lease first, after checking no '
+                        'domain still runs as its uid')
+            lease = self._add(conn, lease_uuid, tenant, uid)
+        LOG.info('recorded lease of uid %d to instance %s of tenant %s',
+                 uid, lease_uuid, tenant)
+        return lease
+
+    def get(self, uuid: str) -> typing.Optional[Lease]:
+        """Return the lease of an instance, or ``None``.
+
+        :param uuid: the instance uuid.
+        :raises LeaseError: the database failed.
+        """
+        uuid = _canonical_uuid(uuid)
+        with self._read() as conn:
+            return self._find(conn, 'WHERE uuid = ?', uuid)
+
+    def get_by_uid(self, uid: int) -> typing.Optional[Lease]:
+        """Return the lease holding a uid, or ``None``.
+
+        :param uid: the uid.
+        :raises LeaseError: the database failed.
+        """
+        with self._read() as conn:
+            return self._find(conn, 'WHERE uid = ?', uid)
+
+    def release(self, uuid: str) -> typing.Optional[Lease]:
+        """Give an instance's uid back.
+
+        Reap the uid's processes first: the uid is leased again later.
+
+        :param uuid: the instance uuid.
+        :returns: the released lease, ``None`` if there was none.
+        :raises LeaseError: the database failed.
+        """
+        uuid = _canonical_uuid(uuid)
+        with self._write() as conn:
+            lease = self._find(conn, 'WHERE uuid = ?', uuid)
+            if lease is None:
+                return None
+            conn.execute('DELETE FROM leases WHERE uuid = ?', (uuid,))
+        LOG.info('released uid %d of instance %s of tenant %s',
+                 lease.uid, lease.uuid, lease.tenant)
+        return lease
+
+    def list(self, tenant: typing.Optional[str] = None
+             ) -> typing.List[Lease]:
+        """Return the leases, of one tenant or of all, ordered by uid.
+
+        :param tenant: only this tenant's leases, if given.
+        :raises LeaseError: the database failed.
+        """
+        with self._read() as conn:
+            if tenant is None:
+                rows = conn.execute(_COLUMNS + 'ORDER BY uid')
+            else:
+                rows = conn.execute(
+                    _COLUMNS + 'WHERE tenant = ? ORDER BY uid', (tenant,))
+            return [Lease(*row) for row in rows]
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        # Check the file is ours before switching it to WAL, which writes.
+        self._check_schema(conn)
+        mode = conn.execute('PRAGMA journal_mode=WAL').fetchone()[0]
+        if mode != 'wal':
+            raise exception.LeaseError(
+                'lease database %s' % self.path,
+                'it cannot use write-ahead logging (journal mode %s)' % mode,
+                'put it on a local filesystem')
+        if self._version(conn) == SCHEMA_VERSION:
+            return
+        conn.execute('BEGIN IMMEDIATE')
+        try:
+            if self._check_schema(conn) == 0:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute('PRAGMA user_version = %d' % SCHEMA_VERSION)
+            conn.execute('COMMIT')
+        finally:
+            self._rollback(conn)
+
+    def _check_schema(self, conn: sqlite3.Connection) -> int:
+        version = self._version(conn)
+        if version not in (0, SCHEMA_VERSION):
+            raise exception.LeaseError(
+                'lease database %s' % self.path,
+                'its schema version %d is not the %d this code knows'
+                % (version, SCHEMA_VERSION),
+                'run the xen-dm-restrict-plugin release that wrote it')
+        tables = [row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")]
+        if version == 0 and tables:
+            raise exception.LeaseError(
+                'lease database %s' % self.path,
+                'it holds other tables (%s) and no lease schema'
+                % ', '.join(sorted(tables)),
+                'set lease_db to a file of its own')
+        return version
+
+    @staticmethod
+    def _version(conn: sqlite3.Connection) -> int:
+        return conn.execute('PRAGMA user_version').fetchone()[0]
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute('ROLLBACK')
+
+    @contextlib.contextmanager
+    def _guard(self) -> typing.Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
+
+    def _error(self, exc: sqlite3.Error) -> exception.LeaseError:
+        message = str(exc)
+        reason, remedy = 'failed', 'check the file, its disk and the log'
+        for words, meaning, what_to_do in _SQLITE_ERRORS:
+            if words in message.lower():
+                reason, remedy = meaning, what_to_do
+                break
+        values = {'path': self.path, 'timeout': self.timeout}
+        return exception.LeaseError(
+            'lease database %s' % self.path,
+            'it %s (sqlite: %s)' % (reason % values, message),
+            remedy % values)
+
+    @contextlib.contextmanager
+    def _read(self) -> typing.Iterator[sqlite3.Connection]:
+        with self._lock, self._guard():
+            yield self._open_connection()
+
+    @contextlib.contextmanager
+    def _write(self) -> typing.Iterator[sqlite3.Connection]:
+        with self._lock, self._guard():
+            conn = self._open_connection()
+            conn.execute('BEGIN IMMEDIATE')
+            try:
+                yield conn
+                conn.execute('COMMIT')
+            finally:
+                self._rollback(conn)
+
+    def _open_connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise exception.LeaseError(
+                'lease database %s' % self.path, 'this store is closed',
+                'open a new LeaseStore')
+        return self._conn
+
+    @staticmethod
+    def _find(conn: sqlite3.Connection, where: str,
+              value: typing.Union[str, int]) -> typing.Optional[Lease]:
+        row = conn.execute(_COLUMNS + where, (value,)).fetchone()
+        return Lease(*row) if row else None
+
+    @staticmethod
+    def _add(conn: sqlite3.Connection, uuid: str, tenant: str,
+             uid: int) -> Lease:
+        lease = Lease(uuid, tenant, uid, time.time())
+        conn.execute('INSERT INTO leases VALUES (?, ?, ?, ?)',
+                     dataclasses.astuple(lease))
+        return lease
+
+    @staticmethod
+    def _check_kept(lease: Lease, tenant: str,
+                    uid_range: ranges.UidRange) -> None:
+        if lease.tenant != tenant:
+            raise exception.LeaseError(
+                'lease of instance %s' % lease.uuid,
+                'it is held for tenant %s, not %s' % (lease.tenant, tenant),
+                'pass the tenant that owns the instance, or release the '
+                'lease after the domain is destroyed')
+        if lease.uid not in uid_range:
+            raise exception.LeaseError(
+                'lease of instance %s' % lease.uuid,
+                'its uid %d is outside the range %s now configured for '
+                'tenant %s' % (lease.uid, uid_range, tenant),
+                'destroy the domain and release the lease so a uid of the '
+                'new range is leased, or restore the old range')
+
+
+def _allocate(conn: sqlite3.Connection, tenant: str,
+              uid_range: ranges.UidRange,
+              is_usable: typing.Callable[[int], bool]) -> int:
+    """Return the free, usable uid the range's cursor points at or after."""
+    row = conn.execute(
+        'SELECT next_uid FROM cursors WHERE first = ? AND last = ?',
+        (uid_range.first, uid_range.last)).fetchone()
+    cursor = row[0] if row and row[0] in uid_range else uid_range.first
+    skipped = 0
+    for start, stop in ((cursor, uid_range.last),
+                        (uid_range.first, cursor - 1)):
+        uid = _next_free(conn, start, stop)
+        while uid is not None:
+            if uid not in ranges.FORBIDDEN_UIDS and is_usable(uid):
+                return uid
+            skipped += 1
+            if skipped >= MAX_UNUSABLE:
+                raise _exhausted(
+                    tenant, uid_range, 'the last %d free uids tried all '
+                    'have a passwd account or are otherwise unusable'
+                    % MAX_UNUSABLE)
+            uid = _next_free(conn, uid + 1, stop)
+    raise _exhausted(tenant, uid_range,
+                     'every uid in it is leased or unusable')
+
+
+def _next_free(conn: sqlite3.Connection, start: int,
+               stop: int) -> typing.Optional[int]:
+    """Return the lowest unleased uid in [start, stop], or ``None``."""
+    if start > stop:
+        return None
+    if conn.execute('SELECT 1 FROM leases WHERE uid = ?',
+                    (start,)).fetchone() is None:
+        return start
+    row = conn.execute(_GAP, (start, stop)).fetchone()
+    return row[0] if row else None
+
+
+def _exhausted(tenant: str, uid_range: ranges.UidRange,
+               reason: str) -> exception.RangeExhausted:
+    owner = ('tenant %s' % uid_range.owner if uid_range.owner is not None
+             else 'the shared pool')
+    return exception.RangeExhausted(
+        'uid range %s of %s, leasing for tenant %s'
+        % (uid_range, owner, tenant),
+        reason, 'release leases or widen the range')
