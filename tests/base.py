@@ -47,6 +47,7 @@ def make_conf(tmp_path, **overrides) -> cfg.ConfigOpts:
         lease_db=str(tmp_path / 'leases.sqlite'),
         chroot_base_dir=str(tmp_path / 'chroots'),
         reaper_user='nobody-reaper-not-created',
+        reap_device_models=False,
     )
     defaults.update(overrides)
     for key, value in defaults.items():

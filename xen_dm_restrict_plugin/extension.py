@@ -19,7 +19,9 @@ from xen_dm_restrict_plugin import domain as domain_mod
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin import hooks
 from xen_dm_restrict_plugin import leases
+from xen_dm_restrict_plugin import operations
 from xen_dm_restrict_plugin import policy
+from xen_dm_restrict_plugin import reaper as reaper_mod
 from xen_dm_restrict_plugin import restrict
 
 LOG = logging.getLogger(__name__)
@@ -119,11 +121,113 @@ class DmRestrictHook(hooks.DomainHook):
                  restriction.chroot, ' '.join(restriction.args()))
         return out
 
+    # -- lifecycle --------------------------------------------------------
+    def _reap(self, uid: int, instance: hooks.Instance, why: str) -> None:
+        if not self.settings.reap_device_models:
+            LOG.info('instance %s of tenant %s: not reaping uid %d %s '
+                     '(reap_device_models is off)', instance.uuid,
+                     instance.tenant, uid, why)
+            return
+        result = self.reaper.reap(uid, 'instance %s of tenant %s, %s'
+                                  % (instance.uuid, instance.tenant, why))
+        LOG.info('instance %s of tenant %s: %s', instance.uuid,
+                 instance.tenant, result.summary())
+
+    @property
+    def reaper(self) -> reaper_mod.Reaper:
+        return reaper_mod.Reaper(self.settings)
+
+    def _restricted_record(self, xml: str, instance: hooks.Instance,
+                           operation: str
+                           ) -> typing.Optional[restrict.Record]:
+        """Our record in ``xml``; None for a domain with nothing to
+        restrict; refuses an HVM qemu-xen domain that is not restricted.
+        """
+        dom = domain_mod.parse(xml, self.settings.max_xml_bytes)
+        record = restrict.read_record(dom)
+        if record is None and dom.hypervisor == 'xen' and \
+                dom.kind.has_dom0_device_model:
+            raise operations.refuse(
+                operation, dom.name or instance.uuid,
+                'the domain carries no dm_restrict record, so its device '
+                'model would run as root', 'define it through the '
+                'dm_restrict hook')
+        return record
+
+    def before_start(self, xml: str, instance: hooks.Instance) -> None:
+        """Refuse to start a held, unleased or unrestricted domain, and
+        reap its uid first."""
+        try:
+            record = self._restricted_record(xml, instance, operations.START)
+            if record is None:
+                return
+            held = self.store.holds().get(instance.uuid)
+            if held is not None:
+                raise operations.refuse(
+                    operations.START, instance.uuid,
+                    'it is held: %s' % held, 'resolve the conflict, then '
+                    'run "xen-dm-restrict leases reconcile --apply" or '
+                    '"xen-dm-restrict leases unhold %s"' % instance.uuid)
+            lease = self.store.get(instance.uuid)
+            if lease is None or lease.uid != record.uid:
+                raise operations.refuse(
+                    operations.START, instance.uuid,
+                    'its recorded uid %d is not leased to it (lease: %s)'
+                    % (record.uid, lease.uid if lease else 'none'),
+                    'run "xen-dm-restrict leases reconcile --apply"')
+            self._reap(record.uid, instance, 'before start')
+        except exception.DmRestrictError as err:
+            LOG.warning('refused start of instance %s of tenant %s: %s',
+                        instance.uuid, instance.tenant, err)
+            raise
+
+    def after_stop(self, xml: str, instance: hooks.Instance) -> None:
+        """Kill whatever is left of the stopped domain's device model."""
+        dom = domain_mod.parse(xml, self.settings.max_xml_bytes)
+        record = restrict.read_record(dom)
+        if record is not None:
+            self._reap(record.uid, instance, 'after stop')
+
+    def check_operation(self, xml: str, instance: hooks.Instance,
+                        operation: str,
+                        device_xml: typing.Optional[str] = None,
+                        live: bool = False) -> None:
+        """Refuse what a restricted device model cannot survive."""
+        try:
+            dom = domain_mod.parse(xml, self.settings.max_xml_bytes)
+            if restrict.read_record(dom) is None:
+                return
+            name = dom.name or instance.uuid
+            if operation in _DEVICE_OPERATIONS and device_xml is not None:
+                operations.check_device(
+                    operation, name, operations.parse_device(device_xml),
+                    live)
+            elif operation not in _ALLOWED:
+                raise operations.refuse(operation, name)
+        except exception.DmRestrictError as err:
+            LOG.warning('refused %s of instance %s of tenant %s: %s',
+                        operation, instance.uuid, instance.tenant, err)
+            raise
+
     def release(self, instance: hooks.Instance) -> None:
-        lease = self.store.release(instance.uuid)
+        """Reap the instance's uid, then give its lease back."""
+        lease = self.store.get(instance.uuid)
         if lease is None:
             LOG.info('instance %s of tenant %s had no uid lease to release',
                      instance.uuid, instance.tenant)
-        else:
-            LOG.info('instance %s of tenant %s: released uid %d',
-                     instance.uuid, instance.tenant, lease.uid)
+            return
+        self._reap(lease.uid, instance, 'before release')
+        self.store.release(instance.uuid)
+        self.store.unhold(instance.uuid)
+        LOG.info('instance %s of tenant %s: released uid %d',
+                 instance.uuid, instance.tenant, lease.uid)
+
+
+#: What a restricted domain may do; anything else (migration, save,
+#: restore, memory snapshots, libvirt calls we do not know) is refused.
+_ALLOWED = frozenset((
+    operations.START, operations.SHUTDOWN, operations.DESTROY,
+    operations.REBOOT, operations.UNDEFINE, operations.SNAPSHOT_DISK))
+_DEVICE_OPERATIONS = frozenset((
+    operations.ATTACH_DEVICE, operations.DETACH_DEVICE,
+    operations.UPDATE_DEVICE))

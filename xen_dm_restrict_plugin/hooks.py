@@ -76,11 +76,16 @@ class DomainHook(abc.ABC):
         """Forget ``instance``: its domain has been undefined for good."""
 
     def check_operation(self, xml: str, instance: Instance,
-                        operation: str) -> None:
+                        operation: str,
+                        device_xml: typing.Optional[str] = None,
+                        live: bool = False) -> None:
         """Refuse a lifecycle operation on the instance's domain.
 
         :param xml: the domain's current XML.
         :param operation: one of :mod:`xen_dm_restrict_plugin.operations`.
+        :param device_xml: for device operations, the device element.
+        :param live: for device operations, whether the change reaches
+            the running guest.
         :raises OperationRefused: the operation must not happen.
         """
 

@@ -49,6 +49,10 @@ _SCHEMA = (
     ' last INTEGER NOT NULL,'
     ' next_uid INTEGER NOT NULL,'
     ' PRIMARY KEY (first, last)) WITHOUT ROWID',
+    'CREATE TABLE holds ('
+    ' uuid TEXT PRIMARY KEY NOT NULL,'
+    ' reason TEXT NOT NULL,'
+    ' created_at REAL NOT NULL)',
 )
 _COLUMNS = 'SELECT uuid, tenant, uid, created_at FROM leases '
 # The first leased uid in [start, stop) whose successor is free: walks the
@@ -288,6 +292,38 @@ class LeaseStore:
                 rows = conn.execute(
                     _COLUMNS + 'WHERE tenant = ? ORDER BY uid', (tenant,))
             return [Lease(*row) for row in rows]
+
+    def hold(self, uuid: str, reason: str) -> None:
+        """Forbid an instance's domain to start until the hold is lifted.
+
+        Reconcile holds domains whose uid is in conflict; the lifecycle
+        refuses to start a held domain.
+
+        :param uuid: the instance uuid.
+        :param reason: why, shown when a start is refused.
+        :raises LeaseError: the database failed.
+        """
+        uuid = _canonical_uuid(uuid)
+        with self._write() as conn:
+            conn.execute('INSERT OR REPLACE INTO holds VALUES (?, ?, ?)',
+                         (uuid, reason, time.time()))
+        LOG.warning('instance %s held: %s', uuid, reason)
+
+    def unhold(self, uuid: str) -> bool:
+        """Lift the hold on an instance; False if there was none."""
+        uuid = _canonical_uuid(uuid)
+        with self._write() as conn:
+            done = conn.execute('DELETE FROM holds WHERE uuid = ?',
+                                (uuid,)).rowcount > 0
+        if done:
+            LOG.info('instance %s no longer held', uuid)
+        return done
+
+    def holds(self) -> typing.Dict[str, str]:
+        """Every held instance uuid and the reason it is held."""
+        with self._read() as conn:
+            return dict(conn.execute(
+                'SELECT uuid, reason FROM holds ORDER BY uuid'))
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
         # Check the file is ours before switching it to WAL, which writes.

@@ -125,10 +125,13 @@ class HookManager:
             self._call(name, hook.release, instance)
 
     def check_operation(self, xml: str, instance: hooks.Instance,
-                        operation: str) -> None:
+                        operation: str,
+                        device_xml: typing.Optional[str] = None,
+                        live: bool = False) -> None:
         """Ask every hook whether ``operation`` may proceed."""
         for name, hook in self.hooks:
-            self._call(name, hook.check_operation, xml, instance, operation)
+            self._call(name, hook.check_operation, xml, instance, operation,
+                       device_xml, live)
 
     def before_start(self, xml: str, instance: hooks.Instance) -> None:
         for name, hook in self.hooks:

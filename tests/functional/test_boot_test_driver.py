@@ -86,6 +86,7 @@ def _write_conf(tmp_path, extra=''):
         '[dm_restrict]\n'
         'tenant_uid_ranges = acme:200000-200099,globex:201000-201099\n'
         'device_model_syntax = runas\n'
+        'reap_device_models = false\n'
         'lease_db = %s\n' % (tmp_path / 'leases.sqlite') + extra)
     return str(path)
 

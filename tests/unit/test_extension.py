@@ -10,6 +10,7 @@ from xen_dm_restrict_plugin import domain
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin import extension
 from xen_dm_restrict_plugin import hooks
+from xen_dm_restrict_plugin import operations
 from xen_dm_restrict_plugin import policy
 from xen_dm_restrict_plugin import restrict
 
@@ -211,3 +212,52 @@ def test_restriction_options_cover_what_we_inject(hook):
     out = domain.parse(hook.prepare(base.fixture('hvm.xml'), ACME), 1 << 20)
     names = {policy.option_name(a) for a in out.xen_args()} - {None}
     assert names <= policy.RESTRICTION_OPTIONS
+
+
+@pytest.mark.parametrize('operation', [
+    operations.MIGRATE, operations.MIGRATE_OFFLINE, operations.SAVE,
+    operations.RESTORE, operations.MANAGED_SAVE, operations.SNAPSHOT_MEMORY,
+    operations.REDEFINE, 'a-future-libvirt-call'])
+def test_check_operation_refuses_what_restriction_cannot_survive(
+        hook, operation):
+    restricted = hook.prepare(base.fixture('hvm.xml'), ACME)
+    with pytest.raises(exception.OperationRefused) as err:
+        hook.check_operation(restricted, ACME, operation)
+    assert operation in str(err.value) and 'fixture-hvm' in str(err.value)
+    pv = base.fixture('pv.xml')
+    hook.check_operation(pv, hooks.Instance(domain.parse(pv, 1 << 20).uuid,
+                                            'acme'), operation)
+
+
+@pytest.mark.parametrize('operation', [
+    operations.START, operations.SHUTDOWN, operations.DESTROY,
+    operations.REBOOT, operations.UNDEFINE, operations.SNAPSHOT_DISK])
+def test_check_operation_allows_ordinary_lifecycle(hook, operation):
+    restricted = hook.prepare(base.fixture('hvm.xml'), ACME)
+    hook.check_operation(restricted, ACME, operation)
+
+
+@pytest.mark.parametrize('operation,device,live,refused', [
+    (operations.UPDATE_DEVICE, "<disk device='cdrom'><source file='/a.iso'/>"
+     "<target dev='hdc'/></disk>", True, 'cdrom-media-change'),
+    (operations.UPDATE_DEVICE, "<disk device='cdrom'><source file='/a.iso'/>"
+     "<target dev='hdc'/></disk>", False, None),
+    (operations.ATTACH_DEVICE, "<hostdev mode='subsystem' type='pci'>"
+     "<source><address domain='0' bus='1' slot='0' function='0'/></source>"
+     "</hostdev>", False, 'PCI passthrough'),
+    (operations.ATTACH_DEVICE, "<disk type='file' device='disk'><driver "
+     "name='qemu'/><source file='/d.img'/><target dev='hdb'/></disk>", True,
+     'qdisk'),
+    (operations.ATTACH_DEVICE, "<disk type='block' device='disk'><source "
+     "dev='/dev/vg0/x'/><target dev='hdb'/></disk>", True, None),
+    (operations.DETACH_DEVICE, "<disk type='block' device='disk'><source "
+     "dev='/dev/vg0/x'/><target dev='hdb'/></disk>", True, None),
+])
+def test_check_operation_on_devices(hook, operation, device, live, refused):
+    restricted = hook.prepare(base.fixture('hvm.xml'), ACME)
+    if refused is None:
+        hook.check_operation(restricted, ACME, operation, device, live)
+        return
+    with pytest.raises(exception.OperationRefused) as err:
+        hook.check_operation(restricted, ACME, operation, device, live)
+    assert refused in str(err.value)

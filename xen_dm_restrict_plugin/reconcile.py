@@ -1,0 +1,203 @@
+"""Make the lease database and libvirt's domains agree again.
+
+The lease database and libvirt can drift apart: an orchestrator crashes
+between undefine and release, a database is restored from a backup, an
+operator defines a domain by hand.  Every drift is a way for two device
+models to share a uid or for a uid to be reused while its old QEMU runs,
+so reconcile finds each kind and, when asked, repairs it:
+
+* a lease whose domain is gone: reap its uid, then release it;
+* a restricted domain without a lease: lease it the uid its record
+  names, when that uid is free and inside its tenant's range;
+* a uid claimed by two domains, or a recorded uid leased to another
+  domain: hold the domains (they are refused at start) until an operator
+  decides;
+* a hold whose conflict is gone: lift it.
+
+It only reads libvirt (never defines or undefines anything), and running
+it twice in a row repairs nothing the second time.
+"""
+
+import dataclasses
+import logging
+import typing
+
+import libvirt
+
+from xen_dm_restrict_plugin import conf as conf_mod
+from xen_dm_restrict_plugin import domain as domain_mod
+from xen_dm_restrict_plugin import exception
+from xen_dm_restrict_plugin import leases
+from xen_dm_restrict_plugin import reaper as reaper_mod
+from xen_dm_restrict_plugin import restrict
+
+LOG = logging.getLogger(__name__)
+
+ORPHAN_LEASE = 'orphan-lease'
+UNLEASED_DOMAIN = 'unleased-domain'
+UID_CONFLICT = 'uid-conflict'
+STALE_HOLD = 'stale-hold'
+
+_TRUSTED_XML_BYTES = 1 << 24
+
+
+@dataclasses.dataclass
+class Finding:
+    """One discrepancy, what was (or would be) done, and whether it was.
+
+    :param kind: ORPHAN_LEASE, UNLEASED_DOMAIN, UID_CONFLICT or
+        STALE_HOLD.
+    :param resolved: True once repaired; conflicts stay unresolved until
+        an operator decides.
+    """
+
+    kind: str
+    uuid: str
+    uid: typing.Optional[int]
+    tenant: typing.Optional[str]
+    detail: str
+    action: str
+    resolved: bool = False
+
+
+def restricted_domains(conn: libvirt.virConnect
+                       ) -> typing.Dict[str, typing.Tuple[str,
+                                                          restrict.Record]]:
+    """uuid -> (name, record) of every domain libvirt knows with a record.
+    """
+    found = {}
+    for dom in conn.listAllDomains(0):
+        parsed = domain_mod.parse(dom.XMLDesc(0), _TRUSTED_XML_BYTES)
+        record = restrict.read_record(parsed)
+        if record is not None:
+            found[dom.UUIDString()] = (dom.name(), record)
+    return found
+
+
+class Reconciler:
+    """Compares one lease database with one libvirt connection.
+
+    :param settings: the validated ``[dm_restrict]`` settings.
+    :param store: the lease database.
+    :param reaper: kills a uid's processes before its lease is released.
+    """
+
+    def __init__(self, settings: conf_mod.Settings,
+                 store: leases.LeaseStore,
+                 reaper: typing.Optional[reaper_mod.Reaper] = None):
+        self.settings = settings
+        self.store = store
+        self.reaper = reaper or reaper_mod.Reaper(settings)
+
+    def run(self, conn: libvirt.virConnect,
+            apply: bool = False) -> typing.List[Finding]:
+        """Find (and with ``apply``, repair) every discrepancy."""
+        domains = restricted_domains(conn)
+        known = {dom.UUIDString() for dom in conn.listAllDomains(0)}
+        findings: typing.List[Finding] = []
+        conflicts = self._conflicts(domains)
+        for uuid, reason in sorted(conflicts.items()):
+            name, record = domains[uuid]
+            finding = Finding(UID_CONFLICT, uuid, record.uid, record.tenant,
+                              'domain %s: %s' % (name, reason),
+                              'hold the domain until an operator decides')
+            if apply:
+                self.store.hold(uuid, reason)
+                finding.action = 'held: refused at start until an operator '\
+                    'resolves it and runs reconcile again'
+            findings.append(finding)
+        for lease in self.store.list():
+            if lease.uuid not in known:
+                findings.append(self._orphan(lease, apply))
+        for uuid, (name, record) in sorted(domains.items()):
+            if uuid not in conflicts and self.store.get(uuid) is None:
+                findings.append(self._unleased(uuid, name, record, apply))
+        for uuid, reason in sorted(self.store.holds().items()):
+            if uuid not in conflicts:
+                findings.append(self._stale_hold(uuid, reason, apply))
+        for finding in findings:
+            LOG.warning('reconcile: %s instance %s uid %s tenant %s: %s; %s',
+                        finding.kind, finding.uuid, finding.uid,
+                        finding.tenant, finding.detail, finding.action)
+        return findings
+
+    def _conflicts(self, domains) -> typing.Dict[str, str]:
+        """uuid -> reason, for every domain whose uid is in conflict."""
+        by_uid: typing.Dict[int, typing.List[str]] = {}
+        for uuid, (_, record) in domains.items():
+            by_uid.setdefault(record.uid, []).append(uuid)
+        conflicts = {}
+        for uid, uuids in by_uid.items():
+            names = ', '.join(sorted(domains[u][0] for u in uuids))
+            if len(uuids) > 1:
+                for uuid in uuids:
+                    conflicts[uuid] = ('uid %d is claimed by domains %s'
+                                       % (uid, names))
+                continue
+            [uuid] = uuids
+            holder = self.store.get_by_uid(uid)
+            if holder is not None and holder.uuid != uuid:
+                conflicts[uuid] = ('its recorded uid %d is leased to '
+                                   'instance %s' % (uid, holder.uuid))
+                continue
+            own = self.store.get(uuid)
+            if own is not None and own.uid != uid:
+                conflicts[uuid] = ('its recorded uid %d differs from its '
+                                   'leased uid %d' % (uid, own.uid))
+                continue
+            if own is None:
+                problem = self._unleasable(uid, domains[uuid][1].tenant)
+                if problem:
+                    conflicts[uuid] = problem
+        return conflicts
+
+    def _unleasable(self, uid: int, tenant: str) -> typing.Optional[str]:
+        try:
+            uid_range = self.settings.range_for(tenant)
+        except exception.Refused:
+            return 'its tenant %s has no uid range' % tenant
+        if uid not in uid_range:
+            return ('its recorded uid %d is outside tenant %s\'s range %s'
+                    % (uid, tenant, uid_range))
+        if not leases.uid_has_no_account(uid):
+            return 'its recorded uid %d belongs to an account' % uid
+        return None
+
+    def _orphan(self, lease: leases.Lease, apply: bool) -> Finding:
+        finding = Finding(ORPHAN_LEASE, lease.uuid, lease.uid, lease.tenant,
+                          'libvirt has no domain with this uuid',
+                          'reap the uid, then release the lease')
+        if apply:
+            try:
+                if self.settings.reap_device_models:
+                    self.reaper.reap(lease.uid, 'orphan lease of instance '
+                                     '%s' % lease.uuid)
+                self.store.release(lease.uuid)
+                self.store.unhold(lease.uuid)
+                finding.action = 'reaped and released'
+                finding.resolved = True
+            except exception.DmRestrictError as err:
+                finding.action = 'not released: %s' % err
+        return finding
+
+    def _unleased(self, uuid: str, name: str, record: restrict.Record,
+                  apply: bool) -> Finding:
+        finding = Finding(UNLEASED_DOMAIN, uuid, record.uid, record.tenant,
+                          'domain %s is restricted to uid %d but holds no '
+                          'lease' % (name, record.uid),
+                          'lease it its recorded uid')
+        if apply:
+            self.store.insert(uuid, record.tenant, record.uid)
+            finding.action = 'leased its recorded uid'
+            finding.resolved = True
+        return finding
+
+    def _stale_hold(self, uuid: str, reason: str, apply: bool) -> Finding:
+        finding = Finding(STALE_HOLD, uuid, None, None,
+                          'held for "%s", which no longer holds' % reason,
+                          'lift the hold')
+        if apply:
+            self.store.unhold(uuid)
+            finding.action = 'hold lifted'
+            finding.resolved = True
+        return finding
