@@ -29,6 +29,9 @@ PROBE_TIMEOUT = 10.0
 
 #: Probe name -> arguments QEMU must accept.
 PROBES = {
+    # No option at all: a binary failing this does not run (missing
+    # library, wrong architecture), whatever the other probes say.
+    'version': [],
     'xen-domid-restrict': ['-xen-domid-restrict'],
     'runas': ['-runas', '1:1'],
     'chroot': ['-chroot', '/'],
@@ -124,6 +127,12 @@ def syntax_from_capabilities(caps: Capabilities,
     """
     upgrade = ('use qemu-xen 3.0 or later built with Xen support, on '
                'Linux 4.11 or later')
+    if not caps.has('version'):
+        raise exception.CapabilityMissing(
+            'device model %s' % caps.binary,
+            'it does not run: "%s -no-user-config -version" fails'
+            % caps.binary, 'run that command to see why, and repair or '
+            'reinstall the device model')
     if caps.has('nonsense'):
         raise exception.CapabilityMissing(
             'device model %s' % caps.binary,

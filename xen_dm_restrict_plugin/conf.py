@@ -119,6 +119,13 @@ dm_restrict_opts = [
              'while it kills, because a reaper\'s kill(-1) also kills any '
              'other reaper running at the same time. Its directory is '
              'created (mode 0700) if missing.'),
+    cfg.BoolOpt(
+        'reap_device_models', default=True,
+        help='Kill every process of a domain\'s device-model uid right '
+             'before the domain starts, after it stops, and before its '
+             'lease is released, and refuse the start when that is '
+             'impossible (not root, no reaper user). Turn off only where '
+             'no device model ever runs, such as libvirt\'s test driver.'),
 ]
 
 
@@ -154,6 +161,7 @@ class Settings:
     enforce: bool
     max_xml_bytes: int
     reaper_lock_file: str = '/run/xen-dm-restrict/reaper.lock'
+    reap_device_models: bool = True
 
     def all_ranges(self) -> typing.List[ranges.UidRange]:
         found = list(self.tenant_ranges.values())
@@ -255,4 +263,5 @@ def load(conf: cfg.ConfigOpts) -> Settings:
         lease_db_timeout=group.lease_db_timeout,
         reaper_user=group.reaper_user, reaper_uid=reaper_uid,
         enforce=group.enforce, max_xml_bytes=group.max_xml_bytes,
-        reaper_lock_file=group.reaper_lock_file)
+        reaper_lock_file=group.reaper_lock_file,
+        reap_device_models=group.reap_device_models)

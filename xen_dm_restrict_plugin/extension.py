@@ -155,8 +155,10 @@ class DmRestrictHook(hooks.DomainHook):
         return record
 
     def before_start(self, xml: str, instance: hooks.Instance) -> None:
-        """Refuse to start a held, unleased or unrestricted domain, and
-        reap its uid first."""
+        """Refuse a held, unleased or unrestricted domain; reap its uid.
+
+        Called right before the domain starts.
+        """
         try:
             record = self._restricted_record(xml, instance, operations.START)
             if record is None:
@@ -211,6 +213,7 @@ class DmRestrictHook(hooks.DomainHook):
 
     def release(self, instance: hooks.Instance) -> None:
         """Reap the instance's uid, then give its lease back."""
+        self.store.unhold(instance.uuid)
         lease = self.store.get(instance.uuid)
         if lease is None:
             LOG.info('instance %s of tenant %s had no uid lease to release',
@@ -218,7 +221,6 @@ class DmRestrictHook(hooks.DomainHook):
             return
         self._reap(lease.uid, instance, 'before release')
         self.store.release(instance.uuid)
-        self.store.unhold(instance.uuid)
         LOG.info('instance %s of tenant %s: released uid %d',
                  instance.uuid, instance.tenant, lease.uid)
 

@@ -113,8 +113,10 @@ def test_restore_of_a_restricted_save_image_is_refused(restricted, conn,
 
 
 def _passed_to_libvirt(call):
-    """The test driver has no device hotplug: reaching it proves the
-    wrapper let the call through."""
+    """Assert ``call`` reached libvirt (the wrapper let it through).
+
+    The test driver has no device hotplug, so reaching it fails there.
+    """
     with pytest.raises(libvirt.libvirtError) as err:
         call()
     assert 'not supported by the connection driver' in str(err.value)

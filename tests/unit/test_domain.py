@@ -1,7 +1,7 @@
 """The safe parser and the guest classification."""
 
-import pytest
 from lxml import etree
+import pytest
 
 from tests import base
 from xen_dm_restrict_plugin import domain

@@ -2,8 +2,8 @@
 
 import os
 
-import pytest
 from lxml import etree
+import pytest
 
 from tests import base
 from xen_dm_restrict_plugin import domain

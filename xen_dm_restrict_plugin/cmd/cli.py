@@ -6,7 +6,8 @@ domain would get, check a domain without taking a lease, look at and
 release leases, and boot a tenant VM through the enabled hooks.
 
 Exit codes: 0 done, 2 refused (bad input, an unsupported feature or bad
-configuration), 1 any other failure.
+configuration), 3 ``leases reconcile`` left discrepancies for an
+operator, 1 any other failure.
 """
 
 import argparse
@@ -21,6 +22,7 @@ import uuid as uuid_mod
 from oslo_config import cfg
 
 from xen_dm_restrict_plugin import capabilities
+from xen_dm_restrict_plugin.cmd import host
 from xen_dm_restrict_plugin import conf as conf_mod
 from xen_dm_restrict_plugin import domain as domain_mod
 from xen_dm_restrict_plugin import exception
@@ -36,6 +38,8 @@ LOG = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_REFUSED = 2
+#: reconcile found discrepancies it did not (or may not) repair.
+EXIT_UNRESOLVED = 3
 
 DEFAULT_CONFIG = '/etc/xen-dm-restrict/xen-dm-restrict.conf'
 
@@ -169,8 +173,60 @@ def cmd_leases_release(args) -> int:
     return EXIT_OK
 
 
+def cmd_leases_unhold(args) -> int:
+    settings = _settings(_load_conf(args))
+    instance_uuid = hooks.Instance(args.uuid, 'unknown').uuid
+    with leases.LeaseStore(settings.lease_db,
+                           settings.lease_db_timeout) as store:
+        lifted = store.unhold(instance_uuid)
+    if not lifted:
+        raise CommandError('hold of %s' % instance_uuid, 'there is none',
+                           'see held instances with "xen-dm-restrict '
+                           'leases reconcile"')
+    print('hold lifted from %s' % instance_uuid)
+    return EXIT_OK
+
+
+def cmd_leases_reconcile(args) -> int:
+    from xen_dm_restrict_plugin import reconcile
+
+    libvirt = _quiet_libvirt()
+
+    settings = _settings(_load_conf(args))
+    conn = libvirt.openReadOnly(args.connect)
+    try:
+        with leases.LeaseStore(settings.lease_db,
+                               settings.lease_db_timeout) as store:
+            findings = reconcile.Reconciler(settings, store).run(
+                conn, apply=args.apply)
+    finally:
+        conn.close()
+    if args.format == 'json':
+        print(json.dumps([vars(f) for f in findings], indent=2))
+    elif not findings:
+        print('lease database and libvirt agree')
+    else:
+        print('%-16s %-36s %10s  %s' % ('KIND', 'UUID', 'UID', 'ACTION'))
+        for f in findings:
+            print('%-16s %-36s %10s  %s\n%55s  (%s)'
+                  % (f.kind, f.uuid, '' if f.uid is None else f.uid,
+                     f.action, '', f.detail))
+    if any(not f.resolved for f in findings):
+        return EXIT_UNRESOLVED
+    return EXIT_OK
+
+
+def _quiet_libvirt():
+    """Stop libvirt printing every error it raises to stderr."""
+    import libvirt
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    return libvirt
+
+
 def cmd_boot(args) -> int:
     from xen_dm_restrict_plugin import virt
+
+    _quiet_libvirt()
 
     conf = _load_conf(args)
     _settings(conf)
@@ -206,6 +262,14 @@ def cmd_boot(args) -> int:
     return EXIT_OK
 
 
+def cmd_preflight(args) -> int:
+    return host.preflight(args, _settings(_load_conf(args)))
+
+
+def cmd_reap(args) -> int:
+    return host.reap(args, _settings(_load_conf(args)))
+
+
 def _read_back_record(dom) -> typing.Optional[restrict.Record]:
     import libvirt
     try:
@@ -239,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='xen-dm-restrict',
         description='Run Xen device models of tenant VMs restricted '
-                    '(dm_restrict). Exit codes: 0 done, 2 refused, 1 error.')
+                    '(dm_restrict). Exit codes: 0 done, 2 refused, 3 '
+                    'reconcile left discrepancies, 1 error.')
     subs = parser.add_subparsers(dest='command', metavar='COMMAND')
     subs.required = True
 
@@ -281,6 +346,28 @@ def build_parser() -> argparse.ArgumentParser:
         '2f7f3c1d9a10')
     lrel.add_argument('uuid', help='instance uuid')
     lrel.set_defaults(func=cmd_leases_release)
+    lrec = _subparser(
+        lease_subs, 'reconcile', 'Compare the leases with the domains '
+        'libvirt knows and report (with --apply, repair) leases of gone '
+        'domains, restricted domains without a lease, and uids claimed '
+        'twice (held: refused at start). Exit 0 when all agree or were '
+        'repaired, 3 when something is left for an operator.',
+        'xen-dm-restrict leases reconcile --connect xen:///system\n'
+        'xen-dm-restrict leases reconcile --connect xen:///system --apply')
+    lrec.add_argument('--connect', default='test:///default',
+                      help='libvirt URI, opened read-only (default: '
+                           '%(default)s)')
+    lrec.add_argument('--apply', action='store_true',
+                      help='repair what can be repaired')
+    lrec.add_argument('--format', choices=('table', 'json'),
+                      default='table')
+    lrec.set_defaults(func=cmd_leases_reconcile)
+    lunhold = _subparser(
+        lease_subs, 'unhold', 'Let a held instance start again, once you '
+        'have resolved its uid conflict.',
+        'xen-dm-restrict leases unhold 0b7a9c2e-5d1f-4a53-9e57-2f7f3c1d9a10')
+    lunhold.add_argument('uuid', help='instance uuid')
+    lunhold.set_defaults(func=cmd_leases_unhold)
 
     boot = _subparser(
         subs, 'boot', 'Define and start a tenant VM through the enabled '
@@ -297,6 +384,26 @@ def build_parser() -> argparse.ArgumentParser:
                            'host: xen:///system)')
     boot.add_argument('--format', choices=('text', 'json'), default='text')
     boot.set_defaults(func=cmd_boot)
+
+    pre = _subparser(
+        subs, 'preflight', 'Check that this host can run device models '
+        'restricted as configured; exit 0 only if every check passes.',
+        'xen-dm-restrict preflight --format json')
+    pre.add_argument('--format', choices=('table', 'json'),
+                     default='table')
+    pre.add_argument('--libvirt-hooks-dir', default='/etc/libvirt/hooks',
+                     help='where libvirtd looks for hooks '
+                          '(default: %(default)s)')
+    pre.set_defaults(func=cmd_preflight)
+
+    reap = _subparser(
+        subs, 'reap', 'Kill every process of a device-model uid (as root, '
+        'with the reaper user); fails if any is left alive.',
+        'xen-dm-restrict reap --uid 200017')
+    reap.add_argument('--uid', type=int, required=True,
+                      help='a uid inside a configured range')
+    reap.add_argument('--format', choices=('text', 'json'), default='text')
+    reap.set_defaults(func=cmd_reap)
     return parser
 
 

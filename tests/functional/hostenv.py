@@ -1,0 +1,150 @@
+"""Helpers for the host-side functional tests: root, users, config files.
+
+These tests create real users (useradd/userdel), start real processes as
+other uids and run a real QEMU, so they need root; elsewhere they skip
+with the reason.  Every uid they use comes from a block that no account
+or group holds, picked at random so parallel runs do not collide.
+"""
+
+import dataclasses
+import grp
+import os
+import pwd
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import typing
+import uuid as uuid_mod
+
+import pytest
+
+from xen_dm_restrict_plugin.cmd import host
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+QEMU = '/usr/bin/qemu-system-x86_64'
+BLOCK = 1000
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip('needs root: creates users, switches uids and '
+                    'namespaces (CI runs as root)')
+
+
+def require_tool(path: str) -> None:
+    if not (os.path.exists(path) or shutil.which(path)):
+        pytest.skip('%s is not installed (see bindep.txt)' % path)
+
+
+def free_block() -> int:
+    """The first uid of BLOCK consecutive uids and gids nobody holds."""
+    taken = {p.pw_uid for p in pwd.getpwall()}
+    taken |= {g.gr_gid for g in grp.getgrall()}
+    for _ in range(100):
+        first = random.randrange(3000, 3900) * BLOCK
+        if not any(first <= t < first + BLOCK for t in taken):
+            return first
+    raise RuntimeError('no free uid block found')
+
+
+@dataclasses.dataclass
+class HostEnv:
+    """A configuration on disk for one test, with its uid layout.
+
+    acme owns ``first``..``first+99``, globex ``first+100``..``+199``;
+    the reaper user (when created) has ``first+500``.
+    """
+
+    tmp: str
+    first: int
+    config: str = ''
+    reaper_name: str = ''
+    users: typing.List[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def acme(self) -> typing.Tuple[int, int]:
+        return self.first, self.first + 99
+
+    @property
+    def globex(self) -> typing.Tuple[int, int]:
+        return self.first + 100, self.first + 199
+
+    def add_user(self, name: str, uid: int) -> None:
+        subprocess.run(['useradd', '--no-create-home', '--no-user-group',
+                        '--no-log-init', '--shell', '/usr/sbin/nologin',
+                        '--uid', str(uid), name], check=True,
+                       capture_output=True)
+        self.users.append(name)
+
+    def remove_users(self) -> None:
+        for name in self.users:
+            subprocess.run(['userdel', name], capture_output=True)
+        self.users.clear()
+
+    def write_config(self, **options: str) -> str:
+        values = {
+            'tenant_uid_ranges': 'acme:%d-%d,globex:%d-%d'
+                                 % (self.acme + self.globex),
+            'chroot_base_dir': os.path.join(self.tmp, 'chroots'),
+            'lease_db': os.path.join(self.tmp, 'leases.sqlite'),
+            'reaper_lock_file': os.path.join(self.tmp, 'run',
+                                             'reaper.lock'),
+            'reaper_user': self.reaper_name or 'xdr-no-such-reaper',
+            'qemu_binary': QEMU,
+            'device_model_syntax': 'runas',
+        }
+        values.update(options)
+        self.config = os.path.join(self.tmp, 'xen-dm-restrict.conf')
+        with open(self.config, 'w') as handle:
+            handle.write('[dm_restrict]\n')
+            for key, value in values.items():
+                handle.write('%s = %s\n' % (key, value))
+        return self.config
+
+    def settings(self):
+        return host.load_settings([self.config])
+
+    def environ(self) -> typing.Dict[str, str]:
+        env = dict(os.environ)
+        env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
+        env[host.CONFIG_ENV] = self.config
+        return env
+
+
+def unique_name(prefix: str) -> str:
+    return '%s%s' % (prefix, uuid_mod.uuid4().hex[:10])
+
+
+def make_env(tmp_path, with_reaper: bool) -> HostEnv:
+    env = HostEnv(str(tmp_path), free_block())
+    if with_reaper:
+        env.reaper_name = unique_name('xdr-reap-')
+        env.add_user(env.reaper_name, env.first + 500)
+    env.write_config()
+    return env
+
+
+def module(name: str) -> typing.List[str]:
+    """argv running one of the package's console scripts from the tree."""
+    return [sys.executable, '-m', name]
+
+
+def kill_uid(uid: int, rounds: int = 20) -> None:
+    """Last-resort cleanup: kill what a failed test left running as uid.
+
+    Only used on uids of the test's own unique block.
+    """
+    for _ in range(rounds):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setresuid(uid, uid, uid)
+                os.kill(-1, signal.SIGKILL)
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        time.sleep(0.01)

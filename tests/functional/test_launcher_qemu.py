@@ -1,0 +1,236 @@
+"""A real QEMU started restricted through the launcher, checked as Xen's
+design doc says (root only).
+
+QEMU here is the TCG build (``-machine none``), so the arguments are
+those restrict.Restriction generates for the legacy syntax without
+``-xen-domid-restrict``, which only a Xen build on a Xen host accepts.
+"Restricted and ready" is the reply to ``query-status``: the QMP greeting
+comes before QEMU drops its privileges.
+"""
+
+import json
+import os
+import select
+import subprocess
+import time
+
+import pytest
+
+from tests.functional import hostenv
+from xen_dm_restrict_plugin import restrict
+
+LAUNCH = hostenv.module('xen_dm_restrict_plugin.cmd.launch')
+BASE_ARGS = ['-machine', 'none', '-nodefaults', '-nographic',
+             '-qmp', 'stdio']
+
+
+@pytest.fixture
+def env(tmp_path):
+    hostenv.require_root()
+    hostenv.require_tool(hostenv.QEMU)
+    made = hostenv.make_env(tmp_path, with_reaper=False)
+    yield made
+    for uid in range(made.first, made.first + 3):
+        hostenv.kill_uid(uid, rounds=1)
+
+
+def restriction_args(settings, uid: int) -> list:
+    args = restrict.Restriction(
+        tenant='acme', uid=uid, gid=settings.gid_for(uid),
+        chroot=settings.chroot_dir(uid),
+        syntax=restrict.DeviceModelSyntax(
+            restrict.FORM_LEGACY, restrict.FORM_LEGACY, True)).args()
+    args.remove('-xen-domid-restrict')
+    return args
+
+
+class Qmp:
+    """QEMU on pipes: QMP on stdin/stdout, stderr to a fresh log file."""
+
+    def __init__(self, env, args, pass_fds=()):
+        self.log = os.path.join(env.tmp, 'qemu-%d.log' % time.monotonic_ns())
+        with open(self.log, 'w') as log:
+            self.proc = subprocess.Popen(
+                LAUNCH + args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=log, env=env.environ(), pass_fds=pass_fds)
+
+    def read(self, timeout=10.0) -> dict:
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        assert ready, 'QEMU said nothing for %s s: %s' % (
+            timeout, self.log_text())
+        line = self.proc.stdout.readline()
+        assert line, 'QEMU exited (%s): %s' % (self.proc.wait(),
+                                               self.log_text())
+        return json.loads(line)
+
+    def command(self, name: str) -> dict:
+        self.proc.stdin.write(json.dumps({'execute': name}).encode() + b'\n')
+        self.proc.stdin.flush()
+        while True:
+            reply = self.read()
+            if 'event' not in reply:
+                return reply
+
+    def log_text(self) -> str:
+        with open(self.log) as handle:
+            return handle.read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def _status(pid: int) -> dict:
+    with open('/proc/%d/status' % pid) as handle:
+        return dict(line.split(':', 1) for line in handle if ':' in line)
+
+
+def _limits(pid: int) -> dict:
+    found = {}
+    with open('/proc/%d/limits' % pid) as handle:
+        for line in handle.readlines()[1:]:
+            words = line[26:].split()
+            found[line[:26].strip()] = (words[0], words[1])
+    return found
+
+
+def test_qemu_runs_restricted_through_the_launcher(env):
+    settings = env.settings()
+    uid = env.first + 1
+    chroot = settings.chroot_dir(uid)
+    keep_r, keep_w = os.pipe()
+    stray_r, stray_w = os.pipe()
+    stray_inode = os.fstat(stray_r).st_ino
+    started = time.monotonic()
+    qemu = Qmp(env, BASE_ARGS + ['-add-fd', 'fd=%d,set=1' % keep_r]
+               + restriction_args(settings, uid),
+               pass_fds=(keep_r, stray_r))
+    try:
+        assert 'QMP' in qemu.read()
+        assert qemu.command('qmp_capabilities') == {'return': {}}
+        status = qemu.command('query-status')
+        ready_after = time.monotonic() - started
+        assert status['return']['running'] is True
+        pid = qemu.proc.pid
+
+        proc_status = _status(pid)
+        assert proc_status['Name'].strip().startswith('qemu-system')
+        assert proc_status['Uid'].split() == [str(uid)] * 4
+        assert proc_status['Gid'].split() == [str(uid)] * 4
+        assert proc_status['Seccomp'].strip() == '2'
+        # SIGXFSZ must kill QEMU past the file size limit, not be ignored.
+        assert not int(proc_status['SigIgn'], 16) & (1 << (25 - 1))
+
+        assert os.readlink('/proc/%d/root' % pid) == chroot
+        st = os.stat(chroot)
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 0, 0)
+        assert os.listdir(chroot) == []
+
+        for ns in ('mnt', 'ipc'):
+            assert (os.readlink('/proc/%d/ns/%s' % (pid, ns))
+                    != os.readlink('/proc/self/ns/%s' % ns))
+        assert (os.readlink('/proc/%d/ns/net' % pid)
+                == os.readlink('/proc/self/ns/net'))
+
+        limits = _limits(pid)
+        assert limits['Max file size'] == ('262144', '262144')
+        for name in ('Max core file size', 'Max msgqueue size',
+                     'Max file locks', 'Max locked memory'):
+            assert limits[name] == ('0', '0'), name
+
+        links = [os.readlink('/proc/%d/fd/%s' % (pid, fd))
+                 for fd in os.listdir('/proc/%d/fd' % pid)]
+        assert 'pipe:[%d]' % os.fstat(keep_r).st_ino in links
+        assert 'pipe:[%d]' % stray_inode not in links
+
+        assert qemu.command('quit') == {'return': {}}
+        assert qemu.proc.wait(timeout=10) == 0
+        assert 'starting %s as uid %d' % (hostenv.QEMU, uid) in (
+            qemu.log_text())
+        assert ready_after < 5
+    finally:
+        qemu.close()
+        for fd in (keep_r, keep_w, stray_r, stray_w):
+            os.close(fd)
+
+
+def _run_launcher(env, args, **kwargs):
+    return subprocess.run(LAUNCH + args, env=env.environ(),
+                          capture_output=True, text=True, timeout=30,
+                          **kwargs)
+
+
+def test_help_and_version_pass_straight_through(env):
+    version = _run_launcher(env, ['-version'])
+    assert version.returncode == 0
+    assert version.stdout.startswith('QEMU emulator version')
+    helped = _run_launcher(env, ['-help'])
+    assert helped.returncode == 0
+    assert '-machine' in helped.stdout
+    assert not os.path.exists(env.settings().chroot_base_dir)
+
+
+@pytest.mark.parametrize('args, message', [
+    (BASE_ARGS, 'carries no user and chroot restriction'),
+    (BASE_ARGS + ['-runas', '1000:1000', '-chroot', '/tmp'],
+     'not inside any configured tenant'),
+    (BASE_ARGS + ['-runas', 'root', '-chroot', '/tmp'], 'numeric UID:GID'),
+    (BASE_ARGS + ['-chroot', '/a', '-chroot', '/b', '-runas', '1:1'],
+     'given twice'),
+])
+def test_unrestricted_or_foreign_command_lines_are_refused(env, args,
+                                                           message):
+    proc = _run_launcher(env, args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert not os.path.exists(env.settings().chroot_base_dir)
+
+
+def test_chroot_outside_the_base_is_refused(env):
+    settings = env.settings()
+    uid = env.first + 2
+    outside = os.path.join(env.tmp, 'elsewhere')
+    proc = _run_launcher(env, BASE_ARGS + [
+        '-runas', '%d:%d' % (uid, uid), '-chroot', outside])
+    assert proc.returncode == 2
+    assert 'is not %s' % settings.chroot_dir(uid) in proc.stderr
+    assert not os.path.exists(outside)
+    assert not os.path.exists(settings.chroot_base_dir)
+
+
+def test_non_empty_chroot_is_refused_and_left_alone(env):
+    settings = env.settings()
+    uid = env.first + 2
+    chroot = settings.chroot_dir(uid)
+    os.makedirs(chroot)
+    with open(os.path.join(chroot, 'planted'), 'w') as handle:
+        handle.write('x')
+    proc = _run_launcher(env, BASE_ARGS + restriction_args(settings, uid))
+    assert proc.returncode == 2
+    assert 'is not empty (planted)' in proc.stderr
+    assert os.listdir(chroot) == ['planted']
+
+
+def test_symlinked_chroot_is_refused(env):
+    settings = env.settings()
+    uid = env.first + 2
+    os.makedirs(settings.chroot_base_dir)
+    target = os.path.join(env.tmp, 'target')
+    os.mkdir(target)
+    os.symlink(target, settings.chroot_dir(uid))
+    proc = _run_launcher(env, BASE_ARGS + restriction_args(settings, uid))
+    assert proc.returncode == 2
+    assert 'not a plain directory' in proc.stderr
+    assert os.stat(target).st_mode & 0o777 != 0
+
+
+def test_unsafe_chroot_base_is_refused(env):
+    settings = env.settings()
+    os.makedirs(settings.chroot_base_dir)
+    os.chmod(settings.chroot_base_dir, 0o777)
+    uid = env.first + 2
+    proc = _run_launcher(env, BASE_ARGS + restriction_args(settings, uid))
+    assert proc.returncode == 2
+    assert 'writable by group or others' in proc.stderr
+    assert os.listdir(settings.chroot_base_dir) == []

@@ -1,0 +1,277 @@
+"""The libxl hook, run exactly as libvirtd runs it.
+
+libvirtd execs ``/etc/libvirt/hooks/libxl DOMAIN OPERATION SUB_OPERATION
+EXTRA`` with the domain XML on stdin and stops a start on a non-zero
+exit, showing stderr.  The tests that reap or create the chroot need
+root; the refusals do not.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+
+from lxml import etree
+from oslo_config import cfg
+import pytest
+
+from tests import base
+from tests.functional import hostenv
+from xen_dm_restrict_plugin import domain
+from xen_dm_restrict_plugin import extension
+from xen_dm_restrict_plugin import hooks
+from xen_dm_restrict_plugin import leases
+from xen_dm_restrict_plugin import libvirt_hook
+from xen_dm_restrict_plugin import restrict
+
+HOOK = hostenv.module('xen_dm_restrict_plugin.cmd.libvirt_hook')
+ACME = hooks.Instance(base.HVM_UUID, 'acme')
+
+
+@pytest.fixture
+def env(tmp_path):
+    made = hostenv.make_env(tmp_path, with_reaper=os.geteuid() == 0)
+    made.touched = set()
+    yield made
+    if os.geteuid() == 0:
+        for uid in made.touched:
+            hostenv.kill_uid(uid, rounds=2)
+    made.remove_users()
+
+
+def call_hook(env, operation, sub_operation, xml, name='fixture-hvm'):
+    if isinstance(xml, str):
+        xml = xml.encode()
+    return subprocess.run(HOOK + [name, operation, sub_operation, '-'],
+                          input=xml, capture_output=True,
+                          env=env.environ(), timeout=30)
+
+
+def restricted_xml(env, instance=ACME, xml=None) -> str:
+    """The XML the orchestrator defines: through the dm_restrict hook."""
+    hook = extension.DmRestrictHook(cfg.ConfigOpts(), env.settings())
+    try:
+        out = hook.prepare(xml or base.fixture('hvm.xml'), instance)
+    finally:
+        hook.close()
+    env.touched.add(restrict.read_record(domain.parse(out, 1 << 20)).uid)
+    return out
+
+
+def edit_args(xml: str, func) -> str:
+    dom = domain.parse(xml, 1 << 20)
+    dom.set_xen_args(func(dom.xen_args()))
+    return dom.to_string()
+
+
+def test_help_names_the_operations(env):
+    proc = subprocess.run(HOOK + ['--help'], capture_output=True, text=True,
+                          env=env.environ(), timeout=30)
+    assert proc.returncode == 0
+    for words in ('prepare begin', 'stopped end', 'release end',
+                  'migrate begin', 'never calls back into libvirt'):
+        assert words in proc.stdout
+
+
+def test_unrestricted_hvm_start_is_refused(env):
+    proc = call_hook(env, 'prepare', 'begin', base.fixture('hvm.xml'))
+    assert proc.returncode == 2
+    assert b'refused' in proc.stderr
+    assert b'carries no dm_restrict <metadata> record' in proc.stderr
+    assert b'fixture-hvm' in proc.stderr
+
+
+def test_unrestricted_hvm_start_allowed_when_not_enforced(env):
+    env.write_config(enforce='false')
+    proc = call_hook(env, 'prepare', 'begin', base.fixture('hvm.xml'))
+    assert proc.returncode == 0, proc.stderr
+    assert b'allowed unrestricted (enforce is off)' in proc.stderr
+
+
+def test_traditional_device_model_is_refused(env):
+    xml = base.edit(base.fixture('hvm.xml'), lambda root: root.find(
+        'devices').insert(0, etree.fromstring(
+            '<emulator>/usr/lib/xen/bin/qemu-dm</emulator>')))
+    proc = call_hook(env, 'prepare', 'begin', xml)
+    assert proc.returncode == 2
+    assert b'qemu-xen-traditional' in proc.stderr
+
+
+@pytest.mark.parametrize('fixture', ['pv.xml', 'pvh.xml'])
+def test_guests_without_a_dom0_device_model_pass(env, fixture):
+    for operation, sub in (('prepare', 'begin'), ('migrate', 'begin'),
+                           ('stopped', 'end')):
+        proc = call_hook(env, operation, sub, base.fixture(fixture))
+        assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize('operation, sub', [
+    ('start', 'begin'), ('started', 'begin'), ('reconnect', 'begin'),
+    ('attach', 'begin')])
+def test_other_operations_do_nothing(env, operation, sub):
+    proc = call_hook(env, operation, sub, b'not even XML')
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_malformed_xml_is_refused(env):
+    proc = call_hook(env, 'prepare', 'begin', b'<domain type="xen">')
+    assert proc.returncode == 2
+    assert b'not well-formed' in proc.stderr
+
+
+def test_incoming_migration_is_refused(env):
+    xml = restricted_xml(env)
+    proc = call_hook(env, 'migrate', 'begin', xml)
+    assert proc.returncode == 2
+    assert b'incoming migration' in proc.stderr
+    unrestricted = call_hook(env, 'migrate', 'begin', base.fixture('hvm.xml'))
+    assert unrestricted.returncode == 2
+
+
+@pytest.mark.parametrize('tamper, message', [
+    (lambda args: [], b'lacks the restriction arguments'),
+    (lambda args: [a for a in args if a != '-xen-domid-restrict'],
+     b'lacks the restriction arguments'),
+])
+def test_record_without_its_arguments_is_refused(env, tamper, message):
+    # libvirt's test driver, for one, drops <xen:commandline>.
+    xml = edit_args(restricted_xml(env), tamper)
+    proc = call_hook(env, 'prepare', 'begin', xml)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+
+
+def test_extra_user_option_is_refused(env):
+    xml = edit_args(restricted_xml(env),
+                    lambda args: args + ['-runas', '1000:1000'])
+    proc = call_hook(env, 'prepare', 'begin', xml)
+    assert proc.returncode == 2
+    assert b'given twice' in proc.stderr
+
+
+def test_copied_record_is_refused(env):
+    # Nor may it reap the device model of the domain it was copied from.
+    other = hooks.Instance('0b7a9c2e-5d1f-4a53-9e57-2f7f3c1d9a10', 'acme')
+    xml = restricted_xml(env, other, base.edit(
+        base.fixture('hvm.xml'),
+        lambda root: setattr(root.find('uuid'), 'text', other.uuid)))
+    copied = base.edit(xml, lambda root: setattr(
+        root.find('uuid'), 'text', ACME.uuid))
+    proc = call_hook(env, 'prepare', 'begin', copied)
+    assert proc.returncode == 2
+    assert b'is not leased to it (no lease)' in proc.stderr
+
+
+def test_launcher_required_when_configured(env):
+    xml = restricted_xml(env)
+    env.write_config(launcher='/usr/local/bin/xen-dm-restrict-launch')
+    proc = call_hook(env, 'prepare', 'begin', xml)
+    assert proc.returncode == 2
+    assert b'not the configured launcher' in proc.stderr
+
+
+def test_sandbox_required_when_configured(env):
+    env.write_config(sandbox='off')
+    xml = restricted_xml(env)
+    env.write_config(sandbox='required')
+    proc = call_hook(env, 'prepare', 'begin', xml)
+    assert proc.returncode == 2
+    assert b'has no -sandbox' in proc.stderr
+
+
+def _sleeper(uid: int) -> subprocess.Popen:
+    return subprocess.Popen(['sleep', '60'], user=uid, group=uid)
+
+
+def test_start_creates_the_chroot_and_reaps_the_uid(env):
+    hostenv.require_root()
+    xml = restricted_xml(env)
+    settings = env.settings()
+    uid = restrict.read_record(domain.parse(xml, 1 << 20)).uid
+    leftover = _sleeper(uid)
+    bystander = _sleeper(env.globex[0])
+    env.touched.add(env.globex[0])
+    try:
+        proc = call_hook(env, 'prepare', 'begin', xml)
+        assert proc.returncode == 0, proc.stderr
+        assert leftover.wait(timeout=5) == -signal.SIGKILL
+        assert bystander.poll() is None
+        st = os.lstat(settings.chroot_dir(uid))
+        assert (st.st_uid, st.st_mode & 0o7777) == (0, 0)
+        assert b'uid %d reaped: 1 process(es) found running' % uid in (
+            proc.stderr)
+        assert b'still ran processes %d before the reap' % leftover.pid in (
+            proc.stderr)
+        assert base.HVM_UUID.encode() in proc.stderr
+    finally:
+        for sleeper in (leftover, bystander):
+            sleeper.kill()
+            sleeper.wait()
+
+
+@pytest.mark.parametrize('operation', ['stopped', 'release'])
+def test_stop_reaps_the_uid(env, operation):
+    hostenv.require_root()
+    xml = restricted_xml(env)
+    uid = restrict.read_record(domain.parse(xml, 1 << 20)).uid
+    leftover = _sleeper(uid)
+    try:
+        proc = call_hook(env, operation, 'end', xml)
+        assert proc.returncode == 0, proc.stderr
+        assert leftover.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        leftover.kill()
+        leftover.wait()
+
+
+def test_stop_after_release_does_not_reap_a_reused_uid(env):
+    hostenv.require_root()
+    xml = restricted_xml(env)
+    uid = restrict.read_record(domain.parse(xml, 1 << 20)).uid
+    with leases.LeaseStore(env.settings().lease_db) as store:
+        store.release(ACME.uuid)
+    other = _sleeper(uid)
+    try:
+        proc = call_hook(env, 'stopped', 'end', xml)
+        assert proc.returncode == 0, proc.stderr
+        assert b'no longer leased to it' in proc.stderr
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_start_refused_when_reaping_is_impossible(env):
+    hostenv.require_root()
+    xml = restricted_xml(env)
+    env.reaper_name = ''
+    env.write_config()
+    proc = call_hook(env, 'prepare', 'begin', xml)
+    assert proc.returncode == 2
+    assert b'reaper_user' in proc.stderr and b'does not exist' in proc.stderr
+
+
+def test_hook_never_loads_libvirt(env):
+    code = ('import sys\n'
+            'from xen_dm_restrict_plugin.cmd import libvirt_hook\n'
+            'rc = libvirt_hook.main(["d", "prepare", "begin", "-"])\n'
+            'assert "libvirt" not in sys.modules, "libvirt imported"\n'
+            'sys.exit(rc)\n')
+    proc = subprocess.run([sys.executable, '-c', code],
+                          input=base.fixture('pv.xml').encode(),
+                          capture_output=True, env=env.environ(), timeout=30)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_installed_hooks_are_found(tmp_path):
+    hooks_dir = tmp_path / 'hooks'
+    (hooks_dir / 'libxl.d').mkdir(parents=True)
+    script = hooks_dir / 'libxl.d' / '50-dm-restrict'
+    script.write_text('#!/usr/bin/python3\nfrom xen_dm_restrict_plugin.'
+                      'cmd.libvirt_hook import main\n')
+    assert libvirt_hook.installed_hooks(str(hooks_dir)) == []
+    script.chmod(0o755)
+    other = hooks_dir / 'libxl'
+    other.write_text('#!/bin/sh\nexit 0\n')
+    other.chmod(0o755)
+    assert libvirt_hook.installed_hooks(str(hooks_dir)) == [str(script)]

@@ -1,0 +1,140 @@
+"""The launcher's reading of a device-model command line, and its checks.
+
+The part that execs a real QEMU is tested in
+tests/functional/test_launcher_qemu.py.
+"""
+
+import os
+
+import pytest
+
+from tests import base
+from xen_dm_restrict_plugin import chroot
+from xen_dm_restrict_plugin import exception
+from xen_dm_restrict_plugin import launcher
+from xen_dm_restrict_plugin import restrict
+
+UID = 200001
+
+
+def _args(syntax_form: str, sandbox: bool = True, uid: int = UID,
+          chroot_dir: str = '/c/qemu-root-200001'):
+    return restrict.Restriction(
+        'acme', uid, uid, chroot_dir,
+        restrict.DeviceModelSyntax(syntax_form, syntax_form,
+                                   sandbox)).args()
+
+
+@pytest.mark.parametrize('form', [restrict.FORM_LEGACY,
+                                  restrict.FORM_RUN_WITH])
+def test_reads_what_restrict_writes(form):
+    parsed = launcher.parse_argv(['-xen-domid', '7', '-name', 'vm']
+                                 + _args(form))
+    assert (parsed.uid, parsed.gid) == (UID, UID)
+    assert parsed.chroot == '/c/qemu-root-200001'
+    assert parsed.domid_restrict and parsed.restricted
+    assert parsed.sandbox == restrict.SANDBOX_POLICY
+    assert not parsed.query
+
+
+def test_separate_run_with_options_are_read():
+    parsed = launcher.parse_argv([
+        '--run-with', 'user=5:6', '-run-with', 'async-teardown=on',
+        '-run-with', 'chroot=/x'])
+    assert (parsed.uid, parsed.gid, parsed.chroot) == (5, 6, '/x')
+
+
+@pytest.mark.parametrize('args', [['-help'], ['-version'], ['--help'],
+                                  ['-machine', 'help', '-h']])
+def test_queries(args):
+    assert launcher.parse_argv(args).query
+
+
+def test_a_query_with_restriction_options_is_not_a_query():
+    parsed = launcher.parse_argv(['-name', '-version'] + _args('legacy'))
+    assert not parsed.query and parsed.restricted
+
+
+@pytest.mark.parametrize('args, message', [
+    (['-runas', '1:1', '-run-with', 'user=2:2'], 'user is given twice'),
+    (['-chroot', '/a', '-run-with', 'chroot=/b'], 'chroot is given twice'),
+    (['-sandbox', 'on', '-sandbox', 'off'], 'sandbox is given twice'),
+    (['-runas', 'qemu'], 'numeric UID:GID'),
+    (['-runas'], 'followed by its value'),
+    (['-chroot=/x'], 'followed by its value'),
+])
+def test_ambiguous_or_named_restrictions_are_refused(args, message):
+    with pytest.raises(exception.FeatureRefused, match=message):
+        launcher.parse_argv(args)
+
+
+def test_fds_the_arguments_hand_over_are_kept():
+    parsed = launcher.parse_argv([
+        '-chardev', 'socket,id=libxl-cmd,fd=7,server=on,wait=off',
+        '-netdev', 'tap,id=n0,fds=9:10,vhostfds=11:12',
+        '-add-fd', 'fd=14,set=2', '-incoming', 'fd:13',
+        '-name', 'fd=99x', '-device', 'e1000,addr=fd'])
+    assert parsed.fds == {7, 9, 10, 11, 12, 13, 14}
+
+
+def test_identity_must_match_the_configuration(tmp_path):
+    settings = base.make_settings(tmp_path)
+    good = launcher.parse_argv(_args('legacy',
+                                     chroot_dir=settings.chroot_dir(UID)))
+    launcher.check_identity(settings, good)
+    with pytest.raises(exception.Refused, match='not inside any'):
+        launcher.check_identity(settings, launcher.parse_argv(
+            _args('legacy', uid=1000, chroot_dir=settings.chroot_dir(1000))))
+    with pytest.raises(exception.Refused, match='is not %s'
+                       % settings.chroot_dir(UID)):
+        launcher.check_identity(settings, launcher.parse_argv(
+            _args('legacy', chroot_dir=settings.chroot_dir(UID) + '/..')))
+    with pytest.raises(exception.Refused, match='gid 65534'):
+        launcher.check_identity(settings, launcher.parse_argv(
+            ['-runas', '%d:65534' % UID, '-chroot',
+             settings.chroot_dir(UID)]))
+
+
+@pytest.fixture
+def root_settings(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip('needs root: the chroot directory is chowned to root')
+    return base.make_settings(tmp_path)
+
+
+def test_chroot_is_created_root_owned_mode_0000(root_settings):
+    path = chroot.prepare(root_settings, UID)
+    assert path == root_settings.chroot_dir(UID)
+    st = os.lstat(path)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 0, 0)
+    base_st = os.stat(root_settings.chroot_base_dir)
+    assert base_st.st_mode & 0o777 == 0o755
+
+
+def test_existing_chroot_is_reset_to_root_0000(root_settings):
+    path = root_settings.chroot_dir(UID)
+    os.makedirs(path)
+    os.chmod(path, 0o755)
+    os.chown(path, UID, UID)
+    chroot.prepare(root_settings, UID)
+    st = os.lstat(path)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 0, 0)
+
+
+def test_a_file_in_place_of_the_chroot_is_refused(root_settings):
+    os.makedirs(root_settings.chroot_base_dir)
+    path = root_settings.chroot_dir(UID)
+    with open(path, 'w'):
+        pass
+    with pytest.raises(exception.CapabilityMissing,
+                       match='not a plain directory'):
+        chroot.prepare(root_settings, UID)
+
+
+def test_a_base_owned_by_someone_else_is_refused(root_settings):
+    os.makedirs(root_settings.chroot_base_dir)
+    os.chown(root_settings.chroot_base_dir, UID, UID)
+    with pytest.raises(exception.CapabilityMissing,
+                       match='owned by uid %d, not root' % UID):
+        chroot.prepare(root_settings, UID)
+    assert os.listdir(root_settings.chroot_base_dir) == []

@@ -1,0 +1,126 @@
+"""Shared by the host-side commands: configuration, logging, exit codes.
+
+The launcher and the libvirt hook are started by libxl and libvirtd with
+a fixed argv, so they cannot take ``--config-file``: they read
+:data:`DEFAULT_CONFIG`, or the file named by the environment variable
+:data:`CONFIG_ENV` (tests; note that libvirtd clears the environment of
+its hooks).  The ``preflight`` and ``reap`` subcommands of
+``xen-dm-restrict`` are implemented here too.
+"""
+
+import json
+import logging
+import os
+import sys
+import typing
+
+from oslo_config import cfg
+
+from xen_dm_restrict_plugin import conf as conf_mod
+from xen_dm_restrict_plugin import exception
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = '/etc/xen-dm-restrict/xen-dm-restrict.conf'
+#: Environment variable naming the configuration file to use instead.
+CONFIG_ENV = 'XEN_DM_RESTRICT_CONFIG'
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_REFUSED = 2
+
+
+def config_files() -> typing.List[str]:
+    """The configuration file to read.
+
+    ``$XEN_DM_RESTRICT_CONFIG``, else :data:`DEFAULT_CONFIG` if it
+    exists, else none (the defaults).
+
+    :raises ConfigError: the environment names a file that is missing.
+    """
+    path = os.environ.get(CONFIG_ENV)
+    if path:
+        if not os.path.isfile(path):
+            raise exception.ConfigError(
+                CONFIG_ENV, '%s is not a file' % path,
+                'point it at the configuration file, or unset it to use '
+                '%s' % DEFAULT_CONFIG)
+        return [path]
+    return [DEFAULT_CONFIG] if os.path.exists(DEFAULT_CONFIG) else []
+
+
+def load_settings(files: typing.Optional[typing.Sequence[str]] = None
+                  ) -> conf_mod.Settings:
+    """Parse and validate the ``[dm_restrict]`` options of ``files``.
+
+    :param files: configuration files; default :func:`config_files`.
+    :raises ConfigError: the files or the options are invalid.
+    """
+    if files is None:
+        files = config_files()
+    conf = cfg.ConfigOpts()
+    conf_mod.register_opts(conf)
+    try:
+        conf([], project='xen-dm-restrict', default_config_files=files,
+             default_config_dirs=[])
+        return conf_mod.load(conf)
+    except (cfg.Error, ValueError) as err:
+        raise exception.ConfigError(
+            'configuration %s' % ', '.join(files), str(err),
+            'fix the configuration file') from None
+
+
+def setup_logging(prog: str, verbose: bool = False) -> None:
+    """Log to stderr, prefixed with the program name."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format=prog + ': %(levelname)s %(name)s: %(message)s')
+
+
+def run(prog: str, func: typing.Callable[[], int]) -> int:
+    """Call ``func`` and turn our errors into a message and exit code.
+
+    :returns: ``func``'s exit code, 2 for a refusal, 1 for an error.
+    """
+    try:
+        return func()
+    except exception.Refused as err:
+        print('%s: refused: %s' % (prog, err), file=sys.stderr)
+        return EXIT_REFUSED
+    except exception.DmRestrictError as err:
+        print('%s: error: %s' % (prog, err), file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as err:
+        print('%s: error: %s' % (prog, err), file=sys.stderr)
+        return EXIT_ERROR
+
+
+def preflight(args, settings: conf_mod.Settings) -> int:
+    """``xen-dm-restrict preflight``: check the host, print the result.
+
+    :returns: 0 when every check the configuration asks for passes, else 1.
+    """
+    from xen_dm_restrict_plugin import preflight as preflight_mod
+
+    report = preflight_mod.run(settings, hooks_dir=args.libvirt_hooks_dir)
+    if args.format == 'json':
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.table())
+    return EXIT_OK if report.ok else EXIT_ERROR
+
+
+def reap(args, settings: conf_mod.Settings) -> int:
+    """``xen-dm-restrict reap --uid N``: kill every process of a uid.
+
+    :raises ReapError: the reap was refused, is impossible on this host,
+        or left processes behind.
+    """
+    from xen_dm_restrict_plugin import reaper
+
+    result = reaper.Reaper(settings).reap(args.uid)
+    if args.format == 'json':
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.summary())
+    return EXIT_OK

@@ -1,0 +1,47 @@
+"""``xen-dm-restrict-libvirt-hook``: libvirtd's libxl hook script.
+
+Link it as ``/etc/libvirt/hooks/libxl`` (or into
+``/etc/libvirt/hooks/libxl.d/``) and restart libvirtd.  What it does is
+described in :mod:`xen_dm_restrict_plugin.libvirt_hook`.
+"""
+
+import argparse
+import sys
+import typing
+
+from xen_dm_restrict_plugin.cmd import host
+from xen_dm_restrict_plugin import libvirt_hook
+
+PROG = 'xen-dm-restrict-libvirt-hook'
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=libvirt_hook.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog='configuration: $%s, else %s'
+               % (host.CONFIG_ENV, host.DEFAULT_CONFIG))
+    parser.add_argument('domain', help='domain name')
+    parser.add_argument('operation', help='e.g. prepare, stopped, migrate')
+    parser.add_argument('sub_operation', help='e.g. begin, end')
+    parser.add_argument('extra', nargs='*', help='ignored')
+    return parser
+
+
+def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    host.setup_logging(PROG, verbose=True)
+
+    def call() -> int:
+        settings = host.load_settings()
+        xml = libvirt_hook.read_stdin(sys.stdin.buffer,
+                                      settings.max_xml_bytes)
+        libvirt_hook.LibxlHook(settings).handle(
+            args.domain, args.operation, args.sub_operation, xml)
+        return host.EXIT_OK
+
+    return host.run(PROG, call)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""libvirtd's libxl hook: enforce the restriction where domains really start.
+
+The driver extension writes the restriction into the domains an
+orchestrator defines, but anything can define a domain in libvirt (virsh,
+another tool) and libvirt's libxl driver would start it unrestricted.
+libvirtd runs ``/etc/libvirt/hooks/libxl`` (and, since libvirt 6.5.0,
+every executable in ``/etc/libvirt/hooks/libxl.d/``) synchronously as
+root with argv ``DOMAIN_NAME OPERATION SUB_OPERATION EXTRA`` and the full
+domain XML on stdin; a non-zero exit stops a start or an incoming
+migration.  Link ``xen-dm-restrict-libvirt-hook`` there and restart
+libvirtd.
+
+Operations acted on (every other one exits 0 and does nothing):
+
+``prepare begin``
+    Before a domain starts.  An HVM qemu-xen domain must carry our
+    ``<metadata>`` record and its restriction arguments in
+    ``<xen:commandline>`` (with ``-xen-domid-restrict``), for a uid of a
+    configured range leased to this domain's uuid, with the uid's chroot
+    and, when configured, the launcher as ``<emulator>`` and ``-sandbox``
+    (``sandbox = required``).  A domain without a record is refused when
+    ``[dm_restrict] enforce`` is on (qemu-xen-traditional too); one with
+    a record that does not hold is always refused.  Then the uid's chroot
+    directory is created and the uid is reaped; a reap that is refused,
+    impossible on this host or leaves a process alive refuses the start.
+``stopped end`` and ``release end``
+    After a domain stopped: the uid of its record is reaped, if it is
+    still leased to this domain (a released uid may belong to another
+    domain by now; it is reaped before that one starts).
+``migrate begin``
+    Incoming migration is refused for a restricted HVM qemu-xen domain
+    (restrictions are not re-applied on the receiving side), and for an
+    unrestricted one when ``enforce`` is on.
+
+PV, PVH and stub-domain guests have no device model in dom0 and pass.
+Exit codes: 0 allowed, 2 refused, 1 error; the message is on stderr.  The
+hook never calls back into libvirt (libvirtd would deadlock): everything
+it needs is in its argv, its stdin and the lease database.
+"""
+
+import logging
+import os
+import typing
+
+from xen_dm_restrict_plugin import chroot
+from xen_dm_restrict_plugin import conf as conf_mod
+from xen_dm_restrict_plugin import domain as domain_mod
+from xen_dm_restrict_plugin import exception
+from xen_dm_restrict_plugin import launcher
+from xen_dm_restrict_plugin import leases
+from xen_dm_restrict_plugin import reaper
+from xen_dm_restrict_plugin import restrict
+
+LOG = logging.getLogger(__name__)
+
+OP_PREPARE = ('prepare', 'begin')
+OP_STOPPED = ('stopped', 'end')
+OP_RELEASE = ('release', 'end')
+OP_MIGRATE = ('migrate', 'begin')
+#: (operation, sub-operation) pairs the hook acts on.
+ACTED_ON = (OP_PREPARE, OP_STOPPED, OP_RELEASE, OP_MIGRATE)
+
+_REMEDY = ('define the domain through the orchestrator with the '
+           'dm_restrict hook enabled (or "xen-dm-restrict render"), or set '
+           '[dm_restrict] enforce = false to allow unrestricted domains')
+
+
+def _describe(name: str, dom: domain_mod.Domain,
+              record: typing.Optional[restrict.Record] = None) -> str:
+    text = 'domain %s (uuid %s)' % (name, dom.uuid)
+    if record is not None:
+        text += ' of tenant %s, uid %d' % (record.tenant, record.uid)
+    return text
+
+
+def _contains_run(args: typing.Sequence[str],
+                  run: typing.Sequence[str]) -> bool:
+    return any(list(args[i:i + len(run)]) == list(run)
+               for i in range(len(args) - len(run) + 1))
+
+
+class LibxlHook:
+    """What the hook does for one configuration.
+
+    :param settings: the host's ``[dm_restrict]`` settings.
+    """
+
+    def __init__(self, settings: conf_mod.Settings):
+        self.settings = settings
+        self.reaper = reaper.Reaper(settings)
+
+    def handle(self, name: str, operation: str, sub_operation: str,
+               xml: bytes) -> None:
+        """Act on one hook call.
+
+        :param name: the domain name libvirtd passed.
+        :param operation: e.g. ``prepare``.
+        :param sub_operation: e.g. ``begin``.
+        :param xml: the domain XML libvirtd wrote to stdin.
+        :raises Refused: the operation must not proceed.
+        :raises DmRestrictError: the hook failed.
+        """
+        key = (operation, sub_operation)
+        if key not in ACTED_ON:
+            LOG.debug('%s %s of domain %s: nothing to do', operation,
+                      sub_operation, name)
+            return
+        dom = domain_mod.parse(xml, self.settings.max_xml_bytes)
+        if not dom.kind.has_dom0_device_model:
+            return
+        record = restrict.read_record(dom)
+        if key == OP_PREPARE:
+            self.before_start(name, dom, record)
+        elif key == OP_MIGRATE:
+            self.refuse_migration(name, dom, record)
+        else:
+            self.after_stop(name, dom, record)
+
+    def _unrestricted(self, name: str, dom: domain_mod.Domain,
+                      what: str) -> None:
+        if dom.kind is domain_mod.GuestKind.HVM_TRADITIONAL:
+            reason = ('its device model is qemu-xen-traditional, which '
+                      'cannot be restricted')
+        else:
+            reason = 'it carries no dm_restrict <metadata> record'
+        if self.settings.enforce:
+            LOG.warning('refused %s of unrestricted %s: %s', what,
+                        _describe(name, dom), reason)
+            raise exception.OperationRefused(
+                '%s of %s' % (what, _describe(name, dom)), reason, _REMEDY)
+        LOG.warning('%s of %s allowed unrestricted (enforce is off): %s',
+                    what, _describe(name, dom), reason)
+
+    def check_restricted(self, name: str, dom: domain_mod.Domain,
+                         record: restrict.Record) -> None:
+        """Refuse a domain whose record does not hold.
+
+        :raises OperationRefused: naming what does not hold.
+        """
+        subject = 'start of %s' % _describe(name, dom, record)
+        args = dom.xen_args()
+
+        def refuse(reason: str, remedy: str = _REMEDY):
+            LOG.warning('refused %s: %s', subject, reason)
+            return exception.OperationRefused(subject, reason, remedy)
+
+        if not record.args or not _contains_run(args, record.args):
+            raise refuse('its <xen:commandline> lacks the restriction '
+                         'arguments its dm_restrict record lists')
+        parsed = launcher.parse_argv(args)
+        if not parsed.domid_restrict:
+            raise refuse('its <xen:commandline> has no -xen-domid-restrict')
+        if (parsed.uid, parsed.gid, parsed.chroot) != (
+                record.uid, record.gid, record.chroot):
+            raise refuse('its <xen:commandline> runs the device model as '
+                         '%s:%s in %s, not as its record says'
+                         % (parsed.uid, parsed.gid, parsed.chroot))
+        try:
+            launcher.check_identity(self.settings, parsed)
+        except exception.Refused as err:
+            raise refuse(str(err)) from None
+        if (self.settings.sandbox == conf_mod.SANDBOX_REQUIRED
+                and parsed.sandbox is None):
+            raise refuse('it has no -sandbox and [dm_restrict] sandbox is '
+                         '"required"')
+        launcher_path = self.settings.launcher
+        if launcher_path and dom.emulator != launcher_path:
+            raise refuse('its <emulator> is %s, not the configured launcher '
+                         '%s' % (dom.emulator, launcher_path))
+        lease = self._lease(dom)
+        if lease is None or lease.uid != record.uid:
+            raise refuse(
+                'uid %d is not leased to it (%s)' % (
+                    record.uid, 'no lease' if lease is None else
+                    'its lease is uid %d' % lease.uid),
+                'define the domain through the dm_restrict hook, which '
+                'leases the uid; never copy a record between domains')
+
+    def _lease(self, dom: domain_mod.Domain
+               ) -> typing.Optional[leases.Lease]:
+        if dom.uuid is None:
+            return None
+        with leases.LeaseStore(self.settings.lease_db,
+                               self.settings.lease_db_timeout) as store:
+            return store.get(dom.uuid)
+
+    def before_start(self, name: str, dom: domain_mod.Domain,
+                     record: typing.Optional[restrict.Record]) -> None:
+        """``prepare begin``: check, create the chroot, reap the uid."""
+        if record is None:
+            self._unrestricted(name, dom, 'start')
+            return
+        self.check_restricted(name, dom, record)
+        chroot.prepare(self.settings, record.uid)
+        self.reaper.reap(record.uid, _describe(name, dom, record))
+        LOG.info('start of %s allowed: restricted, chroot ready, uid reaped',
+                 _describe(name, dom, record))
+
+    def after_stop(self, name: str, dom: domain_mod.Domain,
+                   record: typing.Optional[restrict.Record]) -> None:
+        """``stopped end`` / ``release end``: reap the domain's uid."""
+        if record is None:
+            return
+        lease = self._lease(dom)
+        if lease is None or lease.uid != record.uid:
+            LOG.warning('%s stopped, but uid %d is no longer leased to it; '
+                        'not reaping it now (it is reaped before its next '
+                        'start)', _describe(name, dom, record), record.uid)
+            return
+        self.reaper.reap(record.uid, _describe(name, dom, record))
+
+    def refuse_migration(self, name: str, dom: domain_mod.Domain,
+                         record: typing.Optional[restrict.Record]) -> None:
+        """``migrate begin``: restricted domains never migrate."""
+        if record is None:
+            self._unrestricted(name, dom, 'incoming migration')
+            return
+        LOG.warning('refused incoming migration of %s',
+                    _describe(name, dom, record))
+        raise exception.OperationRefused(
+            'incoming migration of %s' % _describe(name, dom, record),
+            'the restriction is not re-applied on the receiving side and a '
+            'restricted device model cannot write or read its state',
+            'shut the domain down and start it on this host instead')
+
+
+def read_stdin(stream: typing.BinaryIO, max_bytes: int) -> bytes:
+    """Read up to ``max_bytes + 1`` bytes and drain the rest.
+
+    libvirtd writes the whole document; a hook that stops reading early
+    would leave it writing into a closed pipe.
+    """
+    data = stream.read(max_bytes + 1)
+    while stream.read(65536):
+        pass
+    return data
+
+
+def installed_hooks(hooks_dir: str = '/etc/libvirt/hooks'
+                    ) -> typing.List[str]:
+    """Executable libxl hooks in ``hooks_dir`` that run this module."""
+    candidates = [os.path.join(hooks_dir, 'libxl')]
+    subdir = os.path.join(hooks_dir, 'libxl.d')
+    if os.path.isdir(subdir):
+        candidates += sorted(os.path.join(subdir, entry)
+                             for entry in os.listdir(subdir))
+    found = []
+    for path in candidates:
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            continue
+        try:
+            with open(path, 'rb') as handle:
+                head = handle.read(8192)
+        except OSError:
+            continue
+        if (b'xen_dm_restrict_plugin' in head
+                or b'xen-dm-restrict-libvirt-hook' in head):
+            found.append(path)
+    return found

@@ -1,0 +1,313 @@
+"""``xen-dm-restrict preflight``: can this host deliver the restriction?
+
+Every piece of the restriction depends on the host: a kernel with the
+Xen restrict ioctls, a QEMU that accepts the options, a reaper user, uids
+no account owns, a safe chroot base, a writable lease database and the
+libvirt hook.  When one is missing, libxl would run the device model
+silently unrestricted, and the product refuses boots instead; preflight
+lets an operator find all of them at once, before the first refused
+boot.  Checks that fail only because the host runs no Xen (a development
+machine, CI) are marked so.
+"""
+
+import dataclasses
+import grp
+import os
+import platform
+import pwd
+import re
+import time
+import typing
+
+from xen_dm_restrict_plugin import capabilities
+from xen_dm_restrict_plugin import chroot
+from xen_dm_restrict_plugin import conf as conf_mod
+from xen_dm_restrict_plugin import exception
+from xen_dm_restrict_plugin import leases
+from xen_dm_restrict_plugin import libvirt_hook
+from xen_dm_restrict_plugin import reaper
+
+OK = 'ok'
+FAIL = 'fail'
+WARN = 'warn'
+SKIP = 'skip'
+
+MIN_KERNEL = (4, 11)
+DEFAULT_HOOKS_DIR = '/etc/libvirt/hooks'
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One line of the report.
+
+    :param name: what was checked.
+    :param status: ``ok``, ``fail``, ``warn`` (not required by the
+        configuration, but weaker without it) or ``skip`` (not asked for).
+    :param detail: what was found, and the remedy when it failed.
+    :param needs_xen: the check can only pass on a Xen host.
+    """
+
+    name: str
+    status: str
+    detail: str
+    needs_xen: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """All checks, and whether this host runs Xen."""
+
+    checks: typing.Tuple[Check, ...]
+    xen_host: bool
+
+    @property
+    def ok(self) -> bool:
+        """True when no check failed."""
+        return all(check.status != FAIL for check in self.checks)
+
+    def no_xen_failures(self) -> typing.List[Check]:
+        """Failed checks that would need a Xen host to pass."""
+        if self.xen_host:
+            return []
+        return [c for c in self.checks if c.status == FAIL and c.needs_xen]
+
+    def to_dict(self) -> dict:
+        return {'ok': self.ok, 'xen_host': self.xen_host,
+                'checks': [dict(dataclasses.asdict(c),
+                                fails_for_lack_of_xen=c in
+                                self.no_xen_failures())
+                           for c in self.checks]}
+
+    def table(self) -> str:
+        width = max(len(c.name) for c in self.checks)
+        no_xen = self.no_xen_failures()
+        lines = ['%-*s  %-6s  %s' % (width, 'CHECK', 'RESULT', 'DETAIL')]
+        for check in self.checks:
+            mark = ' [no Xen here]' if check in no_xen else ''
+            lines.append('%-*s  %-6s  %s%s' % (
+                width, check.name, check.status.upper(), check.detail, mark))
+        failed = [c for c in self.checks if c.status == FAIL]
+        if not failed:
+            lines.append('\nAll checks the configuration asks for pass.')
+        else:
+            lines.append('\n%d check(s) failed.' % len(failed))
+            if no_xen:
+                lines.append('This host runs no Xen; these fail only for '
+                             'that reason: %s.'
+                             % ', '.join(c.name for c in no_xen))
+        return '\n'.join(lines)
+
+
+def is_xen_host() -> bool:
+    """Whether this host is a Xen domain (dom0 for a real deployment)."""
+    if os.path.exists('/proc/xen/capabilities'):
+        return True
+    try:
+        with open('/sys/hypervisor/type') as handle:
+            return handle.read().strip() == 'xen'
+    except OSError:
+        return False
+
+
+def kernel_version(release: typing.Optional[str] = None
+                   ) -> typing.Tuple[int, int]:
+    """(major, minor) of a kernel release string such as ``6.1.0-13``."""
+    match = re.match(r'(\d+)\.(\d+)', release or platform.release())
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+def check_kernel() -> Check:
+    version = kernel_version()
+    text = 'Linux %d.%d' % version
+    if version >= MIN_KERNEL:
+        return Check('kernel >= 4.11', OK, text)
+    return Check('kernel >= 4.11', FAIL,
+                 text + ': -xen-domid-restrict needs the privcmd/evtchn '
+                 'restrict ioctls of Linux 4.11')
+
+
+def check_root() -> Check:
+    if os.geteuid() == 0:
+        return Check('running as root', OK, 'uid 0')
+    return Check('running as root', FAIL, 'uid %d: the launcher, the '
+                 'hook and the reaper run as root; run preflight as root '
+                 'to check them' % os.geteuid())
+
+
+def _form(caps: capabilities.Capabilities, syntax: str,
+          legacy: str, run_with: str) -> typing.Tuple[str, str]:
+    """(status, detail) for the user or chroot option the syntax uses."""
+    wanted = {conf_mod.SYNTAX_RUNAS: [legacy],
+              conf_mod.SYNTAX_RUN_WITH: [run_with]}.get(
+                  syntax, [run_with, legacy])
+    have = [name for name in wanted if caps.has(name)]
+    if have:
+        return OK, 'uses %s' % have[0]
+    return FAIL, 'none of %s accepted (device_model_syntax = %s)' % (
+        ', '.join(wanted), syntax)
+
+
+def check_qemu(settings: conf_mod.Settings) -> typing.List[Check]:
+    binary = settings.qemu_binary
+    if not os.access(binary, os.X_OK):
+        return [Check('qemu binary', FAIL, '%s is missing or not '
+                      'executable: install qemu-system-xen or set '
+                      'qemu_binary' % binary, needs_xen=True)]
+    started = time.monotonic()
+    caps = capabilities.probe(binary)
+    took = (time.monotonic() - started) * 1000
+    checks = [Check('qemu binary', OK, '%s (probed in %.0f ms)'
+                    % (binary, took))]
+    if caps.has('nonsense'):
+        return checks + [Check('qemu is a QEMU', FAIL, '%s accepts an '
+                               'option no QEMU has' % binary)]
+    checks.append(Check(
+        'qemu -xen-domid-restrict',
+        OK if caps.has('xen-domid-restrict') else FAIL,
+        'accepted' if caps.has('xen-domid-restrict') else
+        'not accepted: not a Xen build of QEMU 3.0 or later',
+        needs_xen=True))
+    for name, legacy, run_with in (
+            ('qemu user option', 'runas', 'run-with-user'),
+            ('qemu chroot option', 'chroot', 'run-with-chroot')):
+        status, detail = _form(caps, settings.syntax, legacy, run_with)
+        checks.append(Check(name, status, detail))
+    if settings.sandbox == conf_mod.SANDBOX_OFF:
+        checks.append(Check('qemu -sandbox', SKIP, 'sandbox = off'))
+    elif caps.has('sandbox'):
+        checks.append(Check('qemu -sandbox', OK, 'seccomp available'))
+    else:
+        checks.append(Check(
+            'qemu -sandbox',
+            FAIL if settings.sandbox == conf_mod.SANDBOX_REQUIRED else WARN,
+            'no seccomp in this build (sandbox = %s)' % settings.sandbox))
+    return checks
+
+
+def check_reaper_user(settings: conf_mod.Settings) -> Check:
+    uid = settings.reaper_uid
+    if uid is None:
+        return Check('reaper user', FAIL, '%r does not exist: useradd '
+                     '--system --no-create-home --shell /usr/sbin/nologin '
+                     '%s' % (settings.reaper_user, settings.reaper_user))
+    running, _ = reaper.scan(uid)
+    if running:
+        return Check('reaper user', FAIL, 'uid %d runs processes (%s), '
+                     'which every reap kills: the reaper user must be '
+                     'dedicated' % (uid, ' '.join(map(str, running[:5]))))
+    # conf.load already refused root and a uid inside a range.
+    return Check('reaper user', OK, '%s = uid %d, not root, outside every '
+                 'range, runs nothing' % (settings.reaper_user, uid))
+
+
+def check_accounts(settings: conf_mod.Settings) -> Check:
+    all_ranges = settings.all_ranges()
+    if not all_ranges:
+        return Check('uid ranges free of accounts', FAIL, 'no uid range is '
+                     'configured: set [dm_restrict] tenant_uid_ranges')
+    found = ['user %s (uid %d)' % (p.pw_name, p.pw_uid)
+             for p in pwd.getpwall()
+             if any(p.pw_uid in rng for rng in all_ranges)]
+    if settings.gid is None:
+        found += ['group %s (gid %d)' % (g.gr_name, g.gr_gid)
+                  for g in grp.getgrall()
+                  if any(g.gr_gid in rng for rng in all_ranges)]
+    where = ', '.join(str(rng) for rng in all_ranges)
+    if found:
+        return Check('uid ranges free of accounts', FAIL, '%s inside %s: a '
+                     'device model would share its identity; move the '
+                     'account or the range' % ('; '.join(found[:5]), where))
+    return Check('uid ranges free of accounts', OK, 'no user%s in %s' % (
+        '' if settings.gid is not None else ' or group', where))
+
+
+def _nearest_existing(path: str) -> str:
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def check_chroot_base(settings: conf_mod.Settings) -> Check:
+    base = settings.chroot_base_dir
+    if os.path.lexists(base):
+        reason = chroot.unsafe_reason(os.lstat(base))
+        if reason:
+            return Check('chroot base directory', FAIL, '%s: %s; chown '
+                         'root:root and chmod 0755 it' % (base, reason))
+        return Check('chroot base directory', OK, '%s is root-owned and '
+                     'not writable by others' % base)
+    parent = _nearest_existing(base)
+    reason = chroot.unsafe_reason(os.stat(parent))
+    if reason:
+        return Check('chroot base directory', FAIL, '%s is absent and its '
+                     'nearest parent %s is unsafe: %s' % (base, parent,
+                                                          reason))
+    return Check('chroot base directory', OK, '%s is absent; created on '
+                 'the first start under root-owned %s' % (base, parent))
+
+
+def check_lease_db(settings: conf_mod.Settings) -> Check:
+    path = settings.lease_db
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return Check('lease database', FAIL, 'directory %s does not exist: '
+                     'create it (mode 0700)' % parent)
+    if not os.access(parent, os.W_OK):
+        return Check('lease database', FAIL, 'directory %s is not writable'
+                     % parent)
+    if not os.path.exists(path):
+        return Check('lease database', OK, '%s is absent; created on the '
+                     'first boot' % path)
+    if not os.access(path, os.W_OK):
+        return Check('lease database', FAIL, '%s is not writable' % path)
+    try:
+        with leases.LeaseStore(path, settings.lease_db_timeout) as store:
+            count = len(store.list())
+    except exception.LeaseError as err:
+        return Check('lease database', FAIL, str(err))
+    return Check('lease database', OK, '%s is writable, %d lease(s)'
+                 % (path, count))
+
+
+def check_launcher(settings: conf_mod.Settings) -> Check:
+    path = settings.launcher
+    if not path:
+        return Check('launcher', WARN, 'not configured: device models get '
+                     'no private namespaces or rlimits; set [dm_restrict] '
+                     'launcher to the xen-dm-restrict-launch path')
+    if not os.access(path, os.X_OK):
+        return Check('launcher', FAIL, '%s is missing or not executable'
+                     % path)
+    return Check('launcher', OK, path)
+
+
+def check_hook(hooks_dir: str) -> Check:
+    found = libvirt_hook.installed_hooks(hooks_dir)
+    if found:
+        return Check('libvirt libxl hook', OK, ', '.join(found) +
+                     ' (restart libvirtd after installing it)')
+    return Check('libvirt libxl hook', FAIL, 'not installed: ln -s "$(command '
+                 '-v xen-dm-restrict-libvirt-hook)" %s/libxl, then restart '
+                 'libvirtd' % hooks_dir)
+
+
+def run(settings: conf_mod.Settings,
+        hooks_dir: typing.Optional[str] = None) -> Report:
+    """Run every check; nothing on the host is changed.
+
+    :param settings: the configuration the host must satisfy.
+    :param hooks_dir: libvirt's hooks directory (default
+        ``/etc/libvirt/hooks``).
+    """
+    xen_host = is_xen_host()
+    checks = [Check('Xen host', OK if xen_host else FAIL,
+                    'Xen hypervisor found' if xen_host else
+                    'no /proc/xen or /sys/hypervisor/type = xen',
+                    needs_xen=True),
+              check_kernel(), check_root()]
+    checks += check_qemu(settings)
+    checks += [check_reaper_user(settings), check_accounts(settings),
+               check_chroot_base(settings), check_lease_db(settings),
+               check_launcher(settings),
+               check_hook(hooks_dir or DEFAULT_HOOKS_DIR)]
+    return Report(tuple(checks), xen_host)

@@ -1,0 +1,325 @@
+"""Kill every process of a device-model uid, as Xen's design doc says.
+
+Device-model uids are reused: when a domain stops, and before another
+domain starts with its uid, any process left running as that uid must
+die, or a compromised QEMU that forked away from its domain would take
+control of the next one.  Killing by pid is racy and process groups are
+escapable, so the kill is by uid: a forked child sets
+``setresuid(reaper_uid, target_uid, 0)`` and calls ``kill(-1, SIGKILL)``.
+Its effective uid lets it signal every process whose real or saved uid
+is the target; its real uid (the dedicated reaper user) and saved uid
+(root) are ones no target process can signal, so a target doing
+``fork(); kill(-1, SIGKILL)`` in a loop cannot kill the reaper, as it
+would after a plain ``setuid(target_uid)``.  ``kill(-1)`` also hits
+anything running as the reaper uid, including another reaper, so reapers
+are serialised by an flock on ``[dm_restrict] reaper_lock_file``.
+
+The parent supervises the child: the kill counts only if the child, at
+exactly those ids, exits 0.  Then the parent confirms the result in
+``/proc``.  A scan of ``/proc`` cannot find a process that forks fast,
+but after the kill it can be trusted: the kernel sends the signal to
+every process of the uid under the task-list lock, and a process with a
+pending SIGKILL cannot complete a fork, so no new process of the uid can
+appear.  Processes the scan still finds alive are killed again until the
+deadline; zombies (dead, waiting for their parent) are reported, not
+counted as left.
+"""
+
+import dataclasses
+import errno
+import fcntl
+import logging
+import os
+import signal
+import time
+import typing
+
+from xen_dm_restrict_plugin import conf as conf_mod
+from xen_dm_restrict_plugin import exception
+from xen_dm_restrict_plugin import ranges
+
+LOG = logging.getLogger(__name__)
+
+#: Seconds to wait for the processes of a uid to die before giving up.
+DEFAULT_TIMEOUT = 5.0
+#: Seconds between two kills of a uid whose processes are still alive.
+REKILL_INTERVAL = 0.05
+
+# Exit codes of the killing child.
+_CHILD_SETRESUID_FAILED = 3
+_CHILD_WRONG_IDS = 4
+_CHILD_KILL_FAILED = 5
+
+
+class ReapRefused(exception.ReapError, exception.Refused):
+    """The uid may not be reaped: reserved, the reaper's, or unranged."""
+
+
+class ReapUnavailable(exception.ReapError, exception.CapabilityMissing):
+    """Reaping is impossible on this host: not root, or no reaper user.
+
+    Callers that must not start a domain without a reap catch this and
+    fail closed.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class ReapResult:
+    """The outcome of a reap that left no live process behind.
+
+    :param uid: the uid reaped.
+    :param rounds: how many times ``kill(-1, SIGKILL)`` was sent.
+    :param found: pids of the uid found alive just before the kill; a
+        lower bound (a fork loop hides from the scan), and on a stopped
+        domain's uid anything here outlived its device model.
+    :param zombies: pids of dead processes of the uid not yet waited for
+        by their parent.
+    :param seconds: the time the reap took, lock wait included.
+    """
+
+    uid: int
+    rounds: int
+    found: typing.Tuple[int, ...]
+    zombies: typing.Tuple[int, ...]
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        text = ('uid %d reaped: %d process(es) found running, %d kill '
+                'round(s), nothing left alive (%.1f ms)'
+                % (self.uid, len(self.found), self.rounds,
+                   self.seconds * 1000))
+        if self.zombies:
+            text += '; zombies awaiting their parent: %s' % ' '.join(
+                str(pid) for pid in self.zombies)
+        return text
+
+
+def _uids_and_state(status: str) -> typing.Tuple[tuple, str]:
+    uids, state = (), '?'
+    for line in status.splitlines():
+        if line.startswith('Uid:'):
+            uids = tuple(int(v) for v in line.split()[1:4])
+        elif line.startswith('State:'):
+            state = line.split()[1]
+    return uids, state
+
+
+def scan(uid: int) -> typing.Tuple[typing.List[int], typing.List[int]]:
+    """Processes whose real, effective or saved uid is ``uid``.
+
+    Reliable only after a kill (see the module docstring).
+
+    :returns: (pids alive, pids of zombies).
+    """
+    alive, zombies = [], []
+    for name in os.listdir('/proc'):
+        if not name.isdigit():
+            continue
+        try:
+            with open('/proc/%s/status' % name, encoding='ascii',
+                      errors='replace') as handle:
+                status = handle.read()
+        except OSError:
+            continue
+        uids, state = _uids_and_state(status)
+        if uid not in uids:
+            continue
+        (zombies if state in ('Z', 'X') else alive).append(int(name))
+    return alive, zombies
+
+
+class Reaper:
+    """Kills processes by uid for one host's configuration.
+
+    :param settings: gives the reaper uid, the uid ranges and the lock
+        file.
+    :param timeout: seconds to wait for the lock and for the processes to
+        die.
+    """
+
+    def __init__(self, settings: conf_mod.Settings,
+                 timeout: float = DEFAULT_TIMEOUT):
+        self.settings = settings
+        self.timeout = timeout
+
+    def unavailable_reason(self) -> typing.Optional[str]:
+        """Why reaping is impossible here, or ``None`` when it is possible.
+        """
+        if self.settings.reaper_uid is None:
+            return ('reaper_user %r does not exist'
+                    % self.settings.reaper_user)
+        if os.geteuid() != 0:
+            return 'this process runs as uid %d, not root' % os.geteuid()
+        return None
+
+    def check_available(self) -> None:
+        """Raise unless reaping is possible here.
+
+        :raises ReapUnavailable: reaping is impossible on this host.
+        """
+        reason = self.unavailable_reason()
+        if reason is not None:
+            raise ReapUnavailable(
+                'reaping device-model processes', reason,
+                'run as root, with a dedicated reaper user: useradd '
+                '--system --no-create-home --shell /usr/sbin/nologin %s'
+                % self.settings.reaper_user)
+
+    def check_uid(self, uid: int) -> None:
+        """Raise unless ``uid`` is a device-model uid.
+
+        :raises ReapRefused: ``uid`` must never be reaped.
+        """
+        if uid in ranges.FORBIDDEN_UIDS:
+            raise ReapRefused('reap of uid %d' % uid, 'it is a reserved uid '
+                              '(root, nobody or invalid)',
+                              'reap only device-model uids')
+        if uid == self.settings.reaper_uid:
+            raise ReapRefused('reap of uid %d' % uid, 'it is the reaper uid',
+                              'reap only device-model uids')
+        if not any(uid in rng for rng in self.settings.all_ranges()):
+            raise ReapRefused(
+                'reap of uid %d' % uid,
+                'it is not inside any configured tenant or shared uid '
+                'range, so it may belong to a user or a service',
+                'reap only uids of [dm_restrict] tenant_uid_ranges or '
+                'shared_uid_range')
+
+    def reap(self, uid: int, context: str = '') -> ReapResult:
+        """Kill every process of ``uid`` and confirm none is left alive.
+
+        :param uid: a device-model uid inside a configured range.
+        :param context: who the uid belongs to, for the log (e.g.
+            ``instance UUID of tenant T``).
+        :raises ReapRefused: ``uid`` must never be reaped.
+        :raises ReapUnavailable: reaping is impossible on this host.
+        :raises ReapError: the lock was not obtained, the killing child
+            failed, or processes of the uid were still alive at the
+            deadline.
+        """
+        where = ' (%s)' % context if context else ''
+        try:
+            self.check_uid(uid)
+            self.check_available()
+        except exception.ReapError as err:
+            LOG.warning('reap of uid %d%s refused: %s', uid, where, err)
+            raise
+        start = time.monotonic()
+        deadline = start + self.timeout
+        try:
+            with self._locked(deadline):
+                found = scan(uid)[0]
+                rounds, zombies = self._kill_until_gone(uid, deadline)
+        except exception.ReapError as err:
+            LOG.error('reap of uid %d%s failed: %s', uid, where, err)
+            raise
+        result = ReapResult(uid, rounds, tuple(found), tuple(zombies),
+                            time.monotonic() - start)
+        if found:
+            LOG.warning('uid %d%s still ran processes %s before the reap',
+                        uid, where, ' '.join(map(str, found)))
+        LOG.info('%s%s', result.summary(), where)
+        return result
+
+    def _kill_until_gone(self, uid: int, deadline: float
+                         ) -> typing.Tuple[int, typing.List[int]]:
+        rounds = 0
+        while True:
+            self._kill_as(uid)
+            rounds += 1
+            next_kill = time.monotonic() + REKILL_INTERVAL
+            pause = 0.0002
+            while True:
+                alive, zombies = scan(uid)
+                if not alive:
+                    return rounds, zombies
+                now = time.monotonic()
+                if now >= deadline:
+                    raise exception.ReapError(
+                        'processes of uid %d still alive %.1f s after '
+                        'SIGKILL: %s' % (uid, self.timeout, ' '.join(
+                            str(pid) for pid in alive)))
+                if now >= next_kill:
+                    break
+                time.sleep(pause)
+                pause = min(pause * 2, 0.01)
+
+    def _kill_as(self, uid: int) -> None:
+        reaper_uid = self.settings.reaper_uid
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = _kill_child(reaper_uid, uid)
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status):
+            raise exception.ReapError(
+                'the reaper child for uid %d was killed by signal %d'
+                % (uid, os.WTERMSIG(status)))
+        code = os.WEXITSTATUS(status)
+        if code:
+            raise exception.ReapError(
+                'the reaper child for uid %d failed (%s)' % (uid, {
+                    _CHILD_SETRESUID_FAILED: 'setresuid failed',
+                    _CHILD_WRONG_IDS: 'ids not as set',
+                    _CHILD_KILL_FAILED: 'kill(-1) failed',
+                }.get(code, 'exit code %d' % code)))
+
+    def _locked(self, deadline: float) -> '_FileLock':
+        return _FileLock(self.settings.reaper_lock_file, deadline)
+
+
+def _kill_child(reaper_uid: int, uid: int) -> int:
+    """Runs in the forked child: never returns to the caller's code."""
+    try:
+        os.setresuid(reaper_uid, uid, 0)
+    except OSError:
+        return _CHILD_SETRESUID_FAILED
+    if os.getresuid() != (reaper_uid, uid, 0):
+        return _CHILD_WRONG_IDS
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except OSError as err:
+        # ESRCH: nothing else on the host we may signal.
+        if err.errno != errno.ESRCH:
+            return _CHILD_KILL_FAILED
+    return 0
+
+
+class _FileLock:
+    """An exclusive flock on a file, waited for until a deadline."""
+
+    def __init__(self, path: str, deadline: float):
+        self.path = path
+        self.deadline = deadline
+        self.fd = -1
+
+    def __enter__(self) -> '_FileLock':
+        try:
+            os.makedirs(os.path.dirname(self.path), mode=0o700,
+                        exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT |
+                              os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as err:
+            raise exception.ReapError(
+                'cannot open the reaper lock %s: %s'
+                % (self.path, err.strerror or err)) from None
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if time.monotonic() >= self.deadline:
+                    os.close(self.fd)
+                    raise exception.ReapError(
+                        'another reaper held %s until the deadline'
+                        % self.path) from None
+                time.sleep(0.001)
+
+    def __exit__(self, *exc_info) -> None:
+        os.close(self.fd)
