@@ -101,6 +101,10 @@ class DmRestrictHook(hooks.DomainHook):
                 'domain for another tenant')
         uid_range = self.settings.range_for(instance.tenant)
         syntax = capabilities.syntax_for(self.settings, dom.emulator)
+        if self.settings.reap_device_models:
+            # A uid that cannot be reaped must not be leased: its next
+            # start would be refused anyway.
+            self.reaper.check_available()
 
         had_lease = self.store.get(instance.uuid) is not None
         lease = self.store.acquire(instance.uuid, instance.tenant, uid_range)

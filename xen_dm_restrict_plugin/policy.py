@@ -20,6 +20,9 @@ RESTRICTION_OPTIONS = frozenset(('runas', 'run-with', 'chroot', 'sandbox',
                                  'xen-domid-restrict'))
 
 
+Refusal = exception.FeatureRefused
+
+
 def option_name(arg: str) -> typing.Optional[str]:
     """The QEMU option an argv element names, or None for a value.
 
@@ -53,10 +56,10 @@ def _check_kind(dom: domain_mod.Domain) -> None:
             'binary (QEMU 3.0 or later)')
 
 
-def _check_pci(dom: domain_mod.Domain) -> None:
+def _check_pci(dom: domain_mod.Domain) -> typing.Iterator[Refusal]:
     for node in dom.iter_devices('hostdev'):
         if node.get('type') == 'pci':
-            raise exception.FeatureRefused(
+            yield exception.FeatureRefused(
                 'PCI passthrough %s' % _describe(node),
                 'a restricted device model cannot reach the host PCI '
                 'configuration space it needs to pass a device through',
@@ -64,7 +67,7 @@ def _check_pci(dom: domain_mod.Domain) -> None:
                 'without dm_restrict')
     for node in dom.iter_devices('interface'):
         if node.get('type') == 'hostdev':
-            raise exception.FeatureRefused(
+            yield exception.FeatureRefused(
                 'PCI passthrough network interface %s' % _describe(node),
                 'an <interface type="hostdev"> is a PCI passthrough, which '
                 'a restricted device model cannot serve',
@@ -80,11 +83,11 @@ def _has_media(disk: etree._Element) -> bool:
                ('file', 'dev', 'name', 'volume', 'dir'))
 
 
-def _check_disks(dom: domain_mod.Domain) -> None:
+def _check_disks(dom: domain_mod.Domain) -> typing.Iterator[Refusal]:
     for disk in dom.iter_devices('disk'):
         driver = disk.find('driver')
         if driver is not None and driver.get('name') == 'qemu':
-            raise exception.FeatureRefused(
+            yield exception.FeatureRefused(
                 'qdisk backend %s' % _describe(disk),
                 '<driver name="qemu"> asks for a QEMU-served (qdisk) '
                 'backend, which does not work with a restricted device '
@@ -92,7 +95,7 @@ def _check_disks(dom: domain_mod.Domain) -> None:
                 'use the phy backend: <driver name="phy"/> with a block '
                 'device, or omit the driver element')
         if disk.get('device') == 'cdrom' and not _has_media(disk):
-            raise exception.FeatureRefused(
+            yield exception.FeatureRefused(
                 'empty CD-ROM drive %s' % _describe(disk),
                 'media cannot be inserted into a CD-ROM drive of a '
                 'restricted device model once the guest runs, so an empty '
@@ -103,6 +106,10 @@ def _check_disks(dom: domain_mod.Domain) -> None:
 
 def check_xen_args(args: typing.Sequence[str]) -> None:
     """Refuse extra QEMU arguments that would override the restriction.
+
+    The restriction arguments are appended after these, so the last of
+    them must not be an option: it could take the first restriction
+    argument as its value.
 
     :param args: the ``<xen:commandline>`` values that are not ours.
     :raises FeatureRefused: naming the argument.
@@ -116,6 +123,15 @@ def check_xen_args(args: typing.Sequence[str]) -> None:
                 'controls' % name,
                 'remove that argument from <xen:commandline>; the '
                 'dm_restrict hook sets it')
+    if args and args[-1].startswith('-'):
+        # QEMU gives an option that takes a value the next argument, which
+        # would be our -xen-domid-restrict: "-name -xen-domid-restrict".
+        raise exception.FeatureRefused(
+            '<xen:arg value=%r>' % args[-1],
+            'as the last extra argument it could take the first '
+            'restriction argument as its value and so disable it',
+            'give the option its value, or move it ahead of another '
+            'argument in <xen:commandline>')
 
 
 def check_domain(dom: domain_mod.Domain,
@@ -127,12 +143,23 @@ def check_domain(dom: domain_mod.Domain,
 
     :param dom: the parsed domain.
     :param foreign_args: ``<xen:commandline>`` values not set by us.
-    :raises FeatureRefused: naming the device or element, the reason and
-        the remedy.
+    :raises FeatureRefused: naming every refused device or element, the
+        reasons and the remedies.
     """
     _check_kind(dom)
     if not dom.kind.has_dom0_device_model:
         return
-    _check_pci(dom)
-    _check_disks(dom)
-    check_xen_args(foreign_args)
+    problems = list(_check_pci(dom)) + list(_check_disks(dom))
+    try:
+        check_xen_args(foreign_args)
+    except exception.FeatureRefused as err:
+        problems.append(err)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        # All at once, so the tenant fixes the domain in one go.
+        raise exception.FeatureRefused(
+            '%d features: %s' % (len(problems), '; '.join(
+                p.subject for p in problems)),
+            '; '.join('%s: %s' % (p.subject, p.reason) for p in problems),
+            '; '.join(p.remedy for p in problems))

@@ -18,6 +18,7 @@ import typing
 import libvirt
 
 from xen_dm_restrict_plugin import domain as domain_mod
+from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin import hooks
 from xen_dm_restrict_plugin import loader
 from xen_dm_restrict_plugin import operations
@@ -257,7 +258,13 @@ class HookedDomain:
             self.dom.undefine()
         except libvirt.libvirtError as err:
             LOG.error('could not undefine %s: %s', self.dom.name(), err)
-        self.hooks.release(self.instance)
+            return
+        try:
+            self.hooks.release(self.instance)
+        except exception.DmRestrictError as err:
+            LOG.error('instance %s of tenant %s keeps its uid lease until '
+                      'reconcile can release it: %s', self.instance.uuid,
+                      self.instance.tenant, err)
 
     # -- refused on restricted domains -----------------------------------
     def migrate(self, *args, **kwargs):

@@ -261,3 +261,12 @@ def test_check_operation_on_devices(hook, operation, device, live, refused):
     with pytest.raises(exception.OperationRefused) as err:
         hook.check_operation(restricted, ACME, operation, device, live)
     assert refused in str(err.value)
+
+
+def test_no_lease_when_the_uid_could_not_be_reaped(make_hook):
+    hook = make_hook(reap_device_models=True,
+                     reaper_user='xdr-no-such-reaper-user')
+    with pytest.raises(exception.CapabilityMissing) as err:
+        hook.prepare(base.fixture('hvm.xml'), ACME)
+    assert 'reap' in str(err.value)
+    assert not os.path.exists(hook.settings.lease_db)

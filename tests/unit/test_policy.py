@@ -84,3 +84,15 @@ def test_option_name():
     assert policy.option_name('--run-with=user=1') == 'run-with'
     assert policy.option_name('200000:200000') is None
     assert policy.option_name('-') is None
+
+
+def test_every_refused_feature_is_named_at_once():
+    xml = base.add_device(base.add_device(base.fixture('hvm.xml'), HOSTDEV),
+                          QDISK)
+    with pytest.raises(exception.FeatureRefused) as err:
+        _check(xml, ['-chroot', '/'])
+    message = str(err.value)
+    assert message.startswith('3 features:')
+    for words in ('PCI passthrough', 'qdisk backend', "'-chroot'",
+                  'phy backend', 'remove the <hostdev>'):
+        assert words in message
