@@ -16,7 +16,8 @@ Operations acted on (every other one exits 0 and does nothing):
     Before a domain starts.  An HVM qemu-xen domain must carry our
     ``<metadata>`` record and its restriction arguments in
     ``<xen:commandline>`` (with ``-xen-domid-restrict``), for a uid of a
-    configured range leased to this domain's uuid, with the uid's chroot
+    configured range leased to this domain's uuid (and not held by
+    reconcile), with the uid's chroot
     and, when configured, the launcher as ``<emulator>`` and ``-sandbox``
     (``sandbox = required``).  A domain without a record is refused when
     ``[dm_restrict] enforce`` is on (qemu-xen-traditional too); one with
@@ -167,7 +168,7 @@ class LibxlHook:
         if launcher_path and dom.emulator != launcher_path:
             raise refuse('its <emulator> is %s, not the configured launcher '
                          '%s' % (dom.emulator, launcher_path))
-        lease = self._lease(dom)
+        lease, held = self._lease(dom)
         if lease is None or lease.uid != record.uid:
             raise refuse(
                 'uid %d is not leased to it (%s)' % (
@@ -175,14 +176,20 @@ class LibxlHook:
                     'its lease is uid %d' % lease.uid),
                 'define the domain through the dm_restrict hook, which '
                 'leases the uid; never copy a record between domains')
+        if held is not None:
+            raise refuse('it is held: %s' % held,
+                         'resolve the conflict, then run "xen-dm-restrict '
+                         'leases reconcile --apply"')
 
     def _lease(self, dom: domain_mod.Domain
-               ) -> typing.Optional[leases.Lease]:
+               ) -> typing.Tuple[typing.Optional[leases.Lease],
+                                 typing.Optional[str]]:
+        """The domain's lease, and why it is held (None if it is not)."""
         if dom.uuid is None:
-            return None
+            return None, None
         with leases.LeaseStore(self.settings.lease_db,
                                self.settings.lease_db_timeout) as store:
-            return store.get(dom.uuid)
+            return store.get(dom.uuid), store.holds().get(dom.uuid)
 
     def before_start(self, name: str, dom: domain_mod.Domain,
                      record: typing.Optional[restrict.Record]) -> None:
@@ -201,7 +208,7 @@ class LibxlHook:
         """``stopped end`` / ``release end``: reap the domain's uid."""
         if record is None:
             return
-        lease = self._lease(dom)
+        lease, _ = self._lease(dom)
         if lease is None or lease.uid != record.uid:
             LOG.warning('%s stopped, but uid %d is no longer leased to it; '
                         'not reaping it now (it is reaped before its next '

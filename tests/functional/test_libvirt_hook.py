@@ -162,6 +162,15 @@ def test_copied_record_is_refused(env):
     assert b'is not leased to it (no lease)' in proc.stderr
 
 
+def test_held_domain_is_refused(env):
+    xml = restricted_xml(env)
+    with leases.LeaseStore(env.settings().lease_db) as store:
+        store.hold(ACME.uuid, 'uid in conflict with a running domain')
+    proc = call_hook(env, 'prepare', 'begin', xml)
+    assert proc.returncode == 2
+    assert b'it is held: uid in conflict' in proc.stderr
+
+
 def test_launcher_required_when_configured(env):
     xml = restricted_xml(env)
     env.write_config(launcher='/usr/local/bin/xen-dm-restrict-launch')
