@@ -35,13 +35,13 @@ from xen_dm_restrict_plugin import restrict
 
 LOG = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_REFUSED = 2
-#: reconcile found discrepancies it did not (or may not) repair.
-EXIT_UNRESOLVED = 3
+EXIT_OK = host.EXIT_OK
+EXIT_ERROR = host.EXIT_ERROR
+EXIT_REFUSED = host.EXIT_REFUSED
+EXIT_UNRESOLVED = host.EXIT_UNRESOLVED
+DEFAULT_CONFIG = host.DEFAULT_CONFIG
 
-DEFAULT_CONFIG = '/etc/xen-dm-restrict/xen-dm-restrict.conf'
+PROG = 'xen-dm-restrict'
 
 
 class CommandError(exception.Refused):
@@ -49,29 +49,10 @@ class CommandError(exception.Refused):
 
 
 def _load_conf(args) -> cfg.ConfigOpts:
-    files = args.config_file or (
-        [DEFAULT_CONFIG] if os.path.exists(DEFAULT_CONFIG) else [])
-    for path in files:
-        if not os.path.isfile(path):
-            raise CommandError('--config-file %s' % path, 'no such file',
-                               'give the path of an existing file')
-    conf = cfg.ConfigOpts()
-    conf_mod.register_opts(conf)
-    loader.register_opts(conf)
-    try:
-        conf([], project='xen-dm-restrict', default_config_files=files)
-    except (cfg.Error, ValueError) as err:
-        raise exception.ConfigError(
-            'configuration', str(err), 'fix the configuration file') from None
-    return conf
+    return host.load_conf(args.config_file or None)
 
 
-def _settings(conf: cfg.ConfigOpts) -> conf_mod.Settings:
-    try:
-        return conf_mod.load(conf)
-    except (cfg.Error, ValueError) as err:
-        raise exception.ConfigError(
-            'configuration', str(err), 'fix the configuration file') from None
+_settings = host.settings_of
 
 
 def _read_xml(path: str) -> bytes:
@@ -410,22 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if getattr(args, 'verbose', False)
-        else logging.WARNING,
-        format='%(levelname)s %(name)s: %(message)s')
-    try:
-        return args.func(args)
-    except exception.Refused as err:
-        print('refused: %s' % err, file=sys.stderr)
-        return EXIT_REFUSED
-    except exception.DmRestrictError as err:
-        print('error: %s' % err, file=sys.stderr)
-        return EXIT_ERROR
-    except Exception as err:  # noqa: BLE001 - the last line of defence
-        LOG.debug('unexpected failure', exc_info=True)
-        print('error: %s: %s' % (type(err).__name__, err), file=sys.stderr)
-        return EXIT_ERROR
+    host.setup_logging(PROG, getattr(args, 'verbose', False))
+    return host.run(PROG, lambda: args.func(args))
 
 
 if __name__ == '__main__':

@@ -8,6 +8,7 @@ its hooks).  The ``preflight`` and ``reap`` subcommands of
 ``xen-dm-restrict`` are implemented here too.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from oslo_config import cfg
 
 from xen_dm_restrict_plugin import conf as conf_mod
 from xen_dm_restrict_plugin import exception
+from xen_dm_restrict_plugin import loader
 
 LOG = logging.getLogger(__name__)
 
@@ -28,6 +30,8 @@ CONFIG_ENV = 'XEN_DM_RESTRICT_CONFIG'
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_REFUSED = 2
+#: ``leases reconcile`` left discrepancies for an operator.
+EXIT_UNRESOLVED = 3
 
 
 def config_files() -> typing.List[str]:
@@ -49,6 +53,38 @@ def config_files() -> typing.List[str]:
     return [DEFAULT_CONFIG] if os.path.exists(DEFAULT_CONFIG) else []
 
 
+def load_conf(files: typing.Optional[typing.Sequence[str]] = None
+              ) -> cfg.ConfigOpts:
+    """Parse ``files`` with the ``[dm_restrict]`` and ``[libvirt]`` options.
+
+    :param files: configuration files; default :func:`config_files`.
+    :raises ConfigError: a file is missing or cannot be parsed.
+    """
+    if files is None:
+        files = config_files()
+    for path in files:
+        if not os.path.isfile(path):
+            raise exception.ConfigError(
+                'configuration file %s' % path, 'there is no such file',
+                'give the path of an existing file')
+    conf = cfg.ConfigOpts()
+    conf_mod.register_opts(conf)
+    loader.register_opts(conf)
+    with _config_errors(files):
+        conf([], project='xen-dm-restrict', default_config_files=files,
+             default_config_dirs=[])
+    return conf
+
+
+def settings_of(conf: cfg.ConfigOpts) -> conf_mod.Settings:
+    """Validate the ``[dm_restrict]`` options of a parsed ``conf``.
+
+    :raises ConfigError: an option is invalid.
+    """
+    with _config_errors(conf.default_config_files or []):
+        return conf_mod.load(conf)
+
+
 def load_settings(files: typing.Optional[typing.Sequence[str]] = None
                   ) -> conf_mod.Settings:
     """Parse and validate the ``[dm_restrict]`` options of ``files``.
@@ -56,18 +92,17 @@ def load_settings(files: typing.Optional[typing.Sequence[str]] = None
     :param files: configuration files; default :func:`config_files`.
     :raises ConfigError: the files or the options are invalid.
     """
-    if files is None:
-        files = config_files()
-    conf = cfg.ConfigOpts()
-    conf_mod.register_opts(conf)
+    return settings_of(load_conf(files))
+
+
+@contextlib.contextmanager
+def _config_errors(files: typing.Sequence[str]) -> typing.Iterator[None]:
     try:
-        conf([], project='xen-dm-restrict', default_config_files=files,
-             default_config_dirs=[])
-        return conf_mod.load(conf)
+        yield
     except (cfg.Error, ValueError) as err:
         raise exception.ConfigError(
-            'configuration %s' % ', '.join(files), str(err),
-            'fix the configuration file') from None
+            'configuration %s' % (', '.join(files) or '(defaults)'),
+            str(err), 'fix the configuration file') from None
 
 
 def setup_logging(prog: str, verbose: bool = False) -> None:
@@ -90,8 +125,10 @@ def run(prog: str, func: typing.Callable[[], int]) -> int:
     except exception.DmRestrictError as err:
         print('%s: error: %s' % (prog, err), file=sys.stderr)
         return EXIT_ERROR
-    except OSError as err:
-        print('%s: error: %s' % (prog, err), file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - the last line of defence
+        LOG.debug('unexpected failure', exc_info=True)
+        print('%s: error: %s: %s' % (prog, type(err).__name__, err),
+              file=sys.stderr)
         return EXIT_ERROR
 
 
