@@ -65,7 +65,11 @@ def parse(data: typing.Union[bytes, str], max_bytes: int) -> 'Domain':
         entity declarations, or not a ``<domain>``.
     """
     if isinstance(data, str):
-        data = data.encode('utf-8')
+        try:
+            data = data.encode('utf-8')
+        except UnicodeEncodeError as err:
+            raise _refuse('it holds text that is not valid Unicode (%s)'
+                          % err.reason) from None
     if len(data) > max_bytes:
         raise _refuse('the document is %d bytes, over the limit of %d'
                       % (len(data), max_bytes))
@@ -179,27 +183,38 @@ class Domain:
         """Replace every ``<xen:commandline>`` with one holding ``args``.
 
         The xen namespace is declared on ``<domain>`` with the ``xen``
-        prefix, as libvirt writes it.
+        prefix, as libvirt writes it, unless the document binds ``xen``
+        to another namespace there: then it is declared on
+        ``<xen:commandline>`` itself.  Rebinding it on a rebuilt root
+        would make lxml invent prefixes for the moved content, which a
+        descendant declaring the same prefix shadows on output, changing
+        the namespace of foreign elements and attributes.
         """
         existing = self.root.findall('%scommandline' % XEN)
         for node in existing:
             self._remove(node)
         if not args:
             return
-        if self.root.nsmap.get('xen') != XEN_NS:
+        bound = self.root.nsmap.get('xen')
+        if bound is None:
             self._declare_namespace('xen', XEN_NS)
-        cmdline = etree.SubElement(self.root, '%scommandline' % XEN)
+        cmdline = etree.SubElement(
+            self.root, '%scommandline' % XEN,
+            nsmap=None if bound in (None, XEN_NS) else {'xen': XEN_NS})
         for value in args:
             etree.SubElement(cmdline, '%sarg' % XEN, value=value)
         self._tidy(cmdline)
 
     def _declare_namespace(self, prefix: str, uri: str) -> None:
-        """Re-create the root with ``prefix`` bound, keeping its content.
+        """Re-create the root with an unbound ``prefix`` bound, keeping its
+        content.
 
         lxml cannot add a namespace declaration to an existing element, so
         the root is rebuilt in place and the wrapper keeps pointing at it.
+        Every other declaration stays, so the moved content needs no new
+        one.
         """
-        nsmap = {k: v for k, v in self.root.nsmap.items() if k != prefix}
+        nsmap = dict(self.root.nsmap)
         nsmap[prefix] = uri
         new_root = etree.Element(self.root.tag, attrib=self.root.attrib,
                                  nsmap=nsmap)
@@ -213,7 +228,15 @@ class Domain:
         return self.root.find('metadata/%s' % tag)
 
     def set_metadata(self, record: etree._Element) -> None:
-        """Put ``record`` under ``<metadata>``, replacing one of its tag."""
+        """Put ``record`` under ``<metadata>`` as its namespace's only
+        element.
+
+        libvirt keeps one ``<metadata>`` element per namespace and hands
+        out the first one it finds, so any other element of the record's
+        namespace (a stale copy, or a foreign one placed ahead of the
+        record) is removed: it would hide the record from libvirt's
+        metadata API.
+        """
         meta = self.root.find('metadata')
         if meta is None:
             meta = etree.Element('metadata')
@@ -227,24 +250,37 @@ class Domain:
             else:
                 self.root.insert(0, meta)
             self._tidy(meta)
-        old = meta.find(record.tag)
-        if old is not None:
-            meta.replace(old, record)
+        namespace = etree.QName(record).namespace
+        same = [node for node in meta if isinstance(node.tag, str)
+                and etree.QName(node).namespace == namespace]
+        if same:
+            meta.replace(same[0], record)
         else:
             meta.append(record)
+        for node in same[1:]:
+            meta.remove(node)
         self._tidy(meta)
 
     def _remove(self, node: etree._Element) -> None:
-        """Remove a child of the root, keeping the whitespace around it."""
+        """Remove a child of the root, keeping the whitespace around it.
+
+        Undoes what :meth:`_tidy` did on adding it, so that removing and
+        adding it again changes nothing, in an unindented document too.
+        """
         prev = node.getprevious()
-        if prev is not None and node.getnext() is None:
+        if (prev is not None and node.getnext() is None
+                and self._indented()):
             prev.tail = node.tail
         self.root.remove(node)
+
+    def _indented(self) -> bool:
+        indent = self.root.text
+        return bool(indent) and not indent.strip() and '\n' in indent
 
     def _tidy(self, node: etree._Element) -> None:
         """Indent an element we added like the document around it."""
         indent = self.root.text
-        if not indent or indent.strip() or '\n' not in indent:
+        if not self._indented():
             return
         unit = indent.rsplit('\n', 1)[1] or '  '
         etree.indent(node, space=unit, level=1)

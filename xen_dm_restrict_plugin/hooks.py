@@ -43,6 +43,13 @@ class Instance:
             raise exception.Refused(
                 'tenant of instance %s' % canonical, 'it is empty',
                 'pass the id of the project that owns the instance')
+        if not self.tenant.isprintable():
+            # It is written into the domain XML, which cannot hold
+            # control characters or lone surrogates.
+            raise exception.Refused(
+                'tenant %r of instance %s' % (self.tenant, canonical),
+                'it holds characters that are not printable',
+                'pass the id of the project that owns the instance')
 
 
 class DomainHook(abc.ABC):

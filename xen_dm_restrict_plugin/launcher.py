@@ -244,7 +244,7 @@ def launch(settings: conf_mod.Settings,
     parsed = parse_argv(args)
     if not parsed.restricted:
         if parsed.query:
-            os.execv(binary, [binary] + list(args))
+            _exec(binary, args)
         raise exception.Refused(
             'device model command line',
             'it carries no user and chroot restriction, and this launcher '
@@ -262,4 +262,19 @@ def launch(settings: conf_mod.Settings,
              'IPC namespaces with rlimits', binary, parsed.uid, parsed.gid,
              parsed.chroot)
     isolate(parsed.fds)
-    os.execv(binary, [binary] + list(args))
+    _exec(binary, args)
+
+
+def _exec(binary: str, args: typing.Sequence[str]) -> None:
+    """Become the real QEMU.
+
+    :raises CapabilityMissing: it cannot be executed.
+    """
+    try:
+        os.execv(binary, [binary] + list(args))
+    except OSError as err:
+        raise exception.CapabilityMissing(
+            'device model %s' % binary,
+            'it cannot be executed: %s' % (err.strerror or err),
+            'install qemu-xen or set [dm_restrict] qemu_binary to its '
+            'path') from None

@@ -159,7 +159,8 @@ def check_domain(dom: domain_mod.Domain,
     if problems:
         # All at once, so the tenant fixes the domain in one go.
         raise exception.FeatureRefused(
-            '%d features: %s' % (len(problems), '; '.join(
-                p.subject for p in problems)),
-            '; '.join('%s: %s' % (p.subject, p.reason) for p in problems),
-            '; '.join(p.remedy for p in problems))
+            '%d refused features' % len(problems),
+            '; '.join('(%d) %s: %s' % (n, p.subject, p.reason)
+                      for n, p in enumerate(problems, 1)),
+            '; '.join('(%d) %s' % (n, p.remedy)
+                      for n, p in enumerate(problems, 1)))

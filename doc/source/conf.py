@@ -4,6 +4,13 @@
 # The option reference and the plugin list are generated from the
 # installed package, so the docs env installs it.
 
+import os
+import sys
+
+# cli_help: the ``program-help`` directive of the command reference.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                '_ext'))
+
 # -- General configuration -------------------------------------------------
 
 extensions = [
@@ -11,6 +18,7 @@ extensions = [
     'sphinx.ext.viewcode',
     'oslo_config.sphinxext',
     'stevedore.sphinxext',
+    'cli_help',
 ]
 
 project = 'xen-dm-restrict'

@@ -11,6 +11,8 @@ import sys
 import tempfile
 import time
 
+import hypothesis
+from hypothesis import strategies as st
 import pytest
 
 from xen_dm_restrict_plugin import exception
@@ -409,3 +411,19 @@ def test_disk_full(path):
         kept = store.list()
     assert kept[:3] == taken
     assert len(kept) == 3 + acquired
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(
+    leased=st.sets(st.integers(0, 300), max_size=250),
+    start=st.integers(0, 310), length=st.integers(0, 310))
+def test_next_free_is_the_lowest_unleased_uid(leased, start, length):
+    stop = start + length
+    with sqlite3.connect(':memory:', isolation_level=None) as conn:
+        for statement in leases._SCHEMA:
+            conn.execute(statement)
+        conn.executemany('INSERT INTO leases VALUES (?, ?, ?, 0)',
+                         [(uuid(uid), 'acme', uid) for uid in leased])
+        expected = next((uid for uid in range(start, stop + 1)
+                         if uid not in leased), None)
+        assert leases._next_free(conn, start, stop) == expected

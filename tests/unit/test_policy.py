@@ -92,7 +92,7 @@ def test_every_refused_feature_is_named_at_once():
     with pytest.raises(exception.FeatureRefused) as err:
         _check(xml, ['-chroot', '/'])
     message = str(err.value)
-    assert message.startswith('3 features:')
+    assert message.startswith('3 refused features: (1) PCI passthrough')
     for words in ('PCI passthrough', 'qdisk backend', "'-chroot'",
                   'phy backend', 'remove the <hostdev>'):
         assert words in message

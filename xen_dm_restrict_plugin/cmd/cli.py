@@ -261,6 +261,9 @@ def _read_back_record(dom) -> typing.Optional[restrict.Record]:
     return restrict.record_from_xml(text)
 
 
+_FORMAT_HELP = 'output format (default: %(default)s)'
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--config-file', action='append', metavar='PATH',
@@ -271,10 +274,17 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help='log what is done, to stderr')
 
 
-def _subparser(subs, name: str, summary: str, example: str):
+def _subparser(subs, name: str, summary: str, example: str,
+               details: str = ''):
+    """A subcommand whose ``--help`` shows ``summary`` and ``details``
+    wrapped, then ``example`` as written (one command a line).
+    """
+    description = textwrap.fill(summary + (' ' + details if details else ''),
+                                79)
+    heading = 'examples' if '\n' in example else 'example'
     parser = subs.add_parser(
-        name, help=summary, description=summary,
-        epilog='example:\n' + textwrap.indent(example, '  '),
+        name, help=summary, description=description,
+        epilog='%s:\n%s' % (heading, textwrap.indent(example, '  ')),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(parser)
     return parser
@@ -283,16 +293,32 @@ def _subparser(subs, name: str, summary: str, example: str):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='xen-dm-restrict',
-        description='Run Xen device models of tenant VMs restricted '
-                    '(dm_restrict). Exit codes: 0 done, 2 refused, 3 '
-                    'reconcile left discrepancies, 1 error.')
+        description=textwrap.fill(
+            'Run Xen device models of tenant VMs restricted (dm_restrict). '
+            'Exit codes: 0 done, 2 refused, 3 reconcile left '
+            'discrepancies, 1 error.', 79),
+        epilog='examples:\n'
+               '  xen-dm-restrict preflight\n'
+               '  xen-dm-restrict validate --tenant acme domain.xml\n'
+               '  xen-dm-restrict boot --connect xen:///system --tenant acme '
+               'domain.xml\n'
+               '  xen-dm-restrict leases list\n\n'
+               'Every command reads %s\n'
+               'unless given --config-file. "xen-dm-restrict COMMAND --help" '
+               'shows the\noptions of a command and an example.'
+               % DEFAULT_CONFIG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     subs = parser.add_subparsers(dest='command', metavar='COMMAND')
     subs.required = True
 
     render = _subparser(
         subs, 'render', 'Print the restricted XML for a domain, taking (or '
         'reusing) the instance\'s uid lease.',
-        'xen-dm-restrict render --tenant acme domain.xml > restricted.xml')
+        'xen-dm-restrict render --tenant acme domain.xml > restricted.xml\n'
+        'virsh -c xen:///system define restricted.xml',
+        'It runs the dm_restrict hook as the orchestrator does: a domain '
+        'that cannot run restricted is refused (exit 2) before any lease '
+        'is taken. Nothing is defined in libvirt.')
     render.add_argument('xml', help='domain XML file, or - for stdin')
     render.add_argument('--tenant', required=True, help='tenant id')
     render.add_argument('--instance-uuid',
@@ -303,14 +329,24 @@ def build_parser() -> argparse.ArgumentParser:
     validate = _subparser(
         subs, 'validate', 'Check that a domain can run restricted, '
         'without taking a lease.',
-        'xen-dm-restrict validate --tenant acme domain.xml')
+        'xen-dm-restrict validate --tenant acme domain.xml',
+        'Exit 0 when it can, 2 with every refused feature and its remedy '
+        'when it cannot. Nothing is written.')
     validate.add_argument('xml', help='domain XML file, or - for stdin')
     validate.add_argument('--tenant', help='also check the tenant has a '
                           'uid range')
     validate.set_defaults(func=cmd_validate)
 
-    lease = subs.add_parser('leases', help='List or release uid leases.',
-                            description='List or release uid leases.')
+    lease = subs.add_parser(
+        'leases', help='List, release, reconcile and unhold uid leases.',
+        description='List, release, reconcile and unhold the uid leases in '
+                    '[dm_restrict] lease_db.',
+        epilog='examples:\n'
+               '  xen-dm-restrict leases list --tenant acme\n'
+               '  xen-dm-restrict leases reconcile --connect xen:///system\n'
+               '"xen-dm-restrict leases ACTION --help" shows the options '
+               'of an action.',
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     lease_subs = lease.add_subparsers(dest='lease_command',
                                       metavar='ACTION')
     lease_subs.required = True
@@ -318,13 +354,17 @@ def build_parser() -> argparse.ArgumentParser:
                        'xen-dm-restrict leases list --format json')
     llist.add_argument('--tenant', help='only this tenant\'s leases')
     llist.add_argument('--format', choices=('table', 'json'),
-                       default='table')
+                       default='table', help=_FORMAT_HELP)
     llist.set_defaults(func=cmd_leases_list)
     lrel = _subparser(
         lease_subs, 'release', 'Release the uid lease of an instance whose '
         'domain is gone for good.',
+        'xen-dm-restrict reap --uid 200017\n'
         'xen-dm-restrict leases release 0b7a9c2e-5d1f-4a53-9e57-'
-        '2f7f3c1d9a10')
+        '2f7f3c1d9a10',
+        'It does not kill the uid\'s processes: reap the uid first (see '
+        '"leases list" for it), because a released uid is leased again '
+        'later.')
     lrel.add_argument('uuid', help='instance uuid')
     lrel.set_defaults(func=cmd_leases_release)
     lrec = _subparser(
@@ -341,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     lrec.add_argument('--apply', action='store_true',
                       help='repair what can be repaired')
     lrec.add_argument('--format', choices=('table', 'json'),
-                      default='table')
+                      default='table', help=_FORMAT_HELP)
     lrec.set_defaults(func=cmd_leases_reconcile)
     lunhold = _subparser(
         lease_subs, 'unhold', 'Let a held instance start again, once you '
@@ -355,7 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
         'domain hooks, and print its uid and what was applied.',
         'xen-dm-restrict boot --config-file etc/xen-dm-restrict/'
         'boot-example.conf \\\n'
-        '    --tenant acme etc/xen-dm-restrict/boot-example-domain.xml')
+        '    --tenant acme etc/xen-dm-restrict/boot-example-domain.xml\n'
+        'xen-dm-restrict boot --connect xen:///system --tenant acme '
+        'domain.xml',
+        'A domain that fails to start is undefined again and its lease '
+        'released. The enabled hooks are [libvirt] domain_hooks of the '
+        'configuration; with none, the domain boots unrestricted.')
     boot.add_argument('xml', help='domain XML file, or - for stdin')
     boot.add_argument('--tenant', required=True, help='tenant id')
     boot.add_argument('--instance-uuid', help='instance uuid (default: the '
@@ -363,15 +408,19 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument('--connect', default='test:///default',
                       help='libvirt URI (default: %(default)s; on a Xen '
                            'host: xen:///system)')
-    boot.add_argument('--format', choices=('text', 'json'), default='text')
+    boot.add_argument('--format', choices=('text', 'json'), default='text',
+                      help=_FORMAT_HELP)
     boot.set_defaults(func=cmd_boot)
 
     pre = _subparser(
         subs, 'preflight', 'Check that this host can run device models '
         'restricted as configured; exit 0 only if every check passes.',
-        'xen-dm-restrict preflight --format json')
+        'xen-dm-restrict preflight\n'
+        'xen-dm-restrict preflight --format json',
+        'It changes nothing on the host. A failed check that can only '
+        'pass on a Xen host is marked [no Xen here].')
     pre.add_argument('--format', choices=('table', 'json'),
-                     default='table')
+                     default='table', help=_FORMAT_HELP)
     pre.add_argument('--libvirt-hooks-dir', default='/etc/libvirt/hooks',
                      help='where libvirtd looks for hooks '
                           '(default: %(default)s)')
@@ -380,10 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
     reap = _subparser(
         subs, 'reap', 'Kill every process of a device-model uid (as root, '
         'with the reaper user); fails if any is left alive.',
-        'xen-dm-restrict reap --uid 200017')
+        'xen-dm-restrict reap --uid 200017',
+        'Only uids inside [dm_restrict] tenant_uid_ranges or '
+        'shared_uid_range are reaped.')
     reap.add_argument('--uid', type=int, required=True,
                       help='a uid inside a configured range')
-    reap.add_argument('--format', choices=('text', 'json'), default='text')
+    reap.add_argument('--format', choices=('text', 'json'), default='text',
+                      help=_FORMAT_HELP)
     reap.set_defaults(func=cmd_reap)
     return parser
 
@@ -391,7 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    host.setup_logging(PROG, getattr(args, 'verbose', False))
+    # A refusal is printed once, as the "refused:" line; -v shows the log.
+    host.setup_logging(PROG, getattr(args, 'verbose', False), logging.ERROR)
     return host.run(PROG, lambda: args.func(args))
 
 

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import typing
 
@@ -100,15 +101,22 @@ def _config_errors(files: typing.Sequence[str]) -> typing.Iterator[None]:
     try:
         yield
     except (cfg.Error, ValueError) as err:
+        # oslo.config names where a value came from in its own terms.
+        message = re.sub(r' from LocationInfo\(.*?\)(?= is not valid)', '',
+                         str(err))
         raise exception.ConfigError(
             'configuration %s' % (', '.join(files) or '(defaults)'),
-            str(err), 'fix the configuration file') from None
+            message, 'fix the configuration file') from None
 
 
-def setup_logging(prog: str, verbose: bool = False) -> None:
-    """Log to stderr, prefixed with the program name."""
+def setup_logging(prog: str, verbose: bool = False,
+                  quiet_level: int = logging.WARNING) -> None:
+    """Log to stderr, prefixed with the program name.
+
+    :param verbose: log INFO and above, else ``quiet_level`` and above.
+    """
     logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
+        level=logging.INFO if verbose else quiet_level,
         format=prog + ': %(levelname)s %(name)s: %(message)s')
 
 

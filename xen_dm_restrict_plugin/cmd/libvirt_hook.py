@@ -19,12 +19,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description=libvirt_hook.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog='configuration: $%s, else %s'
-               % (host.CONFIG_ENV, host.DEFAULT_CONFIG))
+        epilog='configuration: $%s, else\n%s\n\n'
+               'examples:\n'
+               '  # install it (libvirtd reads its hooks when it starts):\n'
+               '  ln -s "$(command -v %s)" /etc/libvirt/hooks/libxl\n'
+               '  systemctl restart libvirtd\n'
+               '  # what libvirtd runs before it starts domain acme-web-1, '
+               'by hand:\n'
+               '  %s acme-web-1 prepare begin - < restricted.xml\n'
+               '  echo $?   # 0 allowed, 2 refused, 1 error'
+               % (host.CONFIG_ENV, host.DEFAULT_CONFIG, PROG, PROG))
     parser.add_argument('domain', help='domain name')
     parser.add_argument('operation', help='e.g. prepare, stopped, migrate')
     parser.add_argument('sub_operation', help='e.g. begin, end')
-    parser.add_argument('extra', nargs='*', help='ignored')
+    parser.add_argument('extra', nargs='*',
+                        help='libvirtd passes "-"; ignored')
     return parser
 
 
