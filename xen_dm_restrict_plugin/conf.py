@@ -14,6 +14,7 @@ import typing
 
 from oslo_config import cfg
 
+from xen_dm_restrict_plugin import domain as domain_mod
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin import ranges
 
@@ -119,6 +120,13 @@ dm_restrict_opts = [
              'while it kills, because a reaper\'s kill(-1) also kills any '
              'other reaper running at the same time. Its directory is '
              'created (mode 0700) if missing.'),
+    cfg.ListOpt(
+        'stubdom_emulators', default=[],
+        help='<emulator> paths that run the device model in a stub domain '
+             'instead of dom0. HVM guests using one are passed through '
+             'unrestricted (the stub domain already isolates the device '
+             'model); every other HVM guest is restricted, whatever its '
+             'emulator is called.'),
     cfg.BoolOpt(
         'reap_device_models', default=True,
         help='Kill every process of a domain\'s device-model uid right '
@@ -162,6 +170,7 @@ class Settings:
     max_xml_bytes: int
     reaper_lock_file: str = '/run/xen-dm-restrict/reaper.lock'
     reap_device_models: bool = True
+    stubdom_emulators: typing.FrozenSet[str] = frozenset()
 
     def all_ranges(self) -> typing.List[ranges.UidRange]:
         found = list(self.tenant_ranges.values())
@@ -184,6 +193,15 @@ class Settings:
             'it has no uid range and unmapped_tenants is "refuse"',
             'add it to [dm_restrict] tenant_uid_ranges, or set '
             'unmapped_tenants = shared with a shared_uid_range')
+
+    def parse_domain(self, data: typing.Union[bytes, str]
+                     ) -> domain_mod.Domain:
+        """Parse domain XML with this host's size cap and stub domains.
+
+        :raises InvalidDomainXML: see :func:`domain.parse`.
+        """
+        return domain_mod.parse(data, self.max_xml_bytes,
+                                self.stubdom_emulators)
 
     def chroot_dir(self, uid: int) -> str:
         return '%s/qemu-root-%d' % (self.chroot_base_dir.rstrip('/'), uid)
@@ -264,4 +282,5 @@ def load(conf: cfg.ConfigOpts) -> Settings:
         reaper_user=group.reaper_user, reaper_uid=reaper_uid,
         enforce=group.enforce, max_xml_bytes=group.max_xml_bytes,
         reaper_lock_file=group.reaper_lock_file,
-        reap_device_models=group.reap_device_models)
+        reap_device_models=group.reap_device_models,
+        stubdom_emulators=frozenset(group.stubdom_emulators))

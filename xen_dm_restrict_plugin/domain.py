@@ -56,11 +56,14 @@ def _refuse(reason: str) -> exception.InvalidDomainXML:
         'without a DOCTYPE')
 
 
-def parse(data: typing.Union[bytes, str], max_bytes: int) -> 'Domain':
+def parse(data: typing.Union[bytes, str], max_bytes: int,
+          stubdom_emulators: typing.Collection[str] = ()) -> 'Domain':
     """Parse a libvirt domain document safely.
 
     :param data: the XML, as bytes or text.
     :param max_bytes: the largest document accepted.
+    :param stubdom_emulators: ``<emulator>`` paths the operator declared
+        to be stub-domain device models.
     :raises InvalidDomainXML: malformed, oversized, carrying a DTD or
         entity declarations, or not a ``<domain>``.
     """
@@ -84,14 +87,20 @@ def parse(data: typing.Union[bytes, str], max_bytes: int) -> 'Domain':
         raise _refuse('it references entity &%s;' % node.name)
     if root.tag != 'domain':
         raise _refuse('its root element is <%s>, not <domain>' % root.tag)
-    return Domain(root)
+    return Domain(root, stubdom_emulators)
 
 
 class Domain:
-    """A parsed libvirt domain; wraps the root ``<domain>`` element."""
+    """A parsed libvirt domain; wraps the root ``<domain>`` element.
 
-    def __init__(self, root: etree._Element):
+    :param stubdom_emulators: ``<emulator>`` paths that serve the guest
+        from a stub domain (see :attr:`kind`).
+    """
+
+    def __init__(self, root: etree._Element,
+                 stubdom_emulators: typing.Collection[str] = ()):
         self.root = root
+        self.stubdom_emulators = frozenset(stubdom_emulators)
 
     # -- identity ---------------------------------------------------------
     @property
@@ -144,24 +153,26 @@ class Domain:
 
     @property
     def kind(self) -> GuestKind:
-        """Classify the guest.
+        """Classify the guest, erring towards "has a dom0 device model".
 
-        ``xenpvh`` (type or machine) is PVH; ``hvm`` is HVM, served by a
-        stub domain when the emulator is a ``stubdom-dm`` style binary, by
+        ``<type>hvm</type>`` is HVM whatever its machine (libvirt's libxl
+        driver decides by the type): served by a stub domain only when
+        the emulator is one the operator declared
+        (``[dm_restrict] stubdom_emulators``; a name proves nothing), by
         qemu-xen-traditional when it is ``qemu-dm``, and by qemu-xen
-        otherwise; anything else (``xen``, ``linux``) is PV.
+        otherwise.  ``xenpvh`` (as type, or as machine of a PV type) is
+        PVH; any other type (``xen``, ``linux``) is PV.
         """
         os_type, machine = self.os_type, self.machine
+        if os_type == 'hvm':
+            if self.emulator and self.emulator in self.stubdom_emulators:
+                return GuestKind.HVM_STUBDOM
+            if os.path.basename(self.emulator or '') == 'qemu-dm':
+                return GuestKind.HVM_TRADITIONAL
+            return GuestKind.HVM_QEMU_XEN
         if os_type == 'xenpvh' or machine == 'xenpvh':
             return GuestKind.PVH
-        if os_type != 'hvm':
-            return GuestKind.PV
-        binary = os.path.basename(self.emulator or '')
-        if 'stubdom' in binary:
-            return GuestKind.HVM_STUBDOM
-        if binary == 'qemu-dm':
-            return GuestKind.HVM_TRADITIONAL
-        return GuestKind.HVM_QEMU_XEN
+        return GuestKind.PV
 
     # -- devices ----------------------------------------------------------
     def devices(self) -> etree._Element:

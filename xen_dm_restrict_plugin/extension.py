@@ -15,7 +15,6 @@ from oslo_config import cfg
 
 from xen_dm_restrict_plugin import capabilities
 from xen_dm_restrict_plugin import conf as conf_mod
-from xen_dm_restrict_plugin import domain as domain_mod
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin import hooks
 from xen_dm_restrict_plugin import leases
@@ -76,7 +75,7 @@ class DmRestrictHook(hooks.DomainHook):
             raise
 
     def _prepare(self, xml: str, instance: hooks.Instance) -> str:
-        dom = domain_mod.parse(xml, self.settings.max_xml_bytes)
+        dom = self.settings.parse_domain(xml)
         if dom.uuid is not None and dom.uuid != instance.uuid:
             raise exception.InvalidDomainXML(
                 '<uuid>%s</uuid>' % dom.uuid,
@@ -147,7 +146,7 @@ class DmRestrictHook(hooks.DomainHook):
         """Our record in ``xml``; None for a domain with nothing to
         restrict; refuses an HVM qemu-xen domain that is not restricted.
         """
-        dom = domain_mod.parse(xml, self.settings.max_xml_bytes)
+        dom = self.settings.parse_domain(xml)
         record = restrict.read_record(dom)
         if record is None and dom.hypervisor == 'xen' and \
                 dom.kind.has_dom0_device_model:
@@ -189,7 +188,7 @@ class DmRestrictHook(hooks.DomainHook):
 
     def after_stop(self, xml: str, instance: hooks.Instance) -> None:
         """Kill whatever is left of the stopped domain's device model."""
-        dom = domain_mod.parse(xml, self.settings.max_xml_bytes)
+        dom = self.settings.parse_domain(xml)
         record = restrict.read_record(dom)
         if record is not None:
             self._reap(record.uid, instance, 'after stop')
@@ -200,7 +199,7 @@ class DmRestrictHook(hooks.DomainHook):
                         live: bool = False) -> None:
         """Refuse what a restricted device model cannot survive."""
         try:
-            dom = domain_mod.parse(xml, self.settings.max_xml_bytes)
+            dom = self.settings.parse_domain(xml)
             if restrict.read_record(dom) is None:
                 return
             name = dom.name or instance.uuid

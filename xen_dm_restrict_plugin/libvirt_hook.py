@@ -106,7 +106,7 @@ class LibxlHook:
             LOG.debug('%s %s of domain %s: nothing to do', operation,
                       sub_operation, name)
             return
-        dom = domain_mod.parse(xml, self.settings.max_xml_bytes)
+        dom = self.settings.parse_domain(xml)
         if not dom.kind.has_dom0_device_model:
             return
         record = restrict.read_record(dom)

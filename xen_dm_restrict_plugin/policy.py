@@ -18,6 +18,8 @@ from xen_dm_restrict_plugin import exception
 #: product may set them on a restricted domain.
 RESTRICTION_OPTIONS = frozenset(('runas', 'run-with', 'chroot', 'sandbox',
                                  'xen-domid-restrict'))
+#: QEMU options that can set any other option, the restriction included.
+OVERRIDE_OPTIONS = frozenset(('readconfig', 'set'))
 
 
 Refusal = exception.FeatureRefused
@@ -123,6 +125,13 @@ def check_xen_args(args: typing.Sequence[str]) -> None:
                 'controls' % name,
                 'remove that argument from <xen:commandline>; the '
                 'dm_restrict hook sets it')
+        if name in OVERRIDE_OPTIONS:
+            raise exception.FeatureRefused(
+                '<xen:arg value=%r>' % arg,
+                '-%s can set any device-model option, the restriction '
+                'included' % name,
+                'pass the options it would set directly in '
+                '<xen:commandline>')
     if args and args[-1].startswith('-'):
         # QEMU gives an option that takes a value the next argument, which
         # would be our -xen-domid-restrict: "-name -xen-domid-restrict".

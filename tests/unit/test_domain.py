@@ -25,8 +25,13 @@ def _element(text):
      domain.GuestKind.HVM_QEMU_XEN),
     (_with_emulator('/usr/lib/xen/bin/qemu-dm'),
      domain.GuestKind.HVM_TRADITIONAL),
+    # A name proves nothing: only a declared stub-domain emulator counts.
     (_with_emulator('/usr/lib/xen/bin/stubdom-dm'),
-     domain.GuestKind.HVM_STUBDOM),
+     domain.GuestKind.HVM_QEMU_XEN),
+    (base.fixture('hvm.xml').replace(
+        "<type arch='x86_64' machine='xenfv'>hvm</type>",
+        "<type arch='x86_64' machine='xenpvh'>hvm</type>"),
+     domain.GuestKind.HVM_QEMU_XEN),
     (base.fixture('pv.xml'), domain.GuestKind.PV),
     (base.fixture('pvh.xml'), domain.GuestKind.PVH),
     (base.fixture('pv.xml').replace(
@@ -109,3 +114,12 @@ def test_set_uuid_adds_it_after_name():
     dom.set_uuid(base.HVM_UUID)
     assert dom.root[1].tag == 'uuid'
     assert domain.parse(dom.to_string(), LIMIT).uuid == base.HVM_UUID
+
+
+def test_declared_stub_domain_emulator():
+    xml = _with_emulator('/usr/lib/xen/bin/stubdom-dm')
+    dom = domain.parse(xml, LIMIT, {'/usr/lib/xen/bin/stubdom-dm'})
+    assert dom.kind is domain.GuestKind.HVM_STUBDOM
+    other = domain.parse(_with_emulator('/opt/evil/stubdom-dm'), LIMIT,
+                         {'/usr/lib/xen/bin/stubdom-dm'})
+    assert other.kind is domain.GuestKind.HVM_QEMU_XEN

@@ -142,11 +142,19 @@ def test_guests_without_device_model_pass_unchanged(hook, name):
     assert not os.path.exists(hook.settings.lease_db)
 
 
-def test_stub_domain_passes_unchanged(hook):
+def test_declared_stub_domain_passes_unchanged(make_hook):
+    hook = make_hook(stubdom_emulators=['/usr/lib/xen/bin/stubdom-dm'])
     xml = base.add_device(base.fixture('hvm.xml'),
                           '<emulator>/usr/lib/xen/bin/stubdom-dm</emulator>')
     assert hook.prepare(xml, ACME) == xml
     assert _leases(hook) == []
+
+
+def test_undeclared_stub_domain_name_is_restricted(hook):
+    xml = base.add_device(base.fixture('hvm.xml'),
+                          '<emulator>/srv/tenant/stubdom-dm</emulator>')
+    out = domain.parse(hook.prepare(xml, ACME), 1 << 20)
+    assert '-xen-domid-restrict' in out.xen_args()
 
 
 REFUSED = [

@@ -104,7 +104,7 @@ def cmd_render(args) -> int:
 def cmd_validate(args) -> int:
     settings = _settings(_load_conf(args))
     data = _read_xml(args.xml)
-    dom = domain_mod.parse(data, settings.max_xml_bytes)
+    dom = settings.parse_domain(data)
     kind = dom.kind
     if dom.hypervisor == 'xen' and not kind.has_dom0_device_model:
         print('%s: %s guest, no dom0 device model: nothing to restrict'
