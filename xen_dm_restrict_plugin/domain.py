@@ -149,6 +149,8 @@ class Domain:
         if node is None:
             node = etree.Element('emulator')
             devices.insert(0, node)
+            if devices.text and not devices.text.strip():
+                node.tail = devices.text
         node.text = path
 
     @property

@@ -136,11 +136,12 @@ class HookedConnection:
         try:
             xml = self.conn.saveImageGetXMLDesc(path, 0)
         except libvirt.libvirtError as err:
-            raise operations.refuse(
-                operations.RESTORE, path, 'the saved domain definition '
-                'cannot be read to tell whether it is restricted (%s)' % err,
-                'restore it without the dm_restrict wrapper only if you '
-                'know it is not restricted') from None
+            raise exception.OperationRefused(
+                'restore of save image %s' % path, 'the saved domain '
+                'definition cannot be read to tell whether it is '
+                'restricted (%s)' % err, 'restore it without the '
+                'dm_restrict wrapper only if you know it is not '
+                'restricted') from None
         if _record_of(xml) is not None:
             raise operations.refuse(operations.RESTORE, path)
         return self.conn.restoreFlags(path, None, flags)

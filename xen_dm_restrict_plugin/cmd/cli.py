@@ -131,12 +131,18 @@ def cmd_leases_list(args) -> int:
     with leases.LeaseStore(settings.lease_db,
                            settings.lease_db_timeout) as store:
         found = store.list(tenant=args.tenant)
+        held = store.holds()
     if args.format == 'json':
-        print(json.dumps([_lease_dict(le) for le in found], indent=2))
+        print(json.dumps([dict(_lease_dict(le), held=held.get(le.uuid))
+                          for le in found], indent=2))
         return EXIT_OK
-    print('%-36s  %-20s  %10s' % ('UUID', 'TENANT', 'UID'))
+    print('%-36s  %-20s  %10s  %s' % ('UUID', 'TENANT', 'UID', 'HELD'))
     for lease in found:
-        print('%-36s  %-20s  %10d' % (lease.uuid, lease.tenant, lease.uid))
+        print('%-36s  %-20s  %10d  %s' % (lease.uuid, lease.tenant,
+                                          lease.uid, held.get(lease.uuid,
+                                                              '')))
+    for uuid in sorted(set(held) - {le.uuid for le in found}):
+        print('%-36s  %-20s  %10s  %s' % (uuid, '-', '-', held[uuid]))
     return EXIT_OK
 
 
@@ -163,7 +169,7 @@ def cmd_leases_unhold(args) -> int:
     if not lifted:
         raise CommandError('hold of %s' % instance_uuid, 'there is none',
                            'see held instances with "xen-dm-restrict '
-                           'leases reconcile"')
+                           'leases list"')
     print('hold lifted from %s' % instance_uuid)
     return EXIT_OK
 
