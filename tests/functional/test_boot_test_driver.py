@@ -157,3 +157,21 @@ def test_cli_render_and_validate(tmp_path):
                    '-o', str(tmp_path / 'no.xml'), fixture)
     assert refused.returncode == 2 and 'initech' in refused.stderr
     assert not (tmp_path / 'no.xml').exists()
+
+
+def test_documented_orchestrator_example_runs(tmp_path):
+    """The code the orchestrator guide shows works as shown."""
+    example = os.path.join(ROOT, 'doc', 'source', 'configuration',
+                           'orchestrator_example.py')
+    domain_xml = os.path.join(ROOT, 'etc', 'xen-dm-restrict',
+                              'boot-example-domain.xml')
+    result = subprocess.run(
+        [sys.executable, example, _write_conf(tmp_path), domain_xml],
+        capture_output=True, text=True, cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == 'started acme-web-1'
+    assert lines[1].startswith('refused: migrate of restricted domain '
+                               'acme-web-1')
+    assert lines[2] == 'deleted'
