@@ -11,21 +11,10 @@ import pytest
 from tests import base
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin import hooks
-from xen_dm_restrict_plugin import loader
 from xen_dm_restrict_plugin import restrict
-from xen_dm_restrict_plugin import virt
 
 ACME = hooks.Instance(base.HVM_UUID, 'acme')
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
-
-
-@pytest.fixture
-def conn(tmp_path):
-    conf = base.make_conf(tmp_path, domain_hooks=['dm_restrict'])
-    connection = virt.HookedConnection.open('test:///default',
-                                            loader.HookManager(conf))
-    yield connection
-    connection.close()
 
 
 def test_define_and_start_restricted_domain(conn):

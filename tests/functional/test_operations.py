@@ -9,7 +9,6 @@ import pytest
 from tests import base
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin import hooks
-from xen_dm_restrict_plugin import loader
 from xen_dm_restrict_plugin import restrict
 from xen_dm_restrict_plugin import virt
 
@@ -25,22 +24,6 @@ HOSTDEV_NIC = ("<interface type='hostdev' managed='yes'><source>"
                "function='0x0'/></source></interface>")
 DISK = ("<disk type='block' device='disk'><driver name='phy'/>"
         "<source dev='/dev/vg0/extra'/><target dev='hdb' bus='ide'/></disk>")
-
-
-@pytest.fixture
-def conn(tmp_path):
-    conf = base.make_conf(tmp_path, domain_hooks=['dm_restrict'])
-    connection = virt.HookedConnection.open('test:///default',
-                                            loader.HookManager(conf))
-    yield connection
-    for dom in connection.conn.listAllDomains(0):
-        if dom.name() != 'test':
-            if dom.isActive():
-                dom.destroy()
-            dom.undefineFlags(
-                libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
-    connection.close()
 
 
 @pytest.fixture

@@ -13,27 +13,15 @@ from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin import extension
 from xen_dm_restrict_plugin import hooks
 from xen_dm_restrict_plugin import leases
-from xen_dm_restrict_plugin import loader
 from xen_dm_restrict_plugin import reconcile
-from xen_dm_restrict_plugin import virt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 UUIDS = ['aaaaaaaa-0000-4000-8000-%012d' % i for i in range(6)]
 
 
 @pytest.fixture
-def env(tmp_path):
-    conf = base.make_conf(tmp_path, domain_hooks=['dm_restrict'])
-    manager = loader.HookManager(conf)
-    conn = virt.HookedConnection.open('test:///default', manager)
-    hook = manager.hooks[0][1]
-    yield conn, hook
-    for dom in conn.conn.listAllDomains(0):
-        if dom.name() != 'test':
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
-    conn.close()
+def env(conn):
+    return conn, conn.hooks.hooks[0][1]
 
 
 def _xml(index):

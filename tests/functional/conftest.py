@@ -1,0 +1,29 @@
+"""Fixtures shared by the functional tests."""
+
+import libvirt
+import pytest
+
+from tests import base
+from xen_dm_restrict_plugin import loader
+from xen_dm_restrict_plugin import virt
+
+
+@pytest.fixture
+def conn(tmp_path):
+    """A HookedConnection to test:///default with the dm_restrict hook.
+
+    The test driver's state is shared by every connection of the process,
+    so every domain a test defined is removed again afterwards.
+    """
+    conf = base.make_conf(tmp_path, domain_hooks=['dm_restrict'])
+    connection = virt.HookedConnection.open('test:///default',
+                                            loader.HookManager(conf))
+    yield connection
+    for dom in connection.conn.listAllDomains(0):
+        if dom.name() != 'test':
+            if dom.isActive():
+                dom.destroy()
+            dom.undefineFlags(
+                libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+    connection.close()
