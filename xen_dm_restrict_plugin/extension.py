@@ -166,20 +166,11 @@ class DmRestrictHook(hooks.DomainHook):
             record = self._restricted_record(xml, instance, operations.START)
             if record is None:
                 return
-            held = self.store.holds().get(instance.uuid)
-            if held is not None:
-                raise operations.refuse(
-                    operations.START, instance.uuid,
-                    'it is held: %s' % held, 'resolve the conflict, then '
-                    'run "xen-dm-restrict leases reconcile --apply" or '
-                    '"xen-dm-restrict leases unhold %s"' % instance.uuid)
-            lease = self.store.get(instance.uuid)
-            if lease is None or lease.uid != record.uid:
-                raise operations.refuse(
-                    operations.START, instance.uuid,
-                    'its recorded uid %d is not leased to it (lease: %s)'
-                    % (record.uid, lease.uid if lease else 'none'),
-                    'run "xen-dm-restrict leases reconcile --apply"')
+            blocker = leases.start_blocker(self.store, instance.uuid,
+                                           record.uid)
+            if blocker is not None:
+                raise operations.refuse(operations.START, instance.uuid,
+                                        *blocker)
             self._reap(record.uid, instance, 'before start')
         except exception.DmRestrictError as err:
             LOG.warning('refused start of instance %s of tenant %s: %s',

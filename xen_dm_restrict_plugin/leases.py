@@ -448,6 +448,34 @@ class LeaseStore:
                 'new range is leased, or restore the old range')
 
 
+def start_blocker(store: LeaseStore, uuid: str, uid: int
+                  ) -> typing.Optional[typing.Tuple[str, str]]:
+    """Why a domain recording ``uid`` must not start, or None.
+
+    It may start only while ``uid`` is leased to its uuid and reconcile
+    holds no conflict against it.
+
+    :returns: (reason, remedy), or None when it may start.
+    :raises LeaseError: the database failed.
+    """
+    uuid = _canonical_uuid(uuid)
+    held = store.holds().get(uuid)
+    if held is not None:
+        return ('it is held: %s' % held,
+                'resolve the conflict, then run "xen-dm-restrict leases '
+                'reconcile --apply" or "xen-dm-restrict leases unhold %s"'
+                % uuid)
+    lease = store.get(uuid)
+    if lease is None or lease.uid != uid:
+        return ('its recorded uid %d is not leased to it (%s)'
+                % (uid, 'no lease' if lease is None else
+                   'its lease is uid %d' % lease.uid),
+                'define the domain through the dm_restrict hook, which '
+                'leases the uid (never copy a record between domains), or '
+                'run "xen-dm-restrict leases reconcile --apply"')
+    return None
+
+
 def _allocate(conn: sqlite3.Connection, tenant: str,
               uid_range: ranges.UidRange,
               is_usable: typing.Callable[[int], bool]) -> int:

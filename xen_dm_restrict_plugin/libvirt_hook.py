@@ -168,28 +168,16 @@ class LibxlHook:
         if launcher_path and dom.emulator != launcher_path:
             raise refuse('its <emulator> is %s, not the configured launcher '
                          '%s' % (dom.emulator, launcher_path))
-        lease, held = self._lease(dom)
-        if lease is None or lease.uid != record.uid:
-            raise refuse(
-                'uid %d is not leased to it (%s)' % (
-                    record.uid, 'no lease' if lease is None else
-                    'its lease is uid %d' % lease.uid),
-                'define the domain through the dm_restrict hook, which '
-                'leases the uid; never copy a record between domains')
-        if held is not None:
-            raise refuse('it is held: %s' % held,
-                         'resolve the conflict, then run "xen-dm-restrict '
-                         'leases reconcile --apply"')
-
-    def _lease(self, dom: domain_mod.Domain
-               ) -> typing.Tuple[typing.Optional[leases.Lease],
-                                 typing.Optional[str]]:
-        """The domain's lease, and why it is held (None if it is not)."""
         if dom.uuid is None:
-            return None, None
-        with leases.LeaseStore(self.settings.lease_db,
-                               self.settings.lease_db_timeout) as store:
-            return store.get(dom.uuid), store.holds().get(dom.uuid)
+            raise refuse('it has no <uuid>, so no lease can be its own')
+        with self._store() as store:
+            blocker = leases.start_blocker(store, dom.uuid, record.uid)
+        if blocker is not None:
+            raise refuse(*blocker)
+
+    def _store(self) -> leases.LeaseStore:
+        return leases.LeaseStore(self.settings.lease_db,
+                                 self.settings.lease_db_timeout)
 
     def before_start(self, name: str, dom: domain_mod.Domain,
                      record: typing.Optional[restrict.Record]) -> None:
@@ -208,7 +196,10 @@ class LibxlHook:
         """``stopped end`` / ``release end``: reap the domain's uid."""
         if record is None:
             return
-        lease, _ = self._lease(dom)
+        lease = None
+        if dom.uuid is not None:
+            with self._store() as store:
+                lease = store.get(dom.uuid)
         if lease is None or lease.uid != record.uid:
             LOG.warning('%s stopped, but uid %d is no longer leased to it; '
                         'not reaping it now (it is reaped before its next '

@@ -154,6 +154,17 @@ def _record_of(xml: str) -> typing.Optional[restrict.Record]:
     return restrict.read_record(domain_mod.parse(xml, _TRUSTED_XML_BYTES))
 
 
+def _checked(method: str, operation: str):
+    """A HookedDomain method that asks the hooks before calling libvirt."""
+    def call(self, *args, **kwargs):
+        self._check(operation)
+        return getattr(self.dom, method)(*args, **kwargs)
+    call.__name__ = method
+    call.__doc__ = 'libvirt %s, refused on restricted domains (%s).' % (
+        method, operation)
+    return call
+
+
 class HookedDomain:
     """A libvirt domain whose risky calls are checked by the hooks.
 
@@ -268,42 +279,15 @@ class HookedDomain:
                       self.instance.tenant, err)
 
     # -- refused on restricted domains -----------------------------------
-    def migrate(self, *args, **kwargs):
-        self._check(operations.MIGRATE)
-        return self.dom.migrate(*args, **kwargs)
-
-    def migrate2(self, *args, **kwargs):
-        self._check(operations.MIGRATE)
-        return self.dom.migrate2(*args, **kwargs)
-
-    def migrate3(self, *args, **kwargs):
-        self._check(operations.MIGRATE)
-        return self.dom.migrate3(*args, **kwargs)
-
-    def migrateToURI(self, *args, **kwargs):
-        self._check(operations.MIGRATE)
-        return self.dom.migrateToURI(*args, **kwargs)
-
-    def migrateToURI2(self, *args, **kwargs):
-        self._check(operations.MIGRATE)
-        return self.dom.migrateToURI2(*args, **kwargs)
-
-    def migrateToURI3(self, *args, **kwargs):
-        self._check(operations.MIGRATE)
-        return self.dom.migrateToURI3(*args, **kwargs)
-
-    def save(self, path: str) -> int:
-        self._check(operations.SAVE)
-        return self.dom.save(path)
-
-    def saveFlags(self, path: str, dxml: typing.Optional[str] = None,
-                  flags: int = 0) -> int:
-        self._check(operations.SAVE)
-        return self.dom.saveFlags(path, dxml, flags)
-
-    def managedSave(self, flags: int = 0) -> int:
-        self._check(operations.MANAGED_SAVE)
-        return self.dom.managedSave(flags)
+    migrate = _checked('migrate', operations.MIGRATE)
+    migrate2 = _checked('migrate2', operations.MIGRATE)
+    migrate3 = _checked('migrate3', operations.MIGRATE)
+    migrateToURI = _checked('migrateToURI', operations.MIGRATE)
+    migrateToURI2 = _checked('migrateToURI2', operations.MIGRATE)
+    migrateToURI3 = _checked('migrateToURI3', operations.MIGRATE)
+    save = _checked('save', operations.SAVE)
+    saveFlags = _checked('saveFlags', operations.SAVE)
+    managedSave = _checked('managedSave', operations.MANAGED_SAVE)
 
     def snapshotCreateXML(self, xml: str, flags: int = 0):
         self._check(self._snapshot_kind(xml, flags))
