@@ -129,11 +129,15 @@ dm_restrict_opts = [
              'emulator is called.'),
     cfg.BoolOpt(
         'reap_device_models', default=True,
-        help='Kill every process of a domain\'s device-model uid right '
-             'before the domain starts, after it stops, and before its '
-             'lease is released, and refuse the start when that is '
-             'impossible (not root, no reaper user). Turn off only where '
-             'no device model ever runs, such as libvirt\'s test driver.'),
+        help='In the orchestrator process, kill every process of a '
+             'domain\'s device-model uid right before the domain starts, '
+             'after it stops, and before its lease is released, and refuse '
+             'the boot when that is impossible (not root, no reaper user). '
+             'Turn it off where the orchestrator does not run as root: the '
+             'libvirt daemon hook, which runs as root and which preflight '
+             'requires, reaps the uid before every start and after every '
+             'stop anyway. Also off for libvirt\'s test driver, where no '
+             'device model runs. The daemon hook always reaps.'),
 ]
 
 
