@@ -109,10 +109,6 @@ def _check_disks(dom: domain_mod.Domain) -> typing.Iterator[Refusal]:
 def check_xen_args(args: typing.Sequence[str]) -> None:
     """Refuse extra QEMU arguments that would override the restriction.
 
-    The restriction arguments are appended after these, so the last of
-    them must not be an option: it could take the first restriction
-    argument as its value.
-
     :param args: the ``<xen:commandline>`` values that are not ours.
     :raises FeatureRefused: naming the argument.
     """
@@ -132,15 +128,6 @@ def check_xen_args(args: typing.Sequence[str]) -> None:
                 'included' % name,
                 'pass the options it would set directly in '
                 '<xen:commandline>')
-    if args and args[-1].startswith('-'):
-        # QEMU gives an option that takes a value the next argument, which
-        # would be our -xen-domid-restrict: "-name -xen-domid-restrict".
-        raise exception.FeatureRefused(
-            '<xen:arg value=%r>' % args[-1],
-            'as the last extra argument it could take the first '
-            'restriction argument as its value and so disable it',
-            'give the option its value, or move it ahead of another '
-            'argument in <xen:commandline>')
 
 
 def check_domain(dom: domain_mod.Domain,

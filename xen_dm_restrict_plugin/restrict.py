@@ -153,9 +153,9 @@ def foreign_args(dom: domain_mod.Domain,
     """The ``<xen:commandline>`` values a previous pass did not add."""
     current = dom.xen_args()
     if record is not None:
-        # The record's args were appended as one run; remove that run.
+        # The record's args were written as one run; remove that run.
         ours = list(record.args)
-        for start in range(len(current) - len(ours), -1, -1):
+        for start in range(len(current) - len(ours) + 1):
             if ours and current[start:start + len(ours)] == ours:
                 current = current[:start] + current[start + len(ours):]
                 break
@@ -185,10 +185,15 @@ def apply(dom: domain_mod.Domain, restriction: Restriction,
           emulator: typing.Optional[str] = None) -> None:
     """Write the restriction arguments and our record into ``dom``.
 
-    :param foreign: the arguments not ours, kept ahead of ours.
+    Ours go first: QEMU gives an option that takes a value the next
+    argument, so a foreign ``-name`` ahead of ``-xen-domid-restrict``
+    would swallow it; behind ours, a foreign option can only take another
+    foreign argument (or none, and QEMU refuses to start).
+
+    :param foreign: the arguments not ours, kept behind ours.
     :param emulator: if given, set as the domain's ``<emulator>``.
     """
-    dom.set_xen_args(list(foreign) + restriction.args())
+    dom.set_xen_args(restriction.args() + list(foreign))
     dom.set_metadata(to_element(restriction))
     if emulator:
         dom.set_emulator(emulator)

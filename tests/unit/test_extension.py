@@ -99,14 +99,15 @@ def test_tenant_ranges_are_respected(hook):
     assert 201000 <= uid <= 201099
 
 
-def test_foreign_arguments_are_kept_ahead_of_ours(hook):
+def test_foreign_arguments_are_kept_behind_ours(hook):
     xml = base.edit(base.fixture('hvm.xml'), lambda root: None)
     dom = domain.parse(xml, 1 << 20)
-    dom.set_xen_args(['-d', 'guest_errors', '-xen-domid-restrict'])
+    dom.set_xen_args(['-d', 'guest_errors', '-xen-domid-restrict', '-S'])
     out = domain.parse(hook.prepare(dom.to_string(), ACME), 1 << 20)
-    assert out.xen_args()[:3] == ['-d', 'guest_errors',
-                                  '-xen-domid-restrict']
-    assert out.xen_args().count('-xen-domid-restrict') == 1
+    args = out.xen_args()
+    assert args[0] == '-xen-domid-restrict'
+    assert args[-3:] == ['-d', 'guest_errors', '-S']
+    assert args.count('-xen-domid-restrict') == 1
 
 
 def test_run_with_syntax_and_fixed_gid(make_hook):
