@@ -259,6 +259,11 @@ def load(conf: cfg.ConfigOpts) -> Settings:
             'choose a dedicated group id for device models')
 
     reaper_uid = _resolve_user(group.reaper_user)
+    if reaper_uid in ranges.FORBIDDEN_UIDS - {0}:
+        raise exception.ConfigError(
+            'reaper_user', 'uid %d is reserved (nobody or invalid); every '
+            'reap would kill its processes too' % reaper_uid,
+            'create a dedicated user, e.g. useradd --system xen-dm-reaper')
     if reaper_uid == 0:
         raise exception.ConfigError(
             'reaper_user', 'the reaper must not be root: kill(-1) as root '

@@ -9,6 +9,7 @@ so a refused boot leaves nothing behind.
 """
 
 import logging
+import os
 import typing
 
 from oslo_config import cfg
@@ -106,7 +107,10 @@ class DmRestrictHook(hooks.DomainHook):
             self.reaper.check_available()
 
         had_lease = self.store.get(instance.uuid) is not None
-        lease = self.store.acquire(instance.uuid, instance.tenant, uid_range)
+        lease = self.store.acquire(
+            instance.uuid, instance.tenant, uid_range,
+            leases.uid_has_no_account if self.settings.gid is not None
+            else leases.uid_and_gid_are_free)
         try:
             if dom.uuid is None:
                 dom.set_uuid(instance.uuid)
@@ -181,8 +185,17 @@ class DmRestrictHook(hooks.DomainHook):
         """Kill whatever is left of the stopped domain's device model."""
         dom = self.settings.parse_domain(xml)
         record = restrict.read_record(dom)
-        if record is not None:
-            self._reap(record.uid, instance, 'after stop')
+        if record is None:
+            return
+        lease = self.store.get(instance.uuid)
+        if lease is None or lease.uid != record.uid:
+            # The uid may belong to another domain by now; it is reaped
+            # before this one starts again.
+            LOG.warning('instance %s of tenant %s stopped, but uid %d is no '
+                        'longer leased to it; not reaping it',
+                        instance.uuid, instance.tenant, record.uid)
+            return
+        self._reap(record.uid, instance, 'after stop')
 
     def check_operation(self, xml: str, instance: hooks.Instance,
                         operation: str,
@@ -207,14 +220,19 @@ class DmRestrictHook(hooks.DomainHook):
 
     def release(self, instance: hooks.Instance) -> None:
         """Reap the instance's uid, then give its lease back."""
-        self.store.unhold(instance.uuid)
+        if self._store is None and not os.path.exists(
+                self.settings.lease_db):
+            # No database, so no lease and no hold: do not create one.
+            return
         lease = self.store.get(instance.uuid)
         if lease is None:
+            self.store.unhold(instance.uuid)
             LOG.info('instance %s of tenant %s had no uid lease to release',
                      instance.uuid, instance.tenant)
             return
         self._reap(lease.uid, instance, 'before release')
         self.store.release(instance.uuid)
+        self.store.unhold(instance.uuid)
         LOG.info('instance %s of tenant %s: released uid %d',
                  instance.uuid, instance.tenant, lease.uid)
 

@@ -30,7 +30,6 @@ from xen_dm_restrict_plugin import chroot
 from xen_dm_restrict_plugin import conf as conf_mod
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin import policy
-from xen_dm_restrict_plugin import ranges
 
 LOG = logging.getLogger(__name__)
 
@@ -162,7 +161,9 @@ def parse_argv(args: typing.Sequence[str]) -> DeviceModelArgs:
     return DeviceModelArgs(
         uid=uid, gid=gid, chroot=found.get('chroot'),
         domid_restrict=found.get('domid_restrict', False),
-        sandbox=found.get('sandbox'), query=query and not found,
+        sandbox=found.get('sandbox'),
+        # A -help anywhere else may be another option's value.
+        query=query and bool(args) and set(args) <= QUERY_ARGS,
         fds=frozenset(fds))
 
 
@@ -179,9 +180,11 @@ def check_identity(settings: conf_mod.Settings,
             'it is not inside any configured tenant or shared uid range',
             'start restricted domains only with the uid leased by the '
             'dm_restrict hook, under the same configuration')
-    if parsed.gid in ranges.FORBIDDEN_UIDS:
+    if parsed.gid != settings.gid_for(parsed.uid):
         raise exception.Refused(
-            'device model gid %d' % parsed.gid, 'it is reserved',
+            'device model gid %s' % parsed.gid,
+            'it is not %d, the group configured for uid %d'
+            % (settings.gid_for(parsed.uid), parsed.uid),
             'use the gid the dm_restrict hook writes')
     expected = settings.chroot_dir(parsed.uid)
     if os.path.normpath(parsed.chroot) != expected:

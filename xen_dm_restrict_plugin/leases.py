@@ -22,6 +22,7 @@ from the cursor, so its cost does not grow with the size of the range
 
 import contextlib
 import dataclasses
+import grp
 import logging
 import os
 import pwd
@@ -113,6 +114,22 @@ def uid_has_no_account(uid: int) -> bool:
         return False
     try:
         pwd.getpwuid(uid)
+    except KeyError:
+        return True
+    return False
+
+
+def uid_and_gid_are_free(uid: int) -> bool:
+    """Like :func:`uid_has_no_account`, and no group has the gid ``uid``.
+
+    For device models whose gid equals their uid (no
+    ``device_model_gid``): a gid of an existing group would give them
+    that group's files.
+    """
+    if not uid_has_no_account(uid):
+        return False
+    try:
+        grp.getgrgid(uid)
     except KeyError:
         return True
     return False
@@ -463,7 +480,8 @@ def start_blocker(store: LeaseStore, uuid: str, uid: int
     if held is not None:
         return ('it is held: %s' % held,
                 'resolve the conflict, then run "xen-dm-restrict leases '
-                'reconcile --apply" or "xen-dm-restrict leases unhold %s"'
+                'reconcile --connect xen:///system --apply" or '
+                '"xen-dm-restrict leases unhold %s"'
                 % uuid)
     lease = store.get(uuid)
     if lease is None or lease.uid != uid:
@@ -472,7 +490,8 @@ def start_blocker(store: LeaseStore, uuid: str, uid: int
                    'its lease is uid %d' % lease.uid),
                 'define the domain through the dm_restrict hook, which '
                 'leases the uid (never copy a record between domains), or '
-                'run "xen-dm-restrict leases reconcile --apply"')
+                'run "xen-dm-restrict leases reconcile --connect '
+                'xen:///system --apply"')
     return None
 
 

@@ -77,12 +77,13 @@ class HookedConnection:
         :raises DmRestrictError: a hook refused; nothing was defined.
         """
         existing = self.lookup(instance)
-        prepared = self.hooks.prepare(xml, instance)
-        if existing is not None:
-            self._check_redefine(existing, prepared, instance)
         try:
+            prepared = self.hooks.prepare(xml, instance)
+            if existing is not None:
+                self._check_redefine(existing, prepared, instance)
             dom = self.conn.defineXML(prepared)
-        except libvirt.libvirtError:
+        except (libvirt.libvirtError, exception.DmRestrictError):
+            # A later hook (or libvirt) failed after an earlier one leased.
             if existing is None:
                 self.hooks.release(instance)
             raise

@@ -73,6 +73,14 @@ def test_help_names_the_operations(env):
         assert words in proc.stdout
 
 
+@pytest.mark.parametrize('name', ['-h', '--help', '-web', '--'])
+def test_domain_names_that_look_like_options_are_still_checked(env, name):
+    proc = call_hook(env, 'prepare', 'begin', base.fixture('hvm.xml'),
+                     name=name)
+    assert proc.returncode == 2, proc.stdout
+    assert b'carries no dm_restrict <metadata> record' in proc.stderr
+
+
 def test_unrestricted_hvm_start_is_refused(env):
     proc = call_hook(env, 'prepare', 'begin', base.fixture('hvm.xml'))
     assert proc.returncode == 2

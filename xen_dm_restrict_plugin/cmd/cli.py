@@ -381,9 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
         'repaired, 3 when something is left for an operator.',
         'xen-dm-restrict leases reconcile --connect xen:///system\n'
         'xen-dm-restrict leases reconcile --connect xen:///system --apply')
-    lrec.add_argument('--connect', default='test:///default',
-                      help='libvirt URI, opened read-only (default: '
-                           '%(default)s)')
+    lrec.add_argument('--connect', required=True,
+                      help='libvirt URI of this host\'s hypervisor, opened '
+                           'read-only (xen:///system); no default, since '
+                           'a wrong one makes every lease look orphaned')
     lrec.add_argument('--apply', action='store_true',
                       help='repair what can be repaired')
     lrec.add_argument('--format', choices=('table', 'json'),

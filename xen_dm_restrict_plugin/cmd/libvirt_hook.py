@@ -38,7 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv in (['--help'], ['-h']):
+        build_parser().parse_args(argv)
+    # A domain may be called "-h" or "--x": libvirtd's argv is positional.
+    args = build_parser().parse_args(['--'] + argv)
     host.setup_logging(PROG, verbose=True)
 
     def call() -> int:
