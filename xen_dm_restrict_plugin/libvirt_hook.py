@@ -49,6 +49,7 @@ from xen_dm_restrict_plugin import domain as domain_mod
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin import launcher
 from xen_dm_restrict_plugin import leases
+from xen_dm_restrict_plugin import policy
 from xen_dm_restrict_plugin import reaper
 from xen_dm_restrict_plugin import restrict
 
@@ -72,12 +73,6 @@ def _describe(name: str, dom: domain_mod.Domain,
     if record is not None:
         text += ' of tenant %s, uid %d' % (record.tenant, record.uid)
     return text
-
-
-def _contains_run(args: typing.Sequence[str],
-                  run: typing.Sequence[str]) -> bool:
-    return any(list(args[i:i + len(run)]) == list(run)
-               for i in range(len(args) - len(run) + 1))
 
 
 class LibxlHook:
@@ -145,9 +140,16 @@ class LibxlHook:
             LOG.warning('refused %s: %s', subject, reason)
             return exception.OperationRefused(subject, reason, remedy)
 
-        if not record.args or not _contains_run(args, record.args):
-            raise refuse('its <xen:commandline> lacks the restriction '
-                         'arguments its dm_restrict record lists')
+        if not record.args or list(args[:len(record.args)]) != list(
+                record.args):
+            raise refuse('its <xen:commandline> does not start with the '
+                         'restriction arguments its dm_restrict record '
+                         'lists (ahead of them, an option could take one '
+                         'as its value)')
+        try:
+            policy.check_xen_args(args[len(record.args):])
+        except exception.FeatureRefused as err:
+            raise refuse(str(err)) from None
         parsed = launcher.parse_argv(args)
         if not parsed.domid_restrict:
             raise refuse('its <xen:commandline> has no -xen-domid-restrict')
@@ -161,7 +163,7 @@ class LibxlHook:
         except exception.Refused as err:
             raise refuse(str(err)) from None
         if (self.settings.sandbox == conf_mod.SANDBOX_REQUIRED
-                and parsed.sandbox is None):
+                and parsed.sandbox != restrict.SANDBOX_POLICY):
             raise refuse('it has no -sandbox and [dm_restrict] sandbox is '
                          '"required"')
         launcher_path = self.settings.launcher

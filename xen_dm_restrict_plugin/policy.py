@@ -17,9 +17,13 @@ from xen_dm_restrict_plugin import exception
 #: QEMU options that choose the user, chroot or seccomp policy; only this
 #: product may set them on a restricted domain.
 RESTRICTION_OPTIONS = frozenset(('runas', 'run-with', 'chroot', 'sandbox',
-                                 'xen-domid-restrict'))
+                                 'xen-domid-restrict', 'xen-domid',
+                                 'xen-attach'))
 #: QEMU options that can set any other option, the restriction included.
 OVERRIDE_OPTIONS = frozenset(('readconfig', 'set'))
+#: QEMU options that make it open a host path as root, before it drops
+#: its privileges.
+HOST_FILE_OPTIONS = frozenset(('pidfile', 'D', 'writeconfig', 'daemonize'))
 
 
 Refusal = exception.FeatureRefused
@@ -121,6 +125,12 @@ def check_xen_args(args: typing.Sequence[str]) -> None:
                 'controls' % name,
                 'remove that argument from <xen:commandline>; the '
                 'dm_restrict hook sets it')
+        if name in HOST_FILE_OPTIONS:
+            raise exception.FeatureRefused(
+                '<xen:arg value=%r>' % arg,
+                'QEMU would act on the host (a file opened as root, or '
+                'detaching from libxl) before it drops its privileges',
+                'remove that argument from <xen:commandline>')
         if name in OVERRIDE_OPTIONS:
             raise exception.FeatureRefused(
                 '<xen:arg value=%r>' % arg,

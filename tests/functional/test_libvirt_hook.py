@@ -137,9 +137,14 @@ def test_incoming_migration_is_refused(env):
 
 
 @pytest.mark.parametrize('tamper, message', [
-    (lambda args: [], b'lacks the restriction arguments'),
+    (lambda args: [], b'does not start with the restriction arguments'),
     (lambda args: [a for a in args if a != '-xen-domid-restrict'],
-     b'lacks the restriction arguments'),
+     b'does not start with the restriction arguments'),
+    # Ahead of ours, -name would take -xen-domid-restrict as its value.
+    (lambda args: ['-name'] + args,
+     b'does not start with the restriction arguments'),
+    (lambda args: args + ['-xen-domid', '0'], b"'-xen-domid'"),
+    (lambda args: args + ['-readconfig', '/tmp/x'], b"'-readconfig'"),
 ])
 def test_record_without_its_arguments_is_refused(env, tamper, message):
     # libvirt's test driver, for one, drops <xen:commandline>.
@@ -154,7 +159,8 @@ def test_extra_user_option_is_refused(env):
                     lambda args: args + ['-runas', '1000:1000'])
     proc = call_hook(env, 'prepare', 'begin', xml)
     assert proc.returncode == 2
-    assert b'given twice' in proc.stderr
+    assert b"'-runas'" in proc.stderr and b'dm_restrict controls' in \
+        proc.stderr
 
 
 def test_copied_record_is_refused(env):

@@ -60,6 +60,8 @@ def test_non_xen_domain_is_refused():
     ['-runas', '0:0'], ['--runas', '1000'], ['-runas=1000'],
     ['-run-with', 'user=0:0'], ['-chroot', '/'],
     ['-readconfig', '/tmp/x.cfg'], ['-set', 'sandbox.x.enable=off'],
+    ['-xen-domid', '0'], ['-xen-attach'], ['-pidfile', '/etc/shadow'],
+    ['-D', '/etc/passwd'], ['-daemonize'],
     ['-sandbox', 'off'], ['-sandbox', 'on'], ['--xen-domid-restrict=1'],
 ])
 def test_conflicting_commandline_arguments_are_refused(args):
@@ -67,7 +69,8 @@ def test_conflicting_commandline_arguments_are_refused(args):
         _check(base.fixture('hvm.xml'), args)
     assert args[0] in str(err.value)
     assert ('dm_restrict controls' in str(err.value)
-            or 'the restriction included' in str(err.value))
+            or 'the restriction included' in str(err.value)
+            or 'before it drops its privileges' in str(err.value))
 
 
 def test_harmless_arguments_and_a_cdrom_with_media_pass():
