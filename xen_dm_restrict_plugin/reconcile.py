@@ -20,6 +20,7 @@ it twice in a row repairs nothing the second time.
 
 import dataclasses
 import logging
+import time
 import typing
 
 import libvirt
@@ -39,6 +40,8 @@ UID_CONFLICT = 'uid-conflict'
 STALE_HOLD = 'stale-hold'
 
 _TRUSTED_XML_BYTES = 1 << 24
+#: Seconds a lease may exist before its domain is defined.
+DEFAULT_GRACE = 300.0
 
 
 @dataclasses.dataclass
@@ -60,13 +63,12 @@ class Finding:
     resolved: bool = False
 
 
-def restricted_domains(conn: libvirt.virConnect
+def restricted_domains(listed: typing.Sequence[libvirt.virDomain]
                        ) -> typing.Dict[str, typing.Tuple[str,
                                                           restrict.Record]]:
-    """uuid -> (name, record) of every domain libvirt knows with a record.
-    """
+    """uuid -> (name, record) of the listed domains that have a record."""
     found = {}
-    for dom in conn.listAllDomains(0):
+    for dom in listed:
         parsed = domain_mod.parse(dom.XMLDesc(0), _TRUSTED_XML_BYTES)
         record = restrict.read_record(parsed)
         if record is not None:
@@ -80,20 +82,26 @@ class Reconciler:
     :param settings: the validated ``[dm_restrict]`` settings.
     :param store: the lease database.
     :param reaper: kills a uid's processes before its lease is released.
+    :param grace: seconds a new lease may go without a domain: a boot
+        takes its lease before libvirt defines the domain.
     """
 
     def __init__(self, settings: conf_mod.Settings,
                  store: leases.LeaseStore,
-                 reaper: typing.Optional[reaper_mod.Reaper] = None):
+                 reaper: typing.Optional[reaper_mod.Reaper] = None,
+                 grace: float = DEFAULT_GRACE):
         self.settings = settings
         self.store = store
         self.reaper = reaper or reaper_mod.Reaper(settings)
+        self.grace = grace
 
     def run(self, conn: libvirt.virConnect,
             apply: bool = False) -> typing.List[Finding]:
         """Find (and with ``apply``, repair) every discrepancy."""
-        domains = restricted_domains(conn)
-        known = {dom.UUIDString() for dom in conn.listAllDomains(0)}
+        listed = conn.listAllDomains(0)
+        domains = restricted_domains(listed)
+        known = {dom.UUIDString() for dom in listed}
+        young = time.time() - self.grace
         findings: typing.List[Finding] = []
         conflicts = self._conflicts(domains)
         for uuid, reason in sorted(conflicts.items()):
@@ -107,7 +115,7 @@ class Reconciler:
                     'resolves it and runs reconcile again'
             findings.append(finding)
         for lease in self.store.list():
-            if lease.uuid not in known:
+            if lease.uuid not in known and lease.created_at < young:
                 findings.append(self._orphan(lease, apply))
         for uuid, (name, record) in sorted(domains.items()):
             if uuid not in conflicts and self.store.get(uuid) is None:

@@ -36,7 +36,7 @@ def _boot(conn, index, tenant='acme'):
 
 
 def _run(hook, conn, apply):
-    return reconcile.Reconciler(hook.settings, hook.store).run(
+    return reconcile.Reconciler(hook.settings, hook.store, grace=0).run(
         conn.conn, apply=apply)
 
 
@@ -156,7 +156,8 @@ def test_cli_reconcile_reads_libvirt_and_repairs(tmp_path):
         return subprocess.run(
             [sys.executable, '-m', 'xen_dm_restrict_plugin.cmd.cli',
              'leases', 'reconcile', '--config-file', str(config),
-             '--connect', uri, '--format', 'json'] + list(extra),
+             '--connect', uri, '--format', 'json', '--grace', '0']
+            + list(extra),
             capture_output=True, text=True, cwd=ROOT,
             env=dict(os.environ, PYTHONPATH=ROOT))
 
@@ -175,3 +176,13 @@ def test_cli_reconcile_reads_libvirt_and_repairs(tmp_path):
     check = libvirt.openReadOnly(uri)
     assert check.lookupByUUIDString(UUIDS[2]).name() == 'vm2'
     check.close()
+
+
+def test_a_boot_in_progress_keeps_its_lease(env):
+    conn, hook = env
+    # prepare() has leased, libvirt has not defined the domain yet.
+    hook.prepare(_xml(3), hooks.Instance(UUIDS[3], 'acme'))
+    found = reconcile.Reconciler(hook.settings, hook.store).run(
+        conn.conn, apply=True)
+    assert found == []
+    assert hook.store.get(UUIDS[3]) is not None

@@ -184,8 +184,8 @@ def cmd_leases_reconcile(args) -> int:
     try:
         with leases.LeaseStore(settings.lease_db,
                                settings.lease_db_timeout) as store:
-            findings = reconcile.Reconciler(settings, store).run(
-                conn, apply=args.apply)
+            findings = reconcile.Reconciler(
+                settings, store, grace=args.grace).run(conn, apply=args.apply)
     finally:
         conn.close()
     if args.format == 'json':
@@ -296,6 +296,11 @@ def _subparser(subs, name: str, summary: str, example: str,
     return parser
 
 
+def reconcile_grace() -> float:
+    from xen_dm_restrict_plugin import reconcile
+    return reconcile.DEFAULT_GRACE
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='xen-dm-restrict',
@@ -385,6 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help='libvirt URI of this host\'s hypervisor, opened '
                            'read-only (xen:///system); no default, since '
                            'a wrong one makes every lease look orphaned')
+    lrec.add_argument('--grace', type=float, metavar='SECONDS',
+                      default=reconcile_grace(),
+                      help='leave leases younger than this alone: a boot '
+                           'leases before libvirt defines its domain '
+                           '(default: %(default)s)')
     lrec.add_argument('--apply', action='store_true',
                       help='repair what can be repaired')
     lrec.add_argument('--format', choices=('table', 'json'),
