@@ -11,6 +11,8 @@ import pytest
 from tests import base
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin import hooks
+from xen_dm_restrict_plugin import leases
+from xen_dm_restrict_plugin import ranges
 from xen_dm_restrict_plugin import restrict
 
 ACME = hooks.Instance(base.HVM_UUID, 'acme')
@@ -164,3 +166,21 @@ def test_documented_orchestrator_example_runs(tmp_path):
     assert lines[1].startswith('refused: migrate of restricted domain '
                                'acme-web-1')
     assert lines[2] == 'deleted'
+
+
+def test_cli_release_keeps_the_lease_when_the_uid_cannot_be_reaped(
+        tmp_path):
+    conf = _write_conf(tmp_path)
+    with open(conf) as handle:
+        text = handle.read().replace('reap_device_models = false',
+                                     'reap_device_models = true')
+    with open(conf, 'w') as handle:
+        handle.write(text + 'reaper_user = xdr-no-such-reaper-user\n')
+    with leases.LeaseStore(str(tmp_path / 'leases.sqlite')) as store:
+        store.acquire(base.HVM_UUID, 'acme',
+                      ranges.UidRange('acme', 200000, 200099))
+    result = _cli('leases', 'release', '--config-file', conf, base.HVM_UUID)
+    assert result.returncode == 2
+    assert 'xdr-no-such-reaper-user' in result.stderr
+    with leases.LeaseStore(str(tmp_path / 'leases.sqlite')) as store:
+        assert store.get(base.HVM_UUID).uid == 200000

@@ -31,6 +31,7 @@ from xen_dm_restrict_plugin import hooks
 from xen_dm_restrict_plugin import leases
 from xen_dm_restrict_plugin import loader
 from xen_dm_restrict_plugin import policy
+from xen_dm_restrict_plugin import reaper
 from xen_dm_restrict_plugin import restrict
 
 LOG = logging.getLogger(__name__)
@@ -151,10 +152,16 @@ def cmd_leases_release(args) -> int:
     instance_uuid = hooks.Instance(args.uuid, 'unknown').uuid
     with leases.LeaseStore(settings.lease_db,
                            settings.lease_db_timeout) as store:
-        lease = store.release(instance_uuid)
-    if lease is None:
-        raise CommandError('lease of %s' % instance_uuid, 'there is none',
-                           'list leases with "xen-dm-restrict leases list"')
+        lease = store.get(instance_uuid)
+        if lease is None:
+            raise CommandError(
+                'lease of %s' % instance_uuid, 'there is none',
+                'list leases with "xen-dm-restrict leases list"')
+        if settings.reap_device_models:
+            # The uid is leased again later: nothing of it may survive.
+            reaper.Reaper(settings).reap(
+                lease.uid, 'release of instance %s' % lease.uuid)
+        store.release(instance_uuid)
     print('released uid %d of %s (tenant %s)'
           % (lease.uid, lease.uuid, lease.tenant))
     return EXIT_OK
@@ -370,12 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
     lrel = _subparser(
         lease_subs, 'release', 'Release the uid lease of an instance whose '
         'domain is gone for good.',
-        'xen-dm-restrict reap --uid 200017\n'
         'xen-dm-restrict leases release 0b7a9c2e-5d1f-4a53-9e57-'
         '2f7f3c1d9a10',
-        'It does not kill the uid\'s processes: reap the uid first (see '
-        '"leases list" for it), because a released uid is leased again '
-        'later.')
+        'It reaps the uid first (with reap_device_models on, the '
+        'default), because a released uid is leased again later; a reap '
+        'that fails leaves the lease in place.')
     lrel.add_argument('uuid', help='instance uuid')
     lrel.set_defaults(func=cmd_leases_release)
     lrec = _subparser(
