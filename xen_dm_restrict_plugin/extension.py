@@ -87,6 +87,12 @@ class DmRestrictHook(hooks.DomainHook):
             LOG.info('instance %s of tenant %s is a %s guest with no dom0 '
                      'device model; passed through unchanged',
                      instance.uuid, instance.tenant, kind.value)
+            backends = policy.dom0_qemu_backends(dom)
+            if backends:
+                LOG.warning('instance %s of tenant %s: libxl serves %s of '
+                            'this %s guest with a dom0 QEMU that is not '
+                            'restricted', instance.uuid, instance.tenant,
+                            ', '.join(backends), kind.value)
             return xml
 
         record = restrict.read_record(dom)

@@ -140,6 +140,20 @@ def check_xen_args(args: typing.Sequence[str]) -> None:
                 '<xen:commandline>')
 
 
+def dom0_qemu_backends(dom: domain_mod.Domain) -> typing.List[str]:
+    """Devices of a PV or PVH guest that libxl serves with a dom0 QEMU.
+
+    Such a QEMU (qdisk, a framebuffer) runs unrestricted: dm_restrict
+    covers HVM device models only.
+    """
+    found = [_describe(disk) for disk in dom.iter_devices('disk')
+             if (disk.find('driver') is not None
+                 and disk.find('driver').get('name') == 'qemu')]
+    found += ['<%s type=%r>' % (node.tag, node.get('type'))
+              for node in dom.iter_devices('graphics')]
+    return found
+
+
 def check_domain(dom: domain_mod.Domain,
                  foreign_args: typing.Sequence[str]) -> None:
     """Refuse every feature that breaks or is unsafe under dm_restrict.

@@ -279,3 +279,12 @@ def test_no_lease_when_the_uid_could_not_be_reaped(make_hook):
         hook.prepare(base.fixture('hvm.xml'), ACME)
     assert 'reap' in str(err.value)
     assert not os.path.exists(hook.settings.lease_db)
+
+
+def test_pv_guest_with_a_dom0_qemu_backend_is_logged(hook, caplog):
+    xml = base.fixture('pv.xml')
+    instance = hooks.Instance(domain.parse(xml, 1 << 20).uuid, 'acme')
+    with caplog.at_level('WARNING'):
+        assert hook.prepare(xml, instance) == xml
+    assert "<disk device='disk' type='file'> (target xvda)" in caplog.text
+    assert 'not restricted' in caplog.text and instance.uuid in caplog.text
