@@ -26,7 +26,6 @@ import typing
 import libvirt
 
 from xen_dm_restrict_plugin import conf as conf_mod
-from xen_dm_restrict_plugin import domain as domain_mod
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin import leases
 from xen_dm_restrict_plugin import reaper as reaper_mod
@@ -39,7 +38,6 @@ UNLEASED_DOMAIN = 'unleased-domain'
 UID_CONFLICT = 'uid-conflict'
 STALE_HOLD = 'stale-hold'
 
-_TRUSTED_XML_BYTES = 1 << 24
 #: Seconds a lease may exist before its domain is defined.
 DEFAULT_GRACE = 300.0
 
@@ -69,8 +67,7 @@ def restricted_domains(listed: typing.Sequence[libvirt.virDomain]
     """uuid -> (name, record) of the listed domains that have a record."""
     found = {}
     for dom in listed:
-        parsed = domain_mod.parse(dom.XMLDesc(0), _TRUSTED_XML_BYTES)
-        record = restrict.read_record(parsed)
+        record = restrict.record_in_domain_xml(dom.XMLDesc(0))
         if record is not None:
             found[dom.UUIDString()] = (dom.name(), record)
     return found

@@ -128,6 +128,19 @@ def read_record(dom: domain_mod.Domain) -> typing.Optional[Record]:
     return parse_record(dom.metadata(RECORD_TAG))
 
 
+#: Size cap for domain XML that libvirt or our own hooks wrote.
+TRUSTED_XML_BYTES = 1 << 24
+
+
+def record_in_domain_xml(xml: typing.Union[str, bytes]
+                         ) -> typing.Optional[Record]:
+    """The record in a whole domain document libvirt or our hooks wrote.
+
+    :raises InvalidDomainXML: the document is malformed.
+    """
+    return read_record(domain_mod.parse(xml, TRUSTED_XML_BYTES))
+
+
 def record_from_xml(text: typing.Union[str, bytes]) -> typing.Optional[
         Record]:
     """Parse a bare record, as libvirt's ``virDomain.metadata()`` returns.

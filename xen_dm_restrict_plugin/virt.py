@@ -17,7 +17,6 @@ import typing
 
 import libvirt
 
-from xen_dm_restrict_plugin import domain as domain_mod
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin import hooks
 from xen_dm_restrict_plugin import loader
@@ -26,9 +25,6 @@ from xen_dm_restrict_plugin import restrict
 
 LOG = logging.getLogger(__name__)
 
-DEFAULT_URI = 'test:///default'
-#: Size cap for XML that libvirt or our own hooks wrote.
-_TRUSTED_XML_BYTES = 1 << 24
 
 #: libvirt calls that change a running device model's state or devices;
 #: a variant not wrapped below is refused on restricted domains.
@@ -94,7 +90,7 @@ class HookedConnection:
         old = restrict.record_from_xml(existing.metadata_record_xml())
         if old is None:
             return
-        new = _record_of(prepared)
+        new = restrict.record_in_domain_xml(prepared)
         if new is None or (new.uid, new.gid, new.chroot) != (
                 old.uid, old.gid, old.chroot):
             raise operations.refuse(
@@ -143,16 +139,11 @@ class HookedConnection:
                 'restricted (%s)' % err, 'restore it without the '
                 'dm_restrict wrapper only if you know it is not '
                 'restricted') from None
-        if _record_of(xml) is not None:
+        if restrict.record_in_domain_xml(xml) is not None:
             raise operations.refuse(operations.RESTORE, path)
         return self.conn.restoreFlags(path, None, flags)
 
     restoreFlags = restore
-
-
-def _record_of(xml: str) -> typing.Optional[restrict.Record]:
-    """Our record in XML that libvirt or our own hooks produced."""
-    return restrict.read_record(domain_mod.parse(xml, _TRUSTED_XML_BYTES))
 
 
 def _checked(method: str, operation: str):
