@@ -1,0 +1,424 @@
+#!/usr/bin/env python3
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""The Xen lab: boot a real Xen host under QEMU and run the plugin on it.
+
+Why this exists: every other test of the project runs without Xen. This
+driver proves, on Debian's Xen 4.17 with libvirt's libxl driver, that
+tenant VMs started through the plugin on ``xen:///system`` really run with
+their device model restricted (issue 10). It:
+
+1. builds a dom0 disk image from Debian packages (``build-dom0.sh``,
+   ``packages.txt``), cached in ``.xenlab/image-<hash>`` keyed on a hash
+   of those inputs;
+2. builds a wheel of the *current* checkout and puts it, the scenario
+   runner (``scenarios.py``) and the lab's configuration on a small
+   per-run disk, next to a copy-on-write overlay of the cached image (the
+   cached image is never written);
+3. boots Xen and dom0 under ``qemu-system-x86_64 -accel tcg -cpu max``,
+   follows the serial console, and kills that QEMU when the run ends,
+   fails, times out or is interrupted;
+4. prints the scenarios' PASS/FAIL table and writes ``.xenlab/run/``:
+   ``serial.log``, ``summary.json`` (timings, results, bench), the dom0
+   runner's files (``out/``), and ``.xenlab/observed-argv.txt``.
+
+Exit status: 0 when every scenario passed, 1 otherwise. Run as root on a
+Debian 12 host: ``python3 -m tox -e xenlab`` or ``tools/xenlab/lab.py``.
+Nothing outside the checkout changes on the host (the image build mounts
+/proc and /sys in a private mount namespace only).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOP = os.path.dirname(os.path.dirname(HERE))
+# The files the cached image is built from: any change rebuilds it.
+IMAGE_INPUTS = ('build-dom0.sh', 'packages.txt', 'dom0-entry.sh')
+# Bumped by hand when the image recipe changes outside IMAGE_INPUTS.
+IMAGE_FORMAT = '1'
+IMAGE_SIZE = '4G'
+# Host packages the lab itself needs (installed when missing).
+HOST_TOOLS = {
+    'qemu-system-x86_64': 'qemu-system-x86',
+    'qemu-img': 'qemu-utils',
+    'debootstrap': 'debootstrap',
+    'mkfs.ext4': 'e2fsprogs',
+    'debugfs': 'e2fsprogs',
+    'unshare': 'util-linux',
+}
+# The scenarios the runner must report; a missing one is a failure.
+SCENARIOS = ('1-start', '2-refuse', '3-lifecycle', '4-refused-ops',
+             '5-xl-anchor', 'bench')
+
+# LAB-ONLY WORKAROUND (SMAP): a PV dom0 under TCG crashes at once with
+# SMAP on ("d0v0 Unhandled: vec 14, #PF[0001]", create_bounce_frame);
+# smap=0 hides it from Xen. Real hardware does not need it.
+XEN_CMDLINE = ('console=com1 com1=115200,8n1 dom0_mem={dom0_mem}M,'
+               'max:{dom0_mem}M dom0_max_vcpus=2 loglvl=all '
+               'guest_loglvl=all noreboot smap=0 '
+               'console_timestamps=boot')
+DOM0_CMDLINE = 'root=/dev/vda rw console=hvc0 earlyprintk=xen'
+MILESTONES = (
+    ('xen', r'Xen version'),
+    ('svm', r'HVM: SVM enabled'),
+    ('hap', r'HVM: Hardware Assisted Paging \(HAP\) detected'),
+    ('dom0-linux', r'Linux version'),
+    ('dom0-up', r'XENLAB-BOOT dom0 up'),
+    ('runner-start', r'XENLAB-RUNNER start'),
+    ('end', r'XENLAB-END'),
+)
+FATAL = re.compile(r'Hardware Dom0 crashed|Kernel panic|XENLAB-ABORT')
+
+
+def log(msg):
+    print('xenlab: %s' % msg, flush=True)
+
+
+def sh(cmd, **kw):
+    log('$ ' + ' '.join(cmd))
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def ensure_host_tools():
+    missing = sorted({pkg for tool, pkg in HOST_TOOLS.items()
+                      if shutil.which(tool) is None
+                      and not os.path.exists('/usr/sbin/' + tool)})
+    if missing:
+        sh(['apt-get', 'install', '-y', '-q', '--no-install-recommends']
+           + missing, env=dict(os.environ, DEBIAN_FRONTEND='noninteractive'))
+
+
+def host_mirror():
+    """The Debian mirror the host's apt already uses."""
+    if os.environ.get('XENLAB_MIRROR'):
+        return os.environ['XENLAB_MIRROR']
+    files = ['/etc/apt/sources.list']
+    d = '/etc/apt/sources.list.d'
+    if os.path.isdir(d):
+        files += [os.path.join(d, f) for f in sorted(os.listdir(d))
+                  if f.endswith(('.list', '.sources'))]
+    for path in files:
+        try:
+            with open(path) as f:
+                for line in f:
+                    m = re.match(r'\s*(?:deb\s+(?:\[[^]]*\]\s+)?|URIs:\s*)'
+                                 r'(\S+)', line)
+                    if m and 'security' not in m.group(1):
+                        return m.group(1)
+        except OSError:
+            pass
+    return 'http://deb.debian.org/debian'
+
+
+def image_key():
+    h = hashlib.sha256(IMAGE_FORMAT.encode())
+    for name in IMAGE_INPUTS:
+        with open(os.path.join(HERE, name), 'rb') as f:
+            h.update(name.encode() + b'\0' + f.read() + b'\0')
+    return h.hexdigest()[:16]
+
+
+def build_image(work, rebuild=False):
+    """Return (image dir, seconds spent, cached?)."""
+    key = image_key()
+    img = os.path.join(work, 'image-' + key)
+    if os.path.exists(os.path.join(img, 'done')) and not rebuild:
+        log('dom0 image %s is cached' % img)
+        return img, 0.0, True
+    t0 = time.monotonic()
+    shutil.rmtree(img, ignore_errors=True)
+    rootfs = os.path.join(work, 'rootfs-' + key)
+    os.makedirs(img)
+    # Its own mount namespace: debootstrap's and the build's /proc and
+    # /sys mounts disappear with it and never show on the host.
+    sh(['unshare', '--mount', '--propagation', 'private',
+        os.path.join(HERE, 'build-dom0.sh'), rootfs, host_mirror(),
+        os.path.join(HERE, 'packages.txt')])
+    disk = os.path.join(img, 'disk.img')
+    with open(disk, 'wb') as f:
+        f.truncate(0)
+    sh(['truncate', '-s', IMAGE_SIZE, disk])
+    sh(['mkfs.ext4', '-q', '-F', '-L', 'dom0root', '-d', rootfs, disk])
+    boot = os.path.join(rootfs, 'boot')
+    xen = sorted(f for f in os.listdir(boot)
+                 if re.match(r'xen-[0-9.]+-amd64\.gz$', f))[-1]
+    with open(os.path.join(img, 'xen'), 'wb') as out:
+        sh(['zcat', os.path.join(boot, xen)], stdout=out)
+    shutil.copy(os.path.join(rootfs, 'vmlinuz'), os.path.join(img, 'vmlinuz'))
+    shutil.copy(os.path.join(rootfs, 'initrd.img'),
+                os.path.join(img, 'initrd.img'))
+    versions = subprocess.run(
+        ['chroot', rootfs, 'dpkg-query', '-W', '-f', '${Package} ${Version}\n',
+         'xen-hypervisor-common', 'xen-utils-common', 'qemu-system-xen',
+         'libvirt-daemon', 'libvirt-daemon-driver-xen', 'python3',
+         'linux-image-amd64'],
+        capture_output=True, text=True).stdout
+    shutil.rmtree(rootfs)
+    spent = time.monotonic() - t0
+    with open(os.path.join(img, 'build.json'), 'w') as f:
+        json.dump({'key': key, 'seconds': round(spent, 1),
+                   'versions': versions.splitlines(),
+                   'date': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())},
+                  f, indent=1)
+    open(os.path.join(img, 'done'), 'w').close()
+    log('dom0 image built in %.0f s' % spent)
+    return img, spent, False
+
+
+def build_payload(run):
+    """The per-run disk: this checkout's wheel, the runner, the config."""
+    payload = os.path.join(run, 'payload')
+    wheels = os.path.join(payload, 'wheels')
+    os.makedirs(wheels)
+    env = dict(os.environ, SKIP_GENERATE_AUTHORS='1',
+               SKIP_WRITE_GIT_CHANGELOG='1')
+    sh([sys.executable, '-m', 'pip', 'wheel', '--quiet', '--no-deps',
+        '-w', wheels, TOP], env=env)
+    for name in ('scenarios.py', 'dom0.conf'):
+        shutil.copy(os.path.join(HERE, name), payload)
+    rev = subprocess.run(['git', '-C', TOP, 'describe', '--always',
+                          '--dirty'], capture_output=True, text=True)
+    with open(os.path.join(payload, 'checkout.txt'), 'w') as f:
+        f.write(rev.stdout)
+    disk = os.path.join(run, 'payload.img')
+    sh(['truncate', '-s', '256M', disk])
+    sh(['mkfs.ext4', '-q', '-F', '-L', 'xenlab', '-d', payload, disk])
+    return disk
+
+
+class Qemu(object):
+    """The lab's QEMU: started once, always killed (see stop())."""
+
+    def __init__(self, img, run, mem, dom0_mem):
+        self.run = run
+        self.serial = os.path.join(run, 'serial.log')
+        self.overlay = os.path.join(run, 'dom0.qcow2')
+        # Copy-on-write: the run writes the overlay, never the cache.
+        sh(['qemu-img', 'create', '-q', '-f', 'qcow2', '-F', 'raw', '-b',
+            os.path.join(img, 'disk.img'), self.overlay])
+        self.argv = [
+            'qemu-system-x86_64', '-accel', 'tcg,thread=multi',
+            '-cpu', 'max', '-m', str(mem), '-smp', '2', '-machine', 'pc',
+            '-display', 'none', '-vga', 'none', '-no-reboot',
+            '-kernel', os.path.join(img, 'xen'),
+            '-append', XEN_CMDLINE.format(dom0_mem=dom0_mem),
+            '-initrd', '%s %s,%s' % (os.path.join(img, 'vmlinuz'),
+                                     DOM0_CMDLINE,
+                                     os.path.join(img, 'initrd.img')),
+            '-drive', 'file=%s,format=qcow2,if=virtio,cache=unsafe'
+            % self.overlay,
+            '-drive', 'file=%s,format=raw,if=virtio'
+            % os.path.join(run, 'payload.img'),
+            '-chardev', 'file,id=ser0,path=%s' % self.serial,
+            '-serial', 'chardev:ser0', '-monitor', 'none',
+        ]
+        self.proc = None
+        self.t0 = None
+
+    def start(self):
+        log('$ ' + ' '.join(self.argv))
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        self.t0 = time.monotonic()
+        log('QEMU pid %d' % self.proc.pid)
+
+    def stop(self):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        log('stopping QEMU pid %d' % self.proc.pid)
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def follow(qemu, timeout):
+    """Read the serial log until the runner ends; return (lines, times)."""
+    times = {}
+    seen = 0
+    buf = b''
+    lines = []
+    while True:
+        el = time.monotonic() - qemu.t0
+        try:
+            with open(qemu.serial, 'rb') as f:
+                f.seek(seen)
+                chunk = f.read()
+        except FileNotFoundError:
+            chunk = b''
+        seen += len(chunk)
+        buf += chunk
+        *complete, buf = buf.split(b'\n')
+        for raw in complete:
+            line = raw.decode('utf-8', 'replace').replace('\r', '')
+            lines.append(line)
+            for name, pat in MILESTONES:
+                if name not in times and re.search(pat, line):
+                    times[name] = round(el, 1)
+                    log('+%5.1fs %s' % (el, name))
+            if line.startswith('XENLAB-'):
+                print('  [%6.1fs] %s' % (el, line[:300]), flush=True)
+            if 'end' in times:
+                return lines, times, None
+            if FATAL.search(line):
+                return lines, times, 'fatal: ' + line.strip()
+        if qemu.proc.poll() is not None:
+            return lines, times, 'QEMU exited with %s' % qemu.proc.returncode
+        if el > timeout:
+            return lines, times, 'timeout after %d s' % timeout
+        time.sleep(1)
+
+
+def parse(lines):
+    results, evidence, bench, argv = {}, {}, {}, []
+    for line in lines:
+        m = re.match(r'XENLAB-RESULT (\S+) (PASS|FAIL) ([0-9.]+)s (.*)', line)
+        if m:
+            results[m.group(1)] = {'result': m.group(2),
+                                   'seconds': float(m.group(3)),
+                                   'title': m.group(4)}
+        m = re.match(r'XENLAB-EVIDENCE (\S+) (.*)', line)
+        if m:
+            evidence.setdefault(m.group(1), []).append(m.group(2))
+        m = re.match(r'XENLAB-BENCH (.*)', line)
+        if m:
+            bench.update(json.loads(m.group(1)))
+        m = re.match(r'XENLAB-ARGV (.*)', line)
+        if m:
+            argv.append(m.group(1))
+    return results, evidence, bench, argv
+
+
+def dump_out(run):
+    """Copy the runner's out/ from the per-run disk (debugfs, no mount)."""
+    out = os.path.join(run, 'out')
+    os.makedirs(out, exist_ok=True)
+    subprocess.run(['debugfs', '-R', 'rdump /out %s' % run,
+                    os.path.join(run, 'payload.img')],
+                   capture_output=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--work', default=os.path.join(TOP, '.xenlab'),
+                   help='cache and work directory (default: %(default)s)')
+    p.add_argument('--rebuild', action='store_true',
+                   help='rebuild the dom0 image even when cached')
+    p.add_argument('--build-only', action='store_true')
+    p.add_argument('--timeout', type=int, default=1800,
+                   help='seconds from QEMU start to the end of the run')
+    p.add_argument('--mem', type=int, default=6144, help='QEMU MiB')
+    p.add_argument('--dom0-mem', type=int, default=3072, help='dom0 MiB')
+    args = p.parse_args(argv)
+    if os.geteuid() != 0:
+        sys.exit('xenlab: run as root (debootstrap, chroot, mkfs -d)')
+    t_all = time.monotonic()
+    work = os.path.abspath(args.work)
+    os.makedirs(work, exist_ok=True)
+    ensure_host_tools()
+    img, build_s, cached = build_image(work, args.rebuild)
+    if args.build_only:
+        return 0
+    run = os.path.join(work, 'run')
+    shutil.rmtree(run, ignore_errors=True)
+    os.makedirs(run)
+    t_payload = time.monotonic()
+    build_payload(run)
+    payload_s = time.monotonic() - t_payload
+    qemu = Qemu(img, run, args.mem, args.dom0_mem)
+
+    def on_signal(signum, frame):
+        qemu.stop()
+        sys.exit('xenlab: interrupted by signal %d; QEMU stopped' % signum)
+
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, on_signal)
+    try:
+        qemu.start()
+        lines, times, problem = follow(qemu, args.timeout)
+        qemu_s = time.monotonic() - qemu.t0
+    finally:
+        qemu.stop()
+    dump_out(run)
+    # The serial console interleaves Xen's and the guests' firmware lines
+    # ("(d1) ...") with the runner's, and can cut one in two; the runner's
+    # own copy on the per-run disk is clean. Parse that one when it exists.
+    runner_log = os.path.join(run, 'out', 'runner.log')
+    if os.path.exists(runner_log):
+        with open(runner_log, errors='replace') as f:
+            lines = f.read().splitlines()
+    results, evidence, bench, observed = parse(lines)
+    with open(os.path.join(work, 'image-' + image_key(), 'build.json')) as f:
+        build = json.load(f)
+    summary = {
+        'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
+        'image': {'key': build['key'], 'cached': cached,
+                  'build_seconds_this_run': round(build_s, 1),
+                  'cold_build_seconds': build['seconds'],
+                  'versions': build['versions']},
+        'payload_seconds': round(payload_s, 1),
+        'boot_milestones_seconds': times,
+        'qemu_seconds': round(qemu_s, 1),
+        'problem': problem,
+        'results': results,
+        'evidence': evidence,
+        'bench': bench,
+        'whole_run_seconds': round(time.monotonic() - t_all, 1),
+    }
+    with open(os.path.join(run, 'summary.json'), 'w') as f:
+        json.dump(summary, f, indent=1)
+    if observed:
+        with open(os.path.join(work, 'observed-argv.txt'), 'w') as f:
+            f.write('# libxl device-model argv seen in the Xen lab, %s\n'
+                    % summary['date'])
+            f.write('\n'.join(observed) + '\n')
+    print()
+    print('%-14s %-5s %8s  %s' % ('SCENARIO', 'RESULT', 'SECONDS', 'TITLE'))
+    failed = bool(problem)
+    for name in SCENARIOS:
+        r = results.get(name)
+        if r is None:
+            print('%-14s %-5s %8s  %s' % (name, 'FAIL', '-', 'not reported'))
+            failed = True
+            continue
+        print('%-14s %-5s %8.1f  %s' % (name, r['result'], r['seconds'],
+                                          r['title']))
+        failed |= r['result'] != 'PASS'
+    print()
+    print('image: %s (%s; cold build %.0f s)' % (
+        build['key'], 'cached' if cached else 'built now', build['seconds']))
+    for v in build['versions']:
+        print('  ' + v)
+    print('boot milestones (s after QEMU start): %s' % json.dumps(times))
+    if bench:
+        print('bench: %s' % json.dumps(bench))
+    print('whole run: %.0f s; QEMU ran %.0f s' % (
+        summary['whole_run_seconds'], qemu_s))
+    if problem:
+        print('PROBLEM: %s' % problem)
+    print('details: %s' % os.path.join(run, 'summary.json'))
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

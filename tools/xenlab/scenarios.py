@@ -1,0 +1,948 @@
+#!/usr/bin/python3
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+"""The Xen lab's scenario runner, run inside dom0 (issue 10).
+
+Why this exists: tools/xenlab/lab.py boots a Xen host under QEMU and
+cannot reach into it except through the serial console. This script is
+put on the per-run disk with a wheel of the current checkout; dom0 runs it
+at boot (dom0-entry.sh). It
+
+* captures the QEMU command lines libxl builds for libvirt HVM guests
+  (before the plugin is installed: plain libvirt) and times unrestricted
+  starts for the bench;
+* installs the plugin as doc/source/install says (venv, reaper user,
+  directories, configuration, launcher, libvirt hook, preflight);
+* runs scenarios 1-5 of issue 10 through the plugin as an orchestrator
+  uses it: the ``xen-dm-restrict boot``/``render`` commands and the
+  library's ``virt`` wrapper, on ``xen:///system``.
+
+It prints, one a line, ``XENLAB-RESULT <id> PASS|FAIL <s>s <title>``,
+``XENLAB-EVIDENCE <id> <ok|FAIL|info> <text>``, ``XENLAB-ARGV <label>
+<argv>`` and ``XENLAB-BENCH <json>``, which lab.py parses; full command
+output goes to out/detail.log on the per-run disk.
+
+Run under /usr/bin/python3 (Debian's); the parts that need the plugin's
+library re-run this file under the venv's Python (``--library``).
+"""
+
+import glob
+import json
+import os
+import re
+import select
+import shlex
+import statistics
+import subprocess
+import sys
+import termios
+import time
+import traceback
+import tty
+
+URI = 'xen:///system'
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, 'out')
+VENV = '/opt/xen-dm-restrict'
+CONF = '/etc/xen-dm-restrict/xen-dm-restrict.conf'
+LAB = '/var/lib/xen-dm-restrict-lab'
+QEMU = '/usr/libexec/xen-qemu-system-i386'
+HVMLOADER = '/usr/lib/xen-4.17/boot/hvmloader'
+BRIDGE = 'xenbr0'
+RANGE = (200000, 200999)
+BENCH_STARTS = 3
+
+
+def emit(line):
+    print(line, flush=True)
+
+
+def detail(text):
+    with open(os.path.join(OUT, 'detail.log'), 'a') as f:
+        f.write(text if text.endswith('\n') else text + '\n')
+
+
+def run(cmd, timeout=300, stdin=None, env=None):
+    """Run a command; its output goes to detail.log. Never raises."""
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run(cmd, input=stdin, capture_output=True, text=True,
+                           timeout=timeout, env=env)
+        rc, out, err = p.returncode, p.stdout, p.stderr
+    except subprocess.TimeoutExpired as e:
+        rc, out, err = 124, e.stdout or '', (e.stderr or '') + ' TIMEOUT'
+        out = out if isinstance(out, str) else out.decode()
+        err = err if isinstance(err, str) else err.decode()
+    el = time.monotonic() - t0
+    detail('$ %s\n[rc=%d, %.2f s]\n%s%s' % (shlex.join(cmd), rc, el, out,
+                                           err))
+
+    class R(object):
+        pass
+    r = R()
+    r.rc, r.out, r.err, r.seconds = rc, out, err, el
+    r.text = (out + err).strip()
+    return r
+
+
+def virsh(*args, **kw):
+    return run(['virsh', '-c', URI] + list(args), **kw)
+
+
+def cli(*args, **kw):
+    return run([VENV + '/bin/xen-dm-restrict'] + list(args), **kw)
+
+
+def first_line(text, n=240):
+    lines = [x for x in text.strip().splitlines() if x.strip()]
+    return (lines[-1] if lines else '')[:n]
+
+
+class Scenario(object):
+    """One PASS/FAIL item: its checks are its evidence lines."""
+
+    def __init__(self, sid, title):
+        self.sid, self.title = sid, title
+        self.ok = True
+        self.t0 = time.monotonic()
+
+    def check(self, cond, text):
+        self.ok &= bool(cond)
+        emit('XENLAB-EVIDENCE %s %s %s' % (self.sid, 'ok' if cond else
+                                            'FAIL', text))
+        return bool(cond)
+
+    def info(self, text):
+        emit('XENLAB-EVIDENCE %s info %s' % (self.sid, text))
+
+    def done(self):
+        emit('XENLAB-RESULT %s %s %.1fs %s' % (
+            self.sid, 'PASS' if self.ok else 'FAIL',
+            time.monotonic() - self.t0, self.title))
+        return self.ok
+
+
+def scenario(sid, title):
+    def wrap(fn):
+        def call(*a):
+            s = Scenario(sid, title)
+            try:
+                fn(s, *a)
+            except Exception:
+                s.check(False, 'runner error: ' + ' | '.join(
+                    traceback.format_exc().strip().splitlines()[-3:]))
+            return s.done()
+        return call
+    return wrap
+
+
+# --- domains ---------------------------------------------------------------
+
+def domain_xml(name, uuid, memory=64, kernel=False, disk=None, cdrom=None,
+               vif=False, vnc=False, xen_args=(), emulator=QEMU):
+    """A libvirt HVM guest; serial and console are pty only (the policy
+    allows no other chardev)."""
+    os_extra = ''
+    clock = ''
+    if kernel:
+        os_extra = ('<kernel>%s/vmlinuz</kernel><initrd>%s/tiny.cpio.gz'
+                    '</initrd><cmdline>console=ttyS0 loglevel=4 panic=-1'
+                    '</cmdline>' % (LAB, LAB))
+        # LAB-ONLY WORKAROUND (TSC): Linux in an HVM guest under TCG's
+        # nested SVM dies on RDTSCP ("SVM Insn len emulation failed")
+        # unless the TSC is native. Firmware-only guests need nothing.
+        clock = "<clock offset='utc'><timer name='tsc' mode='native'/></clock>"
+    else:
+        os_extra = "<boot dev='hd'/>"
+    devices = ''
+    if disk:
+        devices += disk
+    if cdrom:
+        devices += cdrom
+    if vif:
+        devices += ("<interface type='bridge'><source bridge='%s'/>"
+                    "<mac address='00:16:3e:00:00:%02x'/></interface>"
+                    % (BRIDGE, abs(hash(name)) % 200))
+    if vnc:
+        devices += "<graphics type='vnc' port='-1' listen='127.0.0.1'/>"
+    ns = ''
+    cmdline = ''
+    if xen_args:
+        ns = " xmlns:xen='http://libvirt.org/schemas/domain/xen/1.0'"
+        cmdline = '<xen:commandline>%s</xen:commandline>' % ''.join(
+            "<xen:arg value='%s'/>" % a for a in xen_args)
+    emu = '<emulator>%s</emulator>' % emulator if emulator else ''
+    return """<domain type='xen'%s>
+  <name>%s</name>
+  <uuid>%s</uuid>
+  <memory unit='MiB'>%d</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='xenfv'>hvm</type>
+    <loader type='rom'>%s</loader>%s</os>
+  <features><acpi/><apic/></features>
+  %s
+  <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    %s
+    <serial type='pty'><target port='0'/></serial>
+    <console type='pty'><target type='serial' port='0'/></console>
+    %s
+  </devices>
+  %s
+</domain>
+""" % (ns, name, uuid, memory, HVMLOADER, os_extra, clock, emu, devices,
+       cmdline)
+
+
+def uuid_of(n):
+    return '6f1c4b9e-2a7d-4c3e-9b51-%012d' % n
+
+
+def write(path, text):
+    with open(path, 'w') as f:
+        f.write(text)
+    return path
+
+
+def domid(name):
+    r = virsh('domid', name)
+    return int(r.out.strip()) if r.rc == 0 and r.out.strip().isdigit() \
+        else None
+
+
+def state(name):
+    return virsh('domstate', name).out.strip()
+
+
+def dm_pid(dom_id):
+    """The pid of the device model of domain ``dom_id``."""
+    for path in glob.glob('/proc/[0-9]*/cmdline'):
+        try:
+            with open(path, 'rb') as f:
+                argv = f.read().split(b'\0')
+        except OSError:
+            continue
+        if b'-xen-domid' in argv:
+            i = argv.index(b'-xen-domid')
+            if i + 1 < len(argv) and argv[i + 1] == str(dom_id).encode():
+                return int(path.split('/')[2])
+    return None
+
+
+def proc_argv(pid):
+    with open('/proc/%d/cmdline' % pid, 'rb') as f:
+        return [a.decode() for a in f.read().split(b'\0')[:-1]]
+
+
+def facts(pid):
+    """What /proc says about a device model."""
+    f = {'pid': pid}
+    with open('/proc/%d/status' % pid) as st:
+        for line in st:
+            k, _, v = line.partition(':')
+            if k in ('Uid', 'Gid', 'Groups', 'CapEff', 'CapPrm', 'Seccomp',
+                     'NoNewPrivs'):
+                f[k] = ' '.join(v.split())
+    f['root'] = os.readlink('/proc/%d/root' % pid)
+    for ns in ('mnt', 'ipc', 'net', 'pid'):
+        f['ns_' + ns] = ('own' if os.readlink('/proc/%d/ns/%s' % (pid, ns))
+                         != os.readlink('/proc/1/ns/%s' % ns) else 'host')
+    with open('/proc/%d/limits' % pid) as lim:
+        for line in lim:
+            for key, label in (('Max file size', 'FSIZE'),
+                               ('Max core file size', 'CORE'),
+                               ('Max locked memory', 'MEMLOCK'),
+                               ('Max file locks', 'LOCKS'),
+                               ('Max msgqueue size', 'MSGQUEUE'),
+                               ('Max processes', 'NPROC')):
+                if line.startswith(key):
+                    f[label] = line[len(key):].split()[0]
+    fds = []
+    for fd in sorted(os.listdir('/proc/%d/fd' % pid), key=int):
+        try:
+            fds.append(os.readlink('/proc/%d/fd/%s' % (pid, fd)))
+        except OSError:
+            pass
+    f['fds'] = ','.join(sorted(set(x for x in fds
+                                   if x.startswith('/dev/'))))
+    f['argv'] = proc_argv(pid)
+    return f
+
+
+def fact_line(f):
+    return ('pid %d Uid %s Gid %s Groups [%s] CapEff %s Seccomp %s root %s '
+            'mnt %s ipc %s net %s FSIZE %s CORE %s MEMLOCK %s LOCKS %s '
+            'MSGQUEUE %s NPROC %s devfds %s' % (
+                f['pid'], f['Uid'], f['Gid'], f.get('Groups', ''),
+                f['CapEff'], f.get('Seccomp'), f['root'], f['ns_mnt'],
+                f['ns_ipc'], f['ns_net'], f.get('FSIZE'), f.get('CORE'),
+                f.get('MEMLOCK'), f.get('LOCKS'), f.get('MSGQUEUE'),
+                f.get('NPROC'), f['fds']))
+
+
+def uid_procs(uid):
+    r = run(['ps', '-eo', 'pid=,uid=,args=', '--no-headers'])
+    return [x.strip() for x in r.out.splitlines()
+            if x.split() and len(x.split()) > 1 and x.split()[1] == str(uid)]
+
+
+def libxl_spawn_argv(name=None, text=None):
+    """The argv libxl logged when it spawned the device model (last one):
+    from libvirt's per-domain libxl log, or from ``xl -vvv`` output."""
+    if text is None:
+        try:
+            with open('/var/log/libvirt/libxl/%s.log' % name) as f:
+                text = f.read()
+        except OSError:
+            return None
+    lines = text.splitlines()
+    start = None
+    for i, line in enumerate(lines):
+        if 'Spawning device-model' in line:
+            start = i
+    if start is None:
+        return None
+    argv = []
+    for line in lines[start + 1:]:
+        m = re.search(r'libxl__spawn_local_dm: (?:Domain \d+:)?\s{2}(.*)$',
+                      line)
+        if not m:
+            break
+        argv.append(m.group(1))
+    return argv
+
+
+def wait_state(name, want, timeout=60):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if state(name) == want:
+            return True
+        time.sleep(1)
+    return False
+
+
+def wait_libvirtd(timeout=120):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if virsh('list', '--all', timeout=30).rc == 0:
+            return True
+        time.sleep(2)
+    return False
+
+
+def read_pty(path, marker, timeout):
+    """Read a guest's pty serial until ``marker``; return (found, tail)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    try:
+        try:
+            tty.setraw(fd)
+        except termios.error:
+            pass
+        buf = b''
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            r, _, _ = select.select([fd], [], [], 2)
+            if r:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                buf += chunk
+                if marker.encode() in buf:
+                    return True, buf.decode('utf-8', 'replace')
+        return False, buf.decode('utf-8', 'replace')
+    finally:
+        os.close(fd)
+
+
+def pty_of(name):
+    m = re.search(r"<serial type='pty'>\s*<source path='([^']+)'",
+                  virsh('dumpxml', name).out)
+    return m.group(1) if m else None
+
+
+def guest_log(dom_id, n=3):
+    """The firmware's lines (hvmloader, SeaBIOS) in Xen's console."""
+    r = run(['xl', 'dmesg'])
+    lines = [x for x in r.out.splitlines() if '(d%d)' % dom_id in x]
+    return [x.strip()[-150:] for x in lines[-n:]], len(lines)
+
+
+def boot(name, xml_path, tenant='acme'):
+    """Boot through the plugin as the orchestrator would (CLI)."""
+    r = cli('boot', '-v', '--format', 'json', '--connect', URI, '--tenant',
+            tenant, xml_path, timeout=600)
+    try:
+        res = json.loads(r.out[r.out.index('{'):])
+    except ValueError:
+        res = None
+    return r, res
+
+
+# --- the plain-libvirt part (before the plugin is installed) ---------------
+
+def capture_argv():
+    """libxl's QEMU command lines for libvirt HVM guests (issue 9's input)."""
+    s = Scenario('argv', 'libxl device-model argv captured (plain libvirt)')
+    os.makedirs(LAB, exist_ok=True)
+    run(['truncate', '-s', '16M', LAB + '/disk0.img'])
+    run(['truncate', '-s', '2M', LAB + '/cd0.iso'])
+    loop = run(['losetup', '-f', '--show', LAB + '/disk0.img']).out.strip()
+    file_disk = ("<disk type='file' device='disk'><driver name='phy'/>"
+                 "<source file='%s/disk0.img'/><target dev='hda' bus='ide'/>"
+                 "</disk>" % LAB)
+    raw_disk = ("<disk type='file' device='disk'><driver name='qemu' "
+                "type='raw'/><source file='%s/disk0.img'/>"
+                "<target dev='hda' bus='ide'/></disk>" % LAB)
+    block_disk = ("<disk type='block' device='disk'><driver name='phy'/>"
+                  "<source dev='%s'/><target dev='hda' bus='ide'/></disk>"
+                  % loop)
+    cdrom = ("<disk type='file' device='cdrom'><source file='%s/cd0.iso'/>"
+             "<target dev='hdc' bus='ide'/><readonly/></disk>" % LAB)
+    guests = [
+        ('diskless', dict()),
+        ('phy-file-disk', dict(disk=file_disk)),
+        ('qemu-raw-file-disk', dict(disk=raw_disk)),
+        ('phy-block-disk', dict(disk=block_disk)),
+        ('full', dict(disk=file_disk, cdrom=cdrom, vif=True, vnc=True)),
+        ('restrict-arg', dict(xen_args=('-xen-domid-restrict',))),
+    ]
+    for i, (label, kw) in enumerate(guests):
+        name = 'argv-' + label
+        path = write('/root/%s.xml' % name,
+                     domain_xml(name, uuid_of(900 + i), **kw))
+        r = virsh('define', path)
+        r = virsh('start', name, timeout=300) if r.rc == 0 else r
+        if r.rc != 0:
+            s.check(False, '%s: start failed: %s' % (label,
+                                                     first_line(r.text)))
+            virsh('undefine', name)
+            continue
+        time.sleep(3)
+        d = domid(name)
+        pid = dm_pid(d) if d else None
+        logged = libxl_spawn_argv(name)
+        if logged:
+            emit('XENLAB-ARGV %s libxl-log: %s' % (label, shlex.join(logged)))
+        if pid:
+            emit('XENLAB-ARGV %s proc: %s' % (label,
+                                             shlex.join(proc_argv(pid))))
+        s.check(pid is not None, '%s: running (domid %s), device model pid '
+                '%s, start %.1f s' % (label, d, pid, r.seconds))
+        detail(virsh('dumpxml', name).out)
+        virsh('destroy', name)
+        virsh('undefine', name)
+    if loop:
+        run(['losetup', '-d', loop])
+    return s.done()
+
+
+def bench_unrestricted():
+    name = 'bench-plain'
+    path = write('/root/%s.xml' % name, domain_xml(name, uuid_of(950)))
+    virsh('define', path)
+    times = []
+    for _ in range(BENCH_STARTS):
+        r = virsh('start', name, timeout=300)
+        if r.rc == 0:
+            times.append(r.seconds)
+        virsh('destroy', name)
+        time.sleep(1)
+    virsh('undefine', name)
+    return times
+
+
+# --- installation, as doc/source/install says ------------------------------
+
+def install():
+    s = Scenario('install', 'plugin installed as doc/source/install says')
+    wheels = glob.glob(os.path.join(HERE, 'wheels', '*.whl'))
+    s.info('checkout %s, wheel %s' % (
+        open(os.path.join(HERE, 'checkout.txt')).read().strip(),
+        ' '.join(os.path.basename(w) for w in wheels)))
+    # Step 2, adapted: dom0 has no network, so the venv sees Debian's
+    # python3-libvirt, -lxml, -oslo.config, -stevedore and -pbr and the
+    # wheel is installed without its dependencies.
+    r = run(['python3', '-m', 'venv', '--system-site-packages', VENV])
+    s.check(r.rc == 0, 'venv: ' + (first_line(r.text) or 'created'))
+    r = run([VENV + '/bin/pip', 'install', '--quiet', '--no-index',
+             '--no-deps'] + wheels)
+    s.check(r.rc == 0, 'pip install: ' + (first_line(r.text) or 'ok'))
+    for exe in ('xen-dm-restrict', 'xen-dm-restrict-launch',
+                'xen-dm-restrict-libvirt-hook'):
+        link = '/usr/local/bin/' + exe
+        if not os.path.lexists(link):
+            os.symlink(VENV + '/bin/' + exe, link)
+    r = run([VENV + '/bin/python', '-c', 'import stevedore; print(sorted('
+             'stevedore.ExtensionManager("libvirt.domain_hooks").names()))'])
+    s.check('dm_restrict' in r.out, 'entry points: ' + r.out.strip())
+    # Step 3: the reaper user. Step 4: directories. Step 5: the config.
+    run(['useradd', '--system', '--user-group', '--no-create-home',
+         '--home-dir', '/nonexistent', '--shell', '/usr/sbin/nologin',
+         'xen-dm-reaper'])
+    s.info('reaper: ' + run(['id', 'xen-dm-reaper']).out.strip())
+    run(['install', '-d', '-o', 'root', '-g', 'root', '-m', '0755',
+         '/etc/xen-dm-restrict'])
+    run(['install', '-d', '-o', 'root', '-g', 'root', '-m', '0700',
+         '/var/lib/xen-dm-restrict'])
+    run(['install', '-m', '0644', os.path.join(HERE, 'dom0.conf'), CONF])
+    r = cli('validate', '--tenant', 'acme',
+            write('/root/validate.xml', domain_xml('v', uuid_of(1))))
+    s.check(r.rc == 0, 'validate: rc %d %s' % (r.rc, first_line(r.text)))
+    # Step 6: the libvirt daemon hook.
+    run(['install', '-d', '-o', 'root', '-g', 'root', '-m', '0755',
+         '/etc/libvirt/hooks'])
+    if not os.path.lexists('/etc/libvirt/hooks/libxl'):
+        os.symlink(VENV + '/bin/xen-dm-restrict-libvirt-hook',
+                   '/etc/libvirt/hooks/libxl')
+    run(['systemctl', 'restart', 'libvirtd'])
+    s.check(wait_libvirtd(), 'libvirtd restarted with the hook')
+    # Step 7: preflight.
+    r = cli('preflight', timeout=120)
+    for line in r.out.splitlines():
+        if line.strip():
+            s.info('preflight: ' + line.rstrip())
+    s.check(r.rc == 0, 'preflight exit %d' % r.rc)
+    return s.done()
+
+
+# --- the scenarios ----------------------------------------------------------
+
+STATE = {}
+
+
+def check_restricted(s, label, f, rec):
+    uid, gid = rec['uid'], rec['gid']
+    s.info('%s: %s' % (label, fact_line(f)))
+    s.check(f['Uid'].split() == [str(uid)] * 4,
+            '%s: Uid %s = leased uid %d' % (label, f['Uid'], uid))
+    s.check(f['Gid'].split() == [str(gid)] * 4,
+            '%s: Gid %s = leased gid %d' % (label, f['Gid'], gid))
+    s.check(f['root'] == rec['chroot'], '%s: root %s = chroot %s' % (
+        label, f['root'], rec['chroot']))
+    s.check(f['ns_mnt'] == 'own' and f['ns_ipc'] == 'own',
+            '%s: own mount and IPC namespaces (mnt %s, ipc %s)' % (
+                label, f['ns_mnt'], f['ns_ipc']))
+    s.check(int(f['CapEff'], 16) == 0, '%s: CapEff %s' % (label,
+                                                         f['CapEff']))
+    want = {'FSIZE': '262144', 'CORE': '0', 'MEMLOCK': '0', 'LOCKS': '0',
+            'MSGQUEUE': '0'}
+    got = {k: f.get(k) for k in want}
+    s.check(got == want, '%s: rlimits %s' % (label, got))
+    argv = f['argv']
+    s.check('-xen-domid-restrict' in argv,
+            '%s: -xen-domid-restrict in argv; dev fds %s' % (label, f['fds']))
+    if '-sandbox' in argv:
+        s.check(f.get('Seccomp') == '2', '%s: -sandbox given, Seccomp %s' % (
+            label, f.get('Seccomp')))
+    else:
+        s.info('%s: no -sandbox (this QEMU has no seccomp), Seccomp %s' % (
+            label, f.get('Seccomp')))
+
+
+@scenario('1-start', 'tenant HVM guests start restricted (diskless, Linux)')
+def s1_start(s):
+    # a) diskless: hvmloader + SeaBIOS, ends at "No bootable device".
+    path = write('/root/acme-1.xml', domain_xml('acme-1', uuid_of(1)))
+    r, rec = boot('acme-1', path)
+    s.check(r.rc == 0 and rec, 'diskless: boot exit %d in %.1f s%s' % (
+        r.rc, r.seconds, '' if r.rc == 0 else ': ' + first_line(r.text)))
+    if r.rc != 0 or not rec:
+        return
+    s.info('diskless: uid %s gid %s chroot %s applied %s' % (
+        rec.get('uid'), rec.get('gid'), rec.get('chroot'),
+        ' '.join(rec.get('applied', []))))
+    time.sleep(5)
+    d = rec['id']
+    pid = dm_pid(d)
+    s.check(pid and state('acme-1') == 'running',
+            'diskless: domain running, domid %s, device model pid %s' % (
+                d, pid))
+    if pid:
+        f = facts(pid)
+        STATE['plugin_facts'] = f
+        STATE['plugin_boot_s'] = r.seconds
+        check_restricted(s, 'diskless', f, rec)
+        emit('XENLAB-ARGV plugin-diskless proc: %s' % shlex.join(f['argv']))
+    logged = libxl_spawn_argv('acme-1')
+    if logged:
+        emit('XENLAB-ARGV plugin-diskless libxl-log: %s' % shlex.join(logged))
+    fw, n = guest_log(d)
+    s.check(n > 0, 'diskless: firmware ran, %d console lines, last: %s' % (
+        n, ' / '.join(fw)))
+    virsh('destroy', 'acme-1')
+    STATE['acme-1'] = rec
+    # b) a tiny Linux to userspace (busybox initramfs; it powers off).
+    path = write('/root/acme-2.xml', domain_xml('acme-2', uuid_of(2),
+                                                memory=256, kernel=True))
+    r, rec = boot('acme-2', path)
+    s.check(r.rc == 0 and rec, 'linux: boot exit %d in %.1f s%s' % (
+        r.rc, r.seconds, '' if r.rc == 0 else ': ' + first_line(r.text)))
+    if r.rc != 0 or not rec:
+        return
+    t0 = time.monotonic()
+    pty = pty_of('acme-2')
+    pid = dm_pid(rec['id'])
+    if pid:
+        check_restricted(s, 'linux', facts(pid), rec)
+    found, text = (read_pty(pty, 'XENLAB-GUEST-USERSPACE-OK', 400) if pty
+                   else (False, 'no pty'))
+    mark = [x for x in text.splitlines() if 'XENLAB-GUEST' in x]
+    s.check(found, 'linux: guest userspace reached %.0f s after start: %s'
+            % (time.monotonic() - t0, (mark[0] if mark else
+                                       first_line(text)).strip()))
+    gone = wait_state('acme-2', 'shut off', 120)
+    STATE['acme-2'] = (rec, gone)
+
+
+@scenario('2-refuse', 'unrestricted and tampered domains refused by the '
+          'daemon hook')
+def s2_refuse(s):
+    # a) defined with plain virsh, no plugin.
+    path = write('/root/plain-1.xml', domain_xml('plain-1', uuid_of(20)))
+    virsh('define', path)
+    r = virsh('start', 'plain-1')
+    s.check(r.rc != 0, 'plain virsh domain: start exit %d: %s' % (
+        r.rc, first_line(r.text, 400)))
+    s.check(state('plain-1') == 'shut off' and domid('plain-1') is None,
+            'plain virsh domain: state %s, nothing runs' % state('plain-1'))
+    virsh('undefine', 'plain-1')
+    # b) rendered through the plugin, then tampered with before define.
+    src = write('/root/acme-3.xml', domain_xml('acme-3', uuid_of(3)))
+    r = cli('render', '--tenant', 'acme', src, '-o', '/root/acme-3-r.xml')
+    s.check(r.rc == 0, 'render exit %d' % r.rc)
+    good = open('/root/acme-3-r.xml').read()
+    tampers = [
+        ('no -xen-domid-restrict',
+         re.sub(r"<xen:arg value='-xen-domid-restrict'/>", '', good)),
+        ('emulator set back to the bare QEMU',
+         re.sub(r'<emulator>[^<]*</emulator>',
+                '<emulator>%s</emulator>' % QEMU, good)),
+        ('-runas uid changed to 0:0',
+         re.sub(r"(<xen:arg value='-runas'/>\s*<xen:arg value=')[^']*'",
+                r"\g<1>0:0'", good)),
+    ]
+    for label, xml in tampers:
+        if xml == good:
+            s.check(False, 'tamper "%s" did not change the XML' % label)
+            continue
+        virsh('define', write('/root/acme-3-t.xml', xml))
+        r = virsh('start', 'acme-3')
+        s.check(r.rc != 0 and domid('acme-3') is None,
+                'tampered (%s): start exit %d, not running: %s' % (
+                    label, r.rc, first_line(r.text, 400)))
+        virsh('destroy', 'acme-3')
+        virsh('undefine', 'acme-3')
+    running = [x for x in run(['ps', '-eo', 'uid=,args=']).out.splitlines()
+               if x.split() and RANGE[0] <= int(x.split()[0]) <= RANGE[1]]
+    s.check(not running, 'no process of a tenant uid runs (%d)'
+            % len(running))
+    r = cli('leases', 'release', uuid_of(3))
+    s.info('lease of the tampered domain released: ' + first_line(r.text))
+
+
+@scenario('3-lifecycle', 'destroy/shutdown reap, undefine releases, '
+          'libvirtd restart, reconcile')
+def s3_lifecycle(s):
+    rec2, gone = STATE.get('acme-2', (None, False))
+    if rec2:
+        s.check(gone and not uid_procs(rec2['uid']),
+                'shutdown (Linux guest powered off): domain %s, processes '
+                'of uid %d: %d' % ('stopped' if gone else 'still running',
+                                   rec2['uid'], len(uid_procs(rec2['uid']))))
+    path = write('/root/acme-4.xml', domain_xml('acme-4', uuid_of(4)))
+    r, rec = boot('acme-4', path)
+    s.check(r.rc == 0 and rec, 'boot acme-4 exit %d' % r.rc)
+    if not rec:
+        return
+    uid = rec['uid']
+    time.sleep(3)
+    pid = dm_pid(rec['id'])
+    s.check(bool(uid_procs(uid)), 'running: %d process(es) of uid %d' % (
+        len(uid_procs(uid)), uid))
+    r = virsh('destroy', 'acme-4')
+    time.sleep(2)
+    s.check(r.rc == 0 and not uid_procs(uid),
+            'destroy: processes of uid %d left: %d' % (uid,
+                                                      len(uid_procs(uid))))
+    r = virsh('start', 'acme-4')
+    time.sleep(3)
+    pid = dm_pid(domid('acme-4') or -1)
+    s.check(r.rc == 0 and pid, 'restart with virsh start: exit %d, pid %s' %
+            (r.rc, pid))
+    leases0 = cli('leases', 'list', '--format', 'json').out
+    r = run(['systemctl', 'restart', 'libvirtd'])
+    ready = wait_libvirtd()
+    time.sleep(3)
+    pid2 = dm_pid(domid('acme-4') or -1)
+    leases1 = cli('leases', 'list', '--format', 'json').out
+    s.check(ready and state('acme-4') == 'running' and pid2 == pid
+            and leases0 == leases1,
+            'libvirtd restart (reconnect): state %s, device model pid %s -> '
+            '%s, leases unchanged: %s' % (state('acme-4'), pid, pid2,
+                                          leases0 == leases1))
+    j = run(['journalctl', '-u', 'libvirtd', '--no-pager', '-n', '200'])
+    hook_err = [x for x in j.out.splitlines()
+                if 'hook' in x.lower() and ('error' in x.lower()
+                                            or 'fail' in x.lower())]
+    s.check(not hook_err, 'libvirtd journal: no hook error%s' % (
+        '' if not hook_err else ': ' + hook_err[-1][-200:]))
+    r = cli('leases', 'reconcile', '--connect', URI, '--grace', '0')
+    s.check(r.rc == 0, 'reconcile (running domain): exit %d: %s' % (
+        r.rc, first_line(r.text)))
+    r = virsh('destroy', 'acme-4')
+    time.sleep(2)
+    s.check(not uid_procs(uid), 'destroy again: processes of uid %d: %d' % (
+        uid, len(uid_procs(uid))))
+    # Undefine as the orchestrator does: through the library's wrapper.
+    r = library('undefine', uuid_of(4))
+    leases = cli('leases', 'list', '--format', 'json').out
+    s.check(r.rc == 0 and uuid_of(4) not in leases,
+            'undefine through virt.HookedDomain: %s; lease released: %s' % (
+                first_line(r.text), uuid_of(4) not in leases))
+    # acme-1 and acme-2 were only destroyed: their leases stay, and
+    # reconcile must agree with libvirt (defined, stopped).
+    r = cli('leases', 'reconcile', '--connect', URI, '--grace', '0')
+    s.check(r.rc == 0, 'reconcile: exit %d: %s' % (r.rc, first_line(r.text)))
+
+
+@scenario('4-refused-ops', 'migration, save, managed save, CD-ROM change, '
+          'PCI attach refused before libxl; the domain keeps running')
+def s4_refused(s):
+    path = write('/root/acme-5.xml', domain_xml('acme-5', uuid_of(5)))
+    r, rec = boot('acme-5', path)
+    s.check(r.rc == 0 and rec, 'boot acme-5 exit %d' % r.rc)
+    if not rec:
+        return
+    time.sleep(3)
+    r = library('refused-ops', uuid_of(5))
+    for line in r.out.splitlines():
+        if line.startswith('OP '):
+            _, ok, text = line.split(' ', 2)
+            s.check(ok == 'ok', text)
+    s.check(r.rc == 0, 'library run exit %d %s' % (
+        r.rc, '' if r.rc == 0 else first_line(r.text)))
+    virsh('destroy', 'acme-5')
+    library('undefine', uuid_of(5))
+
+
+XL_CFG = """name = "xl-anchor"
+type = "hvm"
+memory = 64
+vcpus = 1
+device_model_version = "qemu-xen"
+device_model_override = "%s"
+firmware = "%s"
+dm_restrict = 1
+vnc = 0
+sdl = 0
+serial = "pty"
+boot = "c"
+""" % (QEMU, HVMLOADER)
+
+
+@scenario('5-xl-anchor', 'the same guest under xl dm_restrict=1 and through '
+          'the plugin')
+def s5_anchor(s):
+    path = write('/root/xl-anchor.cfg', XL_CFG)
+    r = run(['xl', '-vvv', 'create', path])
+    logged = libxl_spawn_argv(text=r.err)
+    if logged:
+        emit('XENLAB-ARGV xl-dm_restrict libxl-log: %s' % shlex.join(logged))
+    s.check(r.rc == 0, 'xl create dm_restrict=1: exit %d in %.1f s' % (
+        r.rc, r.seconds))
+    xl_s = r.seconds
+    time.sleep(3)
+    d = run(['xl', 'domid', 'xl-anchor']).out.strip()
+    pid = dm_pid(int(d)) if d.isdigit() else None
+    if not pid:
+        s.check(False, 'xl guest: no device model found')
+        run(['xl', 'destroy', 'xl-anchor'])
+        return
+    xf = facts(pid)
+    emit('XENLAB-ARGV xl-dm_restrict proc: %s' % shlex.join(xf['argv']))
+    run(['xl', 'destroy', 'xl-anchor'])
+    path = write('/root/acme-6.xml', domain_xml('acme-6', uuid_of(6)))
+    r, rec = boot('acme-6', path)
+    s.check(r.rc == 0 and rec, 'plugin boot: exit %d in %.1f s' % (
+        r.rc, r.seconds))
+    if not rec:
+        return
+    time.sleep(3)
+    pf = facts(dm_pid(rec['id']))
+    plugin_s = r.seconds
+    rows = [('start (s)', '%.1f' % xl_s, '%.1f (boot: define+start)'
+             % plugin_s)]
+    for k in ('Uid', 'Gid', 'Groups', 'CapEff', 'Seccomp', 'NoNewPrivs',
+              'root', 'ns_mnt', 'ns_ipc', 'ns_net', 'ns_pid', 'FSIZE',
+              'CORE', 'MEMLOCK', 'LOCKS', 'MSGQUEUE', 'NPROC', 'fds'):
+        rows.append((k, str(xf.get(k)), str(pf.get(k))))
+    restrict = [a for a in xf['argv'] if a in ('-xen-domid-restrict',
+                                               '-runas', '-chroot',
+                                               '-sandbox')]
+    rows.append(('restriction args', ' '.join(restrict), ' '.join(
+        a for a in pf['argv'] if a in ('-xen-domid-restrict', '-runas',
+                                       '-chroot', '-sandbox'))))
+    for k, a, b in rows:
+        s.info('TABLE | %-16s | %-40s | %s' % (k, a, b))
+    s.check(int(pf['CapEff'], 16) == 0 and '-xen-domid-restrict'
+            in pf['argv'] and pf['Uid'].split()[0] != '0',
+            'plugin device model as restricted as xl\'s: not root, no '
+            'capabilities, -xen-domid-restrict')
+    virsh('destroy', 'acme-6')
+    library('undefine', uuid_of(6))
+
+
+def bench_restricted():
+    path = write('/root/acme-7.xml', domain_xml('acme-7', uuid_of(7)))
+    r, rec = boot('acme-7', path)
+    boots = [r.seconds] if r.rc == 0 else []
+    starts = []
+    virsh('destroy', 'acme-7')
+    for _ in range(BENCH_STARTS):
+        time.sleep(1)
+        r = virsh('start', 'acme-7', timeout=300)
+        if r.rc == 0:
+            starts.append(r.seconds)
+        virsh('destroy', 'acme-7')
+    library('undefine', uuid_of(7))
+    return starts, boots
+
+
+# --- the library part (run under the venv's Python) -------------------------
+
+def library(action, uuid):
+    return run([VENV + '/bin/python', os.path.abspath(__file__), '--library',
+                action, uuid], timeout=600)
+
+
+def library_main(action, uuid):
+    """Use the plugin as an orchestrator does: virt.HookedConnection."""
+    import libvirt
+    from xen_dm_restrict_plugin.cmd import host
+    from xen_dm_restrict_plugin import exception
+    from xen_dm_restrict_plugin import hooks
+    from xen_dm_restrict_plugin import loader
+    from xen_dm_restrict_plugin import virt
+
+    conf = host.load_conf(None)
+    conn = virt.HookedConnection.open(URI, loader.HookManager(conf))
+    dom = conn.lookup(hooks.Instance(uuid, 'acme'))
+    if action == 'undefine':
+        dom.undefine()
+        print('undefined %s' % uuid)
+        return 0
+    name = dom.name()
+    log = '/var/log/libvirt/libxl/%s.log' % name
+    pid0 = dm_pid(dom.ID())
+    cdrom = ("<disk type='file' device='cdrom'><source file='%s/cd0.iso'/>"
+             "<target dev='hdc' bus='ide'/><readonly/></disk>" % LAB)
+    pci = ("<hostdev mode='subsystem' type='pci' managed='yes'><source>"
+           "<address domain='0x0000' bus='0x00' slot='0x01' "
+           "function='0x0'/></source></hostdev>")
+    live = libvirt.VIR_DOMAIN_AFFECT_LIVE
+    ops = [
+        ('live migration', lambda: dom.migrateToURI3(
+            'xen+ssh://198.51.100.1/system', {},
+            libvirt.VIR_MIGRATE_LIVE)),
+        ('save', lambda: dom.save(LAB + '/acme-5.save')),
+        ('managed save', lambda: dom.managedSave(0)),
+        ('CD-ROM change', lambda: dom.updateDeviceFlags(cdrom, live)),
+        ('PCI attach', lambda: dom.attachDeviceFlags(pci, live)),
+    ]
+    rc = 0
+    for label, op in ops:
+        size0 = os.path.getsize(log) if os.path.exists(log) else 0
+        try:
+            op()
+            outcome, ok = 'ALLOWED (libvirt accepted it)', False
+        except exception.DmRestrictError as err:
+            outcome, ok = 'refused by the plugin: %s' % str(err)[:300], True
+        except libvirt.libvirtError as err:
+            outcome, ok = 'reached libvirt: %s' % str(err)[:200], False
+        size1 = os.path.getsize(log) if os.path.exists(log) else 0
+        running = dom.isActive() and dm_pid(dom.ID()) == pid0
+        ok = ok and running and size1 == size0
+        rc |= 0 if ok else 1
+        print('OP %s %s: %s; domain running with the same device model: %s; '
+              'libxl log unchanged: %s' % ('ok' if ok else 'FAIL', label,
+                                          outcome, running, size1 == size0))
+    print('OP %s save image absent' % (
+        'FAIL' if os.path.exists(LAB + '/acme-5.save') else 'ok'))
+    return rc
+
+
+# --- main ------------------------------------------------------------------
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    emit('XENLAB-RUNNER start uptime=%s' % open('/proc/uptime').read()
+         .split()[0])
+    info = run(['xl', 'info'])
+    caps = re.search(r'virt_caps\s*:\s*(.*)', info.out)
+    ver = re.search(r'xen_version\s*:\s*(.*)', info.out)
+    emit('XENLAB-FACT xen %s virt_caps %s; %s' % (
+        ver.group(1) if ver else '?', caps.group(1) if caps else '?',
+        run(['dpkg-query', '-W', '-f', '${Package} ${Version}; ',
+             'qemu-system-xen', 'libvirt-daemon-driver-xen', 'python3.11'])
+        .out))
+    # libvirt's libxl driver logs libxl's debug lines (the device-model
+    # argv among them) into /var/log/libvirt/libxl/<name>.log only at
+    # log_level 1; its own outputs stay at warnings.
+    with open('/etc/libvirt/libvirtd.conf', 'a') as f:
+        f.write('log_level = 1\nlog_outputs = "3:stderr"\n')
+    run(['systemctl', 'restart', 'libvirtd'])
+    run(['ip', 'link', 'add', BRIDGE, 'type', 'bridge'])
+    run(['ip', 'link', 'set', BRIDGE, 'up'])
+    if not wait_libvirtd():
+        emit('XENLAB-RESULT install FAIL 0.0s libvirtd never answered')
+        return
+    t = time.monotonic()
+    capture_argv()
+    emit('XENLAB-FACT argv capture took %.0f s' % (time.monotonic() - t))
+    plain = bench_unrestricted()
+    if not install():
+        emit('XENLAB-FACT the install failed; the scenarios run anyway')
+    s1_start()
+    s2_refuse()
+    s3_lifecycle()
+    s4_refused()
+    s5_anchor()
+    s = Scenario('bench', 'restricted vs unrestricted libvirt start')
+    restricted, boots = bench_restricted()
+    res = {'unrestricted_virsh_start_s': [round(x, 2) for x in plain],
+           'restricted_virsh_start_s': [round(x, 2) for x in restricted],
+           'restricted_cli_boot_s': [round(x, 2) for x in boots]}
+    if plain and restricted:
+        mu, mr = statistics.median(plain), statistics.median(restricted)
+        res.update(unrestricted_median_s=round(mu, 2),
+                   restricted_median_s=round(mr, 2),
+                   ratio=round(mr / mu, 2))
+    emit('XENLAB-BENCH %s' % json.dumps(res))
+    s.check(len(plain) == BENCH_STARTS and len(restricted) == BENCH_STARTS,
+            '%d unrestricted and %d restricted starts succeeded' % (
+                len(plain), len(restricted)))
+    s.done()
+    j = run(['journalctl', '--no-pager', '-b'])
+    mem = [x for x in j.out.splitlines() if 'MemoryError' in x]
+    emit('XENLAB-FACT MemoryError lines in the journal: %d%s' % (
+        len(mem), (': ' + mem[0][-200:]) if mem else ''))
+    emit('XENLAB-FACT free: %s' % ' '.join(run(['free', '-m']).out.split()))
+
+
+if __name__ == '__main__':
+    if sys.argv[1:2] == ['--library']:
+        sys.exit(library_main(sys.argv[2], sys.argv[3]))
+    main()
