@@ -1,7 +1,10 @@
 """Helpers shared by the tests: fixtures, settings and libvirt's schema."""
 
+import atexit
 import functools
 import os
+import shutil
+import tempfile
 import typing
 
 from lxml import etree
@@ -15,9 +18,38 @@ DOMAIN_RNG = '/usr/share/libvirt/schemas/domain.rng'
 HVM_UUID = '3b5c8f0e-9d7a-4e21-b6f4-1a2c3d4e5f60'
 
 
+#: Token in the fixtures for the directory of the test's disk images.
+IMAGES_TOKEN = '@IMAGES@'
+
+
+@functools.lru_cache(maxsize=1)
+def images_dir() -> str:
+    """The directory of this run's images that the fixtures name.
+
+    Empty files: nothing opens them under libvirt's test driver.  It is
+    removed when the run ends.
+    """
+    path = tempfile.mkdtemp(prefix='xen-dm-restrict-images-')
+    atexit.register(shutil.rmtree, path, True)
+    for name in ('root-disk.img', 'installer.iso', 'vmlinuz',
+                 'initrd.img'):
+        with open(os.path.join(path, name), 'wb'):
+            pass
+    return path
+
+
 def fixture(name: str) -> str:
+    """A fixture's text, with its image paths in :func:`images_dir`."""
     with open(os.path.join(FIXTURES, name), encoding='utf-8') as handle:
-        return handle.read()
+        return handle.read().replace(IMAGES_TOKEN, images_dir())
+
+
+def fixture_file(name: str, directory) -> str:
+    """Write :func:`fixture` ``name`` into ``directory``; return its path."""
+    path = os.path.join(str(directory), name)
+    with open(path, 'w', encoding='utf-8') as handle:
+        handle.write(fixture(name))
+    return path
 
 
 def edit(xml: str, func: typing.Callable[[etree._Element], None]) -> str:
@@ -48,6 +80,7 @@ def make_conf(tmp_path, **overrides) -> cfg.ConfigOpts:
         chroot_base_dir=str(tmp_path / 'chroots'),
         reaper_user='nobody-reaper-not-created',
         reap_device_models=False,
+        allowed_host_paths=[images_dir()],
     )
     defaults.update(overrides)
     for key, value in defaults.items():

@@ -9,6 +9,8 @@ Sphinx option reference.
 """
 
 import dataclasses
+import grp
+import os
 import pwd
 import typing
 
@@ -16,6 +18,7 @@ from oslo_config import cfg
 
 from xen_dm_restrict_plugin import domain as domain_mod
 from xen_dm_restrict_plugin import exception
+from xen_dm_restrict_plugin import qemu_args
 from xen_dm_restrict_plugin import ranges
 
 GROUP = 'dm_restrict'
@@ -138,6 +141,63 @@ dm_restrict_opts = [
              'requires, reaps the uid before every start and after every '
              'stop anyway. Also off for libvirt\'s test driver, where no '
              'device model runs. The daemon hook always reaps.'),
+    cfg.ListOpt(
+        'allowed_qemu_options', default=[],
+        help='Extra QEMU options (names without the dash, e.g. "rtc") that '
+             'a domain may pass in <xen:commandline>. Empty (the default) '
+             'refuses every extra argument: QEMU acts on its options as '
+             'root before it drops its privileges. Options that set the '
+             'restriction, name host files, sockets, programs or devices '
+             '(runas, chroot, chardev, drive, device, netdev, object, '
+             'incoming, ...) can never be allowed, and an allowed option '
+             'is still refused when its value names a path, socket, '
+             'program, file descriptor or URI.'),
+    cfg.ListOpt(
+        'allowed_host_paths', default=[],
+        help='Directory prefixes under which a domain may name host paths '
+             'that libxl or QEMU open as root: disk and CD-ROM sources, '
+             'kernel, initrd, loader, ACPI tables, and character-device '
+             'sources of allowed types. A path must lie under one of them '
+             'as written and with every symlink resolved, be in normal '
+             'form, and be of the right type (block device or regular '
+             'file). Firmware in libxl\'s own directories (e.g. '
+             '/usr/lib/xen/boot) is allowed as <loader> anyway. Empty (the '
+             'default) refuses every domain that has a disk.'),
+    cfg.ListOpt(
+        'allowed_chardev_types', default=['pty'],
+        item_type=cfg.types.String(choices=['pty', 'null', 'file', 'pipe',
+                                            'dev', 'unix']),
+        help='Source types a serial, console or channel device may have. '
+             'pty and null open no host path; file, pipe, dev and unix '
+             'name a host path QEMU opens as root, which must then lie '
+             'under allowed_host_paths.'),
+    cfg.StrOpt(
+        'pv_dom0_qemu', default='refuse',
+        choices=[('refuse', 'Refuse PV and PVH guests that need a QEMU in '
+                  'dom0 (a framebuffer, a qdisk disk, a channel).'),
+                 ('allow', 'Allow them: libxl starts that QEMU as root, '
+                  'unrestricted. Their <xen:commandline> is still checked.')],
+        help='What to do with a PV or PVH guest for which libxl would run '
+             'an unrestricted root QEMU in dom0.'),
+    cfg.ListOpt(
+        'allowed_interface_scripts',
+        default=['vif-bridge', '/etc/xen/scripts/vif-bridge'],
+        help='Values an <interface><script path=...> may have; libxl\'s '
+             'hotplug runs the script as root. The default is the script '
+             'libxl runs anyway for a bridged interface.'),
+    cfg.ListOpt(
+        'allowed_bootloaders',
+        default=['pygrub', '/usr/lib/xen/bin/pygrub',
+                 '/usr/libexec/xen/bin/pygrub'],
+        help='Values a PV guest\'s <bootloader> may have; libxl runs it as '
+             'root in dom0. <bootloader_args> are always refused.'),
+    cfg.BoolOpt(
+        'launcher_test_mode', default=False,
+        help='For tests on machines without Xen only: the launcher also '
+             'starts a command line without -xen-domid-restrict (a QEMU '
+             'built without Xen support refuses that option), with the TCG '
+             'machine "none" and "-qmp stdio". preflight fails while it is '
+             'set. Never set it on a Xen host.'),
 ]
 
 
@@ -175,6 +235,15 @@ class Settings:
     reaper_lock_file: str = '/run/xen-dm-restrict/reaper.lock'
     reap_device_models: bool = True
     stubdom_emulators: typing.FrozenSet[str] = frozenset()
+    allowed_qemu_options: typing.FrozenSet[str] = frozenset()
+    allowed_host_paths: typing.Tuple[str, ...] = ()
+    allowed_chardev_types: typing.Tuple[str, ...] = ('pty',)
+    pv_dom0_qemu: str = 'refuse'
+    allowed_interface_scripts: typing.FrozenSet[str] = frozenset(
+        ('vif-bridge', '/etc/xen/scripts/vif-bridge'))
+    allowed_bootloaders: typing.FrozenSet[str] = frozenset((
+        'pygrub', '/usr/lib/xen/bin/pygrub', '/usr/libexec/xen/bin/pygrub'))
+    launcher_test_mode: bool = False
 
     def all_ranges(self) -> typing.List[ranges.UidRange]:
         found = list(self.tenant_ranges.values())
@@ -257,6 +326,8 @@ def load(conf: cfg.ConfigOpts) -> Settings:
         raise exception.ConfigError(
             'device_model_gid', 'gid %d is reserved' % gid,
             'choose a dedicated group id for device models')
+    if gid is not None:
+        _check_dedicated_gid(gid)
 
     reaper_uid = _resolve_user(group.reaper_user)
     if reaper_uid in ranges.FORBIDDEN_UIDS - {0}:
@@ -292,4 +363,68 @@ def load(conf: cfg.ConfigOpts) -> Settings:
         enforce=group.enforce, max_xml_bytes=group.max_xml_bytes,
         reaper_lock_file=group.reaper_lock_file,
         reap_device_models=group.reap_device_models,
-        stubdom_emulators=frozenset(group.stubdom_emulators))
+        stubdom_emulators=frozenset(group.stubdom_emulators),
+        allowed_qemu_options=_allowed_options(group.allowed_qemu_options),
+        allowed_host_paths=_prefixes(group.allowed_host_paths),
+        allowed_chardev_types=tuple(group.allowed_chardev_types),
+        pv_dom0_qemu=group.pv_dom0_qemu,
+        allowed_interface_scripts=frozenset(
+            group.allowed_interface_scripts),
+        allowed_bootloaders=frozenset(group.allowed_bootloaders),
+        launcher_test_mode=group.launcher_test_mode)
+
+
+#: Debian's statically allocated groups (base-passwd): 0-99, and users.
+STATIC_GID_LIMIT = 101
+
+
+def _check_dedicated_gid(gid: int) -> None:
+    """Refuse a gid that grants something: a static system group (shadow,
+    disk, kmem, ...), a group with members, or a user's primary group.
+    """
+    remedy = ('create a dedicated group (groupadd --system xen-dm) and use '
+              'its gid, or unset device_model_gid')
+    if gid < STATIC_GID_LIMIT:
+        raise exception.ConfigError(
+            'device_model_gid', 'gid %d is a statically allocated system '
+            'group (e.g. shadow, disk, kmem) whose files every device '
+            'model could read' % gid, remedy)
+    try:
+        entry = grp.getgrgid(gid)
+    except KeyError:
+        return
+    owners = sorted(set(entry.gr_mem) | {
+        user.pw_name for user in pwd.getpwall() if user.pw_gid == gid})
+    if owners:
+        raise exception.ConfigError(
+            'device_model_gid', 'group %s (gid %d) is not dedicated: %s '
+            'belong to it' % (entry.gr_name, gid, ', '.join(owners)), remedy)
+
+
+def _allowed_options(names: typing.Sequence[str]) -> typing.FrozenSet[str]:
+    found = set()
+    for name in names:
+        name = name.strip().lstrip('-')
+        never = qemu_args.NEVER_ALLOWED.get(name)
+        if never is not None:
+            raise exception.ConfigError(
+                'allowed_qemu_options', '-%s can never be allowed: %s'
+                % (name, never), 'remove it from the list')
+        if name:
+            found.add(name)
+    return frozenset(found)
+
+
+def _prefixes(paths: typing.Sequence[str]) -> typing.Tuple[str, ...]:
+    found = []
+    for path in paths:
+        path = path.strip()
+        if not path:
+            continue
+        if not path.startswith('/') or os.path.normpath(path) != \
+                path.rstrip('/') and path != '/':
+            raise exception.ConfigError(
+                'allowed_host_paths', '%r is not an absolute path in '
+                'normal form' % path, 'write it like /srv/xen/images')
+        found.append(path.rstrip('/') or '/')
+    return tuple(found)

@@ -3,7 +3,10 @@
 Domain XML reaches us from an orchestrator that built it partly from
 tenant input, so it is parsed with entity resolution, DTD loading and
 network access off and with a size cap, and nothing else in the code
-touches raw XML.  The view answers the questions the policy and the
+touches raw XML.  Comments and processing instructions are dropped while
+parsing: libvirt skips them when it reads an element's text, so
+``<type>h<!-- -->vm</type>`` is "hvm" to both, and what we write out is
+exactly what we checked.  The view answers the questions the policy and the
 injection ask (what kind of guest, which devices, which extra QEMU
 arguments, our metadata record) and edits only those parts, leaving the
 rest of the document as it came.
@@ -41,8 +44,8 @@ class GuestKind(enum.Enum):
 
 _PARSER_OPTIONS = dict(resolve_entities=False, no_network=True,
                        load_dtd=False, dtd_validation=False,
-                       huge_tree=False, remove_comments=False,
-                       remove_pis=False)
+                       huge_tree=False, remove_comments=True,
+                       remove_pis=True)
 
 
 def _parser() -> etree.XMLParser:

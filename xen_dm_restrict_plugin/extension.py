@@ -82,22 +82,22 @@ class DmRestrictHook(hooks.DomainHook):
                 '<uuid>%s</uuid>' % dom.uuid,
                 'it is not the uuid of instance %s' % instance.uuid,
                 'define the domain with the instance uuid')
-        kind = dom.kind
-        if dom.hypervisor == 'xen' and not kind.has_dom0_device_model:
-            LOG.info('instance %s of tenant %s is a %s guest with no dom0 '
-                     'device model; passed through unchanged',
-                     instance.uuid, instance.tenant, kind.value)
-            backends = policy.dom0_qemu_backends(dom)
-            if backends:
-                LOG.warning('instance %s of tenant %s: libxl serves %s of '
-                            'this %s guest with a dom0 QEMU that is not '
-                            'restricted', instance.uuid, instance.tenant,
-                            ', '.join(backends), kind.value)
-            return xml
-
         record = restrict.read_record(dom)
         foreign = restrict.foreign_args(dom, record)
-        policy.check_domain(dom, foreign)
+        policy.check_domain(dom, foreign, self.settings)
+        kind = dom.kind
+        if not kind.has_dom0_device_model:
+            reasons = policy.pv_dom0_qemu_reasons(dom)
+            if reasons:
+                LOG.warning('instance %s of tenant %s: libxl serves %s of '
+                            'this %s guest with a dom0 QEMU that runs as '
+                            'root, unrestricted (pv_dom0_qemu = allow)',
+                            instance.uuid, instance.tenant,
+                            ', '.join(reasons), kind.value)
+            LOG.info('instance %s of tenant %s is a %s guest with no dom0 '
+                     'device model to restrict; passed the policy '
+                     'unchanged', instance.uuid, instance.tenant, kind.value)
+            return dom.to_string()
         if record is not None and record.tenant != instance.tenant:
             raise exception.InvalidDomainXML(
                 'dm_restrict metadata record',
@@ -216,7 +216,7 @@ class DmRestrictHook(hooks.DomainHook):
             if operation in _DEVICE_OPERATIONS and device_xml is not None:
                 operations.check_device(
                     operation, name, operations.parse_device(device_xml),
-                    live)
+                    live, self.settings)
             elif operation not in _ALLOWED:
                 raise operations.refuse(operation, name)
         except exception.DmRestrictError as err:

@@ -29,7 +29,8 @@ import typing
 from xen_dm_restrict_plugin import chroot
 from xen_dm_restrict_plugin import conf as conf_mod
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import policy
+from xen_dm_restrict_plugin import libxl_argv
+from xen_dm_restrict_plugin import qemu_args
 
 LOG = logging.getLogger(__name__)
 
@@ -110,7 +111,8 @@ def _referenced_fds(arg: str) -> typing.Iterator[int]:
 
 
 def parse_argv(args: typing.Sequence[str]) -> DeviceModelArgs:
-    """Read the restriction out of a device-model command line.
+    """Read the restriction out of a device-model command line, as QEMU
+    reads it (an option's value is never taken for an option).
 
     Each of user, chroot and sandbox may be given once: a second one
     would leave it to QEMU's parser which one wins.
@@ -127,22 +129,16 @@ def parse_argv(args: typing.Sequence[str]) -> DeviceModelArgs:
             raise _bad(arg, 'the device model %s is given twice' % key)
         found[key] = value
 
-    query = False
-    index = 0
-    while index < len(args):
-        arg = args[index]
-        fds.update(_referenced_fds(arg))
-        name = policy.option_name(arg)
-        if arg in QUERY_ARGS:
-            query = True
-        elif name == 'xen-domid-restrict':
+    for item in qemu_args.split(args):
+        if item.option is not None and item.value is not None:
+            fds.update(_referenced_fds(item.value))
+        name, value = item.option, item.value
+        arg = '-%s' % name
+        if name == 'xen-domid-restrict':
             found['domid_restrict'] = True
         elif name in _VALUED:
-            if '=' in arg or index + 1 >= len(args):
+            if item.missing_value:
                 raise _bad(arg, 'it must be followed by its value')
-            index += 1
-            value = args[index]
-            fds.update(_referenced_fds(value))
             if name == 'runas':
                 put('user', _parse_user(value), arg)
             elif name == 'chroot':
@@ -150,20 +146,18 @@ def parse_argv(args: typing.Sequence[str]) -> DeviceModelArgs:
             elif name == 'sandbox':
                 put('sandbox', value, arg)
             else:
-                for item in value.split(','):
-                    key, _, val = item.partition('=')
+                for key, val in qemu_args.split_keyvals(value):
                     if key == 'user':
                         put('user', _parse_user(val), arg)
                     elif key == 'chroot':
                         put('chroot', val, arg)
-        index += 1
     uid, gid = found.get('user', (None, None))
     return DeviceModelArgs(
         uid=uid, gid=gid, chroot=found.get('chroot'),
         domid_restrict=found.get('domid_restrict', False),
         sandbox=found.get('sandbox'),
         # A -help anywhere else may be another option's value.
-        query=query and bool(args) and set(args) <= QUERY_ARGS,
+        query=bool(args) and set(args) <= QUERY_ARGS,
         fds=frozenset(fds))
 
 
@@ -254,6 +248,21 @@ def launch(settings: conf_mod.Settings,
             'only starts restricted device models',
             'define the domain through the dm_restrict hook, which writes '
             '-runas/-chroot (or -run-with) into <xen:commandline>')
+    if not parsed.domid_restrict and not settings.launcher_test_mode:
+        raise exception.Refused(
+            'device model command line',
+            'it has no -xen-domid-restrict, so QEMU would keep Xen '
+            'handles to every domain',
+            'define the domain through the dm_restrict hook, which writes '
+            '-xen-domid-restrict into <xen:commandline>')
+    problems = libxl_argv.Checker(settings).problems(args)
+    if problems:
+        raise exception.Refused(
+            'device model command line',
+            'it carries arguments libxl does not write for an allowed '
+            'domain: %s' % '; '.join(problems),
+            'define the domain through the dm_restrict hook; extra options '
+            'must be in [dm_restrict] allowed_qemu_options')
     if os.geteuid() != 0:
         raise exception.CapabilityMissing(
             'device model launcher', 'it runs as uid %d, not root, so it '

@@ -13,7 +13,9 @@ libvirtd.
 Operations acted on (every other one exits 0 and does nothing):
 
 ``prepare begin``
-    Before a domain starts.  An HVM qemu-xen domain must carry our
+    Before a domain starts.  Every domain must pass the whole-domain
+    policy (:mod:`xen_dm_restrict_plugin.policy`), whatever client
+    defined it.  An HVM qemu-xen domain must carry our
     ``<metadata>`` record and its restriction arguments in
     ``<xen:commandline>`` (with ``-xen-domid-restrict``), for a uid of a
     configured range leased to this domain's uuid (and not held by
@@ -33,7 +35,9 @@ Operations acted on (every other one exits 0 and does nothing):
     (restrictions are not re-applied on the receiving side), and for an
     unrestricted one when ``enforce`` is on.
 
-PV, PVH and stub-domain guests have no device model in dom0 and pass.
+PV, PVH and stub-domain guests have no restricted device model; they
+must pass the policy at ``prepare begin`` and ``migrate begin`` (a PV
+guest that needs a dom0 QEMU is refused unless ``pv_dom0_qemu = allow``).
 Exit codes: 0 allowed, 2 refused, 1 error; the message is on stderr.  The
 hook never calls back into libvirt (libvirtd would deadlock): everything
 it needs is in its argv, its stdin and the lease database.
@@ -103,6 +107,8 @@ class LibxlHook:
             return
         dom = self.settings.parse_domain(xml)
         if not dom.kind.has_dom0_device_model:
+            if key in (OP_PREPARE, OP_MIGRATE):
+                self.check_unrestricted_kind(name, dom)
             return
         record = restrict.read_record(dom)
         if key == OP_PREPARE:
@@ -111,6 +117,20 @@ class LibxlHook:
             self.refuse_migration(name, dom, record)
         else:
             self.after_stop(name, dom, record)
+
+    def check_unrestricted_kind(self, name: str,
+                                dom: domain_mod.Domain) -> None:
+        """PV, PVH and stub-domain guests: the whole-domain policy, so
+        nothing reaches libxl or a dom0 QEMU that the operator did not
+        allow (their ``<xen:commandline>`` goes to that QEMU too).
+        """
+        try:
+            policy.check_domain(dom, dom.xen_args(), self.settings)
+        except exception.FeatureRefused as err:
+            LOG.warning('refused start of %s: %s', _describe(name, dom), err)
+            raise exception.OperationRefused(
+                'start of %s' % _describe(name, dom), err.reason,
+                err.remedy) from None
 
     def _unrestricted(self, name: str, dom: domain_mod.Domain,
                       what: str) -> None:
@@ -147,9 +167,9 @@ class LibxlHook:
                          'lists (ahead of them, an option could take one '
                          'as its value)')
         try:
-            policy.check_xen_args(args[len(record.args):])
+            policy.check_domain(dom, args[len(record.args):], self.settings)
         except exception.FeatureRefused as err:
-            raise refuse(str(err)) from None
+            raise refuse(str(err), err.remedy) from None
         parsed = launcher.parse_argv(args)
         if not parsed.domid_restrict:
             raise refuse('its <xen:commandline> has no -xen-domid-restrict')

@@ -17,6 +17,9 @@ from xen_dm_restrict_plugin import domain as domain_mod
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin import policy
 
+if typing.TYPE_CHECKING:  # pragma: no cover
+    from xen_dm_restrict_plugin import conf
+
 MIGRATE = 'migrate'
 MIGRATE_OFFLINE = 'migrate-offline'
 SAVE = 'save'
@@ -107,13 +110,15 @@ def parse_snapshot_memory(text: str) -> typing.Optional[str]:
 
 
 def check_device(operation: str, name: str, device: etree._Element,
-                 live: bool) -> None:
+                 live: bool, settings: 'conf.Settings') -> None:
     """Refuse a device change a restricted domain cannot take.
 
     :param operation: ATTACH_DEVICE, DETACH_DEVICE or UPDATE_DEVICE.
     :param name: the domain's name, for the message.
     :param device: the device element.
     :param live: whether the change reaches the running guest.
+    :param settings: the ``[dm_restrict]`` settings the device is checked
+        against, as in a whole domain.
     :raises OperationRefused: naming the device and the remedy.
     """
     if device.tag == 'disk' and device.get('device') == 'cdrom' and live:
@@ -121,10 +126,11 @@ def check_device(operation: str, name: str, device: etree._Element,
     if operation == DETACH_DEVICE:
         return
     probe = domain_mod.Domain(etree.fromstring(
-        b'<domain type="xen"><os><type>hvm</type></os><devices/></domain>'))
+        b'<domain type="xen"><name>device-probe</name><os><type>hvm</type>'
+        b'</os><devices/></domain>'))
     probe.devices().append(device)
     try:
-        policy.check_domain(probe, [])
+        policy.check_domain(probe, [], settings)
     except exception.FeatureRefused as err:
         raise exception.OperationRefused(
             '%s of %s on restricted domain %s' % (operation, err.subject,

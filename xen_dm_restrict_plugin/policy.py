@@ -1,179 +1,467 @@
-"""Up-front checks: what a restricted device model cannot do.
+"""Up-front checks: allow what is known safe for a restricted device model.
 
-Under dm_restrict some features break (the QEMU has no access to the host
-resources they need) and some are unsafe.  They are refused here, before
-a lease is taken or anything is written or defined, with an error that
-names the device, the reason and the remedy, so the tenant learns at boot
-time rather than when the feature fails inside a running guest.
+Everything libvirt's libxl driver and libxl will act on (the reading of
+:mod:`xen_dm_restrict_plugin.model`) passes only when a rule here allows
+it; the vocabulary itself is checked by
+:mod:`xen_dm_restrict_plugin.schema`, extra QEMU arguments by
+:mod:`xen_dm_restrict_plugin.qemu_args`, host paths by
+:mod:`xen_dm_restrict_plugin.hostpaths`.  Refusals happen before a lease
+is taken or anything is written or defined, and name every refused part
+at once, each with the reason and the remedy.
 """
 
+import glob
+import ipaddress
+import re
 import typing
-
-from lxml import etree
 
 from xen_dm_restrict_plugin import domain as domain_mod
 from xen_dm_restrict_plugin import exception
+from xen_dm_restrict_plugin import hostpaths
+from xen_dm_restrict_plugin import model as model_mod
+from xen_dm_restrict_plugin import qemu_args
+from xen_dm_restrict_plugin import schema
 
-#: QEMU options that choose the user, chroot or seccomp policy; only this
-#: product may set them on a restricted domain.
-RESTRICTION_OPTIONS = frozenset(('runas', 'run-with', 'chroot', 'sandbox',
-                                 'xen-domid-restrict', 'xen-domid',
-                                 'xen-attach'))
-#: QEMU options that can set any other option, the restriction included.
-OVERRIDE_OPTIONS = frozenset(('readconfig', 'set'))
-#: QEMU options that make it open a host path as root, before it drops
-#: its privileges.
-HOST_FILE_OPTIONS = frozenset(('pidfile', 'D', 'writeconfig', 'daemonize'))
-
+if typing.TYPE_CHECKING:  # pragma: no cover
+    from xen_dm_restrict_plugin import conf
 
 Refusal = exception.FeatureRefused
 
+#: Firmware directories of libxl's own packages: a ``<loader>`` there is
+#: allowed without listing it in allowed_host_paths.
+FIRMWARE_DIRS = ('/usr/lib/xen/boot', '/usr/libexec/xen/boot',
+                 '/usr/share/qemu', '/usr/share/seabios', '/usr/share/ovmf')
 
-def option_name(arg: str) -> typing.Optional[str]:
-    """The QEMU option an argv element names, or None for a value.
+PV_DOM0_QEMU_REFUSE = 'refuse'
+PV_DOM0_QEMU_ALLOW = 'allow'
 
-    QEMU accepts ``-opt`` and ``--opt``, and ``-opt=value`` too.
+#: Character-device types an operator may allow, and what the source
+#: path must be for each (None: no host path).
+CHARDEV_PATHS = {
+    'pty': None, 'null': None,
+    'file': hostpaths.Expect.NEW_FILE,
+    'pipe': hostpaths.Expect.ANY,
+    'dev': hostpaths.Expect.ANY,
+    'unix': hostpaths.Expect.SOCKET,
+}
+_CHARDEV_WHY = dict(
+    {kind: 'a %s source names a host path that QEMU opens as root' % kind
+     for kind in ('file', 'pipe', 'dev', 'unix')},
+    tcp='a tcp source makes QEMU listen or connect on the host network',
+    udp='a udp source makes QEMU send and receive on the host network',
+    stdio='a stdio source joins the guest to the device model\'s log',
+    null='a null source is allowed only where the operator allows it')
+NIC_TYPES = ('bridge', 'network')
+NIC_MODELS = ('e1000', 'rtl8139', 'netfront', 'ne2k_pci', 'pcnet')
+VIDEO_MODELS = ('vga', 'cirrus', 'xen', 'none')
+SOUND_MODELS = ('ac97', 'es1370', 'sb16', 'ich6', 'hda')
+INPUT_TYPES = ('mouse', 'tablet', 'keyboard')
+INPUT_BUSES = ('usb', 'ps2', 'xen')
+CONTROLLER_TYPES = ('xenbus', 'ide')
+OS_TYPES = ('hvm', 'xen', 'linux', 'xenpvh')
+BOOT_DEVS = ('hd', 'cdrom', 'network', 'fd')
+_IFNAME_RE = re.compile(r'^[A-Za-z0-9_.-]{1,11}$')
+_BRIDGE_RE = re.compile(r'^[A-Za-z0-9_.-]{1,15}$')
+_NETWORK_RE = re.compile(r'^[A-Za-z0-9_.-]{1,64}$')
+_KEYMAP_RE = re.compile(r'^[a-z]{2}(-[a-z]{2,3})?$')
+_VDEV_RE = re.compile(r'^(hd|sd|xvd)[a-z]{1,3}[0-9]{0,3}$')
+_NAME_RE = re.compile(r'^[^,\x00-\x1f\x7f/]{1,64}$')
+
+
+def _refusal(subject: str, reason: str, remedy: str) -> Refusal:
+    return exception.FeatureRefused(subject, reason, remedy)
+
+
+def _path_refusal(subject: str, reason: str) -> Refusal:
+    return _refusal(
+        subject, 'libxl or QEMU opens it as root, and %s' % reason,
+        'use a path under [dm_restrict] allowed_host_paths, or ask the '
+        'operator to allow its directory')
+
+
+class Checker:
+    """The whole-domain policy for one configuration.
+
+    :param settings: the ``[dm_restrict]`` settings.
     """
-    if not arg.startswith('-') or arg in ('-', '--'):
-        return None
-    return arg.lstrip('-').split('=', 1)[0]
+
+    def __init__(self, settings: 'conf.Settings'):
+        self.settings = settings
+
+    def problems(self, dom: domain_mod.Domain,
+                 foreign_args: typing.Sequence[str]) -> typing.List[
+                     Refusal]:
+        """Every refused part of ``dom``, in document order."""
+        found = [_refusal(item.where, item.reason, item.remedy)
+                 for item in schema.unknown_parts(dom)]
+        dm = model_mod.DomainModel(dom)
+        found += self._kind(dm)
+        if dm.hypervisor != 'xen':
+            return found
+        found += self._name(dm)
+        found += self._os(dm)
+        found += self._disks(dm)
+        found += self._chardevs(dm)
+        found += self._nics(dm)
+        found += self._displays(dm)
+        found += self._other_devices(dom)
+        found += self._args(foreign_args)
+        if dm.kind in (domain_mod.GuestKind.PV, domain_mod.GuestKind.PVH):
+            found += self._pv_dom0_qemu(dm)
+        return found
+
+    def check(self, dom: domain_mod.Domain,
+              foreign_args: typing.Sequence[str]) -> None:
+        """Refuse ``dom`` unless every part of it is allowed.
+
+        :raises FeatureRefused: naming every refused part, the reasons and
+            the remedies.
+        """
+        raise_all(self.problems(dom, foreign_args))
+
+    # -- the guest --------------------------------------------------------
+    def _kind(self, dm: model_mod.DomainModel) -> typing.List[Refusal]:
+        if dm.hypervisor != 'xen':
+            return [_refusal(
+                '<domain type=%r>' % dm.hypervisor,
+                'dm_restrict applies only to Xen domains',
+                'enable the dm_restrict hook only on Xen (libxl) hosts')]
+        found = []
+        if dm.os_type not in OS_TYPES:
+            found.append(_refusal(
+                '<os><type>%s</type>' % dm.os_type,
+                'it is not a Xen guest type this product knows (%s)'
+                % ', '.join(OS_TYPES), 'use <type>hvm</type>'))
+        if dm.kind is domain_mod.GuestKind.HVM_TRADITIONAL:
+            found.append(_refusal(
+                'device model qemu-xen-traditional (<emulator>%s)'
+                % dm.emulator,
+                'dm_restrict is not supported by qemu-xen-traditional',
+                'remove the <emulator> element or point it at a qemu-xen '
+                'binary (QEMU 3.0 or later)'))
+        allowed = {None, self.settings.qemu_binary, self.settings.launcher}
+        allowed |= set(self.settings.stubdom_emulators)
+        if dm.emulator not in allowed:
+            found.append(_refusal(
+                '<emulator>%s</emulator>' % dm.emulator,
+                'libxl runs the emulator as root (and libvirt runs it with '
+                '-help at define time); only the configured device model '
+                'may run', 'remove the <emulator> element (the dm_restrict '
+                'hook writes the right one)'))
+        return found
+
+    def _name(self, dm: model_mod.DomainModel) -> typing.List[Refusal]:
+        if dm.name is not None and _NAME_RE.match(dm.name):
+            return []
+        return [_refusal(
+            '<name>%r</name>' % dm.name,
+            'libxl passes the name to QEMU as -name, where a comma adds '
+            'options; names must be 1 to 64 characters without comma, '
+            'slash or control characters', 'rename the domain')]
+
+    def _os(self, dm: model_mod.DomainModel) -> typing.List[Refusal]:
+        found = []
+        prefixes = self.settings.allowed_host_paths
+        for item in dm.host_files:
+            reason = hostpaths.problem(item.path, prefixes,
+                                       hostpaths.Expect.FILE)
+            if reason:
+                found.append(_path_refusal(
+                    '<%s> %s' % (item.what, item.path), reason))
+        if dm.loader:
+            reason = None
+            if not _is_firmware(dm.loader):
+                reason = hostpaths.problem(dm.loader, prefixes,
+                                           hostpaths.Expect.FILE)
+            if reason:
+                found.append(_path_refusal('<loader>%s' % dm.loader, reason))
+        for boot in dm.dom.root.iterfind('os/boot'):
+            if boot.get('dev') not in BOOT_DEVS:
+                found.append(_refusal(
+                    '<boot dev=%r>' % boot.get('dev'),
+                    'it is not a boot device libxl knows',
+                    'use one of %s' % ', '.join(BOOT_DEVS)))
+        if dm.bootloader is not None and (
+                dm.bootloader not in self.settings.allowed_bootloaders):
+            found.append(_refusal(
+                '<bootloader>%s</bootloader>' % dm.bootloader,
+                'libxl runs the bootloader in dom0 as root',
+                'remove it (libxl uses pygrub), or ask the operator to add '
+                'it to [dm_restrict] allowed_bootloaders'))
+        if dm.bootloader_args is not None:
+            found.append(_refusal(
+                '<bootloader_args>',
+                'libxl passes them to the bootloader it runs as root (pygrub '
+                'writes the kernel to any --output path)',
+                'remove <bootloader_args>'))
+        return found
+
+    # -- devices ----------------------------------------------------------
+    def _disks(self, dm: model_mod.DomainModel) -> typing.List[Refusal]:
+        found = []
+        hvm = dm.kind.has_dom0_device_model
+        qdisk_ok = (not hvm and self.settings.pv_dom0_qemu
+                    == PV_DOM0_QEMU_ALLOW)
+        for disk in dm.disks:
+            subject = disk.describe()
+            if disk.source_type not in ('file', 'block'):
+                found.append(_refusal(
+                    subject, 'only file and block disks are known to be '
+                    'safe; a %r disk is served by a QEMU qdisk backend or '
+                    'opens what the host names' % disk.source_type,
+                    'use <disk type="block"> with <driver name="phy"/>'))
+                continue
+            if disk.device not in ('disk', 'cdrom'):
+                found.append(_refusal(
+                    subject, 'only disk and cdrom devices are known to be '
+                    'safe', 'use device="disk"'))
+                continue
+            if disk.backend is model_mod.Backend.QDISK and not qdisk_ok:
+                found.append(_refusal(
+                    'qdisk backend %s (driver %r, format %r)' % (
+                        subject, disk.driver, disk.format),
+                    'libvirt gives this disk a QEMU-served (qdisk) backend, '
+                    'which does not work with a restricted device model and '
+                    'runs as root for PV guests',
+                    'use a raw image or block device with <driver '
+                    'name="phy"/>, or omit the driver element'))
+                continue
+            if disk.backend is model_mod.Backend.TAP:
+                found.append(_refusal(
+                    'blktap backend %s' % subject,
+                    'a tap/tap2 driver asks libxl for blktap, which this '
+                    'product does not support', 'use <driver name="phy"/>'))
+                continue
+            if disk.format not in (None, 'raw') and not (
+                    qdisk_ok and disk.backend is model_mod.Backend.QDISK):
+                found.append(_refusal(
+                    '%s format %r' % (subject, disk.format),
+                    'libxl serves disks without qdisk as raw only',
+                    'convert the image to raw'))
+            if disk.device == 'cdrom' and hvm and disk.driver is not None:
+                found.append(_refusal(
+                    '%s driver %r' % (subject, disk.driver),
+                    'libxl gives every CD-ROM of an HVM guest the backend '
+                    'it chooses itself', 'omit the <driver> element'))
+            if disk.target is None or not _VDEV_RE.match(disk.target):
+                found.append(_refusal(
+                    '%s target dev' % subject,
+                    'libxl derives the emulated disk from the target name; '
+                    'it must be hdX, sdX or xvdX', 'use e.g. <target '
+                    'dev="hda"/>'))
+            if disk.stray_source is not None:
+                found.append(_refusal(
+                    '%s <source %s=...>' % (subject, disk.stray_source),
+                    'libvirt ignores it for a %s disk, so it does not say '
+                    'what the guest gets' % disk.source_type,
+                    'give only the %s attribute' % (
+                        'file' if disk.source_type == 'file' else 'dev')))
+            if disk.path is None:
+                if disk.device == 'cdrom':
+                    found.append(_refusal(
+                        'empty CD-ROM drive %s' % subject,
+                        'media cannot be inserted into a CD-ROM drive of a '
+                        'restricted device model once the guest runs, so '
+                        'an empty drive is useless',
+                        'give the drive its ISO at boot (<source file=...>) '
+                        'or remove it'))
+                else:
+                    found.append(_refusal(
+                        subject, 'it has no source', 'give it a source'))
+                continue
+            expect = (hostpaths.Expect.BLOCK if disk.source_type == 'block'
+                      else hostpaths.Expect.FILE)
+            reason = hostpaths.problem(
+                disk.path, self.settings.allowed_host_paths, expect)
+            if reason:
+                found.append(_path_refusal(
+                    '%s source %s' % (subject, disk.path), reason))
+        return found
+
+    def _chardevs(self, dm: model_mod.DomainModel) -> typing.List[Refusal]:
+        found = []
+        allowed = self.settings.allowed_chardev_types
+        for dev in dm.chardevs:
+            if dev.role == 'parallel':
+                reason, remedy = schema.KNOWN_REFUSED['parallel']
+                found.append(_refusal(dev.describe(), reason, remedy))
+                continue
+            if dev.type not in allowed or dev.type not in CHARDEV_PATHS:
+                found.append(_refusal(
+                    dev.describe(),
+                    '%s; only %s are allowed ([dm_restrict] '
+                    'allowed_chardev_types)' % (_CHARDEV_WHY.get(
+                        dev.type, 'a %s source is not known to be safe'
+                        % dev.type), ', '.join(allowed)),
+                    'use type="pty", or ask the operator to add %r to '
+                    '[dm_restrict] allowed_chardev_types' % dev.type))
+                continue
+            expect = CHARDEV_PATHS[dev.type]
+            if expect is None:
+                continue
+            reason = hostpaths.problem(
+                dev.path, self.settings.allowed_host_paths, expect)
+            if reason:
+                found.append(_path_refusal(
+                    '%s source %s' % (dev.describe(), dev.path), reason))
+        return found
+
+    def _nics(self, dm: model_mod.DomainModel) -> typing.List[Refusal]:
+        found = []
+        for nic in dm.nics:
+            subject = nic.describe()
+            if nic.type == 'hostdev':
+                found.append(_refusal(
+                    'PCI passthrough network interface %s' % subject,
+                    'an <interface type="hostdev"> is a PCI passthrough, '
+                    'which a restricted device model cannot serve',
+                    'use a bridged or network interface (type="bridge" or '
+                    '"network") instead'))
+                continue
+            if nic.type not in NIC_TYPES:
+                found.append(_refusal(
+                    subject, 'only %s interfaces are known to be safe'
+                    % ' and '.join(NIC_TYPES), 'use type="bridge"'))
+                continue
+            if nic.type == 'bridge' and not _BRIDGE_RE.match(
+                    nic.bridge or ''):
+                found.append(_refusal(
+                    '%s bridge %r' % (subject, nic.bridge),
+                    'libxl pastes the bridge name into QEMU\'s -netdev '
+                    'option; it must be a Linux interface name',
+                    'use a bridge name of letters, digits and "_.-"'))
+            if nic.type == 'network' and not _NETWORK_RE.match(
+                    nic.network or ''):
+                found.append(_refusal(
+                    '%s network %r' % (subject, nic.network),
+                    'it is not a libvirt network name',
+                    'use a network name of letters, digits and "_.-"'))
+            if nic.script is not None and (
+                    nic.script not in self.settings.allowed_interface_scripts):
+                found.append(_refusal(
+                    '%s <script path=%r>' % (subject, nic.script),
+                    'libxl\'s hotplug runs the script in dom0 as root',
+                    'remove <script> (libxl runs vif-bridge), or ask the '
+                    'operator to add it to [dm_restrict] '
+                    'allowed_interface_scripts'))
+            if nic.model is not None and nic.model not in NIC_MODELS:
+                found.append(_refusal(
+                    '%s <model type=%r>' % (subject, nic.model),
+                    'libxl passes the model to QEMU as a -device name, '
+                    'where a comma adds properties (romfile= reads a host '
+                    'file)', 'use one of %s' % ', '.join(NIC_MODELS)))
+            if nic.ifname is not None and not _IFNAME_RE.match(nic.ifname):
+                found.append(_refusal(
+                    '%s <target dev=%r>' % (subject, nic.ifname),
+                    'libxl pastes the interface name into QEMU\'s -netdev '
+                    'option', 'remove <target>, or use up to 11 letters, '
+                    'digits and "_.-"'))
+        return found
+
+    def _displays(self, dm: model_mod.DomainModel) -> typing.List[Refusal]:
+        found = []
+        for display in dm.displays:
+            subject = '<graphics type=%r>' % display.type
+            if display.type != 'vnc':
+                found.append(_refusal(
+                    subject, 'only VNC is known to be safe (SDL passes '
+                    'DISPLAY and an XAUTHORITY file to a root QEMU; SPICE '
+                    'opens host sockets)', 'use <graphics type="vnc">'))
+                continue
+            for kind, address in display.listens:
+                if kind not in (None, 'address'):
+                    found.append(_refusal(
+                        '%s <listen type=%r>' % (subject, kind),
+                        'only address listens are known to be safe (a '
+                        'socket listen is a host path)',
+                        'use <listen type="address" address="127.0.0.1"/>'))
+                    continue
+                if address is None:
+                    continue
+                try:
+                    ipaddress.ip_address(address)
+                except ValueError:
+                    found.append(_refusal(
+                        '%s listen %r' % (subject, address),
+                        'libxl pastes it into QEMU\'s -vnc option, where '
+                        'anything but an IP address can name a unix socket '
+                        'or add options', 'listen on an IP address'))
+            if display.keymap is not None and not _KEYMAP_RE.match(
+                    display.keymap):
+                found.append(_refusal(
+                    '%s keymap %r' % (subject, display.keymap),
+                    'QEMU loads the keymap file it names',
+                    'use a keymap name such as "en-us"'))
+        return found
+
+    def _other_devices(self, dom: domain_mod.Domain) -> typing.List[
+            Refusal]:
+        found = []
+
+        def check(tag: str, attr: str, allowed: typing.Sequence[str],
+                  what: str) -> None:
+            for node in dom.root.iterfind(tag):
+                value = node.get(attr)
+                if value not in allowed:
+                    found.append(_refusal(
+                        '<%s %s=%r>' % (tag.rsplit('/', 1)[-1], attr, value),
+                        '%s other than %s are not known to be safe '
+                        '(libxl hands them to QEMU)' % (
+                            what, ', '.join(allowed)),
+                        'use one of %s, or remove it' % ', '.join(allowed)))
+
+        check('devices/video/model', 'type', VIDEO_MODELS, 'video models')
+        check('devices/sound', 'model', SOUND_MODELS, 'sound models')
+        check('devices/input', 'type', INPUT_TYPES, 'input types')
+        check('devices/input', 'bus', INPUT_BUSES, 'input buses')
+        check('devices/controller', 'type', CONTROLLER_TYPES,
+              'controllers (a USB controller is served by QEMU as root)')
+        check('devices/memballoon', 'model', ('xen',), 'balloon models')
+        return found
+
+    # -- arguments and PV -------------------------------------------------
+    def _args(self, args: typing.Sequence[str]) -> typing.List[Refusal]:
+        return [_refusal('<xen:arg> %s' % problem.item.spelled(),
+                         problem.reason, problem.remedy)
+                for problem in qemu_args.check_extra(
+                    args, self.settings.allowed_qemu_options)]
+
+    def _pv_dom0_qemu(self, dm: model_mod.DomainModel
+                      ) -> typing.List[Refusal]:
+        reasons = dm.dom0_qemu_reasons()
+        if not reasons or (
+                self.settings.pv_dom0_qemu == PV_DOM0_QEMU_ALLOW):
+            return []
+        return [_refusal(
+            '%s guest needing a dom0 QEMU for %s' % (
+                dm.kind.value.upper(), ', '.join(reasons)),
+            'libxl serves these with a QEMU in dom0 that runs as root, '
+            'unrestricted (dm_restrict covers HVM device models only)',
+            'remove those devices (use phy disks, no framebuffer, no '
+            'channel), make the guest HVM, or set [dm_restrict] '
+            'pv_dom0_qemu = allow to accept an unrestricted root QEMU')]
 
 
-def _describe(node: etree._Element) -> str:
-    attrs = ' '.join('%s=%r' % kv for kv in sorted(node.attrib.items()))
-    target = node.find('target')
-    where = (' (target %s)' % target.get('dev')
-             if target is not None and target.get('dev') else '')
-    return '<%s%s>%s' % (node.tag, ' ' + attrs if attrs else '', where)
+_VERSIONED_FIRMWARE_RE = re.compile(r'^/usr/lib/xen-[0-9.]+/boot(?=/)')
 
 
-def _check_kind(dom: domain_mod.Domain) -> None:
-    if dom.hypervisor != 'xen':
-        raise exception.FeatureRefused(
-            '<domain type=%r>' % dom.hypervisor,
-            'dm_restrict applies only to Xen domains',
-            'enable the dm_restrict hook only on Xen (libxl) hosts')
-    if dom.kind is domain_mod.GuestKind.HVM_TRADITIONAL:
-        raise exception.FeatureRefused(
-            'device model qemu-xen-traditional (<emulator>%s)'
-            % dom.emulator,
-            'dm_restrict is not supported by qemu-xen-traditional',
-            'remove the <emulator> element or point it at a qemu-xen '
-            'binary (QEMU 3.0 or later)')
+def _firmware_dirs(path: str) -> typing.List[str]:
+    found = list(FIRMWARE_DIRS) + sorted(glob.glob('/usr/lib/xen-*/boot'))
+    match = _VERSIONED_FIRMWARE_RE.match(path)
+    return found + ([match.group(0)] if match else [])
 
 
-def _check_pci(dom: domain_mod.Domain) -> typing.Iterator[Refusal]:
-    for node in dom.iter_devices('hostdev'):
-        if node.get('type') == 'pci':
-            yield exception.FeatureRefused(
-                'PCI passthrough %s' % _describe(node),
-                'a restricted device model cannot reach the host PCI '
-                'configuration space it needs to pass a device through',
-                'remove the <hostdev> or boot the VM on a host aggregate '
-                'without dm_restrict')
-    for node in dom.iter_devices('interface'):
-        if node.get('type') == 'hostdev':
-            yield exception.FeatureRefused(
-                'PCI passthrough network interface %s' % _describe(node),
-                'an <interface type="hostdev"> is a PCI passthrough, which '
-                'a restricted device model cannot serve',
-                'use a bridged or network interface (type="bridge" or '
-                '"network") instead')
-
-
-def _has_media(disk: etree._Element) -> bool:
-    source = disk.find('source')
-    if source is None:
-        return False
-    return any(source.get(attr) for attr in
-               ('file', 'dev', 'name', 'volume', 'dir'))
-
-
-def _check_disks(dom: domain_mod.Domain) -> typing.Iterator[Refusal]:
-    for disk in dom.iter_devices('disk'):
-        driver = disk.find('driver')
-        if driver is not None and driver.get('name') == 'qemu':
-            yield exception.FeatureRefused(
-                'qdisk backend %s' % _describe(disk),
-                '<driver name="qemu"> asks for a QEMU-served (qdisk) '
-                'backend, which does not work with a restricted device '
-                'model',
-                'use the phy backend: <driver name="phy"/> with a block '
-                'device, or omit the driver element')
-        if disk.get('device') == 'cdrom' and not _has_media(disk):
-            yield exception.FeatureRefused(
-                'empty CD-ROM drive %s' % _describe(disk),
-                'media cannot be inserted into a CD-ROM drive of a '
-                'restricted device model once the guest runs, so an empty '
-                'drive is useless',
-                'give the drive its ISO at boot (<source file=...>) or '
-                'remove it')
-
-
-def check_xen_args(args: typing.Sequence[str]) -> None:
-    """Refuse extra QEMU arguments that would override the restriction.
-
-    :param args: the ``<xen:commandline>`` values that are not ours.
-    :raises FeatureRefused: naming the argument.
+def _is_firmware(path: str) -> bool:
+    """Whether ``path`` is in a firmware directory of libxl's packages,
+    as written and resolved.  It need not exist: libxl fails the start
+    when it does not, and reading nothing leaks nothing.
     """
-    for arg in args:
-        name = option_name(arg)
-        if name in RESTRICTION_OPTIONS:
-            raise exception.FeatureRefused(
-                '<xen:arg value=%r>' % arg,
-                'it sets the device model\'s %s, which dm_restrict '
-                'controls' % name,
-                'remove that argument from <xen:commandline>; the '
-                'dm_restrict hook sets it')
-        if name in HOST_FILE_OPTIONS:
-            raise exception.FeatureRefused(
-                '<xen:arg value=%r>' % arg,
-                'QEMU would act on the host (a file opened as root, or '
-                'detaching from libxl) before it drops its privileges',
-                'remove that argument from <xen:commandline>')
-        if name in OVERRIDE_OPTIONS:
-            raise exception.FeatureRefused(
-                '<xen:arg value=%r>' % arg,
-                '-%s can set any device-model option, the restriction '
-                'included' % name,
-                'pass the options it would set directly in '
-                '<xen:commandline>')
+    return hostpaths.problem(path, _firmware_dirs(path), hostpaths.Expect.ANY
+                             ) in (None, '%r does not exist' % path)
 
 
-def dom0_qemu_backends(dom: domain_mod.Domain) -> typing.List[str]:
-    """Devices of a PV or PVH guest that libxl serves with a dom0 QEMU.
-
-    Such a QEMU (qdisk, a framebuffer) runs unrestricted: dm_restrict
-    covers HVM device models only.
-    """
-    found = [_describe(disk) for disk in dom.iter_devices('disk')
-             if (disk.find('driver') is not None
-                 and disk.find('driver').get('name') == 'qemu')]
-    found += ['<%s type=%r>' % (node.tag, node.get('type'))
-              for node in dom.iter_devices('graphics')]
-    return found
-
-
-def check_domain(dom: domain_mod.Domain,
-                 foreign_args: typing.Sequence[str]) -> None:
-    """Refuse every feature that breaks or is unsafe under dm_restrict.
-
-    Only meaningful for guests with a dom0 device model; PV, PVH and stub
-    domain guests are not checked (there is nothing to restrict).
-
-    :param dom: the parsed domain.
-    :param foreign_args: ``<xen:commandline>`` values not set by us.
-    :raises FeatureRefused: naming every refused device or element, the
-        reasons and the remedies.
-    """
-    _check_kind(dom)
-    if not dom.kind.has_dom0_device_model:
-        return
-    problems = list(_check_pci(dom)) + list(_check_disks(dom))
-    try:
-        check_xen_args(foreign_args)
-    except exception.FeatureRefused as err:
-        problems.append(err)
+def raise_all(problems: typing.Sequence[Refusal]) -> None:
+    """Raise nothing, the one refusal, or one naming them all."""
     if len(problems) == 1:
         raise problems[0]
     if problems:
@@ -184,3 +472,21 @@ def check_domain(dom: domain_mod.Domain,
                       for n, p in enumerate(problems, 1)),
             '; '.join('(%d) %s' % (n, p.remedy)
                       for n, p in enumerate(problems, 1)))
+
+
+def check_domain(dom: domain_mod.Domain, foreign_args: typing.Sequence[str],
+                 settings: 'conf.Settings') -> None:
+    """Refuse every part of ``dom`` not known to be safe.
+
+    :param dom: the parsed domain.
+    :param foreign_args: ``<xen:commandline>`` values not set by us.
+    :param settings: the ``[dm_restrict]`` settings.
+    :raises FeatureRefused: naming every refused part, the reasons and the
+        remedies.
+    """
+    Checker(settings).check(dom, foreign_args)
+
+
+def pv_dom0_qemu_reasons(dom: domain_mod.Domain) -> typing.List[str]:
+    """Devices of a PV or PVH guest that libxl serves with a dom0 QEMU."""
+    return model_mod.DomainModel(dom).dom0_qemu_reasons()

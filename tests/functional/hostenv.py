@@ -21,6 +21,7 @@ import uuid as uuid_mod
 
 import pytest
 
+from tests import base
 from xen_dm_restrict_plugin.cmd import host
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -96,6 +97,10 @@ class HostEnv:
             'reaper_user': self.reaper_name or 'xdr-no-such-reaper',
             'qemu_binary': QEMU,
             'device_model_syntax': 'runas',
+            'allowed_host_paths': base.images_dir(),
+            # Debian's TCG QEMU has no Xen: no -xen-domid-restrict, and the
+            # test command lines use "-machine none" and "-qmp stdio".
+            'launcher_test_mode': 'true',
         }
         values.update(options)
         self.config = os.path.join(self.tmp, 'xen-dm-restrict.conf')

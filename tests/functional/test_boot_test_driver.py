@@ -78,13 +78,14 @@ def _write_conf(tmp_path, extra=''):
         'tenant_uid_ranges = acme:200000-200099,globex:201000-201099\n'
         'device_model_syntax = runas\n'
         'reap_device_models = false\n'
+        'allowed_host_paths = %s\n' % base.images_dir() +
         'lease_db = %s\n' % (tmp_path / 'leases.sqlite') + extra)
     return str(path)
 
 
 def test_cli_boot_prints_uid_and_what_was_applied(tmp_path):
     conf = _write_conf(tmp_path)
-    fixture = os.path.join(base.FIXTURES, 'hvm.xml')
+    fixture = base.fixture_file('hvm.xml', tmp_path)
     result = _cli('boot', '--config-file', conf, '--tenant', 'acme',
                   '--format', 'json', fixture)
     assert result.returncode == 0, result.stderr
@@ -126,14 +127,14 @@ def test_cli_bad_config_exits_2(tmp_path):
     with open(conf, 'a') as handle:
         handle.write('reaper_user = root\n')
     result = _cli('validate', '--config-file', conf,
-                  os.path.join(base.FIXTURES, 'hvm.xml'))
+                  base.fixture_file('hvm.xml', tmp_path))
     assert result.returncode == 2
     assert 'reaper_user' in result.stderr
 
 
 def test_cli_render_and_validate(tmp_path):
     conf = _write_conf(tmp_path)
-    fixture = os.path.join(base.FIXTURES, 'hvm.xml')
+    fixture = base.fixture_file('hvm.xml', tmp_path)
     checked = _cli('validate', '--config-file', conf, '--tenant', 'acme',
                    fixture)
     assert checked.returncode == 0, checked.stderr
@@ -154,8 +155,14 @@ def test_documented_orchestrator_example_runs(tmp_path):
     """The code the orchestrator guide shows works as shown."""
     example = os.path.join(ROOT, 'doc', 'source', 'configuration',
                            'orchestrator_example.py')
-    domain_xml = os.path.join(ROOT, 'etc', 'xen-dm-restrict',
-                              'boot-example-domain.xml')
+    with open(os.path.join(ROOT, 'etc', 'xen-dm-restrict',
+                           'boot-example-domain.xml')) as handle:
+        text = handle.read().replace('/var/tmp/xen-dm-restrict-boot',
+                                     base.images_dir())
+    open(os.path.join(base.images_dir(), 'acme-web-1.img'), 'ab').close()
+    domain_xml = str(tmp_path / 'boot-example-domain.xml')
+    with open(domain_xml, 'w') as handle:
+        handle.write(text)
     result = subprocess.run(
         [sys.executable, example, _write_conf(tmp_path), domain_xml],
         capture_output=True, text=True, cwd=ROOT,

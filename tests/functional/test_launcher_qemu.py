@@ -11,6 +11,7 @@ comes before QEMU drops its privileges.
 import json
 import os
 import select
+import socket
 import subprocess
 import time
 
@@ -99,13 +100,19 @@ def test_qemu_runs_restricted_through_the_launcher(env):
     settings = env.settings()
     uid = env.first + 1
     chroot = settings.chroot_dir(uid)
-    keep_r, keep_w = os.pipe()
+    # libxl may hand QEMU its QMP socket as an fd; the launcher keeps
+    # descriptors the command line names and closes every other one.
+    monitor = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    monitor.bind(os.path.join(env.tmp, 'qmp.sock'))
+    monitor.listen(1)
+    keep = monitor.fileno()
     stray_r, stray_w = os.pipe()
     stray_inode = os.fstat(stray_r).st_ino
     started = time.monotonic()
-    qemu = Qmp(env, BASE_ARGS + ['-add-fd', 'fd=%d,set=1' % keep_r]
-               + restriction_args(settings, uid),
-               pass_fds=(keep_r, stray_r))
+    qemu = Qmp(env, BASE_ARGS + [
+        '-chardev', 'socket,id=libxl-cmd,fd=%d,server=on,wait=off' % keep,
+        '-mon', 'chardev=libxl-cmd,mode=control']
+        + restriction_args(settings, uid), pass_fds=(keep, stray_r))
     try:
         assert 'QMP' in qemu.read()
         assert qemu.command('qmp_capabilities') == {'return': {}}
@@ -145,7 +152,7 @@ def test_qemu_runs_restricted_through_the_launcher(env):
 
         links = [os.readlink('/proc/%d/fd/%s' % (pid, fd))
                  for fd in os.listdir('/proc/%d/fd' % pid)]
-        assert 'pipe:[%d]' % os.fstat(keep_r).st_ino in links
+        assert 'socket:[%d]' % os.fstat(keep).st_ino in links
         assert 'pipe:[%d]' % stray_inode not in links
 
         assert qemu.command('quit') == {'return': {}}
@@ -155,7 +162,8 @@ def test_qemu_runs_restricted_through_the_launcher(env):
         assert ready_after < 5
     finally:
         qemu.close()
-        for fd in (keep_r, keep_w, stray_r, stray_w):
+        monitor.close()
+        for fd in (stray_r, stray_w):
             os.close(fd)
 
 
@@ -189,6 +197,43 @@ def test_unrestricted_or_foreign_command_lines_are_refused(env, args,
     assert proc.returncode == 2
     assert message in proc.stderr
     assert not os.path.exists(env.settings().chroot_base_dir)
+
+
+@pytest.mark.parametrize('extra, words', [
+    (['-incoming', 'exec:touch {tmp}/ran'], '-incoming'),
+    (['-chardev', 'file,id=c,path={tmp}/created'], '-chardev'),
+    (['-fsdev', 'local,id=f,path=/,security_model=none'], '-fsdev'),
+    (['{tmp}/image.raw'], 'bare argument'),
+    (['-drive', 'file={tmp}/image.raw,if=ide,format=raw'],
+     'allowed_host_paths'),
+    (['-serial', 'file:{tmp}/created'], 'allowed_chardev_types'),
+    (['-kernel', '/etc/shadow'], 'allowed_host_paths'),
+    (['-device', 'vfio-pci,host=0000:00:01.0'], 'a device libxl writes'),
+    (['-netdev', 'tap,id=n,script={tmp}/run.sh'], 'shape libxl writes'),
+    (['-name'], 'none follows'),
+])
+def test_arguments_libxl_would_not_write_are_refused(env, extra, words):
+    # What a domain could once smuggle to a root QEMU: refused before
+    # QEMU runs, so nothing it names is created, run or opened.
+    settings = env.settings()
+    uid = env.first + 2
+    extra = [arg.format(tmp=env.tmp) for arg in extra]
+    proc = _run_launcher(env, BASE_ARGS + restriction_args(settings, uid)
+                         + extra)
+    assert proc.returncode == 2, proc.stderr
+    assert words in proc.stderr
+    assert not os.path.exists(os.path.join(env.tmp, 'ran'))
+    assert not os.path.exists(os.path.join(env.tmp, 'created'))
+    assert not os.path.exists(settings.chroot_base_dir)
+
+
+def test_missing_domid_restrict_is_refused_outside_test_mode(env):
+    env.write_config(launcher_test_mode='false')
+    settings = env.settings()
+    uid = env.first + 2
+    proc = _run_launcher(env, BASE_ARGS + restriction_args(settings, uid))
+    assert proc.returncode == 2
+    assert 'no -xen-domid-restrict' in proc.stderr
 
 
 def test_chroot_outside_the_base_is_refused(env):

@@ -143,8 +143,11 @@ def test_incoming_migration_is_refused(env):
     # Ahead of ours, -name would take -xen-domid-restrict as its value.
     (lambda args: ['-name'] + args,
      b'does not start with the restriction arguments'),
-    (lambda args: args + ['-xen-domid', '0'], b"'-xen-domid'"),
-    (lambda args: args + ['-readconfig', '/tmp/x'], b"'-readconfig'"),
+    (lambda args: args + ['-xen-domid', '0'], b"-xen-domid '0'"),
+    (lambda args: args + ['-readconfig', '/tmp/x'],
+     b"-readconfig '/tmp/x'"),
+    (lambda args: args + ['-incoming', 'exec:id'], b"-incoming 'exec:id'"),
+    (lambda args: args + ['-name'], b'last extra argument'),
 ])
 def test_record_without_its_arguments_is_refused(env, tamper, message):
     # libvirt's test driver, for one, drops <xen:commandline>.
@@ -159,8 +162,41 @@ def test_extra_user_option_is_refused(env):
                     lambda args: args + ['-runas', '1000:1000'])
     proc = call_hook(env, 'prepare', 'begin', xml)
     assert proc.returncode == 2
-    assert b"'-runas'" in proc.stderr and b'dm_restrict controls' in \
-        proc.stderr
+    assert b"-runas '1000:1000'" in proc.stderr
+    assert b'restriction, which only dm_restrict may set' in proc.stderr
+
+
+@pytest.mark.parametrize('device, message', [
+    ("<serial type='file'><source path='/etc/cron.d/x'/></serial>",
+     b'allowed_chardev_types'),
+    ("<hostdev mode='subsystem' type='pci'><source><address domain='0' "
+     "bus='1' slot='0' function='0'/></source></hostdev>",
+     b'PCI passthrough'),
+    ("<disk type='file' device='disk'><source file='/etc/shadow'/>"
+     "<target dev='hdb'/></disk>", b'allowed_host_paths'),
+])
+def test_whole_domain_policy_applies_at_prepare(env, device, message):
+    # A restricted domain edited after rendering (virsh edit, another
+    # client) reaches libxl only through the same policy.
+    xml = base.add_device(restricted_xml(env), device)
+    proc = call_hook(env, 'prepare', 'begin', xml)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+
+
+def test_pv_guest_is_checked_at_prepare(env):
+    assert call_hook(env, 'prepare', 'begin',
+                     base.fixture('pv.xml')).returncode == 0
+    qdisk = base.fixture('pv.xml').replace("<driver name='phy'/>",
+                                           "<driver name='qemu'/>")
+    proc = call_hook(env, 'prepare', 'begin', qdisk)
+    assert proc.returncode == 2 and b'pv_dom0_qemu' in proc.stderr
+    args = base.edit(base.fixture('pvh.xml'), lambda root: root.append(
+        etree.fromstring('<xen:commandline xmlns:xen="%s"><xen:arg '
+                         'value="-incoming"/><xen:arg value="exec:id"/>'
+                         '</xen:commandline>' % domain.XEN_NS)))
+    proc = call_hook(env, 'prepare', 'begin', args)
+    assert proc.returncode == 2 and b'-incoming' in proc.stderr
 
 
 def test_copied_record_is_refused(env):

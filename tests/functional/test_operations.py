@@ -22,8 +22,9 @@ HOSTDEV = ("<hostdev mode='subsystem' type='pci' managed='yes'><source>"
 HOSTDEV_NIC = ("<interface type='hostdev' managed='yes'><source>"
                "<address type='pci' domain='0x0000' bus='0x0a' slot='0x10' "
                "function='0x0'/></source></interface>")
-DISK = ("<disk type='block' device='disk'><driver name='phy'/>"
-        "<source dev='/dev/vg0/extra'/><target dev='hdb' bus='ide'/></disk>")
+DISK = ("<disk type='file' device='disk'><driver name='phy'/>"
+        "<source file='%s/root-disk.img'/><target dev='hdb' bus='ide'/>"
+        "</disk>" % base.images_dir())
 
 
 @pytest.fixture
@@ -110,7 +111,8 @@ def test_allowed_operations_pass_through(restricted, conn):
         DISK, libvirt.VIR_DOMAIN_AFFECT_CONFIG))
     _passed_to_libvirt(lambda: restricted.attachDevice(DISK))
     _passed_to_libvirt(lambda: restricted.updateDeviceFlags(
-        CDROM % '/srv/iso/other.iso', libvirt.VIR_DOMAIN_AFFECT_CONFIG))
+        CDROM % (base.images_dir() + '/installer.iso'),
+        libvirt.VIR_DOMAIN_AFFECT_CONFIG))
     _passed_to_libvirt(lambda: restricted.detachDeviceFlags(
         DISK, libvirt.VIR_DOMAIN_AFFECT_LIVE))
     restricted.reboot(0)

@@ -149,7 +149,7 @@ def test_cli_reconcile_reads_libvirt_and_repairs(tmp_path):
     config.write_text(
         '[dm_restrict]\ntenant_uid_ranges = acme:200000-200099,'
         'globex:201000-201099\nlease_db = %s\nreap_device_models = false\n'
-        % settings.lease_db)
+        'allowed_host_paths = %s\n' % (settings.lease_db, base.images_dir()))
     uri = 'test://%s' % node
 
     def cli(*extra):

@@ -192,7 +192,8 @@ def test_boot_with_a_qemu_lacking_domid_restrict_fails_without_lease(
         tmp_path):
     binary = standin(tmp_path, 'qemu-system-i386', QEMU_72_TCG)
     hook = extension.DmRestrictHook(
-        None, base.make_settings(tmp_path, device_model_syntax='probe'))
+        None, base.make_settings(tmp_path, device_model_syntax='probe',
+                                 qemu_binary=binary))
     try:
         with pytest.raises(exception.CapabilityMissing) as err:
             hook.prepare(_with_emulator(binary),
@@ -208,7 +209,8 @@ def test_boot_with_a_qemu_lacking_domid_restrict_fails_without_lease(
 def test_boot_with_a_capable_qemu_uses_its_syntax(tmp_path):
     binary = standin(tmp_path, 'qemu-system-i386', QEMU_10_XEN)
     hook = extension.DmRestrictHook(
-        None, base.make_settings(tmp_path, device_model_syntax='probe'))
+        None, base.make_settings(tmp_path, device_model_syntax='probe',
+                                 qemu_binary=binary))
     try:
         out = hook.prepare(_with_emulator(binary),
                            hooks.Instance(base.HVM_UUID, 'acme'))

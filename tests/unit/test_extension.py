@@ -11,7 +11,7 @@ from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin import extension
 from xen_dm_restrict_plugin import hooks
 from xen_dm_restrict_plugin import operations
-from xen_dm_restrict_plugin import policy
+from xen_dm_restrict_plugin import qemu_args
 from xen_dm_restrict_plugin import restrict
 
 ACME = hooks.Instance(base.HVM_UUID, 'acme')
@@ -99,14 +99,16 @@ def test_tenant_ranges_are_respected(hook):
     assert 201000 <= uid <= 201099
 
 
-def test_foreign_arguments_are_kept_behind_ours(hook):
+def test_foreign_arguments_are_kept_behind_ours(make_hook):
+    hook = make_hook(allowed_qemu_options=['d', 'no-hpet'])
     xml = base.edit(base.fixture('hvm.xml'), lambda root: None)
     dom = domain.parse(xml, 1 << 20)
-    dom.set_xen_args(['-d', 'guest_errors', '-xen-domid-restrict', '-S'])
+    dom.set_xen_args(['-d', 'guest_errors', '-xen-domid-restrict',
+                      '-no-hpet'])
     out = domain.parse(hook.prepare(dom.to_string(), ACME), 1 << 20)
     args = out.xen_args()
     assert args[0] == '-xen-domid-restrict'
-    assert args[-3:] == ['-d', 'guest_errors', '-S']
+    assert args[-3:] == ['-d', 'guest_errors', '-no-hpet']
     assert args.count('-xen-domid-restrict') == 1
 
 
@@ -135,11 +137,16 @@ def test_missing_uuid_is_filled_in(hook):
     base.assert_schema_valid(out.to_string())
 
 
+def _same(xml):
+    """``xml`` as the hook writes it back: as checked, without comments."""
+    return domain.parse(xml, 1 << 20).to_string()
+
+
 @pytest.mark.parametrize('name', ['pv.xml', 'pvh.xml'])
 def test_guests_without_device_model_pass_unchanged(hook, name):
     xml = base.fixture(name)
     instance = hooks.Instance(domain.parse(xml, 1 << 20).uuid, 'acme')
-    assert hook.prepare(xml, instance) == xml
+    assert hook.prepare(xml, instance) == _same(xml)
     assert not os.path.exists(hook.settings.lease_db)
 
 
@@ -147,15 +154,17 @@ def test_declared_stub_domain_passes_unchanged(make_hook):
     hook = make_hook(stubdom_emulators=['/usr/lib/xen/bin/stubdom-dm'])
     xml = base.add_device(base.fixture('hvm.xml'),
                           '<emulator>/usr/lib/xen/bin/stubdom-dm</emulator>')
-    assert hook.prepare(xml, ACME) == xml
+    assert hook.prepare(xml, ACME) == _same(xml)
     assert _leases(hook) == []
 
 
-def test_undeclared_stub_domain_name_is_restricted(hook):
+def test_undeclared_emulator_is_refused_without_a_lease(hook):
     xml = base.add_device(base.fixture('hvm.xml'),
                           '<emulator>/srv/tenant/stubdom-dm</emulator>')
-    out = domain.parse(hook.prepare(xml, ACME), 1 << 20)
-    assert '-xen-domid-restrict' in out.xen_args()
+    with pytest.raises(exception.FeatureRefused) as err:
+        hook.prepare(xml, ACME)
+    assert '/srv/tenant/stubdom-dm' in str(err.value)
+    assert not os.path.exists(hook.settings.lease_db)
 
 
 REFUSED = [
@@ -219,8 +228,8 @@ def test_tampered_restriction_is_refused(hook):
 
 def test_restriction_options_cover_what_we_inject(hook):
     out = domain.parse(hook.prepare(base.fixture('hvm.xml'), ACME), 1 << 20)
-    names = {policy.option_name(a) for a in out.xen_args()} - {None}
-    assert names <= policy.RESTRICTION_OPTIONS
+    names = {qemu_args.option_name(a) for a in out.xen_args()} - {None}
+    assert names <= qemu_args.RESTRICTION_OPTIONS
 
 
 @pytest.mark.parametrize('operation', [
@@ -249,20 +258,26 @@ def test_check_operation_allows_ordinary_lifecycle(hook, operation):
 @pytest.mark.parametrize('operation,device,live,refused', [
     (operations.UPDATE_DEVICE, "<disk device='cdrom'><source file='/a.iso'/>"
      "<target dev='hdc'/></disk>", True, 'cdrom-media-change'),
-    (operations.UPDATE_DEVICE, "<disk device='cdrom'><source file='/a.iso'/>"
-     "<target dev='hdc'/></disk>", False, None),
+    (operations.UPDATE_DEVICE, "<disk device='cdrom'><source "
+     "file='@IMAGES@/installer.iso'/><target dev='hdc'/></disk>", False,
+     None),
     (operations.ATTACH_DEVICE, "<hostdev mode='subsystem' type='pci'>"
      "<source><address domain='0' bus='1' slot='0' function='0'/></source>"
      "</hostdev>", False, 'PCI passthrough'),
     (operations.ATTACH_DEVICE, "<disk type='file' device='disk'><driver "
      "name='qemu'/><source file='/d.img'/><target dev='hdb'/></disk>", True,
      'qdisk'),
-    (operations.ATTACH_DEVICE, "<disk type='block' device='disk'><source "
-     "dev='/dev/vg0/x'/><target dev='hdb'/></disk>", True, None),
+    (operations.ATTACH_DEVICE, "<disk type='file' device='disk'><source "
+     "file='@IMAGES@/root-disk.img'/><target dev='hdb'/></disk>", True,
+     None),
+    (operations.ATTACH_DEVICE, "<disk type='file' device='disk'><source "
+     "file='/etc/shadow'/><target dev='hdb'/></disk>", True,
+     'allowed_host_paths'),
     (operations.DETACH_DEVICE, "<disk type='block' device='disk'><source "
      "dev='/dev/vg0/x'/><target dev='hdb'/></disk>", True, None),
 ])
 def test_check_operation_on_devices(hook, operation, device, live, refused):
+    device = device.replace(base.IMAGES_TOKEN, base.images_dir())
     restricted = hook.prepare(base.fixture('hvm.xml'), ACME)
     if refused is None:
         hook.check_operation(restricted, ACME, operation, device, live)
@@ -281,10 +296,22 @@ def test_no_lease_when_the_uid_could_not_be_reaped(make_hook):
     assert not os.path.exists(hook.settings.lease_db)
 
 
-def test_pv_guest_with_a_dom0_qemu_backend_is_logged(hook, caplog):
-    xml = base.fixture('pv.xml')
+def test_pv_guest_with_a_dom0_qemu_backend_is_logged(make_hook, caplog):
+    hook = make_hook(pv_dom0_qemu='allow')
+    xml = base.fixture('pv.xml').replace("<driver name='phy'/>",
+                                         "<driver name='qemu'/>")
     instance = hooks.Instance(domain.parse(xml, 1 << 20).uuid, 'acme')
     with caplog.at_level('WARNING'):
-        assert hook.prepare(xml, instance) == xml
-    assert "<disk device='disk' type='file'> (target xvda)" in caplog.text
-    assert 'not restricted' in caplog.text and instance.uuid in caplog.text
+        assert hook.prepare(xml, instance) == _same(xml)
+    assert "<disk type='file' device='disk'> (target xvda)" in caplog.text
+    assert 'unrestricted' in caplog.text and instance.uuid in caplog.text
+
+
+def test_pv_guest_with_a_dom0_qemu_backend_is_refused(hook):
+    xml = base.fixture('pv.xml').replace("<driver name='phy'/>",
+                                         "<driver name='qemu'/>")
+    instance = hooks.Instance(domain.parse(xml, 1 << 20).uuid, 'acme')
+    with pytest.raises(exception.FeatureRefused) as err:
+        hook.prepare(xml, instance)
+    assert 'pv_dom0_qemu' in str(err.value)
+    assert not os.path.exists(hook.settings.lease_db)

@@ -107,12 +107,12 @@ def cmd_validate(args) -> int:
     data = _read_xml(args.xml)
     dom = settings.parse_domain(data)
     kind = dom.kind
-    if dom.hypervisor == 'xen' and not kind.has_dom0_device_model:
-        print('%s: %s guest, no dom0 device model: nothing to restrict'
+    record = restrict.read_record(dom)
+    policy.check_domain(dom, restrict.foreign_args(dom, record), settings)
+    if not kind.has_dom0_device_model:
+        print('%s: %s guest, no dom0 device model to restrict; allowed'
               % (args.xml, kind.value))
         return EXIT_OK
-    record = restrict.read_record(dom)
-    policy.check_domain(dom, restrict.foreign_args(dom, record))
     if args.tenant is not None:
         settings.range_for(args.tenant)
     syntax = capabilities.syntax_for(settings, dom.emulator)

@@ -1,0 +1,188 @@
+"""The device-model command lines libxl builds, and nothing else.
+
+The launcher is the last place where a command line can be refused
+before QEMU, as root, opens what it names.  It accepts only the options
+libxl's ``libxl__build_device_model_args_new`` (Xen 4.17 and later)
+writes for an HVM guest that passed the policy, each with a value of the
+shape libxl gives it, plus the restriction the dm_restrict hook wrote and
+the extra options the operator allowed (``allowed_qemu_options``, with
+safe values).  Host paths in the command line (disks, kernel, initrd,
+character devices) are checked against ``allowed_host_paths`` again.
+"""
+
+import re
+import typing
+
+from xen_dm_restrict_plugin import hostpaths
+from xen_dm_restrict_plugin import qemu_args
+
+if typing.TYPE_CHECKING:  # pragma: no cover
+    from xen_dm_restrict_plugin import conf
+
+_RUN_DIR = r'/(?:var/)?run/xen'
+_ID = r'[0-9]+'
+_MAC = r'(?:[0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}'
+_IFNAME = r'[A-Za-z0-9_.-]{1,15}'
+_SERVER = r'(?:server=on,wait=off|server,nowait)'
+
+_CHARDEVS = (
+    re.compile(r'^socket,id=libxl-cmd,path=%s/qmp-libxl-%s,%s$'
+               % (_RUN_DIR, _ID, _SERVER)),
+    re.compile(r'^socket,id=libxl-cmd,fd=%s,%s$' % (_ID, _SERVER)),
+    re.compile(r'^socket,id=libxenstat-cmd,path=%s/qmp-libxenstat-%s,%s$'
+               % (_RUN_DIR, _ID, _SERVER)),
+    re.compile(r'^pty,id=libxl-channel%s$' % _ID),
+)
+_UNIX_CHANNEL = re.compile(r'^socket,id=libxl-channel%s,path=([^,]+),%s$'
+                           % (_ID, _SERVER))
+_DEVICES = tuple(re.compile('^%s$' % pattern) for pattern in (
+    r'lsi53c895a', r'ahci,id=ahci0', r'intel-hda', r'hda-duplex',
+    r'ac97', r'es1370', r'sb16', r'xen-pvdevice,device-id=0xc000',
+    r'(?:VGA|cirrus-vga),vgamem_mb=[0-9]+',
+    r'(?:e1000|rtl8139|ne2k_pci|pcnet),id=nic%s,netdev=net%s,mac=%s'
+    % (_ID, _ID, _MAC),
+    r'ide-cd,id=ide-%s,drive=ide-%s,bus=ide\.[0-9],unit=[0-9]' % (_ID, _ID),
+    r'ide-hd,bus=ahci0\.[0-9]+,unit=0,drive=ahcidisk-[0-9]+',
+    r'scsi-hd,drive=[A-Za-z0-9_-]+,scsi-id=[0-9]+',
+    r'piix3-usb-uhci,id=usb', r'nec-usb-xhci,id=usb',
+))
+_FIXED = {
+    'mon': re.compile(r'^chardev=(?:libxl-cmd|libxenstat-cmd),'
+                      r'mode=control$'),
+    'xen-domid': re.compile(r'^[0-9]+$'),
+    'display': re.compile(r'^none$'),
+    'vnc': re.compile(r'^(?:none|[0-9.]+:[0-9]+|\[[0-9a-fA-F:.]+\]:[0-9]+)'
+                      r'(?:,password=on)?(?:,to=99)?$'),
+    'k': re.compile(r'^[a-z]{2}(?:-[a-z]{2,3})?$'),
+    'boot': re.compile(r'^order=[acdn]+$'),
+    'usbdevice': re.compile(r'^(?:tablet|mouse|keyboard)$'),
+    'smp': re.compile(r'^[0-9]+(?:,maxcpus=[0-9]+)?$'),
+    'netdev': re.compile(r'^type=tap,id=net%s,ifname=%s,(?:br=%s,)?'
+                         r'script=no,downscript=no$'
+                         % (_ID, _IFNAME, _IFNAME)),
+    'net': re.compile(r'^none$'),
+    'machine': re.compile(r'^(?:xenfv|pc,accel=xen)(?:,suppress-vmdesc=on)?'
+                          r'(?:,max-ram-below-4g=[0-9]+)?$'),
+    'm': re.compile(r'^[0-9]+$'),
+    'name': re.compile(r'^[^,\x00-\x1f\x7f/]{1,64}$'),
+}
+#: Options with no value libxl writes.
+_FLAGS = frozenset(('no-shutdown', 'nodefaults', 'no-user-config',
+                    'nographic', 'usb', 'no-acpi', 'S',
+                    'xen-domid-restrict'))
+#: The restriction; its values are checked by the launcher's parser.
+_RESTRICTION = frozenset(('runas', 'chroot', 'run-with', 'sandbox'))
+#: Keys libxl writes in -drive for the raw disks the policy allows.
+_DRIVE_KEYS = frozenset(('file', 'if', 'index', 'media', 'format', 'cache',
+                         'readonly', 'id', 'bus', 'unit'))
+_TEST_MODE = {'machine': re.compile(r'^none$'), 'qmp': re.compile(
+    r'^stdio$')}
+
+
+class Checker:
+    """Checks one device-model command line.
+
+    :param settings: the ``[dm_restrict]`` settings.
+    """
+
+    def __init__(self, settings: 'conf.Settings'):
+        self.settings = settings
+
+    def _path(self, path: str, expect: hostpaths.Expect
+              ) -> typing.Optional[str]:
+        return hostpaths.problem(path, self.settings.allowed_host_paths,
+                                 expect)
+
+    def _chardev_type(self, kind: str) -> typing.Optional[str]:
+        if kind in self.settings.allowed_chardev_types:
+            return None
+        return 'a %s character device is not allowed ' \
+               '([dm_restrict] allowed_chardev_types)' % kind
+
+    def _chardev(self, value: str) -> typing.Optional[str]:
+        if any(pattern.match(value) for pattern in _CHARDEVS):
+            return None
+        match = _UNIX_CHANNEL.match(value)
+        if match:
+            return self._chardev_type('unix') or self._path(
+                match.group(1), hostpaths.Expect.SOCKET)
+        return 'it is not a character device libxl writes'
+
+    def _serial(self, value: str) -> typing.Optional[str]:
+        if value in ('pty', 'null'):
+            return self._chardev_type(value)
+        for prefix, kind, expect in (
+                ('file:', 'file', hostpaths.Expect.NEW_FILE),
+                ('pipe:', 'pipe', hostpaths.Expect.ANY),
+                ('unix:', 'unix', hostpaths.Expect.SOCKET)):
+            if value.startswith(prefix):
+                path = value[len(prefix):]
+                if kind == 'unix' and path.endswith(',server,nowait'):
+                    path = path[:-len(',server,nowait')]
+                return self._chardev_type(kind) or self._path(path, expect)
+        if value.startswith('/'):
+            return self._chardev_type('dev') or self._path(
+                value, hostpaths.Expect.ANY)
+        return 'it is not a serial device libxl writes'
+
+    def _drive(self, value: str) -> typing.Optional[str]:
+        pairs = qemu_args.split_keyvals(value)
+        keys = [key for key, _ in pairs]
+        if len(set(keys)) != len(keys) or not set(keys) <= _DRIVE_KEYS:
+            return 'it has keys libxl does not write for a raw disk'
+        values = dict(pairs)
+        if values.get('format', 'raw') != 'raw':
+            return 'its format is not raw (qdisk)'
+        if 'file' in values:
+            return self._path(values['file'],
+                              hostpaths.Expect.BLOCK_OR_FILE)
+        return None
+
+    def _value(self, item: qemu_args.Item) -> typing.Optional[str]:
+        option, value = item.option, item.value or ''
+        if self.settings.launcher_test_mode and option in _TEST_MODE:
+            return None if _TEST_MODE[option].match(value) else \
+                'it is not what the launcher test mode accepts'
+        if option in _FIXED:
+            return None if _FIXED[option].match(value) else \
+                'its value is not of the shape libxl writes'
+        if option == 'chardev':
+            return self._chardev(value)
+        if option == 'serial':
+            return self._serial(value)
+        if option == 'device':
+            return None if any(pattern.match(value)
+                               for pattern in _DEVICES) else \
+                'it is not a device libxl writes for an allowed domain'
+        if option == 'drive':
+            return self._drive(value)
+        if option in ('kernel', 'initrd'):
+            return self._path(value, hostpaths.Expect.FILE)
+        if option == 'append':
+            return None
+        if option in self.settings.allowed_qemu_options:
+            return qemu_args.value_problem(value)
+        return 'libxl does not write it, and [dm_restrict] ' \
+               'allowed_qemu_options does not allow it'
+
+    def problems(self, args: typing.Sequence[str]) -> typing.List[str]:
+        """Every argument of ``args`` that libxl would not write for an
+        allowed domain, each as "argument: reason".
+        """
+        found = []
+        for item in qemu_args.split(args):
+            if item.option is None:
+                reason = 'QEMU opens a bare argument as a disk image'
+            elif item.missing_value:
+                reason = 'it takes a value and none follows'
+            elif item.option in _RESTRICTION:
+                reason = None
+            elif item.option in qemu_args.NO_VALUE:
+                reason = None if item.option in _FLAGS or (
+                    item.option in self.settings.allowed_qemu_options) \
+                    else 'libxl does not write it'
+            else:
+                reason = self._value(item)
+            if reason:
+                found.append('%s: %s' % (item.spelled(), reason))
+        return found

@@ -1,0 +1,216 @@
+"""What libvirt's libxl driver and libxl will do with a domain.
+
+The policy decides on this reading, never on raw XML.  It follows
+libvirt's ``libxlMakeDomBuildInfo``, ``libxlMakeDisk``, ``libxlMakeNic``,
+``libxlMakeVfb`` and ``libxlMakeChrdevStr`` and libxl's
+``libxl__build_device_model_args_new``: the guest kind, the device-model
+binary, every disk with the backend libxl will give it, every character
+device, network interface and display with what it opens or runs, every
+host path libxl or QEMU will open, and the extra QEMU arguments.  Text is
+read as libvirt reads it (the parser already drops comments and
+processing instructions, so an element's text is all its character
+data); attributes carry no namespace (:mod:`schema` refuses namespaced
+ones, which libvirt would match by local name).
+"""
+
+import dataclasses
+import enum
+import typing
+
+from lxml import etree
+
+from xen_dm_restrict_plugin import domain as domain_mod
+
+
+class Backend(enum.Enum):
+    """The disk backend libxl gives a disk (``libxl_disk_backend``)."""
+
+    PHY = 'phy'
+    TAP = 'tap'
+    QDISK = 'qdisk'
+    #: left to libxl: PHY for a raw block device or regular file on
+    #: Linux; QDISK for every CD-ROM of an HVM guest (libxl forces it).
+    UNKNOWN = 'chosen by libxl'
+
+
+#: ``<driver type>`` values that make tap/tap2 a QEMU qdisk.
+_TAP_QDISK_FORMATS = frozenset(('qcow', 'qcow2', 'qed'))
+
+
+@dataclasses.dataclass(frozen=True)
+class Disk:
+    """A ``<disk>`` as libxl will serve it."""
+
+    node: etree._Element
+    source_type: str
+    device: str
+    driver: typing.Optional[str]
+    format: typing.Optional[str]
+    backend: Backend
+    path: typing.Optional[str]
+    stray_source: typing.Optional[str]
+    target: typing.Optional[str]
+
+    def describe(self) -> str:
+        return '<disk type=%r device=%r> (target %s)' % (
+            self.source_type, self.device, self.target)
+
+
+def disk_backend(source_type: str, driver: typing.Optional[str],
+                 fmt: typing.Optional[str]) -> Backend:
+    """libvirt's mapping (``libxlMakeDisk``, and post-parse for network
+    disks) from driver name, format and disk type to a libxl backend.
+    """
+    if source_type == 'network':
+        return Backend.QDISK
+    if driver in ('tap', 'tap2'):
+        return Backend.QDISK if fmt in _TAP_QDISK_FORMATS else Backend.TAP
+    if driver in ('qemu', 'file'):
+        return Backend.QDISK
+    if driver == 'phy':
+        return Backend.PHY
+    return Backend.UNKNOWN
+
+
+@dataclasses.dataclass(frozen=True)
+class Chardev:
+    """A serial, console, channel or parallel device."""
+
+    node: etree._Element
+    role: str
+    type: str
+    path: typing.Optional[str]
+    target_type: typing.Optional[str]
+
+    def describe(self) -> str:
+        return '<%s type=%r>' % (self.role, self.type)
+
+
+@dataclasses.dataclass(frozen=True)
+class Nic:
+    """An ``<interface>``."""
+
+    node: etree._Element
+    type: str
+    bridge: typing.Optional[str]
+    network: typing.Optional[str]
+    script: typing.Optional[str]
+    model: typing.Optional[str]
+    ifname: typing.Optional[str]
+
+    def describe(self) -> str:
+        return '<interface type=%r>' % self.type
+
+
+@dataclasses.dataclass(frozen=True)
+class Display:
+    """A ``<graphics>`` device."""
+
+    node: etree._Element
+    type: str
+    listens: typing.Tuple[typing.Tuple[typing.Optional[str],
+                                       typing.Optional[str]], ...]
+    keymap: typing.Optional[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class HostFile:
+    """A host path libxl or QEMU opens for the domain itself."""
+
+    what: str
+    path: str
+
+
+def _text(node: typing.Optional[etree._Element]) -> typing.Optional[str]:
+    if node is None:
+        return None
+    return node.xpath('string()')
+
+
+class DomainModel:
+    """The reading of one parsed domain.
+
+    :param dom: the parsed domain (its document is not changed).
+    """
+
+    def __init__(self, dom: domain_mod.Domain):
+        self.dom = dom
+        root = dom.root
+        self.hypervisor = root.get('type')
+        self.name = _text(root.find('name'))
+        self.kind = dom.kind
+        self.emulator = _text(root.find('devices/emulator'))
+        self.os_type = _text(root.find('os/type'))
+        self.disks = [self._disk(node) for node in
+                      root.iterfind('devices/disk')]
+        self.chardevs = [
+            Chardev(node, node.tag, node.get('type') or 'pty',
+                    node.find('source').get('path')
+                    if node.find('source') is not None else None,
+                    node.find('target').get('type')
+                    if node.find('target') is not None else None)
+            for node in root.iterfind('devices/*')
+            if node.tag in ('serial', 'console', 'channel', 'parallel')]
+        self.nics = [self._nic(node)
+                     for node in root.iterfind('devices/interface')]
+        self.displays = [
+            Display(node, node.get('type') or '',
+                    tuple([(None, node.get('listen'))]
+                          if node.get('listen') is not None else [])
+                    + tuple((listen.get('type'), listen.get('address'))
+                            for listen in node.iterfind('listen')),
+                    node.get('keymap'))
+            for node in root.iterfind('devices/graphics')]
+        self.bootloader = _text(root.find('bootloader'))
+        self.bootloader_args = _text(root.find('bootloader_args'))
+        files = []
+        for tag, what in (('os/kernel', 'kernel'), ('os/initrd', 'initrd')):
+            text = _text(root.find(tag))
+            if text:
+                files.append(HostFile(what, text))
+        for table in root.iterfind('os/acpi/table'):
+            files.append(HostFile('ACPI table', _text(table)))
+        self.host_files = files
+        self.loader = _text(root.find('os/loader'))
+
+    @staticmethod
+    def _disk(node: etree._Element) -> Disk:
+        source_type = node.get('type') or 'file'
+        driver = node.find('driver')
+        name = driver.get('name') if driver is not None else None
+        fmt = driver.get('type') if driver is not None else None
+        source = node.find('source')
+        attr = {'file': 'file', 'block': 'dev'}.get(source_type)
+        path = stray = None
+        if source is not None:
+            path = source.get(attr) if attr else None
+            other = {'file': 'dev', 'dev': 'file'}.get(attr or '')
+            if other and source.get(other) is not None:
+                stray = other
+        target = node.find('target')
+        return Disk(node, source_type, node.get('device') or 'disk', name,
+                    fmt, disk_backend(source_type, name, fmt), path, stray,
+                    target.get('dev') if target is not None else None)
+
+    @staticmethod
+    def _nic(node: etree._Element) -> Nic:
+        def attr(tag: str, name: str) -> typing.Optional[str]:
+            child = node.find(tag)
+            return child.get(name) if child is not None else None
+        return Nic(node, node.get('type') or '', attr('source', 'bridge'),
+                   attr('source', 'network'), attr('script', 'path'),
+                   attr('model', 'type'), attr('target', 'dev'))
+
+    # -- what needs a QEMU in dom0 ----------------------------------------
+    def dom0_qemu_reasons(self) -> typing.List[str]:
+        """Why libxl would start a dom0 QEMU for a PV or PVH guest
+        (``libxl__need_xenpv_qemu``): a framebuffer, a qdisk disk, or a
+        channel (served by a QEMU console backend).
+        """
+        found = ['%s (qdisk backend)' % disk.describe()
+                 for disk in self.disks if disk.backend is Backend.QDISK]
+        found += ['<graphics type=%r> (framebuffer)' % display.type
+                  for display in self.displays]
+        found += ['%s (QEMU console backend)' % dev.describe()
+                  for dev in self.chardevs if dev.role == 'channel']
+        return found
