@@ -96,7 +96,8 @@ def fill(path: str, count: int, tenants: int = TENANTS,
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute('BEGIN IMMEDIATE')
-        conn.executemany('INSERT INTO leases VALUES (?, ?, ?, ?)', rows)
+        conn.executemany('INSERT INTO leases (uuid, tenant, uid, created_at) '
+                         'VALUES (?, ?, ?, ?)', rows)
         conn.executemany('INSERT OR REPLACE INTO cursors VALUES (?, ?, ?)',
                          cursors)
         conn.execute('COMMIT')

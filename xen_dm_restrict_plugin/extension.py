@@ -112,8 +112,7 @@ class DmRestrictHook(hooks.DomainHook):
             # start would be refused anyway.
             self.reaper.check_available()
 
-        had_lease = self.store.get(instance.uuid) is not None
-        lease = self.store.acquire(
+        lease, created = self.store.claim(
             instance.uuid, instance.tenant, uid_range,
             leases.uid_has_no_account if self.settings.gid is not None
             else leases.uid_and_gid_are_free)
@@ -124,13 +123,13 @@ class DmRestrictHook(hooks.DomainHook):
             restrict.apply(dom, restriction, foreign, self.settings.launcher)
             out = dom.to_string()
         except BaseException:
-            if not had_lease:
-                self.store.release(instance.uuid)
+            if created:
+                self.store.release_claim(lease)
             raise
         LOG.info('instance %s of tenant %s: device model restricted to uid '
                  '%d gid %d (%s lease), chroot %s, args %s',
                  instance.uuid, instance.tenant, restriction.uid,
-                 restriction.gid, 'existing' if had_lease else 'new',
+                 restriction.gid, 'new' if created else 'existing',
                  restriction.chroot, ' '.join(restriction.args()))
         return out
 
@@ -176,8 +175,9 @@ class DmRestrictHook(hooks.DomainHook):
             record = self._restricted_record(xml, instance, operations.START)
             if record is None:
                 return
-            blocker = leases.start_blocker(self.store, instance.uuid,
-                                           record.uid)
+            blocker = leases.start_blocker(
+                self.store, instance.uuid, record.uid,
+                gid_is_uid=self.settings.gid is None)
             if blocker is not None:
                 raise operations.refuse(operations.START, instance.uuid,
                                         *blocker)

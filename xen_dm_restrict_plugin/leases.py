@@ -38,7 +38,11 @@ from xen_dm_restrict_plugin import ranges
 LOG = logging.getLogger(__name__)
 
 #: stored in ``PRAGMA user_version``; 0 means "no schema yet".
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Statements that bring a database of the version before to this one.
+_UPGRADE = {
+    1: ('ALTER TABLE leases ADD COLUMN claims INTEGER NOT NULL DEFAULT 1',),
+}
 #: unusable uids skipped in a row before a range counts as exhausted.
 MAX_UNUSABLE = 10000
 
@@ -47,7 +51,10 @@ _SCHEMA = (
     ' uuid TEXT PRIMARY KEY NOT NULL,'
     ' tenant TEXT NOT NULL,'
     ' uid INTEGER NOT NULL UNIQUE,'
-    ' created_at REAL NOT NULL)',
+    ' created_at REAL NOT NULL,'
+    # How many boots took the lease; a failed boot that created it gives
+    # it back only while no other took it too.
+    ' claims INTEGER NOT NULL DEFAULT 1)',
     'CREATE TABLE cursors ('
     ' first INTEGER NOT NULL,'
     ' last INTEGER NOT NULL,'
@@ -207,12 +214,27 @@ class LeaseStore:
             tenant or outside the range, or the database failed.
         :raises RangeExhausted: no free, usable uid is left in the range.
         """
+        return self.claim(uuid, tenant, uid_range, is_usable)[0]
+
+    def claim(self, uuid: str, tenant: str, uid_range: ranges.UidRange,
+              is_usable: typing.Callable[[int], bool] = uid_has_no_account
+              ) -> typing.Tuple[Lease, bool]:
+        """Like :meth:`acquire`; also tells whether this call created it.
+
+        Taking an existing lease counts the claim, so a concurrent caller
+        that created it and then fails cannot give it back
+        (:meth:`release_claim`).
+
+        :returns: the lease, and True when this call created it.
+        """
         uuid = _canonical_uuid(uuid)
         with self._write() as conn:
             lease = self._find(conn, 'WHERE uuid = ?', uuid)
             if lease is not None:
                 self._check_kept(lease, tenant, uid_range)
-                return lease
+                conn.execute('UPDATE leases SET claims = claims + 1 '
+                             'WHERE uuid = ?', (uuid,))
+                return lease, False
             uid = _allocate(conn, tenant, uid_range, is_usable)
             lease = self._add(conn, uuid, tenant, uid)
             following = uid + 1 if uid < uid_range.last else uid_range.first
@@ -220,7 +242,25 @@ class LeaseStore:
                          (uid_range.first, uid_range.last, following))
         LOG.info('leased uid %d to instance %s of tenant %s',
                  uid, uuid, tenant)
-        return lease
+        return lease, True
+
+    def release_claim(self, lease: Lease) -> bool:
+        """Give back a lease this process created, unless it was claimed
+        again since (by a concurrent boot of the same instance).
+
+        :returns: whether the lease was released.
+        """
+        with self._write() as conn:
+            gone = conn.execute(
+                'DELETE FROM leases WHERE uuid = ? AND uid = ? AND '
+                'claims = 1', (lease.uuid, lease.uid)).rowcount
+        if gone:
+            LOG.info('gave back new uid %d of instance %s of tenant %s',
+                     lease.uid, lease.uuid, lease.tenant)
+        else:
+            LOG.info('kept uid %d of instance %s of tenant %s: claimed '
+                     'again meanwhile', lease.uid, lease.uuid, lease.tenant)
+        return bool(gone)
 
     def insert(self, lease_uuid: str, tenant: str, uid: int) -> Lease:
         """Lease a given uid to an instance, e.g. to re-record a lease.
@@ -354,9 +394,15 @@ class LeaseStore:
             return
         conn.execute('BEGIN IMMEDIATE')
         try:
-            if self._check_schema(conn) == 0:
+            version = self._check_schema(conn)
+            if version == 0:
                 for statement in _SCHEMA:
                     conn.execute(statement)
+            else:
+                for older in range(version, SCHEMA_VERSION):
+                    for statement in _UPGRADE[older]:
+                        conn.execute(statement)
+            if version != SCHEMA_VERSION:
                 conn.execute('PRAGMA user_version = %d' % SCHEMA_VERSION)
             conn.execute('COMMIT')
         finally:
@@ -364,7 +410,7 @@ class LeaseStore:
 
     def _check_schema(self, conn: sqlite3.Connection) -> int:
         version = self._version(conn)
-        if version not in (0, SCHEMA_VERSION):
+        if version not in (0, SCHEMA_VERSION) and version not in _UPGRADE:
             raise exception.LeaseError(
                 'lease database %s' % self.path,
                 'its schema version %d is not the %d this code knows'
@@ -443,8 +489,8 @@ class LeaseStore:
     def _add(conn: sqlite3.Connection, uuid: str, tenant: str,
              uid: int) -> Lease:
         lease = Lease(uuid, tenant, uid, time.time())
-        conn.execute('INSERT INTO leases VALUES (?, ?, ?, ?)',
-                     dataclasses.astuple(lease))
+        conn.execute('INSERT INTO leases (uuid, tenant, uid, created_at) '
+                     'VALUES (?, ?, ?, ?)', dataclasses.astuple(lease))
         return lease
 
     @staticmethod
@@ -465,12 +511,18 @@ class LeaseStore:
                 'new range is leased, or restore the old range')
 
 
-def start_blocker(store: LeaseStore, uuid: str, uid: int
+def start_blocker(store: LeaseStore, uuid: str, uid: int,
+                  gid_is_uid: bool = True
                   ) -> typing.Optional[typing.Tuple[str, str]]:
     """Why a domain recording ``uid`` must not start, or None.
 
-    It may start only while ``uid`` is leased to its uuid and reconcile
-    holds no conflict against it.
+    It may start only while ``uid`` is leased to its uuid, reconcile
+    holds no conflict against it, and the uid (and, when the gid equals
+    the uid, the gid) still belongs to no account: one created inside a
+    range after the lease would otherwise be the device model's identity.
+
+    :param gid_is_uid: the device model's gid is its uid (no
+        ``device_model_gid``), so a group with that gid blocks too.
 
     :returns: (reason, remedy), or None when it may start.
     :raises LeaseError: the database failed.
@@ -492,6 +544,26 @@ def start_blocker(store: LeaseStore, uuid: str, uid: int
                 'leases the uid (never copy a record between domains), or '
                 'run "xen-dm-restrict leases reconcile --connect '
                 'xen:///system --apply"')
+    taken = _account_of(uid, gid_is_uid)
+    if taken is not None:
+        return ('its uid %d is now %s, whose files and processes the device '
+                'model would reach' % (uid, taken),
+                'remove that account (ids inside a tenant range must have '
+                'none), or destroy the domain and release its lease so it '
+                'gets another uid')
+    return None
+
+
+def _account_of(uid: int, gid_is_uid: bool) -> typing.Optional[str]:
+    try:
+        return 'the uid of user %s' % pwd.getpwuid(uid).pw_name
+    except KeyError:
+        pass
+    if gid_is_uid:
+        try:
+            return 'the gid of group %s' % grp.getgrgid(uid).gr_name
+        except KeyError:
+            pass
     return None
 
 

@@ -193,7 +193,9 @@ class LibxlHook:
         if dom.uuid is None:
             raise refuse('it has no <uuid>, so no lease can be its own')
         with self._store() as store:
-            blocker = leases.start_blocker(store, dom.uuid, record.uid)
+            blocker = leases.start_blocker(
+                store, dom.uuid, record.uid,
+                gid_is_uid=self.settings.gid is None)
         if blocker is not None:
             raise refuse(*blocker)
 

@@ -191,3 +191,25 @@ def test_cli_release_keeps_the_lease_when_the_uid_cannot_be_reaped(
     assert 'xdr-no-such-reaper-user' in result.stderr
     with leases.LeaseStore(str(tmp_path / 'leases.sqlite')) as store:
         assert store.get(base.HVM_UUID).uid == 200000
+
+
+@pytest.mark.parametrize('where', ['missing-dir', 'full-stdout'])
+def test_cli_render_that_cannot_write_keeps_no_lease(tmp_path, where):
+    conf = _write_conf(tmp_path)
+    fixture = base.fixture_file('hvm.xml', tmp_path)
+    if where == 'missing-dir':
+        result = _cli('render', '--config-file', conf, '--tenant', 'acme',
+                      '-o', str(tmp_path / 'no' / 'out.xml'), fixture)
+    else:
+        with open('/dev/full', 'w') as full:
+            result = subprocess.run(
+                [sys.executable, '-m', 'xen_dm_restrict_plugin.cmd.cli',
+                 'render', '--config-file', conf, '--tenant', 'acme',
+                 fixture], stdout=full, stderr=subprocess.PIPE, text=True,
+                cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
+    assert result.returncode != 0
+    assert 'no lease was kept' in result.stderr
+    listed = _cli('leases', 'list', '--config-file', conf, '--format',
+                  'json')
+    assert json.loads(listed.stdout) == []
+    assert not list(tmp_path.glob('**/*.tmp'))

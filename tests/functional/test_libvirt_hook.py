@@ -334,3 +334,19 @@ def test_installed_hooks_are_found(tmp_path):
     other.write_text('#!/bin/sh\nexit 0\n')
     other.chmod(0o755)
     assert libvirt_hook.installed_hooks(str(hooks_dir)) == [str(script)]
+
+
+def test_account_created_inside_a_lease_blocks_the_start(env):
+    # An account made later with the leased uid would be the device
+    # model's identity: its files, its processes.
+    hostenv.require_root()
+    xml = restricted_xml(env)
+    uid = restrict.read_record(domain.parse(xml, 1 << 20)).uid
+    late = hostenv.unique_name('xdr-late-')
+    env.add_user(late, uid)
+    proc = call_hook(env, 'prepare', 'begin', xml)
+    assert proc.returncode == 2
+    assert b'is now the uid of user xdr-late-' in proc.stderr
+    subprocess.run(['userdel', late], check=True, capture_output=True)
+    env.users.remove(late)
+    assert call_hook(env, 'prepare', 'begin', xml).returncode == 0

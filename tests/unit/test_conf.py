@@ -1,5 +1,6 @@
 """Configuration is validated at load, naming the option at fault."""
 
+import grp
 import os
 import pwd
 
@@ -80,6 +81,40 @@ def test_bad_gid_and_relative_chroot(tmp_path):
     with pytest.raises(exception.ConfigError) as err:
         _load(tmp_path, chroot_base_dir='relative/dir')
     assert err.value.subject == 'chroot_base_dir'
+
+
+@pytest.mark.parametrize('gid', [42, 6, 100])
+def test_device_model_gid_of_a_static_system_group_is_refused(tmp_path,
+                                                              gid):
+    # gid 42 is shadow on Debian: every device model could read
+    # /etc/shadow.
+    with pytest.raises(exception.ConfigError) as err:
+        _load(tmp_path, device_model_gid=gid)
+    assert err.value.subject == 'device_model_gid'
+    assert 'statically allocated' in str(err.value)
+
+
+def test_device_model_gid_of_a_users_group_is_refused(tmp_path):
+    shared = [entry for entry in grp.getgrall() if 101 <= entry.gr_gid < 65534
+              and (entry.gr_mem or any(user.pw_gid == entry.gr_gid
+                                       for user in pwd.getpwall()))]
+    if not shared:
+        pytest.skip('no group with members or primary users >= 101 here')
+    with pytest.raises(exception.ConfigError) as err:
+        _load(tmp_path, device_model_gid=shared[0].gr_gid)
+    assert 'is not dedicated' in str(err.value)
+
+
+@pytest.mark.parametrize('option,value', [
+    ('allowed_qemu_options', ['runas']),
+    ('allowed_qemu_options', ['-chardev']),
+    ('allowed_host_paths', ['relative/images']),
+    ('allowed_host_paths', ['/srv/../etc']),
+])
+def test_unsafe_allowlists_are_refused(tmp_path, option, value):
+    with pytest.raises(exception.ConfigError) as err:
+        _load(tmp_path, **{option: value})
+    assert err.value.subject == option
 
 
 def test_list_opts_covers_every_registered_option():

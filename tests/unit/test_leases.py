@@ -422,8 +422,53 @@ def test_next_free_is_the_lowest_unleased_uid(leased, start, length):
     with sqlite3.connect(':memory:', isolation_level=None) as conn:
         for statement in leases._SCHEMA:
             conn.execute(statement)
-        conn.executemany('INSERT INTO leases VALUES (?, ?, ?, 0)',
+        conn.executemany('INSERT INTO leases (uuid, tenant, uid, created_at) '
+                         'VALUES (?, ?, ?, 0)',
                          [(uuid(uid), 'acme', uid) for uid in leased])
         expected = next((uid for uid in range(start, stop + 1)
                          if uid not in leased), None)
         assert leases._next_free(conn, start, stop) == expected
+
+
+def test_a_failed_boot_cannot_give_back_a_lease_claimed_again(tmp_path):
+    # Two boots of one instance: the first creates the lease, the second
+    # takes it, then the first fails and gives back only what it created
+    # and nobody claimed since.
+    path = str(tmp_path / 'race.sqlite')
+    rng = ranges.UidRange('acme', 200000, 200099)
+    with leases.LeaseStore(path) as first, leases.LeaseStore(path) as second:
+        mine, created = first.claim(uuid(1), 'acme', rng, lambda uid: True)
+        theirs, reused_created = second.claim(uuid(1), 'acme', rng,
+                                              lambda uid: True)
+        assert created and not reused_created and theirs.uid == mine.uid
+        assert first.release_claim(mine) is False
+        assert second.get(uuid(1)).uid == mine.uid
+        # Unclaimed since, a failed creator does give it back.
+        again, created = first.claim(uuid(2), 'acme', rng, lambda uid: True)
+        assert created and first.release_claim(again) is True
+        assert first.get(uuid(2)) is None
+
+
+def test_a_version_1_database_is_upgraded_in_place(path):
+    # Written by the first release: no claims column.
+    conn = sqlite3.connect(path)
+    conn.execute('CREATE TABLE leases (uuid TEXT PRIMARY KEY NOT NULL, '
+                 'tenant TEXT NOT NULL, uid INTEGER NOT NULL UNIQUE, '
+                 'created_at REAL NOT NULL)')
+    conn.execute('CREATE TABLE cursors (first INTEGER NOT NULL, last '
+                 'INTEGER NOT NULL, next_uid INTEGER NOT NULL, PRIMARY KEY '
+                 '(first, last)) WITHOUT ROWID')
+    conn.execute('CREATE TABLE holds (uuid TEXT PRIMARY KEY NOT NULL, '
+                 'reason TEXT NOT NULL, created_at REAL NOT NULL)')
+    conn.execute("INSERT INTO leases VALUES (?, 'acme', 200003, 1.0)",
+                 (uuid(7),))
+    conn.execute('PRAGMA user_version = 1')
+    conn.commit()
+    conn.close()
+    with leases.LeaseStore(path) as store:
+        kept, created = store.claim(uuid(7), 'acme', ACME, usable)
+        assert (kept.uid, created) == (200003, False)
+        # Claimed twice now (its first boot and this one): kept.
+        assert store.release_claim(kept) is False
+    assert sqlite3.connect(path).execute(
+        'PRAGMA user_version').fetchone()[0] == leases.SCHEMA_VERSION

@@ -80,13 +80,20 @@ def _instance(args, data: bytes, max_bytes: int) -> hooks.Instance:
 
 
 def _write_output(path: typing.Optional[str], text: str) -> None:
+    """Write ``text`` whole, or raise and leave no file behind."""
     if not path or path == '-':
         sys.stdout.write(text + '\n')
+        sys.stdout.flush()
         return
     tmp = path + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as handle:
-        handle.write(text + '\n')
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'w', encoding='utf-8') as handle:
+            handle.write(text + '\n')
+        os.replace(tmp, path)
+    except OSError:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def cmd_render(args) -> int:
@@ -95,10 +102,23 @@ def cmd_render(args) -> int:
     data = _read_xml(args.xml)
     instance = _instance(args, data, hook.settings.max_xml_bytes)
     try:
+        had_lease = (os.path.exists(hook.settings.lease_db)
+                     and hook.store.get(instance.uuid) is not None)
         out = hook.prepare(data.decode('utf-8', 'replace'), instance)
+        lease = hook.store.get(instance.uuid)
+        try:
+            _write_output(args.output, out)
+        except (OSError, ValueError) as err:
+            # Nothing will define this XML: give a new lease back.
+            if not had_lease and lease is not None:
+                hook.store.release_claim(lease)
+            raise CommandError(
+                'output %s' % (args.output or 'stdout'),
+                'the restricted XML could not be written (%s); no lease '
+                'was kept' % (getattr(err, 'strerror', None) or err),
+                'write to a writable file or pipe') from None
     finally:
         hook.close()
-    _write_output(args.output, out)
     return EXIT_OK
 
 
