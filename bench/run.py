@@ -175,6 +175,9 @@ def report_hostile(report: Report, result: dict, wanted: int) -> None:
                                              result['seconds']),
                '>= %d' % wanted, result['examples'] >= wanted,
                correctness=True)
+    report.row('  of them, policy vs libvirt\'s reading',
+               str(result['oracle_examples']), '>= %d' % wanted,
+               result['oracle_examples'] >= wanted, correctness=True)
     for outcome, count in result['outcomes'].items():
         report.row('  ' + outcome, str(count))
     report.row('failures', str(len(result['failures'])), '0',

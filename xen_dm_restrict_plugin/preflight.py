@@ -282,6 +282,31 @@ def check_launcher(settings: conf_mod.Settings) -> Check:
     return Check('launcher', OK, path)
 
 
+def check_host_paths(settings: conf_mod.Settings) -> Check:
+    """Warn when no host path is allowed: every domain with a disk is
+    refused then."""
+    if not settings.allowed_host_paths:
+        return Check('allowed host paths', WARN, 'none: every domain with '
+                     'a disk, CD-ROM, kernel or initrd is refused; set '
+                     '[dm_restrict] allowed_host_paths to the directories '
+                     'of your images (e.g. /var/lib/nova/instances)')
+    missing = [path for path in settings.allowed_host_paths
+               if not os.path.isdir(path)]
+    if missing:
+        return Check('allowed host paths', WARN, 'not directories here: %s'
+                     % ', '.join(missing))
+    return Check('allowed host paths', OK, ', '.join(
+        settings.allowed_host_paths))
+
+
+def check_test_mode(settings: conf_mod.Settings) -> Check:
+    if settings.launcher_test_mode:
+        return Check('launcher test mode', FAIL, 'launcher_test_mode is '
+                     'set: the launcher starts device models without '
+                     '-xen-domid-restrict; unset it on a real host')
+    return Check('launcher test mode', OK, 'off')
+
+
 def check_hook(hooks_dir: str) -> Check:
     found = libvirt_hook.installed_hooks(hooks_dir)
     if found:
@@ -309,6 +334,7 @@ def run(settings: conf_mod.Settings,
     checks += check_qemu(settings)
     checks += [check_reaper_user(settings), check_accounts(settings),
                check_chroot_base(settings), check_lease_db(settings),
-               check_launcher(settings),
+               check_launcher(settings), check_test_mode(settings),
+               check_host_paths(settings),
                check_hook(hooks_dir or DEFAULT_HOOKS_DIR)]
     return Report(tuple(checks), xen_host)

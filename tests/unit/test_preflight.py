@@ -192,3 +192,19 @@ def test_table_output_via_console_script(tmp_path):
     assert 'check(s) failed' in proc.stdout
     if not os.path.exists('/usr/libexec/xen-qemu-system-i386'):
         assert 'xen-qemu-system-i386 is missing' in proc.stdout
+
+
+def test_empty_allowed_host_paths_warn(tmp_path):
+    empty = base.make_settings(tmp_path, allowed_host_paths=[])
+    check = preflight.check_host_paths(empty)
+    assert check.status == preflight.WARN
+    assert 'every domain with a disk' in check.detail
+    set_ = base.make_settings(tmp_path)
+    assert preflight.check_host_paths(set_).status == preflight.OK
+
+
+def test_launcher_test_mode_fails(tmp_path):
+    on = base.make_settings(tmp_path, launcher_test_mode=True)
+    assert preflight.check_test_mode(on).status == preflight.FAIL
+    off = base.make_settings(tmp_path)
+    assert preflight.check_test_mode(off).status == preflight.OK
