@@ -283,8 +283,7 @@ def check_launcher(settings: conf_mod.Settings) -> Check:
 
 
 def check_host_paths(settings: conf_mod.Settings) -> Check:
-    """Warn when no host path is allowed: every domain with a disk is
-    refused then."""
+    """Warn when no host path is allowed: every disk is refused then."""
     if not settings.allowed_host_paths:
         return Check('allowed host paths', WARN, 'none: every domain with '
                      'a disk, CD-ROM, kernel or initrd is refused; set '

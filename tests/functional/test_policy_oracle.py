@@ -51,19 +51,23 @@ def _paths():
 
 
 def _mostly(safe, hostile):
-    """Three times in four a safe choice, so that enough domains pass the
-    policy to be held against libvirt's reading."""
+    """Three times in four a safe choice.
+
+    So that enough domains pass the policy to be held against libvirt's
+    reading.
+    """
     return st.one_of(safe, safe, safe, hostile)
 
 
 PATH = st.deferred(lambda: _mostly(st.sampled_from(_paths()[:3]),
                                    st.sampled_from(_paths())))
 TEXT = _mostly(st.sampled_from(['xenbr0', 'e1000', 'vif-bridge']),
-               st.sampled_from(['xenbr0', 'br0,script=/bin/sh', 'e1000',
-                        'e1000,romfile=/etc/shadow', 'vif-bridge',
-                        '/tmp/evil.sh', '127.0.0.1', 'unix:/etc/x',
-                        '0.0.0.0', 'en-us', '../../etc/keymap', 'hda',
-                        'hdb', 'xvda', 'sdb', 'hd,x']))
+               st.sampled_from([
+                   'xenbr0', 'br0,script=/bin/sh', 'e1000',
+                   'e1000,romfile=/etc/shadow', 'vif-bridge',
+                   '/tmp/evil.sh', '127.0.0.1', 'unix:/etc/x', '0.0.0.0',
+                   'en-us', '../../etc/keymap', 'hda', 'hdb', 'xvda', 'sdb',
+                   'hd,x']))
 
 
 def _attrs(**values):
@@ -121,6 +125,7 @@ def interfaces(draw):
         ['network', 'ethernet', 'hostdev', 'direct'])))
     parts = ['<mac address=\'00:16:3e:00:00:%02x\'/>'
              % draw(st.integers(1, 250))]
+
     def text(*safe):
         return draw(_mostly(st.sampled_from(safe), TEXT))
     if kind == 'bridge':
@@ -172,8 +177,7 @@ ARGS = st.lists(_mostly(
 
 
 def _spell(draw, xml: str) -> str:
-    """Respell the document in ways libvirt reads differently from naive
-    XML readers."""
+    """Respell the document as libvirt reads it but a naive reader not."""
     choice = draw(st.sampled_from(['none', 'none', 'none', 'comment',
                                    'cdata', 'nsattr', 'nselement', 'dup-os',
                                    'pi']))
@@ -254,9 +258,11 @@ def check(conn, settings, xml: str, args) -> None:
 
 
 def run_property(directory) -> None:
-    """Hold generated domains against libvirt's reading (hypothesis
-    profile of :mod:`tests.unit.test_hostile_input`); ``directory`` takes
-    the lease database path, which nothing writes."""
+    """Hold generated domains against libvirt's reading.
+
+    The hypothesis profile is :mod:`tests.unit.test_hostile_input`'s;
+    ``directory`` takes the lease database path, which nothing writes.
+    """
     settings = base.make_settings(
         directory, allowed_chardev_types=['pty', 'file', 'unix'],
         allowed_qemu_options=['no-hpet', 'rtc', 'name'])
