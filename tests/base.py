@@ -16,6 +16,7 @@ from xen_dm_restrict_plugin import loader
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
 DOMAIN_RNG = '/usr/share/libvirt/schemas/domain.rng'
 HVM_UUID = '3b5c8f0e-9d7a-4e21-b6f4-1a2c3d4e5f60'
+PV_UUID = '5e6f7a8b-1c2d-4e3f-8a9b-0c1d2e3f4a5b'
 
 
 #: Token in the fixtures for the directory of the test's disk images.

@@ -33,13 +33,17 @@ def test_define_and_start_restricted_domain(conn):
     base.assert_schema_valid(dom.XMLDesc(0))
 
 
-def test_refused_domain_is_not_defined(conn):
+@pytest.mark.parametrize('device', [
+    "<hostdev mode='subsystem' type='pci'><source><address domain='0' "
+    "bus='1' slot='0' function='0'/></source></hostdev>",
+    "<serial type='file'><source path='/etc/cron.d/x'/></serial>",
+    "<disk type='file' device='disk'><source file='/etc/shadow'/>"
+    "<target dev='hdb'/></disk>",
+])
+def test_refused_domain_is_not_defined(conn, device):
     before = set(conn.conn.listDefinedDomains()) | {
         d.name() for d in conn.conn.listAllDomains()}
-    xml = base.add_device(base.fixture('hvm.xml'),
-                          "<hostdev mode='subsystem' type='pci'><source>"
-                          "<address domain='0' bus='1' slot='0' "
-                          "function='0'/></source></hostdev>")
+    xml = base.add_device(base.fixture('hvm.xml'), device)
     with pytest.raises(exception.FeatureRefused):
         conn.define_and_start(xml, ACME)
     after = {d.name() for d in conn.conn.listAllDomains()}

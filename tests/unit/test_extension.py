@@ -189,6 +189,30 @@ REFUSED = [
     ('wrong uuid', lambda: base.fixture('hvm.xml').replace(
         base.HVM_UUID, '99999999-2222-4333-8444-555555555555'),
      exception.InvalidDomainXML),
+    ('incoming exec', lambda: base.fixture('hvm.xml').replace(
+        '</devices>', '</devices><xen:commandline xmlns:xen="%s">'
+        '<xen:arg value="-incoming"/><xen:arg value="exec:id"/>'
+        '</xen:commandline>' % domain.XEN_NS), exception.FeatureRefused),
+    ('serial file', lambda: base.add_device(
+        base.fixture('hvm.xml'), "<serial type='file'><source "
+        "path='/etc/cron.d/x'/></serial>"), exception.FeatureRefused),
+    ('kernel', lambda: base.fixture('hvm.xml').replace(
+        '</os>', '<kernel>/etc/shadow</kernel></os>'),
+     exception.FeatureRefused),
+    ('qdisk tap qcow2', lambda: base.fixture('hvm.xml').replace(
+        "<driver name='phy'/>", "<driver name='tap' type='qcow2'/>"),
+     exception.FeatureRefused),
+    ('namespaced driver', lambda: base.fixture('hvm.xml').replace(
+        "<driver name='phy'/>", "<driver xmlns:a='urn:a' a:name='qemu'/>"),
+     exception.FeatureRefused),
+    ('interface script', lambda: base.add_device(
+        base.fixture('hvm.xml'), "<interface type='bridge'><source "
+        "bridge='xenbr0'/><script path='/tmp/x.sh'/></interface>"),
+     exception.FeatureRefused),
+    ('pv framebuffer', lambda: base.add_device(
+        base.fixture('pv.xml').replace(base.PV_UUID, base.HVM_UUID),
+        "<graphics type='vnc' listen='127.0.0.1'/>"),
+     exception.FeatureRefused),
 ]
 
 
