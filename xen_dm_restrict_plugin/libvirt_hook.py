@@ -160,6 +160,11 @@ class LibxlHook:
             LOG.warning('refused %s: %s', subject, reason)
             return exception.OperationRefused(subject, reason, remedy)
 
+        if list(record.args) not in restrict.canonical_args(record):
+            raise refuse('its dm_restrict record lists arguments this '
+                         'product never writes for uid %d (a record edited '
+                         'or forged to pass arguments unchecked)'
+                         % record.uid)
         if not record.args or list(args[:len(record.args)]) != list(
                 record.args):
             raise refuse('its <xen:commandline> does not start with the '

@@ -75,6 +75,14 @@ _RESTRICTION = frozenset(('runas', 'chroot', 'run-with', 'sandbox'))
 #: Keys libxl writes in -drive for the raw disks the policy allows.
 _DRIVE_KEYS = frozenset(('file', 'if', 'index', 'media', 'format', 'cache',
                          'readonly', 'id', 'bus', 'unit'))
+#: Options libxl writes at most once; a second one would win in QEMU
+#: (a second -xen-domid attaches the device model to another domain).
+_ONCE = frozenset(('xen-domid', 'machine', 'm', 'name', 'vnc', 'display',
+                   'boot', 'smp', 'net', 'k', 'kernel', 'initrd', 'append',
+                   'runas', 'chroot', 'sandbox', 'no-shutdown', 'S',
+                   'xen-domid-restrict'))
+_DRIVE_VALUES = {'if': ('ide', 'scsi', 'none'), 'media': ('disk', 'cdrom'),
+                 'cache': ('writeback',), 'readonly': ('on',)}
 _TEST_MODE = {'machine': re.compile(r'^none$'), 'qmp': re.compile(
     r'^stdio$')}
 
@@ -133,6 +141,10 @@ class Checker:
         values = dict(pairs)
         if values.get('format', 'raw') != 'raw':
             return 'its format is not raw (qdisk)'
+        for key, allowed in _DRIVE_VALUES.items():
+            if key in values and values[key] not in allowed:
+                return 'its %s=%s is not what libxl writes' % (
+                    key, values[key])
         if 'file' in values:
             return self._path(values['file'],
                               hostpaths.Expect.BLOCK_OR_FILE)
@@ -170,7 +182,14 @@ class Checker:
         allowed domain, each as "argument: reason".
         """
         found = []
+        seen: typing.Dict[str, int] = {}
         for item in qemu_args.split(args):
+            if item.option in _ONCE:
+                seen[item.option] = seen.get(item.option, 0) + 1
+                if seen[item.option] == 2:
+                    found.append('%s: libxl writes -%s once; a second one '
+                                 'overrides it' % (item.spelled(),
+                                                   item.option))
             if item.option is None:
                 reason = 'QEMU opens a bare argument as a disk image'
             elif item.missing_value:

@@ -60,6 +60,9 @@ INPUT_BUSES = ('usb', 'ps2', 'xen')
 CONTROLLER_TYPES = ('xenbus', 'ide')
 OS_TYPES = ('hvm', 'xen', 'linux', 'xenpvh')
 BOOT_DEVS = ('hd', 'cdrom', 'network', 'fd')
+#: Lifecycle actions; the coredump ones make libvirtd write the guest's
+#: memory into dom0 as root on every crash.
+LIFECYCLE_ACTIONS = ('destroy', 'restart', 'preserve', 'rename-restart')
 _IFNAME_RE = re.compile(r'^[A-Za-z0-9_.-]{1,11}$')
 _BRIDGE_RE = re.compile(r'^[A-Za-z0-9_.-]{1,15}$')
 _NETWORK_RE = re.compile(r'^[A-Za-z0-9_.-]{1,64}$')
@@ -175,6 +178,16 @@ class Checker:
                                            hostpaths.Expect.FILE)
             if reason:
                 found.append(_path_refusal('<loader>%s' % dm.loader, reason))
+        for tag in ('on_poweroff', 'on_reboot', 'on_crash'):
+            node = dm.dom.root.find(tag)
+            if node is not None and node.xpath('string()') not in \
+                    LIFECYCLE_ACTIONS:
+                found.append(_refusal(
+                    '<%s>%s</%s>' % (tag, node.xpath('string()'), tag),
+                    'only %s are known to be safe (a core dump writes the '
+                    'guest\'s memory into dom0 as root)'
+                    % ', '.join(LIFECYCLE_ACTIONS),
+                    'use destroy or restart'))
         for boot in dm.dom.root.iterfind('os/boot'):
             if boot.get('dev') not in BOOT_DEVS:
                 found.append(_refusal(
@@ -378,14 +391,15 @@ class Checker:
                     continue
                 if address is None:
                     continue
-                try:
-                    ipaddress.ip_address(address)
-                except ValueError:
+                if not _is_ipv4(address):
                     found.append(_refusal(
                         '%s listen %r' % (subject, address),
                         'libxl pastes it into QEMU\'s -vnc option, where '
-                        'anything but an IP address can name a unix socket '
-                        'or add options', 'listen on an IP address'))
+                        'anything but a dotted-quad IPv4 address can name a '
+                        'unix socket or add options (an IPv6 scope id may '
+                        'hold commas, and QEMU misreads an IPv6 address '
+                        'without brackets)', 'listen on an IPv4 address, '
+                        'e.g. 127.0.0.1'))
             if display.keymap is not None and not _KEYMAP_RE.match(
                     display.keymap):
                 found.append(_refusal(
@@ -443,6 +457,19 @@ class Checker:
 
 
 _VERSIONED_FIRMWARE_RE = re.compile(r'^/usr/lib/xen-[0-9.]+/boot(?=/)')
+
+
+_IPV4_RE = re.compile(r'^[0-9]{1,3}(\.[0-9]{1,3}){3}$')
+
+
+def _is_ipv4(address: str) -> bool:
+    if not _IPV4_RE.match(address):
+        return False
+    try:
+        ipaddress.IPv4Address(address)
+    except ValueError:
+        return False
+    return True
 
 
 def _firmware_dirs(path: str) -> typing.List[str]:

@@ -88,6 +88,10 @@ NEVER_ALLOWED: typing.Mapping[str, str] = {
     'accel': 'libxl sets the accelerator (xen)',
     'm': 'libxl sets the memory size', 'snapshot': _HOST,
     'preconfig': 'it stops the device model before libxl can drive it',
+    'global': 'it sets any property of any device, including ones that '
+              'name host files (romfile=) or chardevs',
+    'display': 'libxl sets the display; vnc= and others open listeners',
+    'icount': 'record/replay (rr=, rrfile=) reads and writes host files',
     'S': 'it freezes the guest until a monitor command arrives',
     'compat': 'it changes how deprecated interfaces behave',
     'action': 'it changes what the device model does on guest events',
@@ -105,6 +109,8 @@ DANGEROUS_KEYS = frozenset((
     'password-secret', 'secret', 'sysfsdev', 'vhostdev', 'config',
     'memory-backend', 'memdev', 'chardev', 'share', 'device', 'dev',
     'ifname', 'br', 'unix', 'vfio', 'keyfile', 'pidfile', 'addr-file',
+    'rrfile', 'rrsnapshot', 'splash', 'rendernode', 'addr', 'firmware',
+    'drive', 'netdev', 'property', 'value', 'gl', 'audiodev',
 ))
 #: Values that are URIs or legacy chardev / migration syntax.
 _URI_RE = re.compile(r'^[A-Za-z][A-Za-z0-9+.-]*:')
@@ -193,6 +199,8 @@ def value_problem(value: str) -> typing.Optional[str]:
     if ',,' in value:
         return 'its value %r holds an escaped comma' % value
     for key, val in split_keyvals(value):
+        # -global's driver.property=value form names the property last.
+        key = key.rsplit('.', 1)[-1]
         if key in DANGEROUS_KEYS:
             return ('its value sets %s=, which names a host path, socket, '
                     'program, file descriptor or device' % key)

@@ -88,6 +88,24 @@ class Record:
     args: typing.Tuple[str, ...]
 
 
+def canonical_args(record: Record) -> typing.List[typing.List[str]]:
+    """Every argument list this product writes for ``record``'s identity.
+
+    One per QEMU syntax (``-runas``/``-chroot`` or ``-run-with``, with or
+    without ``-sandbox``): a record whose arguments are none of them was
+    not written by this product, and what it lists must not be trusted.
+    """
+    found = []
+    for user_form in (FORM_LEGACY, FORM_RUN_WITH):
+        for chroot_form in (FORM_LEGACY, FORM_RUN_WITH):
+            for sandbox in (False, True):
+                found.append(Restriction(
+                    record.tenant, record.uid, record.gid, record.chroot,
+                    DeviceModelSyntax(user_form, chroot_form, sandbox)
+                ).args())
+    return found
+
+
 def _sub(parent: etree._Element, tag: str, text: str) -> None:
     etree.SubElement(parent, META + tag).text = text
 

@@ -184,6 +184,24 @@ def test_whole_domain_policy_applies_at_prepare(env, device, message):
     assert message in proc.stderr
 
 
+def test_forged_record_cannot_carry_arguments_past_the_policy(env):
+    # Arguments listed in the record were once taken as ours and not
+    # checked: a redefine with the same uuid could pass -incoming exec:.
+    xml = restricted_xml(env)
+    dom = domain.parse(xml, 1 << 20)
+    extra = ['-incoming', 'exec:id > %s/pwned' % env.tmp]
+    record = dom.metadata(restrict.RECORD_TAG)
+    holder = record.find(restrict.META + 'args')
+    for value in extra:
+        etree.SubElement(holder, restrict.META + 'arg', value=value)
+    dom.set_xen_args(dom.xen_args()[:len(holder) - 2] + extra
+                     + dom.xen_args()[len(holder) - 2:])
+    proc = call_hook(env, 'prepare', 'begin', dom.to_string())
+    assert proc.returncode == 2
+    assert b'record lists arguments this product never writes' in \
+        proc.stderr
+
+
 def test_pv_guest_is_checked_at_prepare(env):
     assert call_hook(env, 'prepare', 'begin',
                      base.fixture('pv.xml')).returncode == 0

@@ -71,6 +71,10 @@ def test_what_libxl_wrote_in_the_lab_passes(checker, middle):
     (lambda a: [x.replace('pty', 'file:/etc/x') for x in a],
      'allowed_chardev_types'),
     (lambda a: a + ['-name'], 'none follows'),
+    (lambda a: a + ['-xen-domid', '7'], 'libxl writes -xen-domid once'),
+    (lambda a: a + ['-machine', 'xenfv'], 'libxl writes -machine once'),
+    (lambda a: a + ['-drive', 'file=%s/root-disk.img,if=pflash'
+                    % base.images_dir()], 'if=pflash'),
 ])
 def test_anything_else_is_refused(checker, change, words):
     args = change(HEAD + FULL + RESTRICTION + TAIL + _disks())

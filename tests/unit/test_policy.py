@@ -68,9 +68,16 @@ def test_the_fixture_passes(settings):
     ("<graphics type='sdl' display=':0' xauth='/root/.Xauthority'/>",
      ["type='sdl'", 'XAUTHORITY', 'type="vnc"']),
     ("<graphics type='vnc' listen='unix:/etc/x'/>",
-     ['listen', 'unix:/etc/x', 'IP address']),
+     ['listen', 'unix:/etc/x', 'IPv4 address']),
     ("<graphics type='vnc'><listen type='socket' socket='/etc/s'/>"
      "</graphics>", ['socket']),
+    # An IPv6 scope id may hold commas: QEMU would add a unix listener
+    # relative to its working directory, /, replacing /lib64 as root.
+    ("<graphics type='vnc' port='5900' autoport='no' "
+     "listen='::1%1:0,vnc=unix:lib64'/>", ['vnc=unix:lib64', 'IPv4']),
+    ("<graphics type='vnc' port='5900'><listen type='address' "
+     "address='::1%1:0,vnc=unix:lib64'/></graphics>", ['IPv4']),
+    ("<graphics type='vnc' listen='::1'/>", ['IPv4']),
     ("<interface type='bridge'><source bridge='br0,script=/bin/sh'/>"
      "</interface>", ['bridge', 'script=/bin/sh', 'Linux interface name']),
     ("<interface type='bridge'><source bridge='br0'/>"
@@ -292,9 +299,34 @@ def test_extra_arguments_are_default_deny(settings, args, words):
         assert word in message
 
 
+def test_coredump_on_crash_is_refused(settings):
+    xml = base.fixture('hvm.xml').replace(
+        '<on_crash>destroy</on_crash>',
+        '<on_crash>coredump-restart</on_crash>')
+    assert 'coredump-restart' in _refused(settings, xml)
+
+
+@pytest.mark.parametrize('option,value', [
+    ('boot', 'splash=vmlinuz'), ('boot', 'order=c,splash=boot'),
+    ('rtc', 'driver.romfile=x'), ('rtc', 'x.chardev=serial0'),
+])
+def test_allowed_option_keys_naming_files_are_refused(tmp_path, option,
+                                                      value):
+    settings = base.make_settings(tmp_path, allowed_qemu_options=[option])
+    assert '-%s' % option in _refused(settings, base.fixture('hvm.xml'),
+                                      ['-%s' % option, value])
+
+
+@pytest.mark.parametrize('option', ['global', 'icount', 'display'])
+def test_options_that_reach_files_indirectly_cannot_be_allowed(tmp_path,
+                                                               option):
+    with pytest.raises(exception.ConfigError):
+        base.make_settings(tmp_path, allowed_qemu_options=[option])
+
+
 def test_allowed_options_pass_only_with_safe_values(tmp_path):
     settings = base.make_settings(tmp_path,
-                                  allowed_qemu_options=['rtc', 'global'])
+                                  allowed_qemu_options=['rtc', 'no-hpet'])
     _check(settings, base.fixture('hvm.xml'), ['-rtc', 'base=utc'])
     for value in ('base=utc,file=/etc/x', 'driftfix=/etc',
                   'x=unix:/run/s', 'a,,file=/etc/x'):
