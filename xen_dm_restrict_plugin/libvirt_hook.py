@@ -51,6 +51,7 @@ from xen_dm_restrict_plugin import chroot
 from xen_dm_restrict_plugin import conf as conf_mod
 from xen_dm_restrict_plugin import domain as domain_mod
 from xen_dm_restrict_plugin import exception
+from xen_dm_restrict_plugin import hook_operations
 from xen_dm_restrict_plugin import launcher
 from xen_dm_restrict_plugin import leases
 from xen_dm_restrict_plugin import policy
@@ -59,12 +60,11 @@ from xen_dm_restrict_plugin import restrict
 
 LOG = logging.getLogger(__name__)
 
-OP_PREPARE = ('prepare', 'begin')
-OP_STOPPED = ('stopped', 'end')
-OP_RELEASE = ('release', 'end')
-OP_MIGRATE = ('migrate', 'begin')
-#: (operation, sub-operation) pairs the hook acts on.
-ACTED_ON = (OP_PREPARE, OP_STOPPED, OP_RELEASE, OP_MIGRATE)
+OP_PREPARE = hook_operations.OP_PREPARE
+OP_STOPPED = hook_operations.OP_STOPPED
+OP_RELEASE = hook_operations.OP_RELEASE
+OP_MIGRATE = hook_operations.OP_MIGRATE
+ACTED_ON = hook_operations.ACTED_ON
 
 _REMEDY = ('define the domain through the orchestrator with the '
            'dm_restrict hook enabled (or "xen-dm-restrict render"), or set '

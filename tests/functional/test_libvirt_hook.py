@@ -368,3 +368,19 @@ def test_account_created_inside_a_lease_blocks_the_start(env):
     subprocess.run(['userdel', late], check=True, capture_output=True)
     env.users.remove(late)
     assert call_hook(env, 'prepare', 'begin', xml).returncode == 0
+
+
+@pytest.mark.parametrize('operation', [('started', 'begin'),
+                                       ('reconnect', 'begin'),
+                                       ('start', 'begin')])
+def test_operations_not_acted_on_import_nothing(env, operation):
+    # libvirtd runs the hook for every operation, and a failure at
+    # "started begin" destroys the domain: ignored calls must be cheap.
+    code = ('import sys; from xen_dm_restrict_plugin.cmd import '
+            'libvirt_hook as h; rc = h.main(["vm", "%s", "%s", "-"]); '
+            'print(rc, sorted(m for m in ("oslo_config", "lxml", '
+            '"sqlite3") if m in sys.modules))' % operation)
+    proc = subprocess.run([sys.executable, '-c', code],
+                          input=base.fixture('hvm.xml').encode(),
+                          capture_output=True, env=env.environ(), timeout=30)
+    assert proc.stdout.decode().split() == ['0', '[]'], proc.stderr

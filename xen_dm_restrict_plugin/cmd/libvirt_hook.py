@@ -5,17 +5,35 @@ Link it as ``/etc/libvirt/hooks/libxl`` (or into
 described in :mod:`xen_dm_restrict_plugin.libvirt_hook`.
 """
 
-import argparse
 import sys
 import typing
 
-from xen_dm_restrict_plugin.cmd import host
-from xen_dm_restrict_plugin import libvirt_hook
+from xen_dm_restrict_plugin import hook_operations
 
 PROG = 'xen-dm-restrict-libvirt-hook'
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _not_acted_on(argv: typing.Sequence[str]) -> bool:
+    """Whether libvirtd called for an operation the hook ignores."""
+    return (len(argv) >= 3 and tuple(argv[1:3])
+            not in hook_operations.ACTED_ON)
+
+
+def _drain(stream: typing.BinaryIO) -> None:
+    """Read what libvirtd writes, so it never meets a closed pipe."""
+    try:
+        while stream.read(65536):
+            pass
+    except OSError:
+        pass
+
+
+def build_parser():
+    import argparse
+
+    from xen_dm_restrict_plugin.cmd import host
+    from xen_dm_restrict_plugin import libvirt_hook
+
     parser = argparse.ArgumentParser(
         prog=PROG, description=libvirt_hook.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -39,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv not in (['--help'], ['-h']) and _not_acted_on(argv):
+        # started, reconnect, ...: nothing to do, and nothing imported.
+        if sys.stdin is not None:
+            _drain(sys.stdin.buffer)
+        return 0
+    from xen_dm_restrict_plugin.cmd import host
+    from xen_dm_restrict_plugin import libvirt_hook
     if argv in (['--help'], ['-h']):
         build_parser().parse_args(argv)
     # A domain may be called "-h" or "--x": libvirtd's argv is positional.
