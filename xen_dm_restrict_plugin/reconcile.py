@@ -91,6 +91,9 @@ class Reconciler:
         self.store = store
         self.reaper = reaper or reaper_mod.Reaper(settings)
         self.grace = grace
+        #: Leases without a domain left alone for being younger than the
+        #: grace period, in the last :meth:`run`.
+        self.skipped_young = 0
 
     def run(self, conn: libvirt.virConnect,
             apply: bool = False) -> typing.List[Finding]:
@@ -111,9 +114,13 @@ class Reconciler:
                 finding.action = 'held: refused at start until an operator '\
                     'resolves it and runs reconcile again'
             findings.append(finding)
+        self.skipped_young = 0
         for lease in self.store.list():
-            if lease.uuid not in known and lease.created_at < young:
-                findings.append(self._orphan(lease, apply))
+            if lease.uuid not in known:
+                if lease.created_at < young:
+                    findings.append(self._orphan(lease, apply))
+                else:
+                    self.skipped_young += 1
         for uuid, (name, record) in sorted(domains.items()):
             if uuid not in conflicts and self.store.get(uuid) is None:
                 findings.append(self._unleased(uuid, name, record, apply))

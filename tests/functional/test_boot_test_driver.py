@@ -217,3 +217,63 @@ def test_cli_render_that_cannot_write_keeps_no_lease(tmp_path, where):
                   'json')
     assert json.loads(listed.stdout) == []
     assert not list(tmp_path.glob('**/*.tmp'))
+
+
+def test_cli_boot_says_what_it_did_and_what_a_xen_host_would_do(tmp_path):
+    conf = _write_conf(tmp_path)
+    fixture = base.fixture_file('hvm.xml', tmp_path)
+    first = _cli('boot', '--config-file', conf, '--tenant', 'acme', fixture)
+    assert first.returncode == 0, first.stderr
+    assert 'lease:   new: uid 200000' in first.stdout
+    assert "test:///default (libvirt's embedded test driver: no QEMU ran" \
+        in first.stdout
+    assert 'next:    on a Xen host (xen:///system)' in first.stdout
+    again = _cli('boot', '--config-file', conf, '--tenant', 'acme', fixture)
+    assert 'lease:   reused: this instance already held uid 200000' in \
+        again.stdout
+
+
+def test_cli_boot_without_a_hook_refuses_unless_asked(tmp_path):
+    conf = _write_conf(tmp_path).replace('dm.conf', 'nohook.conf')
+    with open(_write_conf(tmp_path)) as handle:
+        text = handle.read().replace('domain_hooks = dm_restrict',
+                                     'domain_hooks =')
+    with open(conf, 'w') as handle:
+        handle.write(text)
+    fixture = base.fixture_file('hvm.xml', tmp_path)
+    refused = _cli('boot', '--config-file', conf, '--tenant', 'acme',
+                   fixture)
+    assert refused.returncode == 2
+    assert 'no domain hook is enabled' in refused.stderr
+    assert conf in refused.stderr and '--unrestricted' in refused.stderr
+    allowed = _cli('boot', '--config-file', conf, '--tenant', 'acme',
+                   '--unrestricted', fixture)
+    assert allowed.returncode == 0, allowed.stderr
+    assert 'applied: nothing' in allowed.stdout
+
+
+def test_cli_says_when_it_read_no_configuration(tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop('XEN_DM_RESTRICT_CONFIG', None)
+    if os.path.exists('/etc/xen-dm-restrict/xen-dm-restrict.conf'):
+        pytest.skip('this host has a configuration file')
+    result = subprocess.run(
+        [sys.executable, '-m', 'xen_dm_restrict_plugin.cmd.cli', 'boot',
+         '--tenant', 'acme', base.fixture_file('hvm.xml', tmp_path)],
+        capture_output=True, text=True, cwd=ROOT, env=env)
+    assert result.returncode == 2
+    assert 'no configuration file read' in result.stderr
+    assert 'configuration files read: none' in result.stderr
+
+
+def test_cli_shows_warnings_without_verbose(tmp_path):
+    conf = _write_conf(tmp_path, 'pv_dom0_qemu = allow\n')
+    xml = base.fixture('pv.xml').replace("<driver name='phy'/>",
+                                         "<driver name='qemu'/>")
+    path = tmp_path / 'pv-qdisk.xml'
+    path.write_text(xml)
+    result = _cli('render', '--config-file', conf, '--tenant', 'acme',
+                  str(path))
+    assert result.returncode == 0, result.stderr
+    assert 'WARNING' in result.stderr
+    assert 'runs as root, unrestricted' in result.stderr

@@ -152,15 +152,21 @@ def test_cli_reconcile_reads_libvirt_and_repairs(tmp_path):
         'allowed_host_paths = %s\n' % (settings.lease_db, base.images_dir()))
     uri = 'test://%s' % node
 
-    def cli(*extra):
+    def cli(*extra, grace='0', form='json'):
         return subprocess.run(
             [sys.executable, '-m', 'xen_dm_restrict_plugin.cmd.cli',
              'leases', 'reconcile', '--config-file', str(config),
-             '--connect', uri, '--format', 'json', '--grace', '0']
+             '--connect', uri, '--format', form, '--grace', grace]
             + list(extra),
             capture_output=True, text=True, cwd=ROOT,
             env=dict(os.environ, PYTHONPATH=ROOT))
 
+    # The grace period hides the young orphan lease, and says so.
+    young = cli(grace='300', form='table')
+    assert young.returncode == 3, young.stderr
+    assert ('1 lease(s) without a domain are younger than the grace period'
+            in young.stdout)
+    assert reconcile.ORPHAN_LEASE not in young.stdout
     dry = cli()
     assert dry.returncode == 3, dry.stderr
     assert sorted(f['kind'] for f in json.loads(dry.stdout)) == [

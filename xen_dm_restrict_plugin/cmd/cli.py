@@ -136,10 +136,21 @@ def cmd_validate(args) -> int:
     if args.tenant is not None:
         settings.range_for(args.tenant)
     syntax = capabilities.syntax_for(settings, dom.emulator)
-    print('%s: %s guest, can be restricted (user %s, chroot %s, sandbox '
-          '%s)' % (args.xml, kind.value, syntax.user_form,
-                   syntax.chroot_form, 'on' if syntax.sandbox else 'off'))
+    print('%s: %s guest, can be restricted (QEMU options: user as %s, '
+          'chroot as %s, seccomp sandbox %s)' % (
+              args.xml, kind.value, _SPELLING['user'][syntax.user_form],
+              _SPELLING['chroot'][syntax.chroot_form],
+              'on' if syntax.sandbox else 'off (QEMU has no -sandbox)'))
     return EXIT_OK
+
+
+#: How each restriction is spelled on QEMU's command line, per form.
+_SPELLING = {
+    'user': {restrict.FORM_LEGACY: '-runas UID:GID',
+             restrict.FORM_RUN_WITH: '-run-with user=UID:GID'},
+    'chroot': {restrict.FORM_LEGACY: '-chroot DIR',
+               restrict.FORM_RUN_WITH: '-run-with chroot=DIR'},
+}
 
 
 def _lease_dict(lease: leases.Lease) -> dict:
@@ -211,20 +222,31 @@ def cmd_leases_reconcile(args) -> int:
     try:
         with leases.LeaseStore(settings.lease_db,
                                settings.lease_db_timeout) as store:
-            findings = reconcile.Reconciler(
-                settings, store, grace=args.grace).run(conn, apply=args.apply)
+            reconciler = reconcile.Reconciler(settings, store,
+                                              grace=args.grace)
+            findings = reconciler.run(conn, apply=args.apply)
     finally:
         conn.close()
+    skipped = reconciler.skipped_young
+    note = ('%d lease(s) without a domain are younger than the grace '
+            'period of %g s (a boot may still be defining them) and were '
+            'not judged; "--grace 0" judges them too'
+            % (skipped, args.grace)) if skipped else ''
     if args.format == 'json':
+        if note:
+            LOG.warning('%s', note)
         print(json.dumps([vars(f) for f in findings], indent=2))
     elif not findings:
-        print('lease database and libvirt agree')
+        print('lease database and libvirt agree' +
+              (', except: %s' % note if note else ''))
     else:
         print('%-16s %-36s %10s  %s' % ('KIND', 'UUID', 'UID', 'ACTION'))
         for f in findings:
             print('%-16s %-36s %10s  %s\n%55s  (%s)'
                   % (f.kind, f.uuid, '' if f.uid is None else f.uid,
                      f.action, '', f.detail))
+        if note:
+            print(note)
     if any(not f.resolved for f in findings):
         return EXIT_UNRESOLVED
     return EXIT_OK
@@ -243,13 +265,27 @@ def cmd_boot(args) -> int:
     _quiet_libvirt()
 
     conf = _load_conf(args)
-    _settings(conf)
+    settings = _settings(conf)
     data = _read_xml(args.xml)
     manager = loader.HookManager(conf)
+    if not manager.names and not args.unrestricted:
+        raise CommandError(
+            'boot', 'no domain hook is enabled ([libvirt] domain_hooks is '
+            'empty; configuration files read: %s), so the domain would boot '
+            'with its device model unrestricted, as root'
+            % _files_read(conf),
+            'pass the configuration with --config-file (it sets '
+            'domain_hooks = dm_restrict), or --unrestricted to boot '
+            'without any hook on purpose')
     if args.instance_uuid is None:
         found = domain_mod.parse(data, conf[conf_mod.GROUP].max_xml_bytes)
         args.instance_uuid = found.uuid or str(uuid_mod.uuid4())
     instance = hooks.Instance(args.instance_uuid, args.tenant)
+    lease_before = None
+    if os.path.exists(settings.lease_db):
+        with leases.LeaseStore(settings.lease_db,
+                               settings.lease_db_timeout) as store:
+            lease_before = store.get(instance.uuid)
     conn = virt.HookedConnection.open(args.connect, manager)
     try:
         dom = conn.define_and_start(data.decode('utf-8', 'replace'),
@@ -260,20 +296,48 @@ def cmd_boot(args) -> int:
                   'hooks': manager.names}
         if record is not None:
             result.update(uid=record.uid, gid=record.gid,
-                          chroot=record.chroot, applied=list(record.args))
+                          chroot=record.chroot, applied=list(record.args),
+                          lease='reused' if lease_before is not None
+                          and lease_before.uid == record.uid else 'new')
+        result['driver'] = conn.conn.getType()
+        result['uri'] = args.connect
     finally:
         conn.close()
     if args.format == 'json':
         print(json.dumps(result, indent=2))
+        return EXIT_OK
+    for key in ('name', 'uuid', 'id', 'tenant', 'uid', 'gid', 'chroot'):
+        if key in result:
+            print('%-8s %s' % (key + ':', result[key]))
+    if 'applied' in result:
+        print('applied: %s' % ' '.join(result['applied']))
+        print('lease:   %s' % (
+            'reused: this instance already held uid %d' % result['uid']
+            if result['lease'] == 'reused' else
+            'new: uid %d leased to this instance now' % result['uid']))
     else:
-        for key in ('name', 'uuid', 'id', 'tenant', 'uid', 'gid', 'chroot'):
-            if key in result:
-                print('%-8s %s' % (key + ':', result[key]))
-        if 'applied' in result:
-            print('applied: %s' % ' '.join(result['applied']))
-        else:
-            print('applied: nothing (no dm_restrict record: not restricted)')
+        print('applied: nothing (no dm_restrict record: not restricted)')
+    print('driver:  %s (%s)' % (result['uri'], _driver_meaning(
+        result['uri'], result['driver'])))
+    if 'uid' in result:
+        print('next:    on a Xen host (xen:///system), libxl starts the '
+              'device model with these arguments; it runs as uid %d in '
+              '%s, and the libvirt daemon hook checks the domain again '
+              'right before that' % (result['uid'], result['chroot']))
     return EXIT_OK
+
+
+def _driver_meaning(uri: str, driver: str) -> str:
+    if uri.startswith('test:'):
+        return ('libvirt\'s embedded test driver: no QEMU ran, no chroot '
+                'was created, and the domain lived only inside this '
+                'command; it is gone now')
+    return 'libvirt driver %s' % driver
+
+
+def _files_read(conf: cfg.ConfigOpts) -> str:
+    files = list(conf.config_file or [])
+    return ', '.join(files) if files else 'none'
 
 
 def cmd_preflight(args) -> int:
@@ -443,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
         'domain.xml',
         'A domain that fails to start is undefined again and its lease '
         'released. The enabled hooks are [libvirt] domain_hooks of the '
-        'configuration; with none, the domain boots unrestricted.')
+        'configuration; with none, boot refuses unless --unrestricted.')
     boot.add_argument('xml', help='domain XML file, or - for stdin')
     boot.add_argument('--tenant', required=True, help='tenant id')
     boot.add_argument('--instance-uuid', help='instance uuid (default: the '
@@ -453,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
                            'host: xen:///system)')
     boot.add_argument('--format', choices=('text', 'json'), default='text',
                       help=_FORMAT_HELP)
+    boot.add_argument('--unrestricted', action='store_true',
+                      help='boot even when no domain hook is enabled (the '
+                           'device model then runs as root)')
     boot.set_defaults(func=cmd_boot)
 
     pre = _subparser(
@@ -486,8 +553,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # A refusal is printed once, as the "refused:" line; -v shows the log.
-    host.setup_logging(PROG, getattr(args, 'verbose', False), logging.ERROR)
+    # Warnings show; a refusal is printed once, as the "refused:" line;
+    # -v shows the whole log.
+    host.setup_logging(PROG, getattr(args, 'verbose', False),
+                       logging.WARNING)
     return host.run(PROG, lambda: args.func(args))
 
 

@@ -74,6 +74,11 @@ def load_conf(files: typing.Optional[typing.Sequence[str]] = None
     with _config_errors(files):
         conf([], project='xen-dm-restrict', default_config_files=files,
              default_config_dirs=[])
+    if not files:
+        LOG.warning('no configuration file read (none given, $%s unset, '
+                    'no %s): every option has its default, so no tenant '
+                    'has a uid range and no domain hook is enabled',
+                    CONFIG_ENV, DEFAULT_CONFIG)
     return conf
 
 
@@ -118,6 +123,14 @@ def setup_logging(prog: str, verbose: bool = False,
     logging.basicConfig(
         level=logging.INFO if verbose else quiet_level,
         format=prog + ': %(levelname)s %(name)s: %(message)s')
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_not_a_refusal)
+
+
+def _not_a_refusal(record: logging.LogRecord) -> bool:
+    """Drop the log line of a refusal: :func:`run` prints it once."""
+    return not str(record.msg).startswith('refused')
 
 
 def run(prog: str, func: typing.Callable[[], int]) -> int:
