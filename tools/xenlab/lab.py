@@ -401,8 +401,8 @@ def main(argv=None):
             print('%-14s %-5s %8s  %s' % (name, 'FAIL', '-', 'not reported'))
             failed = True
             continue
-        print('%-14s %-5s %8.1f  %s' % (name, r['result'], r['seconds'],
-                                          r['title']))
+        print('%-14s %-5s %8.1f  %s' % (
+            name, r['result'], r['seconds'], r['title']))
         failed |= r['result'] != 'PASS'
     print()
     print('image: %s (%s; cold build %.0f s)' % (

@@ -83,8 +83,8 @@ def run(cmd, timeout=300, stdin=None, env=None):
         out = out if isinstance(out, str) else out.decode()
         err = err if isinstance(err, str) else err.decode()
     el = time.monotonic() - t0
-    detail('$ %s\n[rc=%d, %.2f s]\n%s%s' % (shlex.join(cmd), rc, el, out,
-                                           err))
+    detail('$ %s\n[rc=%d, %.2f s]\n%s%s' % (
+        shlex.join(cmd), rc, el, out, err))
 
     class R(object):
         pass
@@ -117,8 +117,8 @@ class Scenario(object):
 
     def check(self, cond, text):
         self.ok &= bool(cond)
-        emit('XENLAB-EVIDENCE %s %s %s' % (self.sid, 'ok' if cond else
-                                            'FAIL', text))
+        emit('XENLAB-EVIDENCE %s %s %s' % (
+            self.sid, 'ok' if cond else 'FAIL', text))
         return bool(cond)
 
     def info(self, text):
@@ -149,8 +149,10 @@ def scenario(sid, title):
 
 def domain_xml(name, uuid, memory=64, kernel=False, disk=None, cdrom=None,
                vif=False, vnc=False, xen_args=(), emulator=QEMU):
-    """A libvirt HVM guest; serial and console are pty only (the policy
-    allows no other chardev)."""
+    """A libvirt HVM guest; serial and console are pty only.
+
+    The policy allows no other chardev.
+    """
     os_extra = ''
     clock = ''
     if kernel:
@@ -297,8 +299,10 @@ def uid_procs(uid):
 
 
 def libxl_spawn_argv(name=None, text=None):
-    """The argv libxl logged when it spawned the device model (last one):
-    from libvirt's per-domain libxl log, or from ``xl -vvv`` output."""
+    """The argv libxl logged when it spawned the device model (last one).
+
+    From libvirt's per-domain libxl log, or from ``xl -vvv`` output.
+    """
     if text is None:
         try:
             with open('/var/log/libvirt/libxl/%s.log' % name) as f:
@@ -439,8 +443,8 @@ def capture_argv():
         if logged:
             emit('XENLAB-ARGV %s libxl-log: %s' % (label, shlex.join(logged)))
         if pid:
-            emit('XENLAB-ARGV %s proc: %s' % (label,
-                                             shlex.join(proc_argv(pid))))
+            emit('XENLAB-ARGV %s proc: %s' % (
+                label, shlex.join(proc_argv(pid))))
         s.check(pid is not None, '%s: running (domid %s), device model pid '
                 '%s, start %.1f s' % (label, d, pid, r.seconds))
         detail(virsh('dumpxml', name).out)
@@ -545,8 +549,8 @@ def check_restricted(s, label, f, rec):
     s.check(f['ns_mnt'] == 'own' and f['ns_ipc'] == 'own',
             '%s: own mount and IPC namespaces (mnt %s, ipc %s)' % (
                 label, f['ns_mnt'], f['ns_ipc']))
-    s.check(int(f['CapEff'], 16) == 0, '%s: CapEff %s' % (label,
-                                                         f['CapEff']))
+    s.check(int(f['CapEff'], 16) == 0,
+            '%s: CapEff %s' % (label, f['CapEff']))
     want = {'FSIZE': '262144', 'CORE': '0', 'MEMLOCK': '0', 'LOCKS': '0',
             'MSGQUEUE': '0'}
     got = {k: f.get(k) for k in want}
@@ -693,8 +697,8 @@ def s3_lifecycle(s):
     r = virsh('destroy', 'acme-4')
     time.sleep(2)
     s.check(r.rc == 0 and not uid_procs(uid),
-            'destroy: processes of uid %d left: %d' % (uid,
-                                                      len(uid_procs(uid))))
+            'destroy: processes of uid %d left: %d' % (
+                uid, len(uid_procs(uid))))
     r = virsh('start', 'acme-4')
     time.sleep(3)
     pid = dm_pid(domid('acme-4') or -1)
@@ -910,8 +914,9 @@ def library_main(action, uuid):
         ok = ok and running and size1 == size0
         rc |= 0 if ok else 1
         print('OP %s %s: %s; domain running with the same device model: %s; '
-              'libxl log unchanged: %s' % ('ok' if ok else 'FAIL', label,
-                                          outcome, running, size1 == size0))
+              'libxl log unchanged: %s' % (
+                  'ok' if ok else 'FAIL', label, outcome, running,
+                  size1 == size0))
     print('OP %s save image absent' % (
         'FAIL' if os.path.exists(LAB + '/acme-5.save') else 'ok'))
     return rc
