@@ -132,15 +132,15 @@ dm_restrict_opts = [
              'emulator is called.'),
     cfg.BoolOpt(
         'reap_device_models', default=True,
-        help='In the orchestrator process, kill every process of a '
-             'domain\'s device-model uid right before the domain starts, '
-             'after it stops, and before its lease is released, and refuse '
-             'the boot when that is impossible (not root, no reaper user). '
-             'Turn it off where the orchestrator does not run as root: the '
-             'libvirt daemon hook, which runs as root and which preflight '
-             'requires, reaps the uid before every start and after every '
-             'stop anyway. Also off for libvirt\'s test driver, where no '
-             'device model runs. The daemon hook always reaps.'),
+        help='In the orchestrator, kill every process of a domain\'s '
+             'device-model uid right before the domain starts, after it '
+             'stops, and before its lease is released, and refuse the boot '
+             'when that is impossible. As root the orchestrator reaps in '
+             'its own process; otherwise through the oslo.privsep daemon '
+             'configured in [dm_restrict_privileged] (it keeps only '
+             'CAP_SETUID). Off leaves the reaping to the libvirt daemon '
+             'hook, which always reaps; also off for libvirt\'s test '
+             'driver, where no device model runs.'),
     cfg.ListOpt(
         'allowed_qemu_options', default=[],
         help='Extra QEMU options (names without the dash, e.g. "rtc") that '
@@ -209,8 +209,9 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
 def list_opts():
     """Options for oslo-config-generator and the Sphinx reference."""
     from xen_dm_restrict_plugin import loader
+    from xen_dm_restrict_plugin import privileged
     return [(GROUP, dm_restrict_opts),
-            (loader.GROUP, loader.hook_opts)]
+            (loader.GROUP, loader.hook_opts)] + privileged.list_opts()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,13 @@ class Refused(DmRestrictError):
         self.subject = subject
         self.reason = reason
         self.remedy = remedy
-        super().__init__('%s: %s. Remedy: %s.' % (subject, reason, remedy))
+        # The three parts stay the args, so the error can be rebuilt from
+        # them (oslo.privsep re-raises daemon errors as type(*args)).
+        super().__init__(subject, reason, remedy)
+
+    def __str__(self) -> str:
+        return '%s: %s. Remedy: %s.' % (
+            self.subject, self.reason, self.remedy)
 
 
 class InvalidDomainXML(Refused):

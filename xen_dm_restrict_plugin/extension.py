@@ -147,7 +147,11 @@ class DmRestrictHook(hooks.DomainHook):
 
     @property
     def reaper(self) -> reaper_mod.Reaper:
-        return reaper_mod.Reaper(self.settings)
+        """In-process as root; through the privsep daemon otherwise."""
+        if os.geteuid() == 0:
+            return reaper_mod.Reaper(self.settings)
+        from xen_dm_restrict_plugin import privileged
+        return privileged.PrivsepReaper(self.settings)
 
     def _restricted_record(self, xml: str, instance: hooks.Instance,
                            operation: str
