@@ -76,6 +76,14 @@ XEN_CMDLINE = ('console=com1 com1=115200,8n1 dom0_mem={dom0_mem}M,'
                'guest_loglvl=all noreboot smap=0 '
                'console_timestamps=boot')
 DOM0_CMDLINE = 'root=/dev/vda rw console=hvc0 earlyprintk=xen'
+# The emulated CPU. "max" gives Xen AMD SVM with nested paging (HAP).
+CPU_MAX = 'max'
+# LAB-ONLY WORKAROUND candidate (AVX): "max" without the AVX family, so
+# that glibc and Python in dom0 use their SSE routines (QEMU 7.2 added
+# AVX/AVX2 to TCG). SVM and NPT stay. See --cpu and doc/source/admin/
+# xen-lab.rst for what the lab measured with and without it.
+CPU_NO_AVX = ('max,-avx,-avx2,-fma,-f16c,-vaes,-vpclmulqdq,-avx-vnni')
+CPUS = {'max': CPU_MAX, 'no-avx': CPU_NO_AVX}
 MILESTONES = (
     ('xen', r'Xen version'),
     ('svm', r'HVM: SVM enabled'),
@@ -199,7 +207,8 @@ def build_payload(run):
     with open(os.path.join(payload, 'checkout.txt'), 'w') as f:
         f.write(rev.stdout)
     disk = os.path.join(run, 'payload.img')
-    sh(['truncate', '-s', '256M', disk])
+    # Room for the runner's logs and up to two cores of a crashed hook.
+    sh(['truncate', '-s', '512M', disk])
     sh(['mkfs.ext4', '-q', '-F', '-L', 'xenlab', '-d', payload, disk])
     return disk
 
@@ -207,7 +216,7 @@ def build_payload(run):
 class Qemu(object):
     """The lab's QEMU: started once, always killed (see stop())."""
 
-    def __init__(self, img, run, mem, dom0_mem):
+    def __init__(self, img, run, mem, dom0_mem, cpu):
         self.run = run
         self.serial = os.path.join(run, 'serial.log')
         self.overlay = os.path.join(run, 'dom0.qcow2')
@@ -216,7 +225,7 @@ class Qemu(object):
             os.path.join(img, 'disk.img'), self.overlay])
         self.argv = [
             'qemu-system-x86_64', '-accel', 'tcg,thread=multi',
-            '-cpu', 'max', '-m', str(mem), '-smp', '2', '-machine', 'pc',
+            '-cpu', cpu, '-m', str(mem), '-smp', '2', '-machine', 'pc',
             '-display', 'none', '-vga', 'none', '-no-reboot',
             '-kernel', os.path.join(img, 'xen'),
             '-append', XEN_CMDLINE.format(dom0_mem=dom0_mem),
@@ -291,6 +300,7 @@ def follow(qemu, timeout):
 
 def parse(lines):
     results, evidence, bench, argv = {}, {}, {}, []
+    facts, probe = [], {}
     for line in lines:
         m = re.match(r'XENLAB-RESULT (\S+) (PASS|FAIL) ([0-9.]+)s (.*)', line)
         if m:
@@ -306,7 +316,13 @@ def parse(lines):
         m = re.match(r'XENLAB-ARGV (.*)', line)
         if m:
             argv.append(m.group(1))
-    return results, evidence, bench, argv
+        m = re.match(r'XENLAB-FACT (.*)', line)
+        if m:
+            facts.append(m.group(1))
+        m = re.match(r'XENLAB-PROBE (.*)', line)
+        if m:
+            probe.update(json.loads(m.group(1)))
+    return results, evidence, bench, argv, facts, probe
 
 
 def dump_out(run):
@@ -329,6 +345,9 @@ def main(argv=None):
                    help='seconds from QEMU start to the end of the run')
     p.add_argument('--mem', type=int, default=6144, help='QEMU MiB')
     p.add_argument('--dom0-mem', type=int, default=3072, help='dom0 MiB')
+    p.add_argument('--cpu', default=os.environ.get('XENLAB_CPU', 'max'),
+                   help='emulated CPU: %s, or a QEMU -cpu value '
+                   '(default: %%(default)s)' % ', '.join(sorted(CPUS)))
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         sys.exit('xenlab: run as root (debootstrap, chroot, mkfs -d)')
@@ -345,7 +364,8 @@ def main(argv=None):
     t_payload = time.monotonic()
     build_payload(run)
     payload_s = time.monotonic() - t_payload
-    qemu = Qemu(img, run, args.mem, args.dom0_mem)
+    cpu = CPUS.get(args.cpu, args.cpu)
+    qemu = Qemu(img, run, args.mem, args.dom0_mem, cpu)
 
     def on_signal(signum, frame):
         qemu.stop()
@@ -367,7 +387,7 @@ def main(argv=None):
     if os.path.exists(runner_log):
         with open(runner_log, errors='replace') as f:
             lines = f.read().splitlines()
-    results, evidence, bench, observed = parse(lines)
+    results, evidence, bench, observed, facts, probe = parse(lines)
     with open(os.path.join(work, 'image-' + image_key(), 'build.json')) as f:
         build = json.load(f)
     summary = {
@@ -376,6 +396,7 @@ def main(argv=None):
                   'build_seconds_this_run': round(build_s, 1),
                   'cold_build_seconds': build['seconds'],
                   'versions': build['versions']},
+        'qemu_cpu': cpu,
         'payload_seconds': round(payload_s, 1),
         'boot_milestones_seconds': times,
         'qemu_seconds': round(qemu_s, 1),
@@ -383,6 +404,8 @@ def main(argv=None):
         'results': results,
         'evidence': evidence,
         'bench': bench,
+        'crash_probe': probe,
+        'facts': facts,
         'whole_run_seconds': round(time.monotonic() - t_all, 1),
     }
     with open(os.path.join(run, 'summary.json'), 'w') as f:
@@ -412,6 +435,9 @@ def main(argv=None):
     print('boot milestones (s after QEMU start): %s' % json.dumps(times))
     if bench:
         print('bench: %s' % json.dumps(bench))
+    if probe:
+        print('crash probe: %s' % json.dumps(probe))
+    print('QEMU -cpu %s' % cpu)
     print('whole run: %.0f s; QEMU ran %.0f s' % (
         summary['whole_run_seconds'], qemu_s))
     if problem:

@@ -39,12 +39,14 @@ import glob
 import json
 import os
 import re
+import resource
 import select
 import shlex
 import statistics
 import subprocess
 import sys
 import termios
+import threading
 import time
 import traceback
 import tty
@@ -60,6 +62,26 @@ HVMLOADER = '/usr/lib/xen-4.17/boot/hvmloader'
 BRIDGE = 'xenbr0'
 RANGE = (200000, 200999)
 BENCH_STARTS = 3
+# Crash diagnostics (lab only): the daemon hook's stderr and calls, and
+# where cores go.
+HOOK_STDERR = '/var/log/xenlab-hook.stderr'
+HOOK_CALLS = '/var/log/xenlab-hook.calls'
+CORES = '/var/crash'
+# LAB-ONLY DIAGNOSTICS (hook crash): /etc/libvirt/hooks/libxl is this
+# wrapper instead of the symlink the install guide makes. It runs the same
+# console script with Python's faulthandler on (a SIGSEGV prints the
+# Python stack of every thread to stderr, which libvirtd puts into its
+# error), cores enabled, and keeps a copy of stderr and every call with
+# its exit status, so a crash of the hook leaves evidence.
+HOOK_WRAPPER = '''#!/bin/bash
+export PYTHONFAULTHANDLER=1
+ulimit -c unlimited
+t0=$(date +%%s.%%N)
+%s/bin/xen-dm-restrict-libvirt-hook "$@" 2> >(tee -a %s >&2)
+rc=$?
+echo "$t0 $(date +%%s.%%N) rc=$rc $*" >> %s
+exit $rc
+''' % (VENV, HOOK_STDERR, HOOK_CALLS)
 
 
 def emit(line):
@@ -516,9 +538,10 @@ def install():
     # Step 6: the libvirt daemon hook.
     run(['install', '-d', '-o', 'root', '-g', 'root', '-m', '0755',
          '/etc/libvirt/hooks'])
-    if not os.path.lexists('/etc/libvirt/hooks/libxl'):
-        os.symlink(VENV + '/bin/xen-dm-restrict-libvirt-hook',
-                   '/etc/libvirt/hooks/libxl')
+    # The guide's step is a symlink to the console script; the lab puts
+    # its diagnostic wrapper there instead (HOOK_WRAPPER).
+    write('/etc/libvirt/hooks/libxl', HOOK_WRAPPER)
+    os.chmod('/etc/libvirt/hooks/libxl', 0o755)
     run(['systemctl', 'restart', 'libvirtd'])
     s.check(wait_libvirtd(), 'libvirtd restarted with the hook')
     # Step 7: preflight.
@@ -858,6 +881,101 @@ def bench_restricted():
     return starts, boots
 
 
+# --- crash diagnostics (lab only) --------------------------------------------
+
+IMPORT_PROBE = [VENV + '/bin/python', '-X', 'faulthandler', '-c',
+                'import xen_dm_restrict_plugin.libvirt_hook, '
+                'xen_dm_restrict_plugin.cmd.host']
+
+
+def import_probe(n, tag):
+    """Import what the hook imports on its full path, ``n`` times."""
+    results = []
+    for _ in range(n):
+        r = run(IMPORT_PROBE, timeout=120)
+        results.append(r.rc)
+        if r.rc != 0:
+            emit('XENLAB-FACT probe %s: import exit %d: %s' % (
+                tag, r.rc, ' | '.join(r.text.splitlines()[-6:])[:600]))
+    return results
+
+
+def crash_probe(n=8):
+    """The full hook import with a guest starting/running, and without.
+
+    The daemon hook once died (SIGSEGV, once MemoryError) at ``started
+    begin``, the first hook call made while a new HVM guest runs. This
+    repeats the hook's full import ``n`` times while a restricted guest
+    is started, destroyed and started again, then ``n`` times with no
+    guest, and counts the failures.
+    """
+    path = write('/root/acme-8.xml', domain_xml('acme-8', uuid_of(8)))
+    stop = threading.Event()
+    cycles = []
+
+    def guest_cycles():
+        r, rec = boot('acme-8', path)
+        cycles.append(r.rc)
+        while not stop.is_set():
+            virsh('destroy', 'acme-8')
+            cycles.append(virsh('start', 'acme-8', timeout=300).rc)
+        virsh('destroy', 'acme-8')
+
+    t = threading.Thread(target=guest_cycles)
+    t.start()
+    busy = import_probe(n, 'guest')
+    stop.set()
+    t.join()
+    library('undefine', uuid_of(8))
+    idle = import_probe(n, 'idle')
+    res = {'imports_with_guest_starting': len(busy),
+           'failed_with_guest': sum(1 for x in busy if x != 0),
+           'guest_start_rcs': cycles,
+           'imports_idle': len(idle),
+           'failed_idle': sum(1 for x in idle if x != 0),
+           'exit_codes': sorted(set(busy + idle))}
+    emit('XENLAB-PROBE %s' % json.dumps(res))
+
+
+def crash_evidence():
+    """Segfaults the kernel logged, Python's fatal errors, cores."""
+    r = run(['dmesg'])
+    segv = [x for x in r.out.splitlines()
+            if re.search(r'segfault at|traps:|general protection|'
+                         r'invalid opcode|Code: ', x)]
+    emit('XENLAB-FACT kernel segfault/trap lines: %d' % len(segv))
+    for line in segv[:20]:
+        emit('XENLAB-FACT dmesg: %s' % line.strip()[:400])
+    try:
+        err = open(HOOK_STDERR, errors='replace').read().splitlines()
+    except OSError:
+        err = []
+    fatal = [i for i, x in enumerate(err)
+             if re.search(r'Fatal Python error|MemoryError|Segmentation',
+                          x)]
+    emit('XENLAB-FACT hook stderr: %d lines, %d fatal' % (
+        len(err), len(fatal)))
+    for i in fatal[:3]:
+        for line in err[i:i + 25]:
+            emit('XENLAB-FACT hook-stderr: %s' % line[:300])
+    try:
+        calls = open(HOOK_CALLS).read().splitlines()
+    except OSError:
+        calls = []
+    bad = [x for x in calls if ' rc=0 ' not in x]
+    emit('XENLAB-FACT hook calls: %d, non-zero exits: %d' % (
+        len(calls), len(bad)))
+    for line in bad[:20]:
+        emit('XENLAB-FACT hook-call: %s' % line)
+    cores = sorted(glob.glob(CORES + '/core.*'))
+    emit('XENLAB-FACT cores: %s' % (' '.join(
+        '%s(%d)' % (os.path.basename(c), os.path.getsize(c))
+        for c in cores) or 'none'))
+    for c in cores[:2]:
+        if os.path.getsize(c) < 80 * 1024 * 1024:
+            run(['cp', c, OUT])
+
+
 # --- the library part (run under the venv's Python) -------------------------
 
 def library(action, uuid):
@@ -928,6 +1046,26 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     emit('XENLAB-RUNNER start uptime=%s' % open('/proc/uptime').read()
          .split()[0])
+    # Crash diagnostics (lab only): every Python the runner starts prints
+    # its stack on a fatal signal; cores go to CORES.
+    os.environ['PYTHONFAULTHANDLER'] = '1'
+    os.makedirs(CORES, exist_ok=True)
+    write('/proc/sys/kernel/core_pattern', CORES + '/core.%e.%p.%s\n')
+    resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY,
+                                              resource.RLIM_INFINITY))
+    flags = set()
+    with open('/proc/cpuinfo') as f:
+        for line in f:
+            if line.startswith('flags'):
+                flags = set(line.split(':', 1)[1].split())
+                break
+    emit('XENLAB-FACT dom0 cpu flags: %s' % ' '.join(sorted(
+        x for x in flags if re.match(r'(avx|fma|f16c|xsave|vaes|vpclmul|'
+                                     r'svm|npt|sse4|bmi)', x))))
+    # x86-64-v3 "supported" means glibc uses its AVX2 string routines.
+    r = run(['/lib64/ld-linux-x86-64.so.2', '--help'])
+    emit('XENLAB-FACT glibc hwcaps: %s' % ', '.join(
+        x.strip() for x in r.out.splitlines() if 'x86-64-v' in x))
     info = run(['xl', 'info'])
     caps = re.search(r'virt_caps\s*:\s*(.*)', info.out)
     ver = re.search(r'xen_version\s*:\s*(.*)', info.out)
@@ -973,6 +1111,8 @@ def main():
             '%d unrestricted and %d restricted starts succeeded' % (
                 len(plain), len(restricted)))
     s.done()
+    crash_probe()
+    crash_evidence()
     j = run(['journalctl', '--no-pager', '-b'])
     mem = [x for x in j.out.splitlines() if 'MemoryError' in x]
     emit('XENLAB-FACT MemoryError lines in the journal: %d%s' % (
