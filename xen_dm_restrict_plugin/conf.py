@@ -125,11 +125,13 @@ dm_restrict_opts = [
              'created (mode 0700) if missing.'),
     cfg.ListOpt(
         'stubdom_emulators', default=[],
-        help='<emulator> paths that run the device model in a stub domain '
-             'instead of dom0. HVM guests using one are passed through '
-             'unrestricted (the stub domain already isolates the device '
-             'model); every other HVM guest is restricted, whatever its '
-             'emulator is called.'),
+        deprecated_for_removal=True,
+        deprecated_reason='libvirt\'s libxl driver has no stub-domain '
+                          'support: a listed emulator runs in dom0.',
+        help='Must stay empty. libvirt\'s libxl driver never sets libxl\'s '
+             'device_model_stubdomain, so an <emulator> declared here would '
+             'run in dom0 as an unrestricted root device model; a '
+             'non-empty value is refused at load.'),
     cfg.BoolOpt(
         'reap_device_models', default=True,
         help='In the orchestrator, kill every process of a domain\'s '
@@ -165,12 +167,13 @@ dm_restrict_opts = [
              'default) refuses every domain that has a disk.'),
     cfg.ListOpt(
         'allowed_chardev_types', default=['pty'],
-        item_type=cfg.types.String(choices=['pty', 'null', 'file', 'pipe',
-                                            'dev', 'unix']),
+        item_type=cfg.types.String(choices=['pty', 'null', 'file', 'dev',
+                                            'unix']),
         help='Source types a serial, console or channel device may have. '
-             'pty and null open no host path; file, pipe, dev and unix '
-             'name a host path QEMU opens as root, which must then lie '
-             'under allowed_host_paths.'),
+             'pty and null open no host path; file, dev and unix name a '
+             'host path QEMU opens as root, which must then lie under '
+             'allowed_host_paths. pipe cannot be allowed: QEMU opens '
+             'PATH.in and PATH.out.'),
     cfg.StrOpt(
         'pv_dom0_qemu', default='refuse',
         choices=[('refuse', 'Refuse PV and PVH guests that need a QEMU in '
@@ -349,6 +352,13 @@ def load(conf: cfg.ConfigOpts) -> Settings:
                     reaper_uid, rng, rng.owner or 'the shared pool'),
                 'use a reaper uid outside every range')
 
+    if group.stubdom_emulators:
+        raise exception.ConfigError(
+            'stubdom_emulators', 'libvirt\'s libxl driver never asks libxl '
+            'for a stub domain: a domain naming one of %s as <emulator> '
+            'would get that program as a dom0 device model, as root and '
+            'unrestricted' % ', '.join(group.stubdom_emulators),
+            'leave stubdom_emulators empty')
     if not group.chroot_base_dir.startswith('/'):
         raise exception.ConfigError(
             'chroot_base_dir', '%r is not an absolute path'

@@ -211,17 +211,25 @@ class DmRestrictHook(hooks.DomainHook):
                         operation: str,
                         device_xml: typing.Optional[str] = None,
                         live: bool = False) -> None:
-        """Refuse what a restricted device model cannot survive."""
+        """Refuse what a restricted device model cannot survive, and any
+        device the policy would refuse, on every Xen domain.
+
+        A device attached or updated later reaches libxl (and, for a PV
+        guest's qdisk or framebuffer, a root QEMU) without the daemon
+        hook, so it passes the same policy as at define time, restricted
+        domain or not.
+        """
         try:
             dom = self.settings.parse_domain(xml)
-            if restrict.read_record(dom) is None:
-                return
             name = dom.name or instance.uuid
             if operation in _DEVICE_OPERATIONS and device_xml is not None:
                 operations.check_device(
                     operation, name, operations.parse_device(device_xml),
-                    live, self.settings)
-            elif operation not in _ALLOWED:
+                    live, self.settings, dom)
+                return
+            if restrict.read_record(dom) is None:
+                return
+            if operation not in _ALLOWED:
                 raise operations.refuse(operation, name)
         except exception.DmRestrictError as err:
             LOG.warning('refused %s of instance %s of tenant %s: %s',

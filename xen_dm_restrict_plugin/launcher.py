@@ -56,7 +56,9 @@ QUERY_ARGS = frozenset(('-help', '--help', '-h', '-version', '--version'))
 # fds=N:M, vhostfds=N:M (netdev, chardev, add-fd) and fd:N (incoming).
 _FD_RE = re.compile(r'(?:^|,)(?:vhost)?fds?=(\d+(?::\d+)*)(?=,|$)')
 _FD_URI_RE = re.compile(r'^fd:(\d+)$')
-_USER_RE = re.compile(r'^(\d+):(\d+)$')
+# Written as this product writes it: QEMU reads the numbers in base 0,
+# so "0200000" would be octal (uid 65536), not the leased 200000.
+_USER_RE = re.compile(r'^(0|[1-9][0-9]*):(0|[1-9][0-9]*)$', re.ASCII)
 _VALUED = frozenset(('runas', 'chroot', 'run-with', 'sandbox'))
 
 
@@ -181,7 +183,7 @@ def check_identity(settings: conf_mod.Settings,
             % (settings.gid_for(parsed.uid), parsed.uid),
             'use the gid the dm_restrict hook writes')
     expected = settings.chroot_dir(parsed.uid)
-    if os.path.normpath(parsed.chroot) != expected:
+    if parsed.chroot != expected:
         raise exception.Refused(
             'device model chroot %s' % parsed.chroot,
             'it is not %s, the directory of uid %d inside chroot_base_dir'
@@ -255,6 +257,12 @@ def launch(settings: conf_mod.Settings,
             'handles to every domain',
             'define the domain through the dm_restrict hook, which writes '
             '-xen-domid-restrict into <xen:commandline>')
+    if (settings.sandbox == conf_mod.SANDBOX_REQUIRED
+            and parsed.sandbox is None):
+        raise exception.Refused(
+            'device model command line', 'it has no -sandbox and '
+            '[dm_restrict] sandbox is "required"',
+            'define the domain through the dm_restrict hook')
     problems = libxl_argv.Checker(settings).problems(args)
     if problems:
         raise exception.Refused(

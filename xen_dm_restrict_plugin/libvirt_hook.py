@@ -47,6 +47,7 @@ import logging
 import os
 import typing
 
+from xen_dm_restrict_plugin import capabilities
 from xen_dm_restrict_plugin import chroot
 from xen_dm_restrict_plugin import conf as conf_mod
 from xen_dm_restrict_plugin import domain as domain_mod
@@ -191,6 +192,20 @@ class LibxlHook:
                 and parsed.sandbox != restrict.SANDBOX_POLICY):
             raise refuse('it has no -sandbox and [dm_restrict] sandbox is '
                          '"required"')
+        if (self.settings.sandbox == conf_mod.SANDBOX_WHEN_SUPPORTED
+                and parsed.sandbox is None):
+            # The hook writes -sandbox whenever the device model has it; a
+            # client that edited the domain must not drop it.
+            try:
+                wanted = capabilities.syntax_for(self.settings,
+                                                 dom.emulator).sandbox
+            except exception.Refused as err:
+                raise refuse(str(err)) from None
+            if wanted:
+                raise refuse('it has no -sandbox, but its device model has '
+                             'seccomp and [dm_restrict] sandbox is '
+                             '"when-supported" (the domain was edited '
+                             'after the dm_restrict hook wrote it)')
         launcher_path = self.settings.launcher
         if launcher_path and dom.emulator != launcher_path:
             raise refuse('its <emulator> is %s, not the configured launcher '

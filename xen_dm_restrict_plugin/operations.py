@@ -16,6 +16,7 @@ from lxml import etree
 from xen_dm_restrict_plugin import domain as domain_mod
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin import policy
+from xen_dm_restrict_plugin import restrict
 
 if typing.TYPE_CHECKING:  # pragma: no cover
     from xen_dm_restrict_plugin import conf
@@ -110,7 +111,8 @@ def parse_snapshot_memory(text: str) -> typing.Optional[str]:
 
 
 def check_device(operation: str, name: str, device: etree._Element,
-                 live: bool, settings: 'conf.Settings') -> None:
+                 live: bool, settings: 'conf.Settings',
+                 dom: typing.Optional[domain_mod.Domain] = None) -> None:
     """Refuse a device change a restricted domain cannot take.
 
     :param operation: ATTACH_DEVICE, DETACH_DEVICE or UPDATE_DEVICE.
@@ -119,15 +121,24 @@ def check_device(operation: str, name: str, device: etree._Element,
     :param live: whether the change reaches the running guest.
     :param settings: the ``[dm_restrict]`` settings the device is checked
         against, as in a whole domain.
+    :param dom: the domain it is attached to; its guest type (HVM, PV,
+        PVH) decides what the device needs, as at define time.
     :raises OperationRefused: naming the device and the remedy.
     """
-    if device.tag == 'disk' and device.get('device') == 'cdrom' and live:
+    restricted = dom is None or restrict.read_record(dom) is not None
+    if (restricted and device.tag == 'disk'
+            and device.get('device') == 'cdrom' and live):
         raise refuse(MEDIA_CHANGE, name)
     if operation == DETACH_DEVICE:
         return
     probe = domain_mod.Domain(etree.fromstring(
         b'<domain type="xen"><name>device-probe</name><os><type>hvm</type>'
         b'</os><devices/></domain>'))
+    if dom is not None and dom.root.find('os/type') is not None:
+        kind = dom.root.find('os/type')
+        probe.root.find('os/type').text = kind.xpath('string()')
+        if kind.get('machine') is not None:
+            probe.root.find('os/type').set('machine', kind.get('machine'))
     probe.devices().append(device)
     try:
         policy.check_domain(probe, [], settings)

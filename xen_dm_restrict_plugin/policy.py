@@ -40,13 +40,14 @@ PV_DOM0_QEMU_ALLOW = 'allow'
 CHARDEV_PATHS = {
     'pty': None, 'null': None,
     'file': hostpaths.Expect.NEW_FILE,
-    'pipe': hostpaths.Expect.ANY,
     'dev': hostpaths.Expect.ANY,
     'unix': hostpaths.Expect.SOCKET,
 }
 _CHARDEV_WHY = dict(
     {kind: 'a %s source names a host path that QEMU opens as root' % kind
-     for kind in ('file', 'pipe', 'dev', 'unix')},
+     for kind in ('file', 'dev', 'unix')},
+    pipe='a pipe source makes QEMU open PATH.in and PATH.out as root, '
+         'which the path rules cannot vouch for',
     tcp='a tcp source makes QEMU listen or connect on the host network',
     udp='a udp source makes QEMU send and receive on the host network',
     stdio='a stdio source joins the guest to the device model\'s log',

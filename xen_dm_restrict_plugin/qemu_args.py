@@ -92,6 +92,11 @@ NEVER_ALLOWED: typing.Mapping[str, str] = {
               'name host files (romfile=) or chardevs',
     'display': 'libxl sets the display; vnc= and others open listeners',
     'icount': 'record/replay (rr=, rrfile=) reads and writes host files',
+    's': 'it opens a gdb server on every host interface (-gdb tcp::1234)',
+    'dump-vmstate': _HOST, 'qtest': _HOST, 'qtest-log': _HOST,
+    'usbdevice': 'libxl sets the USB devices; some connect to host '
+                 'sockets (braille)',
+    'k': 'libxl sets the keymap; QEMU loads the file it names',
     'S': 'it freezes the guest until a monitor command arrives',
     'compat': 'it changes how deprecated interfaces behave',
     'action': 'it changes what the device model does on guest events',

@@ -202,6 +202,26 @@ def test_forged_record_cannot_carry_arguments_past_the_policy(env):
         proc.stderr
 
 
+def test_dropped_sandbox_is_refused(env):
+    # sandbox = when-supported and a syntax given: the hook writes
+    # -sandbox; a client editing both record and arguments may not drop
+    # it (the record is then still one this product could write).
+    xml = restricted_xml(env)
+    dom = domain.parse(xml, 1 << 20)
+    args = dom.xen_args()
+    at = args.index('-sandbox')
+    del args[at:at + 2]
+    dom.set_xen_args(args)
+    holder = dom.metadata(restrict.RECORD_TAG).find(restrict.META + 'args')
+    for node in list(holder):
+        if node.get('value') in ('-sandbox', restrict.SANDBOX_POLICY):
+            holder.remove(node)
+    proc = call_hook(env, 'prepare', 'begin', dom.to_string())
+    assert proc.returncode == 2
+    assert b'has no -sandbox, but its device model has seccomp' in \
+        proc.stderr
+
+
 def test_pv_guest_is_checked_at_prepare(env):
     assert call_hook(env, 'prepare', 'begin',
                      base.fixture('pv.xml')).returncode == 0

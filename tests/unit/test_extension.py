@@ -150,12 +150,12 @@ def test_guests_without_device_model_pass_unchanged(hook, name):
     assert not os.path.exists(hook.settings.lease_db)
 
 
-def test_declared_stub_domain_passes_unchanged(make_hook):
-    hook = make_hook(stubdom_emulators=['/usr/lib/xen/bin/stubdom-dm'])
-    xml = base.add_device(base.fixture('hvm.xml'),
-                          '<emulator>/usr/lib/xen/bin/stubdom-dm</emulator>')
-    assert hook.prepare(xml, ACME) == _same(xml)
-    assert _leases(hook) == []
+def test_stub_domain_emulators_are_refused_at_load(make_hook):
+    # libvirt never asks libxl for a stub domain: a "stub-domain"
+    # emulator would run in dom0 as an unrestricted root device model.
+    with pytest.raises(exception.ConfigError) as err:
+        make_hook(stubdom_emulators=['/usr/lib/xen/bin/stubdom-dm'])
+    assert err.value.subject == 'stubdom_emulators'
 
 
 def test_undeclared_emulator_is_refused_without_a_lease(hook):
@@ -339,3 +339,37 @@ def test_pv_guest_with_a_dom0_qemu_backend_is_refused(hook):
         hook.prepare(xml, instance)
     assert 'pv_dom0_qemu' in str(err.value)
     assert not os.path.exists(hook.settings.lease_db)
+
+
+@pytest.mark.parametrize('device', [
+    "<disk type='block' device='disk'><driver name='phy'/><source "
+    "dev='/dev/sda'/><target dev='xvdb'/></disk>",
+    "<disk type='file' device='cdrom'><source file='/etc/shadow'/><target "
+    "dev='xvdc'/></disk>",
+    "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+    "<source file='@IMAGES@/root-disk.img'/><target dev='xvdb'/></disk>",
+    "<interface type='ethernet'><script path='/tmp/evil.sh'/></interface>",
+    "<hostdev mode='subsystem' type='pci'><source><address domain='0' "
+    "bus='1' slot='0' function='0'/></source></hostdev>",
+])
+@pytest.mark.parametrize('operation', [operations.ATTACH_DEVICE,
+                                       operations.UPDATE_DEVICE])
+def test_devices_of_pv_guests_are_checked_too(hook, device, operation):
+    # libvirt hot-plugs them as root, without the daemon hook.
+    xml = base.fixture('pv.xml')
+    instance = hooks.Instance(domain.parse(xml, 1 << 20).uuid, 'acme')
+    passed = hook.prepare(xml, instance)
+    device = device.replace(base.IMAGES_TOKEN, base.images_dir())
+    with pytest.raises(exception.OperationRefused):
+        hook.check_operation(passed, instance, operation, device, True)
+
+
+def test_a_safe_device_attaches_to_a_pv_guest(hook):
+    xml = base.fixture('pv.xml')
+    instance = hooks.Instance(domain.parse(xml, 1 << 20).uuid, 'acme')
+    passed = hook.prepare(xml, instance)
+    hook.check_operation(
+        passed, instance, operations.ATTACH_DEVICE,
+        "<disk type='file' device='disk'><driver name='phy'/><source "
+        "file='%s/root-disk.img'/><target dev='xvdb'/></disk>"
+        % base.images_dir(), True)

@@ -66,6 +66,9 @@ def test_a_query_with_restriction_options_is_not_a_query():
     (['-chroot', '/a', '-run-with', 'chroot=/b'], 'chroot is given twice'),
     (['-sandbox', 'on', '-sandbox', 'off'], 'sandbox is given twice'),
     (['-runas', 'qemu'], 'numeric UID:GID'),
+    # QEMU reads the numbers in base 0: 0200000 is uid 65536.
+    (['-runas', '0200000:0200000'], 'numeric UID:GID'),
+    (['-run-with', 'user=0x30d40:200000'], 'numeric UID:GID'),
     (['-runas'], 'followed by its value'),
 ])
 def test_ambiguous_or_named_restrictions_are_refused(args, message):

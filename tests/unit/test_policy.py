@@ -317,7 +317,9 @@ def test_allowed_option_keys_naming_files_are_refused(tmp_path, option,
                                       ['-%s' % option, value])
 
 
-@pytest.mark.parametrize('option', ['global', 'icount', 'display'])
+@pytest.mark.parametrize('option', ['global', 'icount', 'display', 's',
+                                    'dump-vmstate', 'qtest', 'qtest-log',
+                                    'usbdevice', 'k'])
 def test_options_that_reach_files_indirectly_cannot_be_allowed(tmp_path,
                                                                option):
     with pytest.raises(exception.ConfigError):
@@ -332,6 +334,12 @@ def test_allowed_options_pass_only_with_safe_values(tmp_path):
                   'x=unix:/run/s', 'a,,file=/etc/x'):
         assert '-rtc' in _refused(settings, base.fixture('hvm.xml'),
                                   ['-rtc', value])
+
+
+def test_pipe_chardevs_cannot_be_allowed(tmp_path):
+    # QEMU opens PATH.in and PATH.out, which the path rules do not see.
+    with pytest.raises(ValueError):
+        base.make_settings(tmp_path, allowed_chardev_types=['pty', 'pipe'])
 
 
 def test_never_allowed_options_cannot_be_configured(tmp_path):
