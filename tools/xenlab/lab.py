@@ -327,11 +327,11 @@ def parse(lines):
 
 def dump_out(run):
     """Copy the runner's out/ from the per-run disk (debugfs, no mount)."""
-    out = os.path.join(run, 'out')
-    os.makedirs(out, exist_ok=True)
+    # rdump creates run/out itself (it fails when out/ exists already).
     subprocess.run(['debugfs', '-R', 'rdump /out %s' % run,
                     os.path.join(run, 'payload.img')],
                    capture_output=True)
+    os.makedirs(os.path.join(run, 'out'), exist_ok=True)
 
 
 def main(argv=None):

@@ -46,7 +46,6 @@ import statistics
 import subprocess
 import sys
 import termios
-import threading
 import time
 import traceback
 import tty
@@ -416,6 +415,20 @@ def boot(name, xml_path, tenant='acme'):
         res = json.loads(r.out[r.out.index('{'):])
     except ValueError:
         res = None
+    if res and 'uid' not in res:
+        # boot prints uid, gid and chroot only when it reads the record
+        # back with virDomain.metadata(); when it does not, the lab reads
+        # the record from the domain's XML and says so.
+        rb = library('record', res.get('uuid', ''))
+        emit('XENLAB-FACT boot --format json of %s has no uid/gid/chroot;'
+             ' read back: %s' % (name, first_line(rb.out, 600)))
+        try:
+            got = json.loads(rb.out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            got = {}
+        for k in ('uid', 'gid', 'chroot', 'applied'):
+            if k in got:
+                res[k] = got[k]
     return r, res
 
 
@@ -476,7 +489,9 @@ def capture_argv():
                 detail('--- libxl log of %s:\n%s' % (name, f.read()[-6000:]))
         except OSError as err:
             detail('--- no libxl log of %s: %s' % (name, err))
-        virsh('destroy', name)
+        # libxl's teardown of a loop-device disk once took more than
+        # 300 s here; the capture needs only the start.
+        virsh('destroy', name, timeout=60)
         virsh('undefine', name)
     if loop:
         run(['losetup', '-d', loop])
@@ -900,40 +915,52 @@ def import_probe(n, tag):
     return results
 
 
-def crash_probe(n=8):
-    """The full hook import with a guest starting/running, and without.
+def exec_probe(n, tag):
+    """Start the device model binary (``-version``) ``n`` times."""
+    results = []
+    for _ in range(n):
+        r = run([QEMU, '-no-user-config', '-version'], timeout=60)
+        results.append(r.rc)
+        if r.rc != 0:
+            emit('XENLAB-FACT probe %s: %s -version exit %d' % (
+                tag, QEMU, r.rc))
+    return results
 
-    The daemon hook once died (SIGSEGV, once MemoryError) at ``started
-    begin``, the first hook call made while a new HVM guest runs. This
-    repeats the hook's full import ``n`` times while a restricted guest
-    is started, destroyed and started again, then ``n`` times with no
-    guest, and counts the failures.
+
+def crash_probe(n_py=6, n_exec=20):
+    """Start programs in dom0 with an HVM guest running, and without.
+
+    The daemon hook died (SIGSEGV, once MemoryError) at ``started
+    begin``, the first hook call made while a new HVM guest runs, and
+    the plugin's capability probe of QEMU died (SIGSEGV, ip 0, in a
+    library constructor) while a diskless guest idled in SeaBIOS. This
+    starts the hook's full import and ``QEMU -version`` repeatedly while
+    such a guest runs, then with no guest, and counts the failures.
     """
     path = write('/root/acme-8.xml', domain_xml('acme-8', uuid_of(8)))
-    stop = threading.Event()
-    cycles = []
-
-    def guest_cycles():
-        r, rec = boot('acme-8', path)
-        cycles.append(r.rc)
-        while not stop.is_set():
-            virsh('destroy', 'acme-8')
-            cycles.append(virsh('start', 'acme-8', timeout=300).rc)
-        virsh('destroy', 'acme-8')
-
-    t = threading.Thread(target=guest_cycles)
-    t.start()
-    busy = import_probe(n, 'guest')
-    stop.set()
-    t.join()
+    r, rec = boot('acme-8', path)
+    time.sleep(5)
+    up = state('acme-8') == 'running'
+    busy_py = import_probe(n_py, 'guest')
+    busy_ex = exec_probe(n_exec, 'guest')
+    up &= state('acme-8') == 'running'
+    virsh('destroy', 'acme-8')
     library('undefine', uuid_of(8))
-    idle = import_probe(n, 'idle')
-    res = {'imports_with_guest_starting': len(busy),
-           'failed_with_guest': sum(1 for x in busy if x != 0),
-           'guest_start_rcs': cycles,
-           'imports_idle': len(idle),
-           'failed_idle': sum(1 for x in idle if x != 0),
-           'exit_codes': sorted(set(busy + idle))}
+    idle_py = import_probe(n_py, 'idle')
+    idle_ex = exec_probe(n_exec, 'idle')
+
+    def bad(x):
+        return sum(1 for rc in x if rc != 0)
+    res = {'guest_ran_throughout': up,
+           'with_guest': {'python_imports': len(busy_py),
+                          'python_failed': bad(busy_py),
+                          'qemu_execs': len(busy_ex),
+                          'qemu_failed': bad(busy_ex)},
+           'no_guest': {'python_imports': len(idle_py),
+                        'python_failed': bad(idle_py),
+                        'qemu_execs': len(idle_ex),
+                        'qemu_failed': bad(idle_ex)},
+           'exit_codes': sorted(set(busy_py + busy_ex + idle_py + idle_ex))}
     emit('XENLAB-PROBE %s' % json.dumps(res))
 
 
@@ -967,6 +994,19 @@ def crash_evidence():
         len(calls), len(bad)))
     for line in bad[:20]:
         emit('XENLAB-FACT hook-call: %s' % line)
+    # How long libvirtd waited for each hook call, by operation.
+    per_op = {}
+    for line in calls:
+        parts = line.split()
+        if len(parts) >= 6:
+            per_op.setdefault(' '.join(parts[4:6]), []).append(
+                float(parts[1]) - float(parts[0]))
+    emit('XENLAB-FACT hook seconds per call (median, n): %s' % '; '.join(
+        '%s %.2f n=%d' % (k, statistics.median(v), len(v))
+        for k, v in sorted(per_op.items())))
+    for f in (HOOK_CALLS, HOOK_STDERR):
+        if os.path.exists(f):
+            run(['cp', f, OUT])
     cores = sorted(glob.glob(CORES + '/core.*'))
     emit('XENLAB-FACT cores: %s' % (' '.join(
         '%s(%d)' % (os.path.basename(c), os.path.getsize(c))
@@ -983,6 +1023,32 @@ def library(action, uuid):
                 action, uuid], timeout=600)
 
 
+def print_record(uuid):
+    """The domain's dm_restrict record: virDomain.metadata() and XML."""
+    import libvirt
+    from lxml import etree
+    from xen_dm_restrict_plugin import restrict
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    dom = libvirt.open(URI).lookupByUUIDString(uuid)
+    out = {}
+    try:
+        text = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                            restrict.META_NS, 0)
+        out['metadata_api'] = text[:300]
+        out['metadata_api_record'] = restrict.record_from_xml(
+            text) is not None
+    except libvirt.libvirtError as err:
+        out['metadata_api_error'] = str(err)[:300]
+    root = etree.fromstring(dom.XMLDesc(0).encode())
+    node = root.find('metadata/' + restrict.RECORD_TAG)
+    rec = restrict.parse_record(node) if node is not None else None
+    if rec is not None:
+        out.update(uid=rec.uid, gid=rec.gid, chroot=rec.chroot,
+                   applied=list(rec.args), source='domain XML')
+    print(json.dumps(out))
+    return 0
+
+
 def library_main(action, uuid):
     """Use the plugin as an orchestrator does: virt.HookedConnection."""
     import libvirt
@@ -992,6 +1058,8 @@ def library_main(action, uuid):
     from xen_dm_restrict_plugin import loader
     from xen_dm_restrict_plugin import virt
 
+    if action == 'record':
+        return print_record(uuid)
     conf = host.load_conf(None)
     conn = virt.HookedConnection.open(URI, loader.HookManager(conf))
     dom = conn.lookup(hooks.Instance(uuid, 'acme'))
