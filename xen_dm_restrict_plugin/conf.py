@@ -34,6 +34,9 @@ SANDBOX_OFF = 'off'
 UNMAPPED_REFUSE = 'refuse'
 UNMAPPED_SHARED = 'shared'
 
+PV_DOM0_QEMU_REFUSE = 'refuse'
+PV_DOM0_QEMU_ALLOW = 'allow'
+
 dm_restrict_opts = [
     cfg.DictOpt(
         'tenant_uid_ranges', default={},
@@ -175,10 +178,12 @@ dm_restrict_opts = [
              'allowed_host_paths. pipe cannot be allowed: QEMU opens '
              'PATH.in and PATH.out.'),
     cfg.StrOpt(
-        'pv_dom0_qemu', default='refuse',
-        choices=[('refuse', 'Refuse PV and PVH guests that need a QEMU in '
-                  'dom0 (a framebuffer, a qdisk disk, a channel).'),
-                 ('allow', 'Allow them: libxl starts that QEMU as root, '
+        'pv_dom0_qemu', default=PV_DOM0_QEMU_REFUSE,
+        choices=[(PV_DOM0_QEMU_REFUSE,
+                  'Refuse PV and PVH guests that need a QEMU in dom0 (a '
+                  'framebuffer, a qdisk disk, a channel).'),
+                 (PV_DOM0_QEMU_ALLOW,
+                  'Allow them: libxl starts that QEMU as root, '
                   'unrestricted. Their <xen:commandline> is still checked.')],
         help='What to do with a PV or PVH guest for which libxl would run '
              'an unrestricted root QEMU in dom0.'),
@@ -242,7 +247,7 @@ class Settings:
     allowed_qemu_options: typing.FrozenSet[str] = frozenset()
     allowed_host_paths: typing.Tuple[str, ...] = ()
     allowed_chardev_types: typing.Tuple[str, ...] = ('pty',)
-    pv_dom0_qemu: str = 'refuse'
+    pv_dom0_qemu: str = PV_DOM0_QEMU_REFUSE
     allowed_interface_scripts: typing.FrozenSet[str] = frozenset(
         ('vif-bridge', '/etc/xen/scripts/vif-bridge'))
     allowed_bootloaders: typing.FrozenSet[str] = frozenset((

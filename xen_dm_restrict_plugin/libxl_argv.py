@@ -23,6 +23,13 @@ _RUN_DIR = r'/(?:var/)?run/xen'
 _ID = r'[0-9]+'
 _MAC = r'(?:[0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}'
 _IFNAME = r'[A-Za-z0-9_.-]{1,15}'
+#: Value shapes the policy holds the domain to, so that what libxl
+#: writes from them has the shape this module accepts.
+IFNAME_RE = re.compile('^%s$' % _IFNAME)
+NAME_RE = re.compile(r'^[^,\x00-\x1f\x7f/]{1,64}$')
+KEYMAP_RE = re.compile(r'^[a-z]{2}(?:-[a-z]{2,3})?$')
+#: NIC models libxl passes to QEMU as -device names.
+EMULATED_NIC_MODELS = ('e1000', 'rtl8139', 'ne2k_pci', 'pcnet')
 _SERVER = r'(?:server=on,wait=off|server,nowait)'
 
 _CHARDEVS = (
@@ -39,8 +46,8 @@ _DEVICES = tuple(re.compile('^%s$' % pattern) for pattern in (
     r'lsi53c895a', r'ahci,id=ahci0', r'intel-hda', r'hda-duplex',
     r'ac97', r'es1370', r'sb16', r'xen-pvdevice,device-id=0xc000',
     r'(?:VGA|cirrus-vga),vgamem_mb=[0-9]+',
-    r'(?:e1000|rtl8139|ne2k_pci|pcnet),id=nic%s,netdev=net%s,mac=%s'
-    % (_ID, _ID, _MAC),
+    r'(?:%s),id=nic%s,netdev=net%s,mac=%s'
+    % ('|'.join(EMULATED_NIC_MODELS), _ID, _ID, _MAC),
     r'ide-cd,id=ide-%s,drive=ide-%s,bus=ide\.[0-9],unit=[0-9]' % (_ID, _ID),
     r'ide-hd,bus=ahci0\.[0-9]+,unit=0,drive=ahcidisk-[0-9]+',
     r'scsi-hd,drive=[A-Za-z0-9_-]+,scsi-id=[0-9]+',
@@ -53,7 +60,7 @@ _FIXED = {
     'display': re.compile(r'^none$'),
     'vnc': re.compile(r'^(?:none|[0-9.]+:[0-9]+|\[[0-9a-fA-F:.]+\]:[0-9]+)'
                       r'(?:,password=on)?(?:,to=99)?$'),
-    'k': re.compile(r'^[a-z]{2}(?:-[a-z]{2,3})?$'),
+    'k': KEYMAP_RE,
     'boot': re.compile(r'^order=[acdn]+$'),
     'usbdevice': re.compile(r'^(?:tablet|mouse|keyboard)$'),
     'smp': re.compile(r'^[0-9]+(?:,maxcpus=[0-9]+)?$'),
@@ -64,7 +71,7 @@ _FIXED = {
     'machine': re.compile(r'^(?:xenfv|pc,accel=xen)(?:,suppress-vmdesc=on)?'
                           r'(?:,max-ram-below-4g=[0-9]+)?$'),
     'm': re.compile(r'^[0-9]+$'),
-    'name': re.compile(r'^[^,\x00-\x1f\x7f/]{1,64}$'),
+    'name': NAME_RE,
 }
 #: Options with no value libxl writes.
 _FLAGS = frozenset(('no-shutdown', 'nodefaults', 'no-user-config',

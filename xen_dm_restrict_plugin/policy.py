@@ -15,15 +15,14 @@ import ipaddress
 import re
 import typing
 
+from xen_dm_restrict_plugin import conf as conf_mod
 from xen_dm_restrict_plugin import domain as domain_mod
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin import hostpaths
+from xen_dm_restrict_plugin import libxl_argv
 from xen_dm_restrict_plugin import model as model_mod
 from xen_dm_restrict_plugin import qemu_args
 from xen_dm_restrict_plugin import schema
-
-if typing.TYPE_CHECKING:  # pragma: no cover
-    from xen_dm_restrict_plugin import conf
 
 Refusal = exception.FeatureRefused
 
@@ -31,9 +30,6 @@ Refusal = exception.FeatureRefused
 #: allowed without listing it in allowed_host_paths.
 FIRMWARE_DIRS = ('/usr/lib/xen/boot', '/usr/libexec/xen/boot',
                  '/usr/share/qemu', '/usr/share/seabios', '/usr/share/ovmf')
-
-PV_DOM0_QEMU_REFUSE = 'refuse'
-PV_DOM0_QEMU_ALLOW = 'allow'
 
 #: Character-device types an operator may allow, and what the source
 #: path must be for each (None: no host path).
@@ -53,7 +49,7 @@ _CHARDEV_WHY = dict(
     stdio='a stdio source joins the guest to the device model\'s log',
     null='a null source is allowed only where the operator allows it')
 NIC_TYPES = ('bridge', 'network')
-NIC_MODELS = ('e1000', 'rtl8139', 'netfront', 'ne2k_pci', 'pcnet')
+NIC_MODELS = libxl_argv.EMULATED_NIC_MODELS + ('netfront',)
 VIDEO_MODELS = ('vga', 'cirrus', 'xen', 'none')
 SOUND_MODELS = ('ac97', 'es1370', 'sb16', 'ich6', 'hda')
 INPUT_TYPES = ('mouse', 'tablet', 'keyboard')
@@ -64,12 +60,13 @@ BOOT_DEVS = ('hd', 'cdrom', 'network', 'fd')
 #: Lifecycle actions; the coredump ones make libvirtd write the guest's
 #: memory into dom0 as root on every crash.
 LIFECYCLE_ACTIONS = ('destroy', 'restart', 'preserve', 'rename-restart')
+# libxl appends "-emu" to the interface name it passes to QEMU.
 _IFNAME_RE = re.compile(r'^[A-Za-z0-9_.-]{1,11}$')
-_BRIDGE_RE = re.compile(r'^[A-Za-z0-9_.-]{1,15}$')
+_BRIDGE_RE = libxl_argv.IFNAME_RE
 _NETWORK_RE = re.compile(r'^[A-Za-z0-9_.-]{1,64}$')
-_KEYMAP_RE = re.compile(r'^[a-z]{2}(-[a-z]{2,3})?$')
+_KEYMAP_RE = libxl_argv.KEYMAP_RE
 _VDEV_RE = re.compile(r'^(hd|sd|xvd)[a-z]{1,3}[0-9]{0,3}$')
-_NAME_RE = re.compile(r'^[^,\x00-\x1f\x7f/]{1,64}$')
+_NAME_RE = libxl_argv.NAME_RE
 
 
 def _refusal(subject: str, reason: str, remedy: str) -> Refusal:
@@ -89,7 +86,7 @@ class Checker:
     :param settings: the ``[dm_restrict]`` settings.
     """
 
-    def __init__(self, settings: 'conf.Settings'):
+    def __init__(self, settings: conf_mod.Settings):
         self.settings = settings
 
     def problems(self, dom: domain_mod.Domain,
@@ -144,7 +141,6 @@ class Checker:
                 'remove the <emulator> element or point it at a qemu-xen '
                 'binary (QEMU 3.0 or later)'))
         allowed = {None, self.settings.qemu_binary, self.settings.launcher}
-        allowed |= set(self.settings.stubdom_emulators)
         if dm.emulator not in allowed:
             found.append(_refusal(
                 '<emulator>%s</emulator>' % dm.emulator,
@@ -215,7 +211,7 @@ class Checker:
         found = []
         hvm = dm.kind.has_dom0_device_model
         qdisk_ok = (not hvm and self.settings.pv_dom0_qemu
-                    == PV_DOM0_QEMU_ALLOW)
+                    == conf_mod.PV_DOM0_QEMU_ALLOW)
         for disk in dm.disks:
             subject = disk.describe()
             if disk.source_type not in ('file', 'block'):
@@ -445,7 +441,7 @@ class Checker:
                       ) -> typing.List[Refusal]:
         reasons = dm.dom0_qemu_reasons()
         if not reasons or (
-                self.settings.pv_dom0_qemu == PV_DOM0_QEMU_ALLOW):
+                self.settings.pv_dom0_qemu == conf_mod.PV_DOM0_QEMU_ALLOW):
             return []
         return [_refusal(
             '%s guest needing a dom0 QEMU for %s' % (
@@ -503,7 +499,7 @@ def raise_all(problems: typing.Sequence[Refusal]) -> None:
 
 
 def check_domain(dom: domain_mod.Domain, foreign_args: typing.Sequence[str],
-                 settings: 'conf.Settings') -> None:
+                 settings: conf_mod.Settings) -> None:
     """Refuse every part of ``dom`` not known to be safe.
 
     :param dom: the parsed domain.

@@ -66,9 +66,9 @@ class PrivsepReaper(reaper_mod.Reaper):
     """
 
     def unavailable_reason(self) -> typing.Optional[str]:
-        if self.settings.reaper_uid is None:
-            return ('reaper_user %r does not exist'
-                    % self.settings.reaper_user)
+        missing = self.reaper_user_missing()
+        if missing is not None:
+            return missing
         try:
             return unavailable_reason()
         except Exception as err:  # noqa: BLE001 - the daemon did not start

@@ -148,11 +148,18 @@ class Reaper:
     def unavailable_reason(self) -> typing.Optional[str]:
         """Why reaping is impossible here, or ``None`` when it is possible.
         """
+        missing = self.reaper_user_missing()
+        if missing is not None:
+            return missing
+        if os.geteuid() != 0:
+            return 'this process runs as uid %d, not root' % os.geteuid()
+        return None
+
+    def reaper_user_missing(self) -> typing.Optional[str]:
+        """Why the configured reaper user cannot be used, or ``None``."""
         if self.settings.reaper_uid is None:
             return ('reaper_user %r does not exist'
                     % self.settings.reaper_user)
-        if os.geteuid() != 0:
-            return 'this process runs as uid %d, not root' % os.geteuid()
         return None
 
     def check_available(self) -> None:
