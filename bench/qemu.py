@@ -11,6 +11,7 @@ start of each kind is checked in ``/proc``: uid, chroot and seccomp.
 Changing uid and chroot needs root; without it the step is skipped.
 """
 
+import argparse
 import contextlib
 import json
 import os
@@ -145,6 +146,165 @@ def verify(pid: int, uid: int, chroot: str, sandbox: bool) -> None:
         raise RuntimeError('QEMU runs without a seccomp filter')
 
 
+def _start_fd_monitor(argv: typing.List[str], workdir: str,
+                      env: typing.Optional[dict] = None,
+                      check: typing.Optional[typing.Callable] = None
+                      ) -> float:
+    """Start ``argv`` with its QMP monitor on a listening socket handed
+    over as a file descriptor, as libxl 4.17 does; time it to the
+    query-status reply, check it, kill it.
+    """
+    path = os.path.join(workdir, 'monitor.sock')
+    _unlink(path)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(1)
+    fd = listener.fileno()
+    argv = argv + ['-chardev', 'socket,id=libxl-cmd,fd=%d,server=on,'
+                   'wait=off' % fd, '-mon', 'chardev=libxl-cmd,mode=control']
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, pass_fds=(fd,), env=env)
+    try:
+        qmp = socket.socket(socket.AF_UNIX)
+        qmp.settimeout(START_TIMEOUT)
+        qmp.connect(path)
+        with qmp, qmp.makefile('rb') as reader:
+            _command(qmp, reader, 'qmp_capabilities')
+            _command(qmp, reader, 'query-status')
+            spent = time.perf_counter() - start
+            if check is not None:
+                check(proc.pid)
+    except (OSError, RuntimeError) as err:
+        proc.kill()
+        raise RuntimeError('%s: %s (%s)' % (argv[0], err, proc.communicate(
+            timeout=10)[1].decode(errors='replace'))) from None
+    finally:
+        listener.close()
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+        _unlink(path)
+    return spent
+
+
+def _launcher_setup(binary: str, scratch: str, uid: int
+                    ) -> typing.Tuple[str, dict, typing.List[str]]:
+    """A configuration, settings snapshot and fast launcher script in
+    ``scratch``; the launcher's environment and the restriction args.
+    """
+    from xen_dm_restrict_plugin.cmd import host
+    from xen_dm_restrict_plugin import launch_settings
+
+    config = os.path.join(scratch, 'launcher.conf')
+    with open(config, 'w') as handle:
+        handle.write('[dm_restrict]\n'
+                     'tenant_uid_ranges = bench:%d-%d\n'
+                     'qemu_binary = %s\n'
+                     'chroot_base_dir = %s\n'
+                     'device_model_syntax = runas\n'
+                     'sandbox = off\n'
+                     'cgroup_parent = xdr-bench-%d\n'
+                     'launcher_test_mode = true\n'
+                     % (uid, uid, binary, os.path.join(scratch, 'chroots'),
+                        os.getpid()))
+    env = dict(os.environ)
+    env[host.CONFIG_ENV] = config
+    env[launch_settings.PATH_ENV] = os.path.join(scratch, 'snapshot')
+    os.environ.update(env)
+    try:
+        settings = host.load_settings([config])
+        script = os.path.join(scratch, 'launch')
+        with contextlib.redirect_stdout(None):
+            host.install_launcher(argparse.Namespace(path=script), settings)
+    finally:
+        for name in (host.CONFIG_ENV, launch_settings.PATH_ENV):
+            os.environ.pop(name)
+    args = restrict.Restriction(
+        'bench', uid, uid, settings.chroot_dir(uid), restrict.
+        DeviceModelSyntax(restrict.FORM_LEGACY, restrict.FORM_LEGACY,
+                          False)).args()
+    return script, env, [arg for arg in args
+                         if arg != '-xen-domid-restrict']
+
+
+def _verify_launched(uid: int) -> typing.Callable[[int], None]:
+    def check(pid: int) -> None:
+        if common.proc_status('Seccomp', pid) != '2':
+            raise RuntimeError('the launcher installed no seccomp filter')
+        for ns in ('mnt', 'ipc', 'net'):
+            if os.readlink('/proc/%d/ns/%s' % (pid, ns)) == os.readlink(
+                    '/proc/self/ns/%s' % ns):
+                raise RuntimeError('QEMU shares the %s namespace' % ns)
+        with open('/proc/%d/cgroup' % pid) as handle:
+            if '/dm-%d' % uid not in handle.read():
+                raise RuntimeError('QEMU is not in its cgroup')
+        if set(common.proc_status('Uid', pid).split()) != {str(uid)}:
+            raise RuntimeError('QEMU does not run as %d' % uid)
+    return check
+
+
+def run_launcher(binary: str, workdir: str, starts: int
+                 ) -> typing.Dict[str, typing.Any]:
+    """Time device-model starts through the fast launcher (every
+    restriction applied) against QEMU started directly with the same
+    command line, alternated, medians over ``starts`` each.
+    """
+    scratch = tempfile.mkdtemp(prefix='launcher-', dir=workdir)
+    os.chmod(scratch, 0o755)
+    uid = free_uid(common.FIRST_UID + common.TENANTS * common.RANGE_SIZE
+                   + 7)
+    try:
+        script, env, restriction = _launcher_setup(binary, scratch, uid)
+        args = BASE_ARGS + restriction
+        _start_fd_monitor([script] + args, scratch, env,
+                          check=_verify_launched(uid))
+        through, bare = [], []
+        for _ in range(starts):
+            through.append(_start_fd_monitor([script] + args, scratch, env))
+            bare.append(_start_fd_monitor([binary] + args, scratch))
+        version = []
+        for _ in range(starts):
+            version.append(_timed([script, '-version'], env))
+            version.append(-_timed([binary, '-version'], None))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+        return {'skipped': 'the launcher failed: %s' % err}
+    finally:
+        _remove_cgroups('xdr-bench-%d' % os.getpid())
+        shutil.rmtree(scratch)
+    launched = common.summary(through)
+    plain = common.summary(bare)
+    queries = common.summary([x for x in version if x > 0])
+    query_bare = common.summary([-x for x in version if x < 0])
+    return {'restrictions': 'uid, chroot, mount/IPC/network namespaces, '
+                            'cgroup, rlimits incl. NPROC, seccomp filter',
+            'median_ms': launched['median_ms'],
+            'bare_median_ms': plain['median_ms'],
+            'ratio_to_bare': launched['median_ms'] / plain['median_ms'],
+            'through_launcher': launched, 'bare': plain,
+            'version_query': {'launcher': queries, 'bare': query_bare,
+                              'ratio': queries['median_ms']
+                              / query_bare['median_ms']}}
+
+
+def _timed(argv: typing.List[str], env: typing.Optional[dict]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, stdout=subprocess.DEVNULL, env=env, check=True)
+    return time.perf_counter() - start
+
+
+def _remove_cgroups(parent: str) -> None:
+    with open('/proc/self/mounts') as handle:
+        mounts = [line.split()[1] for line in handle
+                  if line.split()[2] in ('cgroup', 'cgroup2')]
+    for mount in mounts:
+        top = os.path.join(mount, parent)
+        for path, _, _ in sorted(os.walk(top), reverse=True):
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+
+
 def run(workdir: str, starts: int) -> typing.Dict[str, typing.Any]:
     """Time restricted and unrestricted QEMU starts, alternated."""
     binary = shutil.which(BINARY)
@@ -173,4 +333,5 @@ def run(workdir: str, starts: int) -> typing.Dict[str, typing.Any]:
     return {'binary': binary, 'version': version, 'restriction_args': extra,
             'verified': 'uid, chroot' + ', seccomp' * sandbox,
             'restricted': common.summary(restricted),
-            'unrestricted': common.summary(plain)}
+            'unrestricted': common.summary(plain),
+            'launcher': run_launcher(binary, workdir, starts)}

@@ -125,6 +125,21 @@ def report_qemu(report: Report, result: dict,
         result['hook_share_of_start'] = share
         report.row('hook / restricted start (medians)',
                    '%.1f %%' % (share * 100), '<= 5 %', share <= 0.05)
+    launcher = result['launcher']
+    report.section('device-model start through the launcher, against QEMU '
+                   'started directly with the same command line')
+    if 'skipped' in launcher:
+        report.row('skipped', launcher['skipped'])
+    else:
+        report.row('through the launcher (%s)' % launcher['restrictions'],
+                   _ms(launcher['through_launcher']))
+        report.row('QEMU directly', _ms(launcher['bare']))
+        report.row('ratio (medians)', '%.2f x' % launcher['ratio_to_bare'],
+                   '<= 1.25 x', launcher['ratio_to_bare'] <= 1.25)
+        query = launcher['version_query']
+        report.row('-version through the launcher', _ms(query['launcher']))
+        report.row('-version of QEMU', _ms(query['bare']))
+        report.row('  ratio (medians)', '%.2f x' % query['ratio'])
 
 
 def report_xen(report: Report, result: dict) -> None:

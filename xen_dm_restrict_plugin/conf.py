@@ -18,6 +18,7 @@ from oslo_config import cfg
 
 from xen_dm_restrict_plugin import domain as domain_mod
 from xen_dm_restrict_plugin import exception
+from xen_dm_restrict_plugin import launch_settings
 from xen_dm_restrict_plugin import qemu_args
 from xen_dm_restrict_plugin import ranges
 
@@ -27,7 +28,7 @@ SYNTAX_PROBE = 'probe'
 SYNTAX_RUNAS = 'runas'
 SYNTAX_RUN_WITH = 'run-with'
 
-SANDBOX_REQUIRED = 'required'
+SANDBOX_REQUIRED = launch_settings.SANDBOX_REQUIRED
 SANDBOX_WHEN_SUPPORTED = 'when-supported'
 SANDBOX_OFF = 'off'
 
@@ -36,6 +37,13 @@ UNMAPPED_SHARED = 'shared'
 
 PV_DOM0_QEMU_REFUSE = 'refuse'
 PV_DOM0_QEMU_ALLOW = 'allow'
+
+NETNS_REQUIRED = launch_settings.NETNS_REQUIRED
+NETNS_EXCEPT_VNC = launch_settings.NETNS_EXCEPT_VNC
+NETNS_OFF = launch_settings.NETNS_OFF
+
+CGROUPS_REQUIRED = launch_settings.CGROUPS_REQUIRED
+CGROUPS_OFF = launch_settings.CGROUPS_OFF
 
 dm_restrict_opts = [
     cfg.DictOpt(
@@ -200,6 +208,59 @@ dm_restrict_opts = [
         help='Values a PV guest\'s <bootloader> may have; libxl runs it as '
              'root in dom0. <bootloader_args> are always refused.'),
     cfg.BoolOpt(
+        'launcher_seccomp', default=True,
+        help='The launcher installs a seccomp filter before it execs a '
+             'QEMU whose command line has no -sandbox (Debian\'s '
+             'qemu-system-xen is built without seccomp). It denies what '
+             'QEMU\'s own "-sandbox on,obsolete=deny,elevateprivileges='
+             'deny,spawn=deny,resourcecontrol=deny" denies, as far as that '
+             'is possible from outside QEMU. A QEMU that cannot get it is '
+             'not started.'),
+    cfg.StrOpt(
+        'network_namespace', default=NETNS_REQUIRED,
+        choices=[(NETNS_REQUIRED, 'Every restricted device model runs in '
+                  'a network namespace of its own. Its emulated NICs get '
+                  'their tap devices as file descriptors opened by the '
+                  'launcher in the host namespace. A VNC display, which '
+                  'QEMU can only serve on a TCP socket of its own '
+                  'namespace, is refused.'),
+                 (NETNS_EXCEPT_VNC, 'As "required", except that a device '
+                  'model with a VNC display keeps the host\'s network '
+                  'namespace (and can connect wherever dom0 can).'),
+                 (NETNS_OFF, 'Device models keep the host\'s network '
+                  'namespace.')],
+        help='Whether device models are cut off from dom0\'s network. '
+             'Xen\'s design names connections on the management network '
+             'as something a compromised device model can still make.'),
+    cfg.StrOpt(
+        'cgroup_limits', default=CGROUPS_REQUIRED,
+        choices=[(CGROUPS_REQUIRED, 'Every restricted device model runs in '
+                  'a cgroup of its own (v2, else v1) with the process, '
+                  'memory and CPU limits below; the launcher refuses to '
+                  'start one without.'),
+                 (CGROUPS_OFF, 'No cgroup; RLIMIT_NPROC still applies.')],
+        help='Whether each device model gets its own cgroup.'),
+    cfg.StrOpt(
+        'cgroup_parent', default='xen-dm-restrict',
+        help='The cgroup, relative to the root of each hierarchy, under '
+             'which the launcher creates dm-UID for the device model of '
+             'UID. The reaper removes dm-UID once the uid has no process.'),
+    cfg.IntOpt(
+        'device_model_max_processes', default=128, min=16,
+        help='Processes and threads one device model may have: its '
+             'RLIMIT_NPROC (exact, as every domain has its own uid) and '
+             'its cgroup\'s pids.max. QEMU runs up to 64 block I/O worker '
+             'threads besides its own.'),
+    cfg.IntOpt(
+        'device_model_memory_mib', default=512, min=64,
+        help='Memory limit of a device model\'s cgroup, in MiB. Under Xen '
+             'the guest\'s RAM is not QEMU\'s: this bounds QEMU\'s own '
+             'allocations.'),
+    cfg.IntOpt(
+        'device_model_cpu_weight', default=100, min=1, max=10000,
+        help='CPU weight of a device model\'s cgroup (cgroup v2 '
+             'cpu.weight; on v1 cpu.shares = weight * 1024 / 100).'),
+    cfg.BoolOpt(
         'launcher_test_mode', default=False,
         help='For tests on machines without Xen only: the launcher also '
              'starts a command line without -xen-domid-restrict (a QEMU '
@@ -253,6 +314,13 @@ class Settings:
     allowed_bootloaders: typing.FrozenSet[str] = frozenset((
         'pygrub', '/usr/lib/xen/bin/pygrub', '/usr/libexec/xen/bin/pygrub'))
     launcher_test_mode: bool = False
+    launcher_seccomp: bool = True
+    network_namespace: str = NETNS_REQUIRED
+    cgroup_limits: str = CGROUPS_REQUIRED
+    cgroup_parent: str = 'xen-dm-restrict'
+    device_model_max_processes: int = 128
+    device_model_memory_mib: int = 512
+    device_model_cpu_weight: int = 100
 
     def all_ranges(self) -> typing.List[ranges.UidRange]:
         found = list(self.tenant_ranges.values())
@@ -286,7 +354,7 @@ class Settings:
                                 self.stubdom_emulators)
 
     def chroot_dir(self, uid: int) -> str:
-        return '%s/qemu-root-%d' % (self.chroot_base_dir.rstrip('/'), uid)
+        return launch_settings.chroot_dir(self.chroot_base_dir, uid)
 
     def gid_for(self, uid: int) -> int:
         return self.gid if self.gid is not None else uid
@@ -387,7 +455,26 @@ def load(conf: cfg.ConfigOpts) -> Settings:
         allowed_interface_scripts=frozenset(
             group.allowed_interface_scripts),
         allowed_bootloaders=frozenset(group.allowed_bootloaders),
-        launcher_test_mode=group.launcher_test_mode)
+        launcher_test_mode=group.launcher_test_mode,
+        launcher_seccomp=group.launcher_seccomp,
+        network_namespace=group.network_namespace,
+        cgroup_limits=group.cgroup_limits,
+        cgroup_parent=_cgroup_parent(group.cgroup_parent),
+        device_model_max_processes=group.device_model_max_processes,
+        device_model_memory_mib=group.device_model_memory_mib,
+        device_model_cpu_weight=group.device_model_cpu_weight)
+
+
+def _cgroup_parent(name: str) -> str:
+    parts = name.strip('/').split('/')
+    if not name.strip('/') or any(
+            part in ('', '.', '..') or not all(
+                char.isalnum() or char in '_.-' for char in part)
+            for part in parts):
+        raise exception.ConfigError(
+            'cgroup_parent', '%r is not a relative cgroup path of letters, '
+            'digits and "_.-"' % name, 'write it like xen-dm-restrict')
+    return '/'.join(parts)
 
 
 #: Debian's statically allocated groups (base-passwd): 0-99, and users.

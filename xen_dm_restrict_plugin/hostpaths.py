@@ -15,11 +15,17 @@ a symlink between that check and libxl's open stays possible; keep the
 allowed prefixes in directories only root can write.
 """
 
+from __future__ import annotations
+
 import enum
 import os
 import re
 import stat
-import typing
+
+# On the launcher's start-up path: see qemu_args.
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    import typing
 
 #: What a path may be written with: no comma, colon, whitespace, quote or
 #: control character.

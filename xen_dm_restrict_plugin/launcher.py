@@ -17,25 +17,32 @@ the restriction (a user and a chroot for a uid of a configured range);
 the launcher refuses to start an unrestricted device model.
 """
 
+from __future__ import annotations
+
 import ctypes
-import dataclasses
-import logging
 import os
 import re
 import resource
 import signal
-import typing
+import sys
 
 from xen_dm_restrict_plugin import chroot
-from xen_dm_restrict_plugin import conf as conf_mod
 from xen_dm_restrict_plugin import exception
+from xen_dm_restrict_plugin import launch_settings as ls
 from xen_dm_restrict_plugin import libxl_argv
 from xen_dm_restrict_plugin import qemu_args
 
-LOG = logging.getLogger(__name__)
+# Every import here is paid at every device-model start (see
+# launch_settings): no oslo.config, logging, typing or dataclasses.
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    import typing
+
+    from xen_dm_restrict_plugin import conf as conf_mod
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWIPC = 0x08000000
+CLONE_NEWNET = 0x40000000
 #: Python 3.11's resource module lacks it; the Linux value.
 RLIMIT_LOCKS = getattr(resource, 'RLIMIT_LOCKS', 10)
 FSIZE_LIMIT = 256 * 1024
@@ -49,8 +56,7 @@ RLIMITS = (
     (resource.RLIMIT_MEMLOCK, 0),
 )
 
-#: Arguments that only ask QEMU about itself; QEMU exits after answering.
-QUERY_ARGS = frozenset(('-help', '--help', '-h', '-version', '--version'))
+QUERY_ARGS = ls.QUERY_ARGS
 
 # File descriptors a command line hands to QEMU: fd=N, vhostfd=N,
 # fds=N:M, vhostfds=N:M (netdev, chardev, add-fd) and fd:N (incoming).
@@ -61,8 +67,19 @@ _FD_URI_RE = re.compile(r'^fd:(\d+)$')
 _USER_RE = re.compile(r'^(0|[1-9][0-9]*):(0|[1-9][0-9]*)$', re.ASCII)
 _VALUED = frozenset(('runas', 'chroot', 'run-with', 'sandbox'))
 
+PROG = 'xen-dm-restrict-launch'
 
-@dataclasses.dataclass(frozen=True)
+
+def say(level: str, message: str) -> None:
+    """Write a log line to stderr, which libxl keeps as the QEMU log.
+
+    The launcher does not load :mod:`logging` (see the imports); the
+    line has the format of the other console scripts' logs.
+    """
+    sys.stderr.write('%s: %s %s: %s\n' % (PROG, level, __name__, message))
+    sys.stderr.flush()
+
+
 class DeviceModelArgs:
     """What a device-model command line says about its restriction.
 
@@ -75,13 +92,19 @@ class DeviceModelArgs:
     :param fds: file descriptors the arguments hand to QEMU.
     """
 
-    uid: typing.Optional[int] = None
-    gid: typing.Optional[int] = None
-    chroot: typing.Optional[str] = None
-    domid_restrict: bool = False
-    sandbox: typing.Optional[str] = None
-    query: bool = False
-    fds: typing.FrozenSet[int] = frozenset()
+    __slots__ = ('uid', 'gid', 'chroot', 'domid_restrict', 'sandbox',
+                 'query', 'fds')
+
+    def __init__(self, uid=None, gid=None, chroot=None,
+                 domid_restrict=False, sandbox=None, query=False,
+                 fds=frozenset()):
+        self.uid = uid
+        self.gid = gid
+        self.chroot = chroot
+        self.domid_restrict = domid_restrict
+        self.sandbox = sandbox
+        self.query = query
+        self.fds = fds
 
     @property
     def restricted(self) -> bool:
@@ -207,36 +230,138 @@ def _close_stray_fds(keep: typing.Iterable[int]) -> None:
     os.closerange(low, 2 ** 31 - 1)
 
 
-def isolate(keep_fds: typing.Iterable[int] = ()) -> None:
-    """Unshare mount and IPC namespaces, set rlimits, close stray fds.
+def isolate(keep_fds: typing.Iterable[int] = (), max_processes: int = 0,
+            new_network: bool = False) -> None:
+    """Unshare namespaces, set rlimits, close stray fds.
 
-    Applies to the calling process, which is about to exec QEMU.  Signals
-    Python ignores (SIGPIPE, SIGXFSZ) are reset so QEMU starts with the
-    default dispositions; SIGXFSZ is what ends a QEMU writing past the
-    file size limit.
+    Applies to the calling process, which is about to exec QEMU.  SIGPIPE,
+    which Python ignores, gets its default action back.  SIGXFSZ is
+    ignored: libxl hands QEMU its log file as stdout and stderr, and past
+    RLIMIT_FSIZE a write would otherwise kill QEMU; ignored, the write
+    fails (EFBIG), QEMU runs on and its log stops growing at 256 KiB.
 
     :param keep_fds: descriptors besides 0, 1 and 2 to leave open.
+    :param max_processes: RLIMIT_NPROC of the device-model uid (it counts
+        every process and thread of the uid); 0 leaves it alone.
+    :param new_network: unshare the network namespace too.
     :raises OSError: the kernel refused a step.
     """
-    _unshare(CLONE_NEWNS | CLONE_NEWIPC)
+    _unshare(CLONE_NEWNS | CLONE_NEWIPC | (CLONE_NEWNET if new_network
+                                           else 0))
     for limit, value in RLIMITS:
         resource.setrlimit(limit, (value, value))
-    for signum in (signal.SIGPIPE, signal.SIGXFSZ):
-        signal.signal(signum, signal.SIG_DFL)
+    if max_processes:
+        resource.setrlimit(resource.RLIMIT_NPROC,
+                           (max_processes, max_processes))
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     _close_stray_fds(keep_fds)
+
+
+def _check_command_line(settings: conf_mod.Settings,
+                        parsed: DeviceModelArgs,
+                        args: typing.Sequence[str]) -> None:
+    if not parsed.domid_restrict and not settings.launcher_test_mode:
+        raise exception.Refused(
+            'device model command line',
+            'it has no -xen-domid-restrict, so QEMU would keep Xen '
+            'handles to every domain',
+            'define the domain through the dm_restrict hook, which writes '
+            '-xen-domid-restrict into <xen:commandline>')
+    if settings.sandbox == ls.SANDBOX_REQUIRED and parsed.sandbox is None:
+        raise exception.Refused(
+            'device model command line', 'it has no -sandbox and '
+            '[dm_restrict] sandbox is "required"',
+            'define the domain through the dm_restrict hook')
+    problems = libxl_argv.Checker(settings).problems(args)
+    if problems:
+        raise exception.Refused(
+            'device model command line',
+            'it carries arguments libxl does not write for an allowed '
+            'domain: %s' % '; '.join(problems),
+            'define the domain through the dm_restrict hook; extra options '
+            'must be in [dm_restrict] allowed_qemu_options')
+
+
+def _network(settings: conf_mod.Settings, args: typing.Sequence[str]
+             ) -> typing.Tuple[typing.List[str], list, bool]:
+    """Decide the network namespace and hand the taps over.
+
+    :returns: the arguments QEMU gets, the taps opened, and whether QEMU
+        gets a network namespace of its own.
+    """
+    from xen_dm_restrict_plugin import dm_network
+
+    mode = settings.network_namespace
+    if mode == ls.NETNS_OFF:
+        return list(args), [], False
+    if dm_network.vnc_listens(args):
+        if mode == ls.NETNS_REQUIRED:
+            raise exception.Refused(
+                'device model VNC display', 'QEMU can only listen for VNC '
+                'clients on a TCP socket of its own network namespace, '
+                'and [dm_restrict] network_namespace is "required"',
+                'remove the <graphics type=\'vnc\'> device, or set '
+                'network_namespace = except-vnc')
+        say('WARNING', 'the device model keeps the host network namespace '
+            'for its VNC display (network_namespace = except-vnc)')
+        return list(args), [], False
+    try:
+        new_args, taps = dm_network.hand_over(args)
+    except OSError as err:
+        raise exception.CapabilityMissing(
+            'device model network', str(err),
+            'load the tun driver (modprobe tun) and check /dev/net/tun'
+        ) from None
+    return new_args, taps, True
+
+
+def _cgroup(settings: conf_mod.Settings, uid: int) -> str:
+    if settings.cgroup_limits == ls.CGROUPS_OFF:
+        return 'no cgroup'
+    from xen_dm_restrict_plugin import dm_cgroup
+
+    limits = dm_cgroup.Limits(
+        pids_max=settings.device_model_max_processes,
+        memory_max_bytes=settings.device_model_memory_mib * 1024 * 1024,
+        cpu_weight=settings.device_model_cpu_weight)
+    try:
+        paths = dm_cgroup.enter(settings.cgroup_parent, uid, limits)
+    except OSError as err:
+        raise exception.CapabilityMissing(
+            'device model cgroup', str(err),
+            'mount cgroup v2 (or the v1 pids and memory controllers), or '
+            'set [dm_restrict] cgroup_limits = off') from None
+    return 'cgroup %s' % ', '.join(paths)
+
+
+def _seccomp(settings: conf_mod.Settings, parsed: DeviceModelArgs) -> str:
+    if parsed.sandbox is not None or not settings.launcher_seccomp:
+        return ''
+    from xen_dm_restrict_plugin import syscall_filter
+
+    try:
+        syscall_filter.install(parsed.uid, parsed.gid)
+    except OSError as err:
+        raise exception.CapabilityMissing(
+            'device model seccomp filter', str(err),
+            'install libseccomp2, or set [dm_restrict] launcher_seccomp = '
+            'false') from None
+    return ', seccomp filter'
 
 
 def launch(settings: conf_mod.Settings,
            args: typing.Sequence[str]) -> typing.NoReturn:
     """Exec the real QEMU restricted, or straight through for a query.
 
-    :param settings: gives ``qemu_binary``, the ranges and the chroot
-        base directory.
+    :param settings: the ``[dm_restrict]`` settings (full, or the
+        launcher's snapshot of them).
     :param args: the device-model arguments, without the program name.
     :raises Refused: the command line is not restricted or names a uid,
         gid or chroot the configuration does not allow, or the chroot
         directory is unsafe.
-    :raises CapabilityMissing: not running as root.
+    :raises CapabilityMissing: not running as root, or a restriction
+        cannot be applied on this host.
     :raises OSError: a namespace, limit or the exec failed.
     """
     binary = settings.qemu_binary
@@ -250,39 +375,31 @@ def launch(settings: conf_mod.Settings,
             'only starts restricted device models',
             'define the domain through the dm_restrict hook, which writes '
             '-runas/-chroot (or -run-with) into <xen:commandline>')
-    if not parsed.domid_restrict and not settings.launcher_test_mode:
-        raise exception.Refused(
-            'device model command line',
-            'it has no -xen-domid-restrict, so QEMU would keep Xen '
-            'handles to every domain',
-            'define the domain through the dm_restrict hook, which writes '
-            '-xen-domid-restrict into <xen:commandline>')
-    if (settings.sandbox == conf_mod.SANDBOX_REQUIRED
-            and parsed.sandbox is None):
-        raise exception.Refused(
-            'device model command line', 'it has no -sandbox and '
-            '[dm_restrict] sandbox is "required"',
-            'define the domain through the dm_restrict hook')
-    problems = libxl_argv.Checker(settings).problems(args)
-    if problems:
-        raise exception.Refused(
-            'device model command line',
-            'it carries arguments libxl does not write for an allowed '
-            'domain: %s' % '; '.join(problems),
-            'define the domain through the dm_restrict hook; extra options '
-            'must be in [dm_restrict] allowed_qemu_options')
+    _check_command_line(settings, parsed, args)
     if os.geteuid() != 0:
         raise exception.CapabilityMissing(
             'device model launcher', 'it runs as uid %d, not root, so it '
             'cannot create namespaces or the chroot' % os.geteuid(),
             'let libxl (as root) start it')
     check_identity(settings, parsed)
-    chroot.prepare(settings, parsed.uid)
-    LOG.info('starting %s as uid %d gid %d in chroot %s, in new mount and '
-             'IPC namespaces with rlimits', binary, parsed.uid, parsed.gid,
-             parsed.chroot)
-    isolate(parsed.fds)
-    _exec(binary, args)
+    qemu_argv, taps, new_network = _network(settings, args)
+    try:
+        chroot.prepare(settings, parsed.uid)
+        where = _cgroup(settings, parsed.uid)
+    except BaseException:
+        for tap in taps:
+            os.close(tap.fd)
+        raise
+    isolate(set(parsed.fds) | {tap.fd for tap in taps},
+            settings.device_model_max_processes, new_network)
+    filtered = _seccomp(settings, parsed)
+    say('INFO', 'starting %s as uid %d gid %d in chroot %s, in new mount, '
+        'IPC%s namespaces, %s, with rlimits%s%s' % (
+            binary, parsed.uid, parsed.gid, parsed.chroot,
+            ' and network' if new_network else '', where, filtered,
+            ''.join(', tap %s as fd %d' % (tap.ifname, tap.fd)
+                    for tap in taps)))
+    _exec(binary, qemu_argv)
 
 
 def _exec(binary: str, args: typing.Sequence[str]) -> None:

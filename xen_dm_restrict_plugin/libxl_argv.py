@@ -10,13 +10,18 @@ safe values).  Host paths in the command line (disks, kernel, initrd,
 character devices) are checked against ``allowed_host_paths`` again.
 """
 
+from __future__ import annotations
+
 import re
-import typing
 
 from xen_dm_restrict_plugin import hostpaths
 from xen_dm_restrict_plugin import qemu_args
 
-if typing.TYPE_CHECKING:  # pragma: no cover
+# On the launcher's start-up path: see qemu_args.
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    import typing
+
     from xen_dm_restrict_plugin import conf
 
 _RUN_DIR = r'/(?:var/)?run/xen'
@@ -31,6 +36,10 @@ KEYMAP_RE = re.compile(r'^[a-z]{2}(?:-[a-z]{2,3})?$')
 #: NIC models libxl passes to QEMU as -device names.
 EMULATED_NIC_MODELS = ('e1000', 'rtl8139', 'ne2k_pci', 'pcnet')
 _SERVER = r'(?:server=on,wait=off|server,nowait)'
+#: The -netdev libxl writes for an emulated NIC: groups netdev id, ifname.
+TAP_NETDEV_RE = re.compile(r'^type=tap,id=(net%s),ifname=(%s),(?:br=%s,)?'
+                           r'script=no,downscript=no$'
+                           % (_ID, _IFNAME, _IFNAME))
 
 _CHARDEVS = (
     re.compile(r'^socket,id=libxl-cmd,path=%s/qmp-libxl-%s,%s$'
@@ -64,9 +73,7 @@ _FIXED = {
     'boot': re.compile(r'^order=[acdn]+$'),
     'usbdevice': re.compile(r'^(?:tablet|mouse|keyboard)$'),
     'smp': re.compile(r'^[0-9]+(?:,maxcpus=[0-9]+)?$'),
-    'netdev': re.compile(r'^type=tap,id=net%s,ifname=%s,(?:br=%s,)?'
-                         r'script=no,downscript=no$'
-                         % (_ID, _IFNAME, _IFNAME)),
+    'netdev': TAP_NETDEV_RE,
     'net': re.compile(r'^none$'),
     'machine': re.compile(r'^(?:xenfv|pc,accel=xen)(?:,suppress-vmdesc=on)?'
                           r'(?:,max-ram-below-4g=[0-9]+)?$'),

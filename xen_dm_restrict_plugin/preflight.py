@@ -282,6 +282,77 @@ def check_launcher(settings: conf_mod.Settings) -> Check:
     return Check('launcher', OK, path)
 
 
+def check_launcher_speed(settings: conf_mod.Settings) -> Check:
+    """The launcher is fast only when it is the script install-launcher
+    writes and its settings snapshot is current.
+    """
+    from xen_dm_restrict_plugin import launch_settings
+
+    if not settings.launcher:
+        return Check('launcher start-up', OK, 'no launcher configured')
+    config = launch_settings.config_file()
+    if launch_settings.load(config) is None:
+        return Check('launcher start-up', WARN, 'no current settings '
+                     'snapshot at %s: the next device-model start loads '
+                     'the configuration in full (and writes one); run '
+                     'xen-dm-restrict install-launcher' %
+                     launch_settings.path())
+    try:
+        with open(settings.launcher, 'rb') as handle:
+            first = handle.readline()
+    except OSError:
+        first = b''
+    if not first.startswith(b'#!') or b' -IS' not in first:
+        return Check('launcher start-up', WARN, '%s does not run Python '
+                     'with -IS: site start-up costs more than QEMU\'s own '
+                     'start; point [dm_restrict] launcher at the script '
+                     'xen-dm-restrict install-launcher writes'
+                     % settings.launcher)
+    return Check('launcher start-up', OK, 'fast launcher, snapshot %s '
+                 'current' % launch_settings.path())
+
+
+def check_isolation(settings: conf_mod.Settings) -> typing.List[Check]:
+    """What the launcher needs for cgroups, network namespaces and its
+    seccomp filter.
+    """
+    from xen_dm_restrict_plugin import dm_cgroup
+    from xen_dm_restrict_plugin import dm_network
+    from xen_dm_restrict_plugin import syscall_filter
+
+    checks = []
+    if settings.cgroup_limits == conf_mod.CGROUPS_OFF:
+        checks.append(Check('device-model cgroups', WARN, 'cgroup_limits '
+                            '= off: only RLIMIT_NPROC bounds a device '
+                            'model; memory and CPU are not limited'))
+    else:
+        reason = dm_cgroup.available()
+        v2 = dm_cgroup.describe()
+        checks.append(Check('device-model cgroups', FAIL if reason else OK,
+                            reason or v2))
+    if settings.network_namespace == conf_mod.NETNS_OFF:
+        checks.append(Check('device-model network', WARN,
+                            'network_namespace = off: device models can '
+                            'connect wherever dom0 can'))
+    elif not os.path.exists(dm_network.TUN_DEVICE):
+        checks.append(Check('device-model network', FAIL, '%s is missing: '
+                            'modprobe tun' % dm_network.TUN_DEVICE))
+    else:
+        checks.append(Check('device-model network', OK, 'own network '
+                            'namespace, taps handed over (%s)'
+                            % settings.network_namespace))
+    if settings.launcher_seccomp:
+        reason = syscall_filter.available()
+        checks.append(Check('launcher seccomp filter',
+                            FAIL if reason else OK,
+                            reason or 'libseccomp found: QEMUs without '
+                            '-sandbox get the launcher\'s filter'))
+    else:
+        checks.append(Check('launcher seccomp filter', WARN, 'off: a QEMU '
+                            'built without seccomp runs unfiltered'))
+    return checks
+
+
 def check_host_paths(settings: conf_mod.Settings) -> Check:
     """Warn when no host path is allowed: every disk is refused then."""
     if not settings.allowed_host_paths:
@@ -333,7 +404,8 @@ def run(settings: conf_mod.Settings,
     checks += check_qemu(settings)
     checks += [check_reaper_user(settings), check_accounts(settings),
                check_chroot_base(settings), check_lease_db(settings),
-               check_launcher(settings), check_test_mode(settings),
-               check_host_paths(settings),
-               check_hook(hooks_dir or DEFAULT_HOOKS_DIR)]
+               check_launcher(settings), check_launcher_speed(settings),
+               check_test_mode(settings), check_host_paths(settings)]
+    checks += check_isolation(settings)
+    checks.append(check_hook(hooks_dir or DEFAULT_HOOKS_DIR))
     return Report(tuple(checks), xen_host)

@@ -17,9 +17,16 @@ that take no value (from QEMU 7.2 and 10.0: ``qemu -version -OPT`` exits
 0 only for those).
 """
 
-import dataclasses
+from __future__ import annotations
+
+import collections
 import re
-import typing
+
+# The launcher imports this module on every device-model start: typing
+# and dataclasses (which pulls in inspect) would double its start-up cost.
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    import typing
 
 #: Options that take no value; every other option takes the next argument.
 NO_VALUE = frozenset((
@@ -124,8 +131,8 @@ _URI_RE = re.compile(r'^[A-Za-z][A-Za-z0-9+.-]*:')
 _SAFE_VALUE_RE = re.compile(r'^[A-Za-z0-9_.,=:@+-]*$')
 
 
-@dataclasses.dataclass(frozen=True)
-class Item:
+class Item(collections.namedtuple(
+        'Item', 'option value index missing_value', defaults=(False,))):
     """One element of a QEMU command line as QEMU reads it.
 
     :param option: the option name (without dashes), or None for a bare
@@ -136,10 +143,7 @@ class Item:
     :param missing_value: the option takes a value but argv ended.
     """
 
-    option: typing.Optional[str]
-    value: typing.Optional[str]
-    index: int
-    missing_value: bool = False
+    __slots__ = ()
 
     def spelled(self) -> str:
         if self.option is None:
@@ -215,13 +219,11 @@ def value_problem(value: str) -> typing.Optional[str]:
     return None
 
 
-@dataclasses.dataclass(frozen=True)
-class ArgProblem:
+class ArgProblem(collections.namedtuple(
+        'ArgProblem', 'item reason remedy')):
     """One refused extra argument: what it is and why."""
 
-    item: Item
-    reason: str
-    remedy: str
+    __slots__ = ()
 
 
 def check_extra(args: typing.Sequence[str],

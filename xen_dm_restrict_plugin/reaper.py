@@ -220,6 +220,7 @@ class Reaper:
             with self._locked(deadline):
                 found = scan(uid)[0]
                 rounds, zombies = self._kill_until_gone(uid, deadline)
+                self._remove_cgroup(uid, where)
         except exception.ReapError as err:
             LOG.error('reap of uid %d%s failed: %s', uid, where, err)
             raise
@@ -230,6 +231,22 @@ class Reaper:
                         uid, where, ' '.join(map(str, found)))
         LOG.info('%s%s', result.summary(), where)
         return result
+
+    def _remove_cgroup(self, uid: int, where: str) -> None:
+        """Remove the cgroup the launcher made for ``uid``, now empty."""
+        if getattr(self.settings, 'cgroup_limits', None) != \
+                conf_mod.CGROUPS_REQUIRED:
+            return
+        from xen_dm_restrict_plugin import dm_cgroup
+
+        try:
+            removed = dm_cgroup.remove(self.settings.cgroup_parent, uid)
+        except OSError as err:
+            LOG.warning('the cgroup of uid %d%s stays: %s', uid, where, err)
+            return
+        if removed:
+            LOG.info('removed the cgroup of uid %d%s: %s', uid, where,
+                     ', '.join(removed))
 
     def _kill_until_gone(self, uid: int, deadline: float
                          ) -> typing.Tuple[int, typing.List[int]]:

@@ -4,8 +4,18 @@ import libvirt
 import pytest
 
 from tests import base
+from tests.functional import hostenv
 from xen_dm_restrict_plugin import loader
 from xen_dm_restrict_plugin import virt
+
+
+@pytest.fixture(autouse=True)
+def _no_cgroups_left():
+    """Remove the cgroups a test's device models got, after its other
+    fixtures killed their processes.
+    """
+    yield
+    hostenv.remove_cgroup_parents()
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ import pytest
 
 from tests import base
 from xen_dm_restrict_plugin.cmd import host
+from xen_dm_restrict_plugin import launch_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -65,6 +66,9 @@ class HostEnv:
     config: str = ''
     reaper_name: str = ''
     users: typing.List[str] = dataclasses.field(default_factory=list)
+    cgroup_parent: str = dataclasses.field(
+        default_factory=lambda: _register_cgroup_parent(
+            unique_name('xdr-test-')))
 
     @property
     def acme(self) -> typing.Tuple[int, int]:
@@ -101,6 +105,7 @@ class HostEnv:
             # Debian's TCG QEMU has no Xen: no -xen-domid-restrict, and the
             # test command lines use "-machine none" and "-qmp stdio".
             'launcher_test_mode': 'true',
+            'cgroup_parent': self.cgroup_parent,
         }
         values.update(options)
         self.config = os.path.join(self.tmp, 'xen-dm-restrict.conf')
@@ -117,7 +122,48 @@ class HostEnv:
         env = dict(os.environ)
         env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
         env[host.CONFIG_ENV] = self.config
+        env[launch_settings.PATH_ENV] = os.path.join(
+            self.tmp, 'run', 'launcher-settings.marshal')
         return env
+
+
+#: cgroup parents the launcher may have created for this process's tests.
+CGROUP_PARENTS: typing.List[str] = []
+
+
+def _register_cgroup_parent(name: str) -> str:
+    CGROUP_PARENTS.append(name)
+    return name
+
+
+def cgroup_mounts() -> typing.List[str]:
+    """Mount points of every cgroup hierarchy (v1 and v2)."""
+    found = []
+    with open('/proc/self/mounts') as handle:
+        for line in handle:
+            fields = line.split()
+            if fields[2] in ('cgroup', 'cgroup2'):
+                found.append(fields[1].replace('\\040', ' '))
+    return found
+
+
+def remove_cgroup_parents() -> None:
+    """Remove the cgroups the tests' launchers created, once their
+    processes are gone (innermost first).
+    """
+    while CGROUP_PARENTS:
+        name = CGROUP_PARENTS.pop()
+        for mount in cgroup_mounts():
+            top = os.path.join(mount, name)
+            if not os.path.isdir(top):
+                continue
+            for path, dirs, _ in sorted(os.walk(top), reverse=True):
+                for attempt in range(50):
+                    try:
+                        os.rmdir(path)
+                        break
+                    except OSError:
+                        time.sleep(0.05)
 
 
 def unique_name(prefix: str) -> str:

@@ -344,6 +344,10 @@ def cmd_preflight(args) -> int:
     return host.preflight(args, _settings(_load_conf(args)))
 
 
+def cmd_install_launcher(args) -> int:
+    return host.install_launcher(args, _settings(_load_conf(args)))
+
+
 def cmd_reap(args) -> int:
     return host.reap(args, _settings(_load_conf(args)))
 
@@ -535,6 +539,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help='where libvirtd looks for hooks '
                           '(default: %(default)s)')
     pre.set_defaults(func=cmd_preflight)
+
+    inst = _subparser(
+        subs, 'install-launcher', 'Write the device-model launcher that '
+        'starts in milliseconds, and its snapshot of this configuration.',
+        'xen-dm-restrict install-launcher /usr/local/sbin/'
+        'xen-dm-restrict-launch-fast',
+        'The launcher runs at every define and start of every domain. '
+        'The written script is xen-dm-restrict-launch run by this Python '
+        'with -I -S and a fixed module path, so that no site-packages '
+        'start-up code runs; set [dm_restrict] launcher to PATH. Run it '
+        'again after upgrading the plugin or Python.')
+    inst.add_argument('path', help='where to write the launcher script')
+    inst.set_defaults(func=cmd_install_launcher)
 
     reap = _subparser(
         subs, 'reap', 'Kill every process of a device-model uid (as root, '

@@ -20,13 +20,14 @@ from oslo_config import cfg
 
 from xen_dm_restrict_plugin import conf as conf_mod
 from xen_dm_restrict_plugin import exception
+from xen_dm_restrict_plugin import launch_settings
 from xen_dm_restrict_plugin import loader
 
 LOG = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = '/etc/xen-dm-restrict/xen-dm-restrict.conf'
+DEFAULT_CONFIG = launch_settings.DEFAULT_CONFIG
 #: Environment variable naming the configuration file to use instead.
-CONFIG_ENV = 'XEN_DM_RESTRICT_CONFIG'
+CONFIG_ENV = launch_settings.CONFIG_ENV
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -181,4 +182,56 @@ def reap(args, settings: conf_mod.Settings) -> int:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(result.summary())
+    return EXIT_OK
+
+
+#: The fast launcher script ``install-launcher`` writes.
+LAUNCHER_SCRIPT = """\
+#!%(python)s -IS
+# Written by "xen-dm-restrict install-launcher": xen-dm-restrict-launch,
+# isolated (-I) and without site start-up code (-S), which would cost
+# more than QEMU's own start.
+import sys
+sys.path += %(path)r
+from xen_dm_restrict_plugin.cmd.launch import main
+sys.exit(main())
+"""
+
+
+def install_launcher(args, settings: conf_mod.Settings) -> int:
+    """``xen-dm-restrict install-launcher PATH``: write the fast launcher
+    and the launcher's settings snapshot.
+
+    :raises CapabilityMissing: not root, or a file cannot be written.
+    """
+    import xen_dm_restrict_plugin
+
+    if os.geteuid() != 0:
+        raise exception.CapabilityMissing(
+            'install-launcher', 'it runs as uid %d: the launcher trusts '
+            'only a root-owned snapshot' % os.geteuid(), 'run it as root')
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(
+        xen_dm_restrict_plugin.__file__)))
+    path = [entry for entry in sys.path[1:] if os.path.isabs(entry)]
+    path.append(package_parent)
+    text = LAUNCHER_SCRIPT % {'python': sys.executable, 'path': path}
+    target = os.path.abspath(args.path)
+    temp = '%s.%d.tmp' % (target, os.getpid())
+    config = launch_settings.config_file()
+    try:
+        with open(temp, 'x') as handle:
+            handle.write(text)
+        os.chmod(temp, 0o755)
+        os.rename(temp, target)
+        snapshot = launch_settings.write(settings, config)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise exception.CapabilityMissing(
+            'install-launcher', 'cannot write %s: %s' % (
+                err.filename or target, err.strerror or err),
+            'check the directory exists and is root\'s') from None
+    print('wrote %s (set [dm_restrict] launcher = %s) and the settings '
+          'snapshot %s of %s' % (target, target, snapshot,
+                                 config or 'the defaults'))
     return EXIT_OK

@@ -1,0 +1,129 @@
+"""Cut a device model off dom0's network, keeping its emulated NICs.
+
+Xen's design lists connections on the management network among what a
+compromised, restricted device model can still make: QEMU runs in dom0's
+network namespace.  The launcher moves it into a namespace of its own,
+which has nothing but a loopback device that is down.
+
+The emulated NICs still need their tap devices in dom0, where libxl's
+hotplug script puts them on the bridge.  libxl asks QEMU to create them
+by name (``-netdev type=tap,id=netN,ifname=vifD.N-emu,...,script=no,
+downscript=no``); the launcher opens the same devices itself in the host
+namespace, exactly as QEMU's ``tap_open`` would (``IFF_TAP | IFF_NO_PI``,
+with ``IFF_VNET_HDR`` when the kernel offers it), and rewrites each
+``-netdev`` to hand QEMU the descriptor (``fd=N``).  A tap descriptor
+keeps working whatever namespace its holder moves to.
+
+Only the ``-netdev`` shape libxl writes is rewritten; the launcher has
+already refused any other.  A VNC display is a TCP socket QEMU would
+listen on in its own namespace, unreachable from dom0; see
+``[dm_restrict] network_namespace``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+
+from xen_dm_restrict_plugin import libxl_argv
+from xen_dm_restrict_plugin import qemu_args
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    import typing
+
+TUN_DEVICE = '/dev/net/tun'
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUNSETIFF = 0x400454ca
+TUNGETFEATURES = 0x800454cf
+IFNAMSIZ = 16
+
+
+class Tap:
+    """A tap device the launcher opened for QEMU.
+
+    :param netdev: the ``-netdev`` id.
+    :param ifname: the device's name in dom0.
+    :param fd: the open descriptor QEMU inherits.
+    """
+
+    __slots__ = ('netdev', 'ifname', 'fd')
+
+    def __init__(self, netdev: str, ifname: str, fd: int):
+        self.netdev = netdev
+        self.ifname = ifname
+        self.fd = fd
+
+
+def tap_netdevs(args: typing.Sequence[str]
+                ) -> typing.List[typing.Tuple[int, str, str]]:
+    """The ``-netdev`` values libxl wrote for tap devices.
+
+    :returns: (index of the value in ``args``, netdev id, ifname) each.
+    """
+    found = []
+    for item in qemu_args.split(args):
+        if item.option == 'netdev' and item.value is not None:
+            match = libxl_argv.TAP_NETDEV_RE.match(item.value)
+            if match:
+                found.append((item.index + 1, match.group(1),
+                              match.group(2)))
+    return found
+
+
+def vnc_listens(args: typing.Sequence[str]) -> bool:
+    """Whether QEMU would listen for VNC clients on a TCP socket."""
+    return any(item.option == 'vnc' and item.value is not None
+               and item.value.split(',', 1)[0] != 'none'
+               for item in qemu_args.split(args))
+
+
+def open_tap(ifname: str) -> int:
+    """Open (creating it if needed) the tap device ``ifname``, as QEMU's
+    ``tap_open`` does, as an inheritable descriptor.
+
+    :raises OSError: the tun driver is missing or refuses the name.
+    """
+    fd = os.open(TUN_DEVICE, os.O_RDWR)
+    try:
+        flags = IFF_TAP | IFF_NO_PI
+        features = bytearray(4)
+        try:
+            fcntl.ioctl(fd, TUNGETFEATURES, features)
+            if struct.unpack('I', features)[0] & IFF_VNET_HDR:
+                flags |= IFF_VNET_HDR
+        except OSError:
+            pass
+        request = struct.pack('%dsH22x' % IFNAMSIZ, ifname.encode(), flags)
+        fcntl.ioctl(fd, TUNSETIFF, request)
+        os.set_inheritable(fd, True)
+    except OSError as err:
+        os.close(fd)
+        raise OSError(err.errno, 'cannot open tap device %s: %s'
+                      % (ifname, err.strerror)) from None
+    return fd
+
+
+def hand_over(args: typing.Sequence[str]
+              ) -> typing.Tuple[typing.List[str], typing.List[Tap]]:
+    """Open every tap device of ``args`` and rewrite its ``-netdev``.
+
+    :returns: the new arguments and the taps opened (close them if the
+        start is abandoned).
+    :raises OSError: a device cannot be opened; none stays open.
+    """
+    new_args = list(args)
+    taps: typing.List[Tap] = []
+    try:
+        for index, netdev, ifname in tap_netdevs(args):
+            fd = open_tap(ifname)
+            taps.append(Tap(netdev, ifname, fd))
+            new_args[index] = 'type=tap,id=%s,fd=%d' % (netdev, fd)
+    except OSError:
+        for tap in taps:
+            os.close(tap.fd)
+        raise
+    return new_args, taps

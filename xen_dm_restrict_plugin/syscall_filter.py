@@ -1,0 +1,203 @@
+"""QEMU's ``-sandbox`` syscall filter, for a QEMU built without it.
+
+libxl asks QEMU for ``-sandbox on,obsolete=deny,elevateprivileges=allow,
+spawn=deny,resourcecontrol=deny``, but Debian's qemu-system-xen is built
+without seccomp, so on most hosts no filter applies.  When the command
+line has no ``-sandbox``, the launcher loads the same deny list itself,
+just before it execs QEMU (a seccomp filter survives exec):
+
+- QEMU's default and ``obsolete`` sets kill the process;
+- ``elevateprivileges``: QEMU's ``-runas`` still has to switch to the
+  device-model ids after the exec, so ``setuid`` and ``setgid`` are
+  allowed to exactly those ids and fail with EPERM for any other (QEMU
+  checks that ``setuid(0)`` fails); every other id-changing call kills;
+- ``spawn``: fork, vfork, execveat, setns, unshare, a ``clone`` without
+  the thread flags or with namespace flags kill; ``clone3`` returns
+  ENOSYS (glibc then uses ``clone``).  ``execve`` must stay allowed:
+  the filter is in place when the launcher execs QEMU.  After QEMU's
+  chroot there is nothing to execute: the chroot is an empty directory
+  QEMU's uid cannot write, no /proc, and no_new_privs is set;
+- ``resourcecontrol`` fails with EPERM.
+
+libseccomp builds the BPF; it is called through ctypes because the
+launcher's Python runs isolated (``-I``) from Debian's python3-seccomp
+and because ctypes is already loaded on that path.  This module imports
+only ctypes, errno and os.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    import typing
+
+LIBRARY = 'libseccomp.so.2'
+
+SCMP_ACT_KILL_PROCESS = 0x80000000
+SCMP_ACT_ALLOW = 0x7fff0000
+SCMP_FLTATR_CTL_TSYNC = 4
+SCMP_CMP_NE = 1
+SCMP_CMP_MASKED_EQ = 7
+
+
+def _errno_action(code: int) -> int:
+    return 0x00050000 | (code & 0x0000ffff)
+
+
+KILL = SCMP_ACT_KILL_PROCESS
+EPERM = _errno_action(errno.EPERM)
+ENOSYS = _errno_action(errno.ENOSYS)
+
+CSIGNAL = 0x000000ff
+CLONE_VM = 0x00000100
+CLONE_FS = 0x00000200
+CLONE_FILES = 0x00000400
+CLONE_SIGHAND = 0x00000800
+CLONE_PIDFD = 0x00001000
+CLONE_PTRACE = 0x00002000
+CLONE_VFORK = 0x00004000
+CLONE_PARENT = 0x00008000
+CLONE_THREAD = 0x00010000
+CLONE_NEWNS = 0x00020000
+CLONE_SYSVSEM = 0x00040000
+CLONE_SETTLS = 0x00080000
+CLONE_PARENT_SETTID = 0x00100000
+CLONE_CHILD_CLEARTID = 0x00200000
+CLONE_UNTRACED = 0x00800000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+CLONE_IO = 0x80000000
+
+#: pthread_create sets all of these; a clone lacking one is a process.
+CLONE_REQUIRED = (CLONE_VM, CLONE_FS, CLONE_FILES, CLONE_SIGHAND,
+                  CLONE_THREAD, CLONE_SYSVSEM, CLONE_SETTLS,
+                  CLONE_PARENT_SETTID, CLONE_CHILD_CLEARTID)
+CLONE_FORBIDDEN = (CLONE_PIDFD, CLONE_PTRACE, CLONE_VFORK, CLONE_PARENT,
+                   CLONE_NEWNS, CLONE_UNTRACED, CLONE_NEWCGROUP,
+                   CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID,
+                   CLONE_NEWNET, CLONE_IO)
+SCHED_IDLE = 5
+
+#: QEMU's default and obsolete sets: never needed, kill.
+KILLED = (
+    'reboot', 'swapon', 'swapoff', 'syslog', 'mount', 'umount',
+    'kexec_load', 'afs_syscall', 'break', 'ftime', 'getpmsg', 'gtty',
+    'lock', 'mpx', 'prof', 'profil', 'putpmsg', 'security', 'stty',
+    'tuxcall', 'ulimit', 'vserver',
+    'readdir', '_sysctl', 'bdflush', 'create_module', 'get_kernel_syms',
+    'query_module', 'sgetmask', 'ssetmask', 'sysfs', 'uselib', 'ustat',
+    # elevateprivileges, except setuid/setgid (see _id_rules)
+    'setpgid', 'setsid', 'setreuid', 'setregid', 'setresuid', 'setresgid',
+    'setfsuid', 'setfsgid',
+    # spawn, except execve and clone (see the module docstring)
+    'fork', 'vfork', 'execveat', 'setns', 'unshare',
+)
+#: QEMU's resourcecontrol set: fail.
+REFUSED = ('setpriority', 'sched_setparam', 'sched_setaffinity')
+
+
+class ArgCmp(ctypes.Structure):
+    """libseccomp's ``struct scmp_arg_cmp``."""
+
+    _fields_ = [('arg', ctypes.c_uint), ('op', ctypes.c_int),
+                ('datum_a', ctypes.c_uint64), ('datum_b', ctypes.c_uint64)]
+
+
+def _library() -> ctypes.CDLL:
+    lib = ctypes.CDLL(LIBRARY, use_errno=True)
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_release.argtypes = [ctypes.c_void_p]
+    lib.seccomp_release.restype = None
+    lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int,
+                                     ctypes.c_uint32]
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_rule_add_array.argtypes = [
+        ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
+        ctypes.POINTER(ArgCmp)]
+    lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+def available() -> str:
+    """Empty when the filter can be loaded here, else why not."""
+    try:
+        _library()
+    except OSError as err:
+        return '%s cannot be loaded (%s): install libseccomp2' % (
+            LIBRARY, err)
+    if not os.path.exists('/proc/self/status'):
+        return '/proc is not mounted'
+    with open('/proc/self/status') as handle:
+        if 'Seccomp:' not in handle.read():
+            return 'the kernel has no seccomp support'
+    return ''
+
+
+def rules(uid: int, gid: int) -> typing.List[
+        typing.Tuple[str, int, typing.Tuple[typing.Tuple[int, int, int,
+                                                           int], ...]]]:
+    """The filter, as (syscall, action, ((arg, op, a, b), ...)) rows.
+
+    Rows for one syscall are alternatives: the first that matches acts.
+    """
+    rows = [(name, KILL, ()) for name in KILLED]
+    rows += [('setuid', EPERM, ((0, SCMP_CMP_NE, uid, 0),)),
+             ('setgid', EPERM, ((0, SCMP_CMP_NE, gid, 0),))]
+    rows.append(('clone', KILL, ((0, SCMP_CMP_MASKED_EQ, ~CSIGNAL
+                                  & 0xffffffffffffffff, 0),)))
+    rows += [('clone', KILL, ((0, SCMP_CMP_MASKED_EQ, flag, 0),))
+             for flag in CLONE_REQUIRED]
+    rows += [('clone', KILL, ((0, SCMP_CMP_MASKED_EQ, flag, flag),))
+             for flag in CLONE_FORBIDDEN]
+    rows.append(('clone3', ENOSYS, ()))
+    rows += [(name, EPERM, ()) for name in REFUSED]
+    rows.append(('sched_setscheduler', EPERM,
+                 ((1, SCMP_CMP_NE, SCHED_IDLE, 0),)))
+    return rows
+
+
+def _check(rc: int, step: str) -> None:
+    if rc < 0:
+        raise OSError(-rc, 'libseccomp %s failed: %s'
+                      % (step, os.strerror(-rc)))
+
+
+def install(uid: int, gid: int) -> None:
+    """Load the filter into this process (and every thread), for good.
+
+    :param uid: the only uid ``setuid`` may switch to.
+    :param gid: the only gid ``setgid`` may switch to.
+    :raises OSError: libseccomp is missing, does not know a syscall the
+        filter must cover, or the kernel refused the filter.
+    """
+    lib = _library()
+    ctx = lib.seccomp_init(SCMP_ACT_ALLOW)
+    if not ctx:
+        raise OSError(errno.ENOMEM, 'libseccomp seccomp_init failed')
+    try:
+        _check(lib.seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1),
+               'thread synchronisation')
+        for name, action, comparisons in rules(uid, gid):
+            number = lib.seccomp_syscall_resolve_name(name.encode())
+            if number == -1:
+                if name == 'clone3':
+                    continue  # older libseccomp: glibc falls back anyway
+                raise OSError(errno.ENOSYS, 'libseccomp does not know the '
+                              'syscall %s' % name)
+            array = (ArgCmp * max(1, len(comparisons)))(
+                *[ArgCmp(*row) for row in comparisons])
+            _check(lib.seccomp_rule_add_array(
+                ctx, action, number, len(comparisons), array),
+                'rule for %s' % name)
+        _check(lib.seccomp_load(ctx), 'load')
+    finally:
+        lib.seccomp_release(ctx)
