@@ -142,9 +142,8 @@ def available() -> str:
     return ''
 
 
-def rules(uid: int, gid: int) -> typing.List[
-        typing.Tuple[str, int, typing.Tuple[typing.Tuple[int, int, int,
-                                                           int], ...]]]:
+def rules(uid: int, gid: int) -> typing.List[typing.Tuple[
+        str, int, typing.Tuple[typing.Tuple[int, int, int, int], ...]]]:
     """The filter, as (syscall, action, ((arg, op, a, b), ...)) rows.
 
     Rows for one syscall are alternatives: the first that matches acts.

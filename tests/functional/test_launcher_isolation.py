@@ -295,3 +295,76 @@ def test_a_log_past_the_file_size_limit_does_not_kill_qemu(env, tmp_path):
         assert proc.poll() is None
     finally:
         qemu.close()
+
+
+def _cgroup_dirs(pid: int) -> list:
+    """The directories of pid's pids, memory and cpu cgroups."""
+    found = []
+    with open('/proc/%d/cgroup' % pid) as handle:
+        for line in handle:
+            _, controllers, path = line.rstrip('\n').split(':', 2)
+            for mount in hostenv.cgroup_mounts():
+                if path != '/' and _mount_has(mount, controllers) and (
+                        set(controllers.split(',')) & {'pids', 'memory',
+                                                       'cpu', ''}):
+                    found.append(mount + path)
+    return found
+
+
+def _read(path: str) -> str:
+    with open(path) as handle:
+        return handle.read().strip()
+
+
+@pytest.fixture
+def reaper_env(tmp_path):
+    hostenv.require_root()
+    hostenv.require_tool(hostenv.QEMU)
+    made = hostenv.make_env(tmp_path, with_reaper=True)
+    yield made
+    for uid in range(made.first, made.first + 3):
+        hostenv.kill_uid(uid, rounds=1)
+    made.remove_users()
+
+
+def test_the_cgroup_has_the_limits_and_goes_with_the_reap(reaper_env):
+    from xen_dm_restrict_plugin import reaper
+
+    env = reaper_env
+    uid = env.first + 1
+    settings, qemu = _start(env, uid, device_model_max_processes='40',
+                            device_model_memory_mib='200',
+                            device_model_cpu_weight='50')
+    try:
+        dirs = _cgroup_dirs(qemu.proc.pid)
+        assert dirs
+        for path in dirs:
+            assert path.endswith('/%s/dm-%d' % (env.cgroup_parent, uid))
+            files = os.listdir(path)
+            if 'pids.max' in files:
+                assert _read(os.path.join(path, 'pids.max')) == '40'
+            if 'memory.max' in files:
+                assert _read(os.path.join(path, 'memory.max')) == str(
+                    200 << 20)
+            if 'memory.limit_in_bytes' in files:
+                assert _read(os.path.join(
+                    path, 'memory.limit_in_bytes')) == str(200 << 20)
+            if 'cpu.weight' in files:
+                assert _read(os.path.join(path, 'cpu.weight')) == '50'
+            if 'cpu.shares' in files:
+                assert _read(os.path.join(path, 'cpu.shares')) == '512'
+        # A second device model of the same uid is refused while the
+        # first one's processes are in the group.
+        second = qemuenv.Qmp(env, qemuenv.BASE_ARGS
+                             + qemuenv.restriction_args(settings, uid))
+        assert second.proc.wait(timeout=30) != 0
+        assert 'still holds processes' in second.log_text()
+
+        result = reaper.Reaper(env.settings()).reap(uid, 'test')
+        assert qemu.proc.wait(timeout=10) == -9
+        assert result.found
+        for path in dirs:
+            assert not os.path.exists(path)
+        assert os.path.isdir(os.path.dirname(dirs[0]))
+    finally:
+        qemu.close()

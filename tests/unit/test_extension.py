@@ -124,9 +124,23 @@ def test_run_with_syntax_and_fixed_gid(make_hook):
 
 
 def test_launcher_becomes_the_emulator(make_hook):
-    hook = make_hook(launcher='/usr/bin/xen-dm-restrict-launch')
+    hook = make_hook(launcher='/usr/bin/xen-dm-restrict-launch',
+                     network_namespace='except-vnc')
     out = domain.parse(hook.prepare(base.fixture('hvm.xml'), ACME), 1 << 20)
     assert out.emulator == '/usr/bin/xen-dm-restrict-launch'
+
+
+def test_vnc_is_refused_when_the_launcher_cuts_the_network(make_hook):
+    # QEMU would listen for VNC inside its own network namespace, where
+    # nothing in dom0 can reach it.
+    hook = make_hook(launcher='/usr/bin/xen-dm-restrict-launch')
+    with pytest.raises(exception.FeatureRefused) as err:
+        hook.prepare(base.fixture('hvm.xml'), ACME)
+    assert "<graphics type='vnc'>" in str(err.value)
+    assert 'network_namespace = except-vnc' in str(err.value)
+    assert not os.path.exists(hook.settings.lease_db)
+    # Without the launcher nothing moves QEMU out of dom0's network.
+    make_hook().prepare(base.fixture('hvm.xml'), ACME)
 
 
 def test_missing_uuid_is_filled_in(hook):

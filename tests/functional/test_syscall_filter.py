@@ -1,0 +1,146 @@
+"""The launcher's seccomp filter, for QEMUs built without ``-sandbox``:
+loaded into real processes and into a real QEMU (root only).
+"""
+
+import os
+import threading
+
+import pytest
+
+from tests.functional import hostenv
+from tests.functional import qemuenv
+from xen_dm_restrict_plugin import syscall_filter
+
+UID = 3999001
+GID = 3999002
+
+
+def _require_filter():
+    hostenv.require_root()
+    reason = syscall_filter.available()
+    if reason:
+        pytest.skip(reason)
+
+
+def _in_filtered_child(body):
+    """Run ``body()`` in a forked child after loading the filter; return
+    (exit status or -signal, what body returned as text).
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        rc = 1
+        try:
+            os.close(read_fd)
+            syscall_filter.install(UID, GID)
+            os.write(write_fd, str(body()).encode())
+            rc = 0
+        finally:
+            os._exit(rc)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as handle:
+        text = handle.read()
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status), text
+    return os.WEXITSTATUS(status), text
+
+
+def _try(call, *args):
+    try:
+        call(*args)
+    except OSError as err:
+        return err.errno
+    return 0
+
+
+def test_ids_switch_only_to_the_device_model_ids():
+    _require_filter()
+
+    def body():
+        with open('/proc/self/status') as handle:
+            mode = [line.split()[1] for line in handle
+                    if line.startswith('Seccomp:')]
+        return [mode, _try(os.setgid, GID + 1), _try(os.setgid, GID),
+                _try(os.setgroups, [GID]), _try(os.setuid, UID + 1),
+                _try(os.setuid, UID), _try(os.setuid, 0)]
+
+    rc, text = _in_filtered_child(body)
+    assert rc == 0, text
+    # Seccomp mode 2; other ids EPERM (QEMU's own check that setuid(0)
+    # fails after the drop relies on that), the device model's ids work.
+    assert text == str([['2'], 1, 0, 0, 1, 0, 1])
+
+
+def test_threads_work_but_a_new_process_kills():
+    _require_filter()
+
+    def body():
+        ran = []
+        thread = threading.Thread(target=ran.append, args=(1,))
+        thread.start()
+        thread.join()
+        if ran == [1]:
+            os.fork()
+        return 'forked'
+
+    rc, text = _in_filtered_child(body)
+    # The thread ran (clone3 ENOSYS, then clone with the thread flags);
+    # fork killed the whole process as QEMU's spawn=deny does.
+    assert (rc, text) == (-31, '')
+
+
+def test_scheduling_changes_fail():
+    _require_filter()
+
+    def body():
+        return [_try(os.setpriority, os.PRIO_PROCESS, 0, 5),
+                _try(os.sched_setaffinity, 0, {0})]
+
+    rc, text = _in_filtered_child(body)
+    assert (rc, text) == (0, str([1, 1]))
+
+
+@pytest.fixture
+def env(tmp_path):
+    hostenv.require_root()
+    hostenv.require_tool(hostenv.QEMU)
+    _require_filter()
+    made = hostenv.make_env(tmp_path, with_reaper=False)
+    yield made
+    for uid in range(made.first, made.first + 3):
+        hostenv.kill_uid(uid, rounds=1)
+
+
+def _qemu_filters(env, uid, args):
+    qemu = qemuenv.Qmp(env, qemuenv.BASE_ARGS + args)
+    try:
+        assert 'QMP' in qemu.read()
+        assert qemu.command('qmp_capabilities') == {'return': {}}
+        assert qemu.command('query-status')['return']['running']
+        status = qemuenv.status(qemu.proc.pid)
+        assert status['Uid'].split() == [str(uid)] * 4
+        return (status['Seccomp'].strip(),
+                int(status['Seccomp_filters'].strip()))
+    finally:
+        qemu.close()
+
+
+def _without_sandbox(settings, uid):
+    args = qemuenv.restriction_args(settings, uid)
+    at = args.index('-sandbox')
+    return args[:at] + args[at + 2:]
+
+
+def test_a_qemu_without_sandbox_gets_the_launchers_filter(env):
+    uid = env.first + 1
+    settings = env.settings()
+    assert _qemu_filters(env, uid, _without_sandbox(settings, uid)) == (
+        '2', 1)
+    # With its own -sandbox, QEMU's filter is the only one.
+    assert _qemu_filters(env, uid, qemuenv.restriction_args(
+        settings, uid)) == ('2', 1)
+    env.write_config(launcher_seccomp='false')
+    settings = env.settings()
+    assert _qemu_filters(env, uid, _without_sandbox(settings, uid)) == (
+        '0', 0)
