@@ -2,15 +2,18 @@
 design doc says (root only); see :mod:`tests.functional.qemuenv`.
 """
 
+import argparse
 import os
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
 
 from tests.functional import hostenv
 from tests.functional import qemuenv
+from xen_dm_restrict_plugin import launch_settings
 
 BASE_ARGS = qemuenv.BASE_ARGS
 restriction_args = qemuenv.restriction_args
@@ -216,3 +219,51 @@ def test_unsafe_chroot_base_is_refused(env):
     assert proc.returncode == 2
     assert 'writable by group or others' in proc.stderr
     assert os.listdir(settings.chroot_base_dir) == []
+
+
+def test_install_launcher_writes_a_fast_launcher_and_its_snapshot(
+        env, monkeypatch):
+    script = os.path.join(env.tmp, 'xen-dm-restrict-launch')
+    snapshot = env.environ()[launch_settings.PATH_ENV]
+    monkeypatch.setenv(launch_settings.PATH_ENV, snapshot)
+    made = subprocess.run(
+        hostenv.module('xen_dm_restrict_plugin.cmd.cli')
+        + ['install-launcher', script], env=env.environ(),
+        capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    assert os.stat(script).st_mode & 0o7777 == 0o755
+    with open(script) as handle:
+        assert handle.readline().rstrip().endswith(' -IS')
+    st = os.stat(snapshot)
+    assert (st.st_uid, st.st_mode & 0o022) == (0, 0)
+    assert launch_settings.load(env.config) is not None
+
+    # The script needs no configuration parsing: it runs QEMU.
+    version = subprocess.run([script, '-version'], env=env.environ(),
+                             capture_output=True, text=True, timeout=30)
+    assert version.stdout.startswith('QEMU emulator version')
+    refused = subprocess.run([script] + BASE_ARGS, env=env.environ(),
+                             capture_output=True, text=True, timeout=30)
+    assert refused.returncode != 0
+    assert 'carries no user and chroot restriction' in refused.stderr
+
+    # A changed configuration makes the snapshot stale: not used.
+    env.write_config(device_model_max_processes='77')
+    assert launch_settings.load(env.config) is None
+
+
+def test_install_launcher_refuses_code_others_could_change(
+        env, tmp_path, monkeypatch):
+    from xen_dm_restrict_plugin.cmd import host
+    from xen_dm_restrict_plugin import exception
+
+    shared = tmp_path / 'shared'
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setattr('sys.path', [''] + sys.path[1:] + [str(shared)])
+    script = tmp_path / 'launch'
+    with pytest.raises(exception.CapabilityMissing) as err:
+        host.install_launcher(argparse.Namespace(path=str(script)),
+                              env.settings())
+    assert str(shared) in str(err.value)
+    assert not script.exists()

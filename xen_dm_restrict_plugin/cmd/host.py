@@ -198,6 +198,24 @@ sys.exit(main())
 """
 
 
+def _writable_by_others(entry: str) -> typing.Optional[str]:
+    """The first directory from ``entry`` up to / that someone other
+    than root could change, or None.
+    """
+    current = os.path.realpath(entry)
+    while True:
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            st = None
+        if st is not None and (st.st_uid != 0 or st.st_mode & 0o022):
+            return current
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        current = parent
+
+
 def install_launcher(args, settings: conf_mod.Settings) -> int:
     """``xen-dm-restrict install-launcher PATH``: write the fast launcher
     and the launcher's settings snapshot.
@@ -214,6 +232,13 @@ def install_launcher(args, settings: conf_mod.Settings) -> int:
         xen_dm_restrict_plugin.__file__)))
     path = [entry for entry in sys.path[1:] if os.path.isabs(entry)]
     path.append(package_parent)
+    for entry in path:
+        unsafe = _writable_by_others(entry)
+        if unsafe:
+            raise exception.CapabilityMissing(
+                'install-launcher', 'the launcher would import code from '
+                '%s, and %s is not root\'s alone' % (entry, unsafe),
+                'install the plugin where only root can write')
     text = LAUNCHER_SCRIPT % {'python': sys.executable, 'path': path}
     target = os.path.abspath(args.path)
     temp = '%s.%d.tmp' % (target, os.getpid())
