@@ -469,7 +469,8 @@ def _cgroup_parent(name: str) -> str:
     parts = name.strip('/').split('/')
     if not name.strip('/') or any(
             part in ('', '.', '..') or not all(
-                char.isalnum() or char in '_.-' for char in part)
+                char.isascii() and (char.isalnum() or char in '_.-')
+                for char in part)
             for part in parts):
         raise exception.ConfigError(
             'cgroup_parent', '%r is not a relative cgroup path of letters, '
