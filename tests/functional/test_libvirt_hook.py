@@ -261,10 +261,22 @@ def test_held_domain_is_refused(env):
 
 def test_launcher_required_when_configured(env):
     xml = restricted_xml(env)
-    env.write_config(launcher='/usr/local/bin/xen-dm-restrict-launch')
+    env.write_config(launcher='/usr/local/bin/xen-dm-restrict-launch',
+                     network_namespace='except-vnc')
     proc = call_hook(env, 'prepare', 'begin', xml)
     assert proc.returncode == 2
     assert b'not the configured launcher' in proc.stderr
+
+
+def test_vnc_refused_at_start_when_the_launcher_cuts_the_network(env):
+    # A domain defined before the launcher was configured (or without the
+    # hook) still cannot start with a VNC display QEMU could not serve.
+    xml = restricted_xml(env)
+    env.write_config(launcher='/usr/local/bin/xen-dm-restrict-launch')
+    proc = call_hook(env, 'prepare', 'begin', xml)
+    assert proc.returncode == 2
+    assert b"<graphics type='vnc'>" in proc.stderr
+    assert b'network_namespace = except-vnc' in proc.stderr
 
 
 def test_sandbox_required_when_configured(env):
