@@ -55,6 +55,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, 'out')
 VENV = '/opt/xen-dm-restrict'
 CONF = '/etc/xen-dm-restrict/xen-dm-restrict.conf'
+LAUNCHER = '/usr/local/sbin/xen-dm-restrict-launch'
 LAB = '/var/lib/xen-dm-restrict-lab'
 QEMU = '/usr/libexec/xen-qemu-system-i386'
 HVMLOADER = '/usr/lib/xen-4.17/boot/hvmloader'
@@ -274,8 +275,10 @@ def facts(pid):
         for line in st:
             k, _, v = line.partition(':')
             if k in ('Uid', 'Gid', 'Groups', 'CapEff', 'CapPrm', 'Seccomp',
-                     'NoNewPrivs'):
+                     'NoNewPrivs', 'SigIgn', 'Threads', 'VmHWM', 'VmRSS'):
                 f[k] = ' '.join(v.split())
+    with open('/proc/%d/cgroup' % pid) as cg:
+        f['cgroups'] = [line.rstrip('\n').split(':', 2)[2] for line in cg]
     f['root'] = os.readlink('/proc/%d/root' % pid)
     for ns in ('mnt', 'ipc', 'net', 'pid'):
         f['ns_' + ns] = ('own' if os.readlink('/proc/%d/ns/%s' % (pid, ns))
@@ -298,6 +301,15 @@ def facts(pid):
             pass
     f['fds'] = ','.join(sorted(set(x for x in fds
                                    if x.startswith('/dev/'))))
+    f['taps'] = {}
+    for fd in os.listdir('/proc/%d/fdinfo' % pid):
+        try:
+            with open('/proc/%d/fdinfo/%s' % (pid, fd)) as info:
+                for line in info:
+                    if line.startswith('iff:'):
+                        f['taps'][int(fd)] = line.split()[1]
+        except OSError:
+            pass
     f['argv'] = proc_argv(pid)
     return f
 
@@ -547,6 +559,11 @@ def install():
     run(['install', '-d', '-o', 'root', '-g', 'root', '-m', '0700',
          '/var/lib/xen-dm-restrict'])
     run(['install', '-m', '0644', os.path.join(HERE, 'dom0.conf'), CONF])
+    r = cli('install-launcher', LAUNCHER)
+    s.check(r.rc == 0 and os.access(LAUNCHER, os.X_OK),
+            'install-launcher: rc %d %s' % (r.rc, first_line(r.text)))
+    with open(LAUNCHER) as f:
+        s.info('launcher: ' + f.readline().strip())
     r = cli('validate', '--tenant', 'acme',
             write('/root/validate.xml', domain_xml('v', uuid_of(1))))
     s.check(r.rc == 0, 'validate: rc %d %s' % (r.rc, first_line(r.text)))
@@ -596,12 +613,58 @@ def check_restricted(s, label, f, rec):
     argv = f['argv']
     s.check('-xen-domid-restrict' in argv,
             '%s: -xen-domid-restrict in argv; dev fds %s' % (label, f['fds']))
-    if '-sandbox' in argv:
-        s.check(f.get('Seccomp') == '2', '%s: -sandbox given, Seccomp %s' % (
-            label, f.get('Seccomp')))
-    else:
-        s.info('%s: no -sandbox (this QEMU has no seccomp), Seccomp %s' % (
-            label, f.get('Seccomp')))
+    # Issue 11: what the launcher adds beyond libxl.
+    s.check(f['ns_net'] == 'own', '%s: own network namespace (net %s)' % (
+        label, f['ns_net']))
+    s.check(f.get('NPROC') == '128', '%s: RLIMIT_NPROC %s' % (
+        label, f.get('NPROC')))
+    s.check(int(f.get('SigIgn', '0'), 16) & (1 << (25 - 1)) != 0,
+            '%s: SIGXFSZ ignored (SigIgn %s)' % (label, f.get('SigIgn')))
+    s.check(f.get('Seccomp') == '2', '%s: Seccomp %s (%s)' % (
+        label, f.get('Seccomp'), 'QEMU\'s -sandbox' if '-sandbox' in argv
+        else 'no -sandbox: the launcher\'s filter'))
+    group = '/xen-dm-restrict/dm-%d' % uid
+    ours = [g for g in f['cgroups'] if g.endswith(group)]
+    s.check(ours and len(ours) == len(f['cgroups']),
+            '%s: cgroups %s end with %s' % (label, f['cgroups'], group))
+    limits = cgroup_values(group)
+    s.check(limits.get('pids.max') == '128'
+            and limits.get('memory.max', limits.get(
+                'memory.limit_in_bytes')) == str(512 << 20),
+            '%s: cgroup limits %s' % (label, limits))
+    s.info('%s: QEMU VmHWM %s VmRSS %s Threads %s; cgroup %s' % (
+        label, f.get('VmHWM'), f.get('VmRSS'), f.get('Threads'), ' '.join(
+            '%s=%s' % item for item in sorted(cgroup_values(
+                group, ('memory.peak', 'memory.current',
+                        'memory.max_usage_in_bytes', 'pids.current',
+                        'pids.peak')).items()))))
+
+
+CGROUP_ROOT = '/sys/fs/cgroup'
+
+
+def cgroup_dirs(group):
+    """The directories of cgroup path ``group`` in every hierarchy."""
+    found = []
+    for base in [CGROUP_ROOT] + glob.glob(CGROUP_ROOT + '/*/'):
+        path = base.rstrip('/') + group
+        if os.path.isdir(path):
+            found.append(path)
+    return found
+
+
+def cgroup_values(group, names=('pids.max', 'memory.max',
+                                'memory.limit_in_bytes', 'memory.swap.max',
+                                'cpu.weight')):
+    values = {}
+    for path in cgroup_dirs(group):
+        for name in names:
+            try:
+                with open(os.path.join(path, name)) as f:
+                    values[name] = f.read().strip()
+            except OSError:
+                pass
+    return values
 
 
 @scenario('1-start', 'tenant HVM guests start restricted (diskless, Linux)')
@@ -791,6 +854,60 @@ def s3_lifecycle(s):
     # reconcile must agree with libvirt (defined, stopped).
     r = cli('leases', 'reconcile', '--connect', URI, '--grace', '0')
     s.check(r.rc == 0, 'reconcile: exit %d: %s' % (r.rc, first_line(r.text)))
+
+
+@scenario('6-isolation', 'issue 11: tap handed over into the device '
+          'model\'s own network namespace, cgroup removed by the reap, VNC '
+          'refused')
+def s6_isolation(s):
+    path = write('/root/acme-6.xml', domain_xml('acme-6', uuid_of(6),
+                                                vif=True))
+    r, rec = boot('acme-6', path)
+    s.check(r.rc == 0 and rec, 'boot acme-6 (one emulated NIC) exit %d%s' % (
+        r.rc, '' if r.rc == 0 else ': ' + first_line(r.text)))
+    if not rec:
+        return
+    uid = rec['uid']
+    time.sleep(3)
+    d = rec['id']
+    pid = dm_pid(d)
+    s.check(pid is not None, 'device model pid %s' % pid)
+    if pid is None:
+        return
+    f = facts(pid)
+    check_restricted(s, 'nic', f, rec)
+    netdevs = [a for a in f['argv'] if a.startswith('type=tap,')]
+    s.info('nic: -netdev %s; tap fds %s' % (netdevs, f['taps']))
+    want = 'vif%d.0-emu' % d
+    handed = [a for a in netdevs
+              if re.match(r'^type=tap,id=net[0-9]+,fd=[0-9]+$', a)]
+    fds = [int(a.rsplit('=', 1)[1]) for a in handed]
+    s.check(handed and len(handed) == len(netdevs)
+            and [f['taps'].get(fd) for fd in fds] == [want],
+            'nic: -netdev %s, fd %s is tap %s' % (
+                handed, fds, [f['taps'].get(fd) for fd in fds]))
+    link = run(['ip', '-o', 'link', 'show', want])
+    s.check(link.rc == 0 and BRIDGE in link.out,
+            'nic: %s in dom0, on %s: %s' % (
+                want, BRIDGE, first_line(link.out, 160)))
+    group = '/xen-dm-restrict/dm-%d' % uid
+    before = cgroup_dirs(group)
+    r = virsh('destroy', 'acme-6')
+    time.sleep(2)
+    after = cgroup_dirs(group)
+    s.check(r.rc == 0 and before and not after and not uid_procs(uid),
+            'destroy: cgroup %s before, %s after; processes of uid %d: %d'
+            % (before, after, uid, len(uid_procs(uid))))
+    library('undefine', uuid_of(6))
+
+    path = write('/root/acme-7.xml', domain_xml('acme-7', uuid_of(7),
+                                                vnc=True))
+    r, rec = boot('acme-7', path)
+    listed = virsh('list', '--all', '--name').out.split()
+    s.check(r.rc == 2 and "<graphics type='vnc'>" in r.text
+            and 'acme-7' not in listed,
+            'VNC under network_namespace = required: exit %d: %s; defined: '
+            '%s' % (r.rc, first_line(r.text, 300), 'acme-7' in listed))
 
 
 @scenario('4-refused-ops', 'migration, save, managed save, CD-ROM change, '
@@ -1164,6 +1281,7 @@ def main():
     s3_lifecycle()
     s4_refused()
     s5_anchor()
+    s6_isolation()
     s = Scenario('bench', 'restricted vs unrestricted libvirt start')
     restricted, boots = bench_restricted()
     res = {'unrestricted_virsh_start_s': [round(x, 2) for x in plain],
