@@ -2,6 +2,7 @@
 loaded into real processes and into a real QEMU (root only).
 """
 
+import ctypes
 import os
 import threading
 
@@ -60,16 +61,17 @@ def test_ids_switch_only_to_the_device_model_ids():
     def body():
         with open('/proc/self/status') as handle:
             mode = [line.split()[1] for line in handle
-                    if line.startswith('Seccomp:')]
+                    if line.startswith(('Seccomp:', 'NoNewPrivs:'))]
         return [mode, _try(os.setgid, GID + 1), _try(os.setgid, GID),
                 _try(os.setgroups, [GID]), _try(os.setuid, UID + 1),
                 _try(os.setuid, UID), _try(os.setuid, 0)]
 
     rc, text = _in_filtered_child(body)
     assert rc == 0, text
-    # Seccomp mode 2; other ids EPERM (QEMU's own check that setuid(0)
-    # fails after the drop relies on that), the device model's ids work.
-    assert text == str([['2'], 1, 0, 0, 1, 0, 1])
+    # no_new_privs and seccomp mode 2; other ids EPERM (QEMU's own check
+    # that setuid(0) fails after the drop relies on that), the device
+    # model's ids work.
+    assert text == str([['1', '2'], 1, 0, 0, 1, 0, 1])
 
 
 def test_threads_work_but_a_new_process_kills():
@@ -88,6 +90,16 @@ def test_threads_work_but_a_new_process_kills():
     # The thread ran (clone3 ENOSYS, then clone with the thread flags);
     # fork killed the whole process as QEMU's spawn=deny does.
     assert (rc, text) == (-31, '')
+
+
+def test_other_abis_and_namespaces_kill():
+    _require_filter()
+    libc = ctypes.CDLL(None, use_errno=True)
+    x32_getpid = 0x40000000 | 39
+    unshare, clone_net = 272, 0x40000000
+    for call in ((x32_getpid,), (unshare, clone_net)):
+        rc, text = _in_filtered_child(lambda: libc.syscall(*call))
+        assert (rc, text) == (-31, ''), call
 
 
 def test_scheduling_changes_fail():
