@@ -64,7 +64,7 @@ class Hierarchy:
         if self.version == 2:
             return 'cgroup v2 at %s (%s)' % (
                 next(iter(self.roots.values())), ', '.join(self.roots))
-        return 'cgroup v1: %s' % ', '.join(
+        return 'no cgroup v2 with pids and memory; cgroup v1: %s' % ', '.join(
             '%s at %s' % item for item in sorted(self.roots.items()))
 
 
