@@ -3,6 +3,7 @@ design doc says (root only); see :mod:`tests.functional.qemuenv`.
 """
 
 import argparse
+import contextlib
 import os
 import socket
 import subprocess
@@ -257,13 +258,31 @@ def test_install_launcher_refuses_code_others_could_change(
     from xen_dm_restrict_plugin.cmd import host
     from xen_dm_restrict_plugin import exception
 
+    # A world-writable directory on the path (sticky or not: anyone can
+    # add a module to it), or a missing one anyone could create.
     shared = tmp_path / 'shared'
     shared.mkdir()
-    shared.chmod(0o777)
-    monkeypatch.setattr('sys.path', [''] + sys.path[1:] + [str(shared)])
+    open_dir = tmp_path / 'open'
+    open_dir.mkdir()
+    open_dir.chmod(0o1777)
+    cases = {str(shared): 0o777, str(open_dir / 'missing'): None}
     script = tmp_path / 'launch'
-    with pytest.raises(exception.CapabilityMissing) as err:
+    path = [''] + sys.path[1:]
+    for entry, mode in cases.items():
+        if mode is not None:
+            os.chmod(entry, mode)
+        monkeypatch.setattr('sys.path', path + [entry])
+        with pytest.raises(exception.CapabilityMissing) as err:
+            host.install_launcher(argparse.Namespace(path=str(script)),
+                                  env.settings())
+        assert 'import code from %s,' % entry in str(err.value)
+        assert not script.exists()
+    # Below a sticky directory, a root-only one is fine (the checkout
+    # itself may live in /tmp).
+    safe = open_dir / 'safe'
+    safe.mkdir(mode=0o755)
+    monkeypatch.setattr('sys.path', path + [str(safe)])
+    with contextlib.redirect_stdout(None):
         host.install_launcher(argparse.Namespace(path=str(script)),
                               env.settings())
-    assert str(shared) in str(err.value)
-    assert not script.exists()
+    assert script.exists()

@@ -199,17 +199,25 @@ sys.exit(main())
 
 
 def _writable_by_others(entry: str) -> typing.Optional[str]:
-    """The first directory from ``entry`` up to / that someone other
-    than root could change, or None.
+    """The first directory from ``entry`` up to / that lets someone other
+    than root put code where ``entry`` is, or None.
+
+    The nearest existing directory must be root's alone; above it, a
+    directory others can write is fine with the sticky bit (as /tmp),
+    which stops them from replacing root's entries in it.
     """
     current = os.path.realpath(entry)
+    nearest = True
     while True:
         try:
             st = os.lstat(current)
         except FileNotFoundError:
             st = None
-        if st is not None and (st.st_uid != 0 or st.st_mode & 0o022):
-            return current
+        if st is not None:
+            if st.st_uid != 0 or (st.st_mode & 0o022 and (
+                    nearest or not st.st_mode & 0o1000)):
+                return current
+            nearest = False
         parent = os.path.dirname(current)
         if parent == current:
             return None
