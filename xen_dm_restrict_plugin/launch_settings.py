@@ -53,6 +53,11 @@ PATH_ENV = 'XEN_DM_RESTRICT_LAUNCHER_SETTINGS'
 #: Bumped whenever the snapshot's fields change.
 FORMAT = 2
 #: Arguments that only ask QEMU about itself; QEMU exits after answering.
+#: The seccomp policy libxl's design asks for; spawning, privilege and
+#: resource-control syscalls denied, obsolete ones too.  The only
+#: ``-sandbox`` value the launcher lets through.
+SANDBOX_POLICY = ('on,obsolete=deny,elevateprivileges=allow,spawn=deny,'
+                  'resourcecontrol=deny')
 QUERY_ARGS = frozenset(('-help', '--help', '-h', '-version', '--version'))
 
 #: The settings the launcher reads, as stored (tuples become lists).

@@ -268,6 +268,13 @@ def _check_command_line(settings: conf_mod.Settings,
             'handles to every domain',
             'define the domain through the dm_restrict hook, which writes '
             '-xen-domid-restrict into <xen:commandline>')
+    if parsed.sandbox is not None and parsed.sandbox != ls.SANDBOX_POLICY:
+        raise exception.Refused(
+            'device model command line', '-sandbox %s is not the policy '
+            'the dm_restrict hook writes (%s), and with any -sandbox the '
+            'launcher adds no filter of its own' % (
+                parsed.sandbox, ls.SANDBOX_POLICY),
+            'define the domain through the dm_restrict hook')
     if settings.sandbox == ls.SANDBOX_REQUIRED and parsed.sandbox is None:
         raise exception.Refused(
             'device model command line', 'it has no -sandbox and '

@@ -16,16 +16,14 @@ import typing
 from lxml import etree
 
 from xen_dm_restrict_plugin import domain as domain_mod
+from xen_dm_restrict_plugin import launch_settings
 
 META_NS = 'urn:xen-dm-restrict:metadata:1'
 META = '{%s}' % META_NS
 RECORD_TAG = META + 'restriction'
 META_PREFIX = 'dmrestrict'
 
-#: The seccomp policy libxl's design asks for; spawning, privilege and
-#: resource-control syscalls denied, obsolete ones too.
-SANDBOX_POLICY = ('on,obsolete=deny,elevateprivileges=allow,spawn=deny,'
-                  'resourcecontrol=deny')
+SANDBOX_POLICY = launch_settings.SANDBOX_POLICY
 
 FORM_LEGACY = 'legacy'
 FORM_RUN_WITH = 'run-with'

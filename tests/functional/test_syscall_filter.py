@@ -4,6 +4,7 @@ loaded into real processes and into a real QEMU (root only).
 
 import ctypes
 import os
+import subprocess
 import threading
 
 import pytest
@@ -156,3 +157,18 @@ def test_a_qemu_without_sandbox_gets_the_launchers_filter(env):
     settings = env.settings()
     assert _qemu_filters(env, uid, _without_sandbox(settings, uid)) == (
         '0', 0)
+
+
+@pytest.mark.parametrize('value', ['off', 'on', 'on,spawn=allow'])
+def test_a_weaker_sandbox_is_not_taken_for_qemus_filter(env, value):
+    # With -sandbox the launcher leaves filtering to QEMU, so only the
+    # hook's policy is accepted: "off" would leave QEMU unfiltered.
+    settings = env.settings()
+    uid = env.first + 1
+    args = _without_sandbox(settings, uid) + ['-sandbox', value]
+    proc = subprocess.run(qemuenv.LAUNCH + qemuenv.BASE_ARGS + args,
+                          env=env.environ(), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2
+    assert '-sandbox %s is not the policy' % value in proc.stderr
+    assert not os.path.exists(settings.chroot_dir(uid))
