@@ -209,13 +209,16 @@ dm_restrict_opts = [
              'root in dom0. <bootloader_args> are always refused.'),
     cfg.BoolOpt(
         'launcher_seccomp', default=True,
-        help='The launcher installs a seccomp filter before it execs a '
-             'QEMU whose command line has no -sandbox (Debian\'s '
-             'qemu-system-xen is built without seccomp). It denies what '
-             'QEMU\'s own "-sandbox on,obsolete=deny,elevateprivileges='
-             'deny,spawn=deny,resourcecontrol=deny" denies, as far as that '
-             'is possible from outside QEMU. A QEMU that cannot get it is '
-             'not started.'),
+        help='The launcher installs a seccomp filter before it execs '
+             'QEMU (Debian\'s qemu-system-xen is built without seccomp, so '
+             'its -sandbox never applies). It denies what QEMU\'s own '
+             '"-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,'
+             'resourcecontrol=deny" denies, as far as that is possible from '
+             'outside QEMU, and more: fallocate modes that reserve disk '
+             'space past the file size limit, the kernel keyrings, and '
+             'socket families other than UNIX, IPv4, IPv6 and netlink. '
+             'Under a QEMU -sandbox the two filters stack. A QEMU that '
+             'cannot get it is not started.'),
     cfg.StrOpt(
         'network_namespace', default=NETNS_REQUIRED,
         choices=[(NETNS_REQUIRED, 'Every restricted device model runs in '

@@ -12,7 +12,10 @@ downscript=no``); the launcher opens the same devices itself in the host
 namespace, exactly as QEMU's ``tap_open`` would (``IFF_TAP | IFF_NO_PI``,
 with ``IFF_VNET_HDR`` when the kernel offers it), and rewrites each
 ``-netdev`` to hand QEMU the descriptor (``fd=N``).  A tap descriptor
-keeps working whatever namespace its holder moves to.
+keeps working whatever namespace its holder moves to.  Unlike QEMU, it
+asks for a new device (``IFF_TUN_EXCL``): a tap of that name that
+already exists, such as another user's persistent one, is not attached
+to this domain; the start fails instead.
 
 Only the ``-netdev`` shape libxl writes is rewritten; the launcher has
 already refused any other.  A VNC display is a TCP socket QEMU would
@@ -37,6 +40,7 @@ TUN_DEVICE = '/dev/net/tun'
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
+IFF_TUN_EXCL = 0x8000
 TUNSETIFF = 0x400454ca
 TUNGETFEATURES = 0x800454cf
 IFNAMSIZ = 16
@@ -82,14 +86,15 @@ def vnc_listens(args: typing.Sequence[str]) -> bool:
 
 
 def open_tap(ifname: str) -> int:
-    """Open (creating it if needed) the tap device ``ifname``, as QEMU's
-    ``tap_open`` does, as an inheritable descriptor.
+    """Create the tap device ``ifname``, as QEMU's ``tap_open`` does,
+    and return it as an inheritable descriptor.
 
-    :raises OSError: the tun driver is missing or refuses the name.
+    :raises OSError: the tun driver is missing or refuses the name, or
+        a device of that name exists (EBUSY).
     """
     fd = os.open(TUN_DEVICE, os.O_RDWR)
     try:
-        flags = IFF_TAP | IFF_NO_PI
+        flags = IFF_TAP | IFF_NO_PI | IFF_TUN_EXCL
         features = bytearray(4)
         try:
             fcntl.ioctl(fd, TUNGETFEATURES, features)

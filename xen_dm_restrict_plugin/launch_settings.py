@@ -127,6 +127,26 @@ def _trusted(st: os.stat_result) -> bool:
     return st.st_uid == 0 and not st.st_mode & 0o022
 
 
+def untrusted(config: str) -> str:
+    """Why root must not read ``config``, or empty when it may.
+
+    The configuration names the programs root runs (the QEMU binary, the
+    launcher libxl starts): the file and its directory must be root's
+    alone, as the snapshot's are.  A sticky directory (``/tmp``) is fine.
+    """
+    real = os.path.realpath(config)
+    directory = os.path.dirname(real)
+    for name, st in (('it', os.stat(real)),
+                     ('its directory %s' % directory, os.stat(directory))):
+        if st.st_uid != 0:
+            return '%s is owned by uid %d, not root' % (name, st.st_uid)
+        if st.st_mode & 0o022 and not (stat.S_ISDIR(st.st_mode)
+                                       and st.st_mode & stat.S_ISVTX):
+            return '%s is writable by others than root (mode %04o)' % (
+                name, stat.S_IMODE(st.st_mode))
+    return ''
+
+
 def load(config: typing.Optional[str]) -> typing.Optional[LaunchSettings]:
     """The snapshot's settings if it was made from ``config`` as it is now.
 

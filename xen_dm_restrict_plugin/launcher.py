@@ -20,6 +20,7 @@ the launcher refuses to start an unrestricted device model.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import re
 import resource
@@ -58,10 +59,10 @@ RLIMITS = (
 
 QUERY_ARGS = ls.QUERY_ARGS
 
-# File descriptors a command line hands to QEMU: fd=N, vhostfd=N,
-# fds=N:M, vhostfds=N:M (netdev, chardev, add-fd) and fd:N (incoming).
-_FD_RE = re.compile(r'(?:^|,)(?:vhost)?fds?=(\d+(?::\d+)*)(?=,|$)')
-_FD_URI_RE = re.compile(r'^fd:(\d+)$')
+# The one file descriptor libxl hands to QEMU: its QMP socket.  Any
+# other "fd=" is text the domain chose (a name, a kernel command line)
+# and must not keep a descriptor open into QEMU.
+_LIBXL_CMD_FD_RE = re.compile(r'^socket,id=libxl-cmd,fd=([0-9]+),')
 # Written as this product writes it: QEMU reads the numbers in base 0,
 # so "0200000" would be octal (uid 65536), not the leased 200000.
 _USER_RE = re.compile(r'^(0|[1-9][0-9]*):(0|[1-9][0-9]*)$', re.ASCII)
@@ -89,7 +90,8 @@ class DeviceModelArgs:
     :param domid_restrict: whether ``-xen-domid-restrict`` is present.
     :param sandbox: the ``-sandbox`` value, if any.
     :param query: the command line only asks for help or the version.
-    :param fds: file descriptors the arguments hand to QEMU.
+    :param fds: file descriptors the arguments hand to QEMU (libxl's
+        QMP socket, ``-chardev socket,id=libxl-cmd,fd=N``).
     """
 
     __slots__ = ('uid', 'gid', 'chroot', 'domid_restrict', 'sandbox',
@@ -126,15 +128,6 @@ def _parse_user(value: str) -> typing.Tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def _referenced_fds(arg: str) -> typing.Iterator[int]:
-    for match in _FD_RE.finditer(arg):
-        for number in match.group(1).split(':'):
-            yield int(number)
-    match = _FD_URI_RE.match(arg)
-    if match:
-        yield int(match.group(1))
-
-
 def parse_argv(args: typing.Sequence[str]) -> DeviceModelArgs:
     """Read the restriction out of a device-model command line, as QEMU
     reads it (an option's value is never taken for an option).
@@ -155,9 +148,11 @@ def parse_argv(args: typing.Sequence[str]) -> DeviceModelArgs:
         found[key] = value
 
     for item in qemu_args.split(args):
-        if item.option is not None and item.value is not None:
-            fds.update(_referenced_fds(item.value))
         name, value = item.option, item.value
+        if name == 'chardev' and value is not None:
+            match = _LIBXL_CMD_FD_RE.match(value)
+            if match:
+                fds.add(int(match.group(1)))
         arg = '-%s' % name
         if name == 'xen-domid-restrict':
             found['domid_restrict'] = True
@@ -271,8 +266,7 @@ def _check_command_line(settings: conf_mod.Settings,
     if parsed.sandbox is not None and parsed.sandbox != ls.SANDBOX_POLICY:
         raise exception.Refused(
             'device model command line', '-sandbox %s is not the policy '
-            'the dm_restrict hook writes (%s), and with any -sandbox the '
-            'launcher adds no filter of its own' % (
+            'the dm_restrict hook writes (%s)' % (
                 parsed.sandbox, ls.SANDBOX_POLICY),
             'define the domain through the dm_restrict hook')
     if settings.sandbox == ls.SANDBOX_REQUIRED and parsed.sandbox is None:
@@ -316,9 +310,15 @@ def _network(settings: conf_mod.Settings, args: typing.Sequence[str]
     try:
         new_args, taps = dm_network.hand_over(args)
     except OSError as err:
+        if err.errno == errno.EBUSY:
+            remedy = ('a network device of that name exists already: '
+                      'remove it if it is stale (ip link delete NAME), '
+                      'else it belongs to another domain or user')
+        else:
+            remedy = ('load the tun driver (modprobe tun) and check '
+                      '/dev/net/tun')
         raise exception.CapabilityMissing(
-            'device model network', str(err),
-            'load the tun driver (modprobe tun) and check /dev/net/tun'
+            'device model network', err.strerror or str(err), remedy
         ) from None
     return new_args, taps, True
 
@@ -343,7 +343,7 @@ def _cgroup(settings: conf_mod.Settings, uid: int) -> str:
 
 
 def _seccomp(settings: conf_mod.Settings, parsed: DeviceModelArgs) -> str:
-    if parsed.sandbox is not None or not settings.launcher_seccomp:
+    if not settings.launcher_seccomp:
         return ''
     from xen_dm_restrict_plugin import syscall_filter
 

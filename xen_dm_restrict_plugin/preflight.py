@@ -345,11 +345,12 @@ def check_isolation(settings: conf_mod.Settings) -> typing.List[Check]:
         reason = syscall_filter.available()
         checks.append(Check('launcher seccomp filter',
                             FAIL if reason else OK,
-                            reason or 'libseccomp found: QEMUs without '
-                            '-sandbox get the launcher\'s filter'))
+                            reason or 'libseccomp found: every device '
+                            'model gets the launcher\'s filter'))
     else:
         checks.append(Check('launcher seccomp filter', WARN, 'off: a QEMU '
-                            'built without seccomp runs unfiltered'))
+                            'built without seccomp runs unfiltered, any '
+                            'other with QEMU\'s own filter only'))
     return checks
 
 

@@ -19,6 +19,22 @@ just before it execs QEMU (a seccomp filter survives exec):
   QEMU's uid cannot write, no /proc, and no_new_privs is set;
 - ``resourcecontrol`` fails with EPERM.
 
+Beyond QEMU's sets, for what a compromised device model could still do
+as its uid (so the launcher loads the filter under QEMU's own
+``-sandbox`` too; the two stack):
+
+- ``fallocate`` only in the modes QEMU uses: plain (bounded by
+  RLIMIT_FSIZE), punching a hole, zeroing a range; any other mode fails
+  with EOPNOTSUPP (QEMU then falls back).  ``FALLOC_FL_KEEP_SIZE`` alone
+  would reserve disk blocks past the end of the log file without ever
+  meeting the file size limit;
+- the kernel keyring calls fail with EPERM: a uid's keyring outlives its
+  processes, so keys would pass to the uid's next domain;
+- ``socket`` and ``socketpair`` only for AF_UNIX, AF_INET, AF_INET6 and
+  AF_NETLINK, which the device model's own network namespace confines;
+  any other family (AF_VSOCK reaches across namespaces) fails with
+  EAFNOSUPPORT.
+
 libseccomp builds the BPF; it is called through ctypes because the
 launcher's Python runs isolated (``-I``) from Debian's python3-seccomp
 and because ctypes is already loaded on that path.  This module imports
@@ -51,6 +67,8 @@ def _errno_action(code: int) -> int:
 KILL = SCMP_ACT_KILL_PROCESS
 EPERM = _errno_action(errno.EPERM)
 ENOSYS = _errno_action(errno.ENOSYS)
+EOPNOTSUPP = _errno_action(errno.EOPNOTSUPP)
+EAFNOSUPPORT = _errno_action(errno.EAFNOSUPPORT)
 
 CSIGNAL = 0x000000ff
 CLONE_VM = 0x00000100
@@ -102,6 +120,21 @@ KILLED = (
 )
 #: QEMU's resourcecontrol set: fail.
 REFUSED = ('setpriority', 'sched_setparam', 'sched_setaffinity')
+#: Kernel keyrings: fail.
+KEYRING = ('add_key', 'keyctl', 'request_key')
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+#: The fallocate modes allowed (QEMU's block layer and RAM discard).
+FALLOCATE_MODES = (0, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                   FALLOC_FL_ZERO_RANGE)
+AF_UNIX = 1
+AF_INET = 2
+AF_INET6 = 10
+AF_NETLINK = 16
+#: The socket families allowed.
+SOCKET_FAMILIES = (AF_UNIX, AF_INET, AF_INET6, AF_NETLINK)
 
 
 class ArgCmp(ctypes.Structure):
@@ -142,6 +175,30 @@ def available() -> str:
     return ''
 
 
+def outside(allowed: typing.Sequence[int]) -> typing.List[
+        typing.Tuple[int, int]]:
+    """(mask, value) pairs: an int argument ``x`` is outside ``allowed``
+    exactly when ``x & mask == value`` for one of them.
+
+    Only the low 32 bits are compared: the kernel reads an ``int``
+    argument from them, whatever the upper half of the register holds.
+    """
+    support = 0
+    for value in allowed:
+        support |= value
+    pairs = [(1 << bit, 1 << bit) for bit in range(32)
+             if not support & (1 << bit)]
+    bits = [1 << bit for bit in range(32) if support & (1 << bit)]
+    for index in range(1 << len(bits)):
+        value = 0
+        for position, bit in enumerate(bits):
+            if index & (1 << position):
+                value |= bit
+        if value not in allowed:
+            pairs.append((support, value))
+    return pairs
+
+
 def rules(uid: int, gid: int) -> typing.List[typing.Tuple[
         str, int, typing.Tuple[typing.Tuple[int, int, int, int], ...]]]:
     """The filter, as (syscall, action, ((arg, op, a, b), ...)) rows.
@@ -161,6 +218,12 @@ def rules(uid: int, gid: int) -> typing.List[typing.Tuple[
     rows += [(name, EPERM, ()) for name in REFUSED]
     rows.append(('sched_setscheduler', EPERM,
                  ((1, SCMP_CMP_NE, SCHED_IDLE, 0),)))
+    rows += [(name, EPERM, ()) for name in KEYRING]
+    rows += [('fallocate', EOPNOTSUPP, ((1, SCMP_CMP_MASKED_EQ, mask, value),))
+             for mask, value in outside(FALLOCATE_MODES)]
+    rows += [(name, EAFNOSUPPORT, ((0, SCMP_CMP_MASKED_EQ, mask, value),))
+             for name in ('socket', 'socketpair')
+             for mask, value in outside(SOCKET_FAMILIES)]
     return rows
 
 

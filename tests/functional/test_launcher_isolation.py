@@ -232,6 +232,30 @@ def test_qemu_gets_its_tap_but_not_the_host_network(env):
         time.sleep(0.05)
 
 
+def test_an_existing_tap_of_that_name_is_not_attached(env):
+    # Another user's persistent tap, or one a domain named after
+    # another's: the root launcher must not hand it to this QEMU.
+    uid = env.first + 1
+    ifname = _tap_name()
+    subprocess.run(['ip', 'tuntap', 'add', 'dev', ifname, 'mode', 'tap',
+                    'user', str(uid + 1)], check=True)
+    try:
+        proc = subprocess.run(
+            qemuenv.LAUNCH + qemuenv.BASE_ARGS + [
+                '-netdev', 'type=tap,id=net0,ifname=%s,script=no,'
+                'downscript=no' % ifname]
+            + qemuenv.restriction_args(env.settings(), uid),
+            env=env.environ(), capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert 'cannot open tap device %s: Device or resource busy' % (
+            ifname) in proc.stderr
+        assert 'exists already' in proc.stderr
+        assert not os.path.exists(env.settings().chroot_dir(uid))
+    finally:
+        subprocess.run(['ip', 'tuntap', 'del', 'dev', ifname, 'mode',
+                        'tap'], check=True)
+
+
 def test_the_same_probe_connects_without_a_namespace(env):
     # The control of the test above: the probe does reach the listener
     # when the operator turned the namespace off.

@@ -35,7 +35,7 @@ def test_qemu_runs_restricted_through_the_launcher(env):
     uid = env.first + 1
     chroot = settings.chroot_dir(uid)
     # libxl may hand QEMU its QMP socket as an fd; the launcher keeps
-    # descriptors the command line names and closes every other one.
+    # that one and closes every other.
     monitor = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     monitor.bind(os.path.join(env.tmp, 'qmp.sock'))
     monitor.listen(1)
@@ -286,3 +286,26 @@ def test_install_launcher_refuses_code_others_could_change(
         host.install_launcher(argparse.Namespace(path=str(script)),
                               env.settings())
     assert script.exists()
+
+
+@pytest.mark.parametrize('owner, mode', [(65534, 0o644), (0, 0o666)])
+def test_a_configuration_others_could_change_is_not_read(env, owner, mode):
+    # It names the programs root starts (qemu_binary, the launcher).
+    settings = env.settings()
+    uid = env.first + 1
+    snapshot = env.environ()[launch_settings.PATH_ENV]
+    os.chown(env.config, owner, 0)
+    os.chmod(env.config, mode)
+    proc = _run_launcher(env, BASE_ARGS + restriction_args(settings, uid))
+    assert proc.returncode == 2, proc.stderr
+    assert 'configuration file %s: it is %s' % (env.config, (
+        'owned by uid 65534, not root' if owner
+        else 'writable by others than root (mode 0666)')) in proc.stderr
+    assert not os.path.exists(snapshot)
+    assert not os.path.exists(settings.chroot_dir(uid))
+    # Root's alone again, it is read (and a snapshot is written).
+    os.chown(env.config, 0, 0)
+    os.chmod(env.config, 0o644)
+    proc = _run_launcher(env, ['-version'])
+    assert proc.returncode == 0, proc.stderr
+    assert os.path.exists(snapshot)

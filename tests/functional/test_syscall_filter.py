@@ -1,9 +1,10 @@
-"""The launcher's seccomp filter, for QEMUs built without ``-sandbox``:
-loaded into real processes and into a real QEMU (root only).
+"""The launcher's seccomp filter: loaded into real processes and into a
+real QEMU, with and without QEMU's own ``-sandbox`` (root only).
 """
 
 import ctypes
 import os
+import socket
 import subprocess
 import threading
 
@@ -114,6 +115,71 @@ def test_scheduling_changes_fail():
     assert (rc, text) == (0, str([1, 1]))
 
 
+# x86_64 numbers, as above.
+SYS_SOCKET, SYS_ADD_KEY, SYS_KEYCTL, SYS_FALLOCATE = 41, 248, 250, 285
+AF_VSOCK = 40
+HIGH = 1 << 32  # set in the register, not in the int the kernel reads
+
+
+def _syscall(number, *args):
+    libc = ctypes.CDLL(None, use_errno=True)
+    rc = libc.syscall(ctypes.c_long(number),
+                      *[ctypes.c_long(arg) for arg in args])
+    if rc >= 0:
+        if number == SYS_SOCKET:
+            os.close(rc)
+        return 0
+    return ctypes.get_errno()
+
+
+def test_fallocate_cannot_reserve_space_past_the_size_limit(tmp_path):
+    _require_filter()
+    target = tmp_path / 'log'
+    target.write_bytes(b'x' * 8192)
+    keep, punch, zero = 0x01, 0x02, 0x10
+
+    def body():
+        fd = os.open(str(target), os.O_WRONLY | os.O_APPEND)
+        try:
+            return [_syscall(SYS_FALLOCATE, fd, mode, 0, 4096) for mode in (
+                0, punch | keep, zero, keep, keep | HIGH, zero | keep,
+                0x20, HIGH | 0x80)]
+        finally:
+            os.close(fd)
+
+    control = body()  # without the filter
+    rc, text = _in_filtered_child(body)
+    assert rc == 0, text
+    eopnotsupp = 95
+    # The modes QEMU uses do what they do unfiltered; KEEP_SIZE (which
+    # allocates past the end without meeting RLIMIT_FSIZE) and unknown
+    # modes fail with EOPNOTSUPP, whatever the upper register half holds.
+    assert control[3] == 0
+    assert text == str(control[:3] + [eopnotsupp] * 5)
+
+
+def test_keyrings_and_foreign_socket_families_fail():
+    _require_filter()
+
+    def body():
+        return [_syscall(SYS_ADD_KEY, 0, 0, 0, 0, 0),
+                _syscall(SYS_KEYCTL, 0, 0),
+                _syscall(SYS_SOCKET, AF_VSOCK, socket.SOCK_STREAM, 0),
+                _syscall(SYS_SOCKET, AF_VSOCK | HIGH, socket.SOCK_STREAM, 0),
+                _syscall(SYS_SOCKET, socket.AF_PACKET, socket.SOCK_RAW, 0),
+                _syscall(SYS_SOCKET, socket.AF_UNIX, socket.SOCK_STREAM, 0),
+                _syscall(SYS_SOCKET, socket.AF_INET, socket.SOCK_DGRAM, 0),
+                _syscall(SYS_SOCKET, socket.AF_INET6, socket.SOCK_DGRAM, 0)]
+
+    control = body()  # without the filter
+    rc, text = _in_filtered_child(body)
+    assert rc == 0, text
+    eperm, eafnosupport = 1, 97
+    # Unfiltered, add_key with a NULL type fails with EFAULT, not EPERM.
+    assert control[0] != eperm and control[5:] == [0, 0, 0]
+    assert text == str([eperm, eperm] + [eafnosupport] * 3 + [0, 0, 0])
+
+
 @pytest.fixture
 def env(tmp_path):
     hostenv.require_root()
@@ -150,9 +216,9 @@ def test_a_qemu_without_sandbox_gets_the_launchers_filter(env):
     settings = env.settings()
     assert _qemu_filters(env, uid, _without_sandbox(settings, uid)) == (
         '2', 1)
-    # With its own -sandbox, QEMU's filter is the only one.
+    # With its own -sandbox, QEMU adds its filter to the launcher's.
     assert _qemu_filters(env, uid, qemuenv.restriction_args(
-        settings, uid)) == ('2', 1)
+        settings, uid)) == ('2', 2)
     env.write_config(launcher_seccomp='false')
     settings = env.settings()
     assert _qemu_filters(env, uid, _without_sandbox(settings, uid)) == (
@@ -161,8 +227,8 @@ def test_a_qemu_without_sandbox_gets_the_launchers_filter(env):
 
 @pytest.mark.parametrize('value', ['off', 'on', 'on,spawn=allow'])
 def test_a_weaker_sandbox_is_not_taken_for_qemus_filter(env, value):
-    # With -sandbox the launcher leaves filtering to QEMU, so only the
-    # hook's policy is accepted: "off" would leave QEMU unfiltered.
+    # Only the hook's -sandbox policy is accepted: "off" or a weaker one
+    # would leave QEMU with the launcher's filter alone.
     settings = env.settings()
     uid = env.first + 1
     args = _without_sandbox(settings, uid) + ['-sandbox', value]

@@ -76,13 +76,17 @@ def test_ambiguous_or_named_restrictions_are_refused(args, message):
         launcher.parse_argv(args)
 
 
-def test_fds_the_arguments_hand_over_are_kept():
+def test_only_libxls_qmp_socket_is_a_descriptor_to_keep():
+    # A domain's name or kernel command line can say "fds=5:6": taking
+    # that for a descriptor would pass the launcher's open files to QEMU.
     parsed = launcher.parse_argv([
         '-chardev', 'socket,id=libxl-cmd,fd=7,server=on,wait=off',
         '-netdev', 'tap,id=n0,fds=9:10,vhostfds=11:12',
         '-add-fd', 'fd=14,set=2', '-incoming', 'fd:13',
-        '-name', 'fd=99x', '-device', 'e1000,addr=fd'])
-    assert parsed.fds == {7, 9, 10, 11, 12, 13, 14}
+        '-name', 'fds=5:6', '-append', 'console=ttyS0,fd=8',
+        '-chardev', 'socket,id=other,fd=15,server=on,wait=off',
+        '-device', 'e1000,addr=fd'])
+    assert parsed.fds == {7}
 
 
 def test_identity_must_match_the_configuration(tmp_path):

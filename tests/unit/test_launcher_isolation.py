@@ -108,6 +108,17 @@ def test_the_filter_allows_only_the_device_model_ids():
     assert 'execve' not in {row[0] for row in rows}
 
 
+@pytest.mark.parametrize('allowed', [
+    syscall_filter.FALLOCATE_MODES, syscall_filter.SOCKET_FAMILIES])
+def test_outside_matches_exactly_the_values_not_allowed(allowed):
+    pairs = syscall_filter.outside(allowed)
+    high = 0xdead << 32  # the kernel reads an int: the low 32 bits
+    for value in list(range(1 << 12)) + [1 << 31, 0xffffffff]:
+        for register in (value, value | high):
+            matched = any(register & mask == want for mask, want in pairs)
+            assert matched == (value not in allowed), hex(register)
+
+
 @pytest.mark.parametrize('value', ['/', 'a/../b', 'x y', 'dm\u00e9', '..'])
 def test_bad_cgroup_parents_are_refused(tmp_path, value):
     with pytest.raises(exception.ConfigError) as err:

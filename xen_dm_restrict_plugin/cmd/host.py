@@ -69,6 +69,12 @@ def load_conf(files: typing.Optional[typing.Sequence[str]] = None
             raise exception.ConfigError(
                 'configuration file %s' % path, 'there is no such file',
                 'give the path of an existing file')
+        reason = launch_settings.untrusted(path) if os.geteuid() == 0 else ''
+        if reason:
+            raise exception.ConfigError(
+                'configuration file %s' % path, reason,
+                'root starts the programs it names: chown root and chmod '
+                'go-w the file and its directory')
     conf = cfg.ConfigOpts()
     conf_mod.register_opts(conf)
     loader.register_opts(conf)

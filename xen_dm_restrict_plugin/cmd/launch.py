@@ -44,8 +44,8 @@ directory. It then creates the directory (empty, root-owned, mode
 opens the emulated NICs' tap devices and hands them to QEMU as file
 descriptors, unshares the mount, IPC and network namespaces, sets
 RLIMIT_NPROC, RLIMIT_FSIZE to 256 KiB and RLIMIT_CORE, RLIMIT_MSGQUEUE,
-RLIMIT_LOCKS and RLIMIT_MEMLOCK to 0, installs a seccomp filter when
-QEMU has no -sandbox, and execs [dm_restrict] qemu_binary. A command
+RLIMIT_LOCKS and RLIMIT_MEMLOCK to 0, installs a seccomp filter (under
+QEMU's own -sandbox too), and execs [dm_restrict] qemu_binary. A command
 line without the restriction is refused (exit 2); one that only asks
 QEMU for its help or version (-help, -version) is passed straight to
 QEMU.
