@@ -234,7 +234,9 @@ dm_restrict_opts = [
                   'namespace.')],
         help='Whether device models are cut off from dom0\'s network. '
              'Xen\'s design names connections on the management network '
-             'as something a compromised device model can still make.'),
+             'as something a compromised device model can still make. '
+             'Whatever the choice, the launcher creates the emulated NICs\' '
+             'tap devices itself and never attaches to an existing one.'),
     cfg.StrOpt(
         'cgroup_limits', default=CGROUPS_REQUIRED,
         choices=[(CGROUPS_REQUIRED, 'Every restricted device model runs in '

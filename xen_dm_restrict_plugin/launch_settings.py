@@ -127,16 +127,21 @@ def _trusted(st: os.stat_result) -> bool:
     return st.st_uid == 0 and not st.st_mode & 0o022
 
 
-def untrusted(config: str) -> str:
-    """Why root must not read ``config``, or empty when it may.
+def untrusted(fd: int) -> str:
+    """Why root must not read the open configuration file ``fd``, or
+    empty when it may.
 
     The configuration names the programs root runs (the QEMU binary, the
     launcher libxl starts): the file and its directory must be root's
     alone, as the snapshot's are.  A sticky directory (``/tmp``) is fine.
+    The file is checked as opened, and then read through ``fd``: a path
+    (a symlink, a directory) changed in between changes nothing.
     """
-    real = os.path.realpath(config)
-    directory = os.path.dirname(real)
-    for name, st in (('it', os.stat(real)),
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        return 'it is not a regular file'
+    directory = os.path.dirname(os.readlink('/proc/self/fd/%d' % fd))
+    for name, st in (('it', st),
                      ('its directory %s' % directory, os.stat(directory))):
         if st.st_uid != 0:
             return '%s is owned by uid %d, not root' % (name, st.st_uid)

@@ -288,15 +288,18 @@ def _network(settings: conf_mod.Settings, args: typing.Sequence[str]
              ) -> typing.Tuple[typing.List[str], list, bool]:
     """Decide the network namespace and hand the taps over.
 
+    The taps are handed over whatever the namespace: so QEMU, still root
+    when it would open them by name, never attaches to an existing
+    device.
+
     :returns: the arguments QEMU gets, the taps opened, and whether QEMU
         gets a network namespace of its own.
     """
     from xen_dm_restrict_plugin import dm_network
 
     mode = settings.network_namespace
-    if mode == ls.NETNS_OFF:
-        return list(args), [], False
-    if dm_network.vnc_listens(args):
+    new_network = mode != ls.NETNS_OFF
+    if new_network and dm_network.vnc_listens(args):
         if mode == ls.NETNS_REQUIRED:
             raise exception.Refused(
                 'device model VNC display', 'QEMU can only listen for VNC '
@@ -306,7 +309,7 @@ def _network(settings: conf_mod.Settings, args: typing.Sequence[str]
                 'network_namespace = except-vnc')
         say('WARNING', 'the device model keeps the host network namespace '
             'for its VNC display (network_namespace = except-vnc)')
-        return list(args), [], False
+        new_network = False
     try:
         new_args, taps = dm_network.hand_over(args)
     except OSError as err:
@@ -320,7 +323,7 @@ def _network(settings: conf_mod.Settings, args: typing.Sequence[str]
         raise exception.CapabilityMissing(
             'device model network', err.strerror or str(err), remedy
         ) from None
-    return new_args, taps, True
+    return new_args, taps, new_network
 
 
 def _cgroup(settings: conf_mod.Settings, uid: int) -> str:

@@ -155,6 +155,12 @@ class Checker:
         values = dict(pairs)
         if values.get('format', 'raw') != 'raw':
             return 'its format is not raw (qdisk)'
+        if 'file' in values and 'format' not in values:
+            # libxl always writes one with a file; without it QEMU, still
+            # root, probes the image, and a qcow2 or VMDK header names
+            # other host files (backing file, data file, extents).
+            return 'it names a file but no format=raw, so QEMU would ' \
+                   'probe the image format as root'
         for key, allowed in _DRIVE_VALUES.items():
             if key in values and values[key] not in allowed:
                 return 'its %s=%s is not what libxl writes' % (

@@ -30,6 +30,10 @@ as its uid (so the launcher loads the filter under QEMU's own
   meeting the file size limit;
 - the kernel keyring calls fail with EPERM: a uid's keyring outlives its
   processes, so keys would pass to the uid's next domain;
+- ``io_uring`` fails with ENOSYS (QEMU then polls and does its I/O
+  without it): the operations a ring carries out are never seen by
+  seccomp, so a ring would open sockets and allocate file space past
+  every rule here;
 - ``socket`` and ``socketpair`` only for AF_UNIX, AF_INET, AF_INET6 and
   AF_NETLINK, which the device model's own network namespace confines;
   any other family (AF_VSOCK reaches across namespaces) fails with
@@ -122,6 +126,8 @@ KILLED = (
 REFUSED = ('setpriority', 'sched_setparam', 'sched_setaffinity')
 #: Kernel keyrings: fail.
 KEYRING = ('add_key', 'keyctl', 'request_key')
+#: io_uring: its operations bypass seccomp; unavailable.
+IO_URING = ('io_uring_setup', 'io_uring_enter', 'io_uring_register')
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -219,6 +225,7 @@ def rules(uid: int, gid: int) -> typing.List[typing.Tuple[
     rows.append(('sched_setscheduler', EPERM,
                  ((1, SCMP_CMP_NE, SCHED_IDLE, 0),)))
     rows += [(name, EPERM, ()) for name in KEYRING]
+    rows += [(name, ENOSYS, ()) for name in IO_URING]
     rows += [('fallocate', EOPNOTSUPP, ((1, SCMP_CMP_MASKED_EQ, mask, value),))
              for mask, value in outside(FALLOCATE_MODES)]
     rows += [(name, EAFNOSUPPORT, ((0, SCMP_CMP_MASKED_EQ, mask, value),))

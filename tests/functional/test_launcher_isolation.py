@@ -232,9 +232,15 @@ def test_qemu_gets_its_tap_but_not_the_host_network(env):
         time.sleep(0.05)
 
 
-def test_an_existing_tap_of_that_name_is_not_attached(env):
+@pytest.mark.parametrize('mode, display', [
+    ('required', []),
+    ('except-vnc', ['-display', 'none', '-vnc', '127.0.0.1:99']),
+    ('off', [])])
+def test_an_existing_tap_of_that_name_is_not_attached(env, mode, display):
     # Another user's persistent tap, or one a domain named after
-    # another's: the root launcher must not hand it to this QEMU.
+    # another's: neither the launcher nor QEMU (root when it would open
+    # the tap by name) may hand it to this domain, whatever the namespace.
+    env.write_config(network_namespace=mode)
     uid = env.first + 1
     ifname = _tap_name()
     subprocess.run(['ip', 'tuntap', 'add', 'dev', ifname, 'mode', 'tap',
@@ -243,7 +249,7 @@ def test_an_existing_tap_of_that_name_is_not_attached(env):
         proc = subprocess.run(
             qemuenv.LAUNCH + qemuenv.BASE_ARGS + [
                 '-netdev', 'type=tap,id=net0,ifname=%s,script=no,'
-                'downscript=no' % ifname]
+                'downscript=no' % ifname] + display
             + qemuenv.restriction_args(env.settings(), uid),
             env=env.environ(), capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2, proc.stderr

@@ -5,6 +5,7 @@ design doc says (root only); see :mod:`tests.functional.qemuenv`.
 import argparse
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -303,6 +304,19 @@ def test_a_configuration_others_could_change_is_not_read(env, owner, mode):
         else 'writable by others than root (mode 0666)')) in proc.stderr
     assert not os.path.exists(snapshot)
     assert not os.path.exists(settings.chroot_dir(uid))
+    # Named through a symlink, the file it reaches is what counts.
+    evil = os.path.join(env.tmp, 'evil.conf')
+    link = os.path.join(env.tmp, 'link.conf')
+    shutil.copy(env.config, evil)
+    os.chown(evil, 65534, 0)
+    os.symlink(evil, link)
+    environ = dict(env.environ(), XEN_DM_RESTRICT_CONFIG=link)
+    proc = subprocess.run(qemuenv.LAUNCH + ['-version'], env=environ,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    assert 'configuration file %s: it is owned by uid 65534' % link in (
+        proc.stderr)
+    assert not os.path.exists(snapshot)
     # Root's alone again, it is read (and a snapshot is written).
     os.chown(env.config, 0, 0)
     os.chmod(env.config, 0o644)

@@ -117,6 +117,7 @@ def test_scheduling_changes_fail():
 
 # x86_64 numbers, as above.
 SYS_SOCKET, SYS_ADD_KEY, SYS_KEYCTL, SYS_FALLOCATE = 41, 248, 250, 285
+SYS_IO_URING_SETUP = 425
 AF_VSOCK = 40
 HIGH = 1 << 32  # set in the register, not in the int the kernel reads
 
@@ -126,10 +127,25 @@ def _syscall(number, *args):
     rc = libc.syscall(ctypes.c_long(number),
                       *[ctypes.c_long(arg) for arg in args])
     if rc >= 0:
-        if number == SYS_SOCKET:
+        if number in (SYS_SOCKET, SYS_IO_URING_SETUP):
             os.close(rc)
         return 0
     return ctypes.get_errno()
+
+
+def test_io_uring_is_unavailable():
+    # A ring's operations (socket, fallocate, ...) never pass seccomp.
+    _require_filter()
+    params = ctypes.create_string_buffer(120)
+
+    def body():
+        return _syscall(SYS_IO_URING_SETUP, 4, ctypes.addressof(params))
+
+    control = body()  # without the filter
+    if control != 0:
+        pytest.skip('io_uring is not available here (errno %d)' % control)
+    rc, text = _in_filtered_child(body)
+    assert (rc, text) == (0, '38')  # ENOSYS
 
 
 def test_fallocate_cannot_reserve_space_past_the_size_limit(tmp_path):

@@ -58,6 +58,10 @@ def test_what_libxl_wrote_in_the_lab_passes(checker, middle):
      'allowed_host_paths'),
     (lambda a: a + ['-drive', 'file=%s/root-disk.img,format=qcow2'
                     % base.images_dir()], 'qdisk'),
+    # Without format= QEMU probes the image as root: a qcow2 header in
+    # it could name a data file or backing file anywhere.
+    (lambda a: a + ['-drive', 'file=%s/root-disk.img,if=ide,index=1,'
+                    'media=disk' % base.images_dir()], 'no format=raw'),
     (lambda a: a + ['-drive', 'file=%s/root-disk.img,driver=quorum'
                     % base.images_dir()], 'keys libxl does not write'),
     (lambda a: [x.replace('/var/run/xen/qmp-libxl-5', '/etc/qmp')

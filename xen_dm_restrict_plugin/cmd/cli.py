@@ -336,7 +336,7 @@ def _driver_meaning(uri: str, driver: str) -> str:
 
 
 def _files_read(conf: cfg.ConfigOpts) -> str:
-    files = list(conf.config_file or [])
+    files = list(conf.default_config_files or [])
     return ', '.join(files) if files else 'none'
 
 

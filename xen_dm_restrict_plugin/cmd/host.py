@@ -69,18 +69,23 @@ def load_conf(files: typing.Optional[typing.Sequence[str]] = None
             raise exception.ConfigError(
                 'configuration file %s' % path, 'there is no such file',
                 'give the path of an existing file')
-        reason = launch_settings.untrusted(path) if os.geteuid() == 0 else ''
-        if reason:
-            raise exception.ConfigError(
-                'configuration file %s' % path, reason,
-                'root starts the programs it names: chown root and chmod '
-                'go-w the file and its directory')
     conf = cfg.ConfigOpts()
     conf_mod.register_opts(conf)
     loader.register_opts(conf)
-    with _config_errors(files):
-        conf([], project='xen-dm-restrict', default_config_files=files,
-             default_config_dirs=[])
+    opened: typing.List[int] = []
+    try:
+        if os.geteuid() == 0:
+            for path in files:
+                opened.append(_open_trusted(path))
+        # Root parses each file as it checked it: through its descriptor.
+        names = ['/proc/self/fd/%d' % fd for fd in opened] or list(files)
+        with _config_errors(files, names):
+            conf([], project='xen-dm-restrict', default_config_files=names,
+                 default_config_dirs=[])
+    finally:
+        for fd in opened:
+            os.close(fd)
+    conf.default_config_files = list(files)
     if not files:
         LOG.warning('no configuration file read (none given, $%s unset, '
                     'no %s): every option has its default, so no tenant '
@@ -108,14 +113,38 @@ def load_settings(files: typing.Optional[typing.Sequence[str]] = None
     return settings_of(load_conf(files))
 
 
+def _open_trusted(path: str) -> int:
+    """Open ``path`` for root, who reads only a file root alone can
+    change.
+
+    :raises ConfigError: others could change it.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        reason = launch_settings.untrusted(fd)
+    except OSError as err:
+        reason = str(err)
+    if reason:
+        os.close(fd)
+        raise exception.ConfigError(
+            'configuration file %s' % path, reason,
+            'root starts the programs it names: chown root and chmod '
+            'go-w the file and its directory')
+    return fd
+
+
 @contextlib.contextmanager
-def _config_errors(files: typing.Sequence[str]) -> typing.Iterator[None]:
+def _config_errors(files: typing.Sequence[str],
+                   read_as: typing.Sequence[str] = ()
+                   ) -> typing.Iterator[None]:
     try:
         yield
     except (cfg.Error, ValueError) as err:
         # oslo.config names where a value came from in its own terms.
         message = re.sub(r' from LocationInfo\(.*?\)(?= is not valid)', '',
                          str(err))
+        for name, path in zip(read_as, files):
+            message = message.replace(name, path)
         raise exception.ConfigError(
             'configuration %s' % (', '.join(files) or '(defaults)'),
             message, 'fix the configuration file') from None
