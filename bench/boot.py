@@ -20,11 +20,11 @@ import typing
 import libvirt
 
 from bench import common
-from xen_dm_restrict_plugin import domain as domain_mod
-from xen_dm_restrict_plugin import extension
-from xen_dm_restrict_plugin import leases
-from xen_dm_restrict_plugin import policy
-from xen_dm_restrict_plugin import restrict
+from xen_dm_restrict_plugin.core import domain as domain_mod
+from xen_dm_restrict_plugin.core import policy
+from xen_dm_restrict_plugin.core import restrict
+from xen_dm_restrict_plugin.leases import store as leases
+from xen_dm_restrict_plugin.orchestrator import extension
 
 #: (owner, attribute, phase): what the instrumented run times.
 PHASES = [

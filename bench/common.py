@@ -18,10 +18,10 @@ import typing
 import uuid as uuid_mod
 
 from tests import base
-from xen_dm_restrict_plugin import extension
-from xen_dm_restrict_plugin import hooks
-from xen_dm_restrict_plugin import leases
-from xen_dm_restrict_plugin import ranges
+from xen_dm_restrict_plugin.core import ranges
+from xen_dm_restrict_plugin.leases import store as leases
+from xen_dm_restrict_plugin.orchestrator import extension
+from xen_dm_restrict_plugin.orchestrator import hooks
 
 HOST_DOMAINS = 32752
 TENANTS = 16

@@ -17,7 +17,7 @@ import uuid as uuid_mod
 
 from bench import common
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import leases
+from xen_dm_restrict_plugin.leases import store as leases
 
 WORKERS = 8
 PER_WORKER = 1000

@@ -24,8 +24,8 @@ import time
 import typing
 
 from bench import common
-from xen_dm_restrict_plugin import capabilities
-from xen_dm_restrict_plugin import restrict
+from xen_dm_restrict_plugin.core import restrict
+from xen_dm_restrict_plugin.host import capabilities
 
 BINARY = 'qemu-system-x86_64'
 BASE_ARGS = ['-machine', 'none', '-nodefaults', '-nographic',
@@ -195,7 +195,7 @@ def _launcher_setup(binary: str, scratch: str, uid: int
     ``scratch``; the launcher's environment and the restriction args.
     """
     from xen_dm_restrict_plugin.cmd import host
-    from xen_dm_restrict_plugin import launch_settings
+    from xen_dm_restrict_plugin.launcher import settings as launch_settings
 
     config = os.path.join(scratch, 'launcher.conf')
     with open(config, 'w') as handle:

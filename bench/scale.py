@@ -20,8 +20,8 @@ import typing
 import uuid as uuid_mod
 
 from bench import common
-from xen_dm_restrict_plugin import leases
-from xen_dm_restrict_plugin import ranges
+from xen_dm_restrict_plugin.core import ranges
+from xen_dm_restrict_plugin.leases import store as leases
 
 LEASE_COUNTS = (0, 1000, 10000, common.HOST_DOMAINS)
 #: Tenant range sizes, up to the largest the first uid allows.

@@ -11,7 +11,7 @@ from lxml import etree
 from oslo_config import cfg
 
 from xen_dm_restrict_plugin import conf as conf_mod
-from xen_dm_restrict_plugin import loader
+from xen_dm_restrict_plugin.orchestrator import loader
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
 DOMAIN_RNG = '/usr/share/libvirt/schemas/domain.rng'

@@ -2,7 +2,7 @@
 
 import pytest
 
-from xen_dm_restrict_plugin import capabilities
+from xen_dm_restrict_plugin.host import capabilities
 
 
 @pytest.fixture(autouse=True)

@@ -8,42 +8,40 @@ first tenant boot.  :func:`list_opts` feeds oslo-config-generator and the
 Sphinx option reference.
 """
 
-import dataclasses
 import grp
 import os
 import pwd
 import typing
 
 from oslo_config import cfg
+from oslo_privsep import priv_context
 
-from xen_dm_restrict_plugin import domain as domain_mod
+from xen_dm_restrict_plugin.core import constants
+from xen_dm_restrict_plugin.core import qemu_args
+from xen_dm_restrict_plugin.core import ranges
+from xen_dm_restrict_plugin.core import settings as settings_mod
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import launch_settings
-from xen_dm_restrict_plugin import qemu_args
-from xen_dm_restrict_plugin import ranges
 
 GROUP = 'dm_restrict'
 
-SYNTAX_PROBE = 'probe'
-SYNTAX_RUNAS = 'runas'
-SYNTAX_RUN_WITH = 'run-with'
+#: The validated settings (defined in the policy core, which reads them).
+Settings = settings_mod.Settings
 
-SANDBOX_REQUIRED = launch_settings.SANDBOX_REQUIRED
-SANDBOX_WHEN_SUPPORTED = 'when-supported'
-SANDBOX_OFF = 'off'
-
-UNMAPPED_REFUSE = 'refuse'
-UNMAPPED_SHARED = 'shared'
-
-PV_DOM0_QEMU_REFUSE = 'refuse'
-PV_DOM0_QEMU_ALLOW = 'allow'
-
-NETNS_REQUIRED = launch_settings.NETNS_REQUIRED
-NETNS_EXCEPT_VNC = launch_settings.NETNS_EXCEPT_VNC
-NETNS_OFF = launch_settings.NETNS_OFF
-
-CGROUPS_REQUIRED = launch_settings.CGROUPS_REQUIRED
-CGROUPS_OFF = launch_settings.CGROUPS_OFF
+SYNTAX_PROBE = constants.SYNTAX_PROBE
+SYNTAX_RUNAS = constants.SYNTAX_RUNAS
+SYNTAX_RUN_WITH = constants.SYNTAX_RUN_WITH
+SANDBOX_REQUIRED = constants.SANDBOX_REQUIRED
+SANDBOX_WHEN_SUPPORTED = constants.SANDBOX_WHEN_SUPPORTED
+SANDBOX_OFF = constants.SANDBOX_OFF
+UNMAPPED_REFUSE = constants.UNMAPPED_REFUSE
+UNMAPPED_SHARED = constants.UNMAPPED_SHARED
+PV_DOM0_QEMU_REFUSE = constants.PV_DOM0_QEMU_REFUSE
+PV_DOM0_QEMU_ALLOW = constants.PV_DOM0_QEMU_ALLOW
+NETNS_REQUIRED = constants.NETNS_REQUIRED
+NETNS_EXCEPT_VNC = constants.NETNS_EXCEPT_VNC
+NETNS_OFF = constants.NETNS_OFF
+CGROUPS_REQUIRED = constants.CGROUPS_REQUIRED
+CGROUPS_OFF = constants.CGROUPS_OFF
 
 dm_restrict_opts = [
     cfg.DictOpt(
@@ -277,6 +275,21 @@ dm_restrict_opts = [
 ]
 
 
+#: The orchestrator's group holding the hooks to run.
+HOOKS_GROUP = 'libvirt'
+#: The group of the privsep daemon of the orchestrator-side root steps.
+PRIVILEGED_GROUP = 'dm_restrict_privileged'
+
+hook_opts = [
+    cfg.ListOpt(
+        'domain_hooks', default=[],
+        help='Domain hooks to run, in this order, on every domain the '
+             'orchestrator defines; names of entry points in the '
+             '"libvirt.domain_hooks" group, e.g. "dm_restrict". A name '
+             'that cannot be loaded stops the service from starting.'),
+]
+
+
 def register_opts(conf: cfg.ConfigOpts) -> None:
     """Register the ``[dm_restrict]`` options on ``conf``."""
     conf.register_opts(dm_restrict_opts, group=GROUP)
@@ -284,87 +297,9 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
 
 def list_opts():
     """Options for oslo-config-generator and the Sphinx reference."""
-    from xen_dm_restrict_plugin import loader
-    from xen_dm_restrict_plugin import privileged
     return [(GROUP, dm_restrict_opts),
-            (loader.GROUP, loader.hook_opts)] + privileged.list_opts()
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """Validated ``[dm_restrict]`` settings that the rest of the code uses.
-    """
-
-    tenant_ranges: typing.Mapping[str, ranges.UidRange]
-    shared_range: typing.Optional[ranges.UidRange]
-    gid: typing.Optional[int]
-    chroot_base_dir: str
-    sandbox: str
-    syntax: str
-    qemu_binary: str
-    launcher: typing.Optional[str]
-    lease_db: str
-    lease_db_timeout: float
-    reaper_user: str
-    reaper_uid: typing.Optional[int]
-    enforce: bool
-    max_xml_bytes: int
-    reaper_lock_file: str = '/run/xen-dm-restrict/reaper.lock'
-    reap_device_models: bool = True
-    stubdom_emulators: typing.FrozenSet[str] = frozenset()
-    allowed_qemu_options: typing.FrozenSet[str] = frozenset()
-    allowed_host_paths: typing.Tuple[str, ...] = ()
-    allowed_chardev_types: typing.Tuple[str, ...] = ('pty',)
-    pv_dom0_qemu: str = PV_DOM0_QEMU_REFUSE
-    allowed_interface_scripts: typing.FrozenSet[str] = frozenset(
-        ('vif-bridge', '/etc/xen/scripts/vif-bridge'))
-    allowed_bootloaders: typing.FrozenSet[str] = frozenset((
-        'pygrub', '/usr/lib/xen/bin/pygrub', '/usr/libexec/xen/bin/pygrub'))
-    launcher_test_mode: bool = False
-    launcher_seccomp: bool = True
-    network_namespace: str = NETNS_REQUIRED
-    cgroup_limits: str = CGROUPS_REQUIRED
-    cgroup_parent: str = 'xen-dm-restrict'
-    device_model_max_processes: int = 128
-    device_model_memory_mib: int = 512
-    device_model_cpu_weight: int = 100
-
-    def all_ranges(self) -> typing.List[ranges.UidRange]:
-        found = list(self.tenant_ranges.values())
-        if self.shared_range is not None:
-            found.append(self.shared_range)
-        return found
-
-    def range_for(self, tenant: str) -> ranges.UidRange:
-        """The range a tenant's device models take uids from.
-
-        :raises Refused: the tenant has no range and may not use the
-            shared pool.
-        """
-        if tenant in self.tenant_ranges:
-            return self.tenant_ranges[tenant]
-        if self.shared_range is not None:
-            return self.shared_range
-        raise exception.Refused(
-            'tenant %r' % tenant,
-            'it has no uid range and unmapped_tenants is "refuse"',
-            'add it to [dm_restrict] tenant_uid_ranges, or set '
-            'unmapped_tenants = shared with a shared_uid_range')
-
-    def parse_domain(self, data: typing.Union[bytes, str]
-                     ) -> domain_mod.Domain:
-        """Parse domain XML with this host's size cap and stub domains.
-
-        :raises InvalidDomainXML: see :func:`domain.parse`.
-        """
-        return domain_mod.parse(data, self.max_xml_bytes,
-                                self.stubdom_emulators)
-
-    def chroot_dir(self, uid: int) -> str:
-        return launch_settings.chroot_dir(self.chroot_base_dir, uid)
-
-    def gid_for(self, uid: int) -> int:
-        return self.gid if self.gid is not None else uid
+            (HOOKS_GROUP, hook_opts),
+            (PRIVILEGED_GROUP, priv_context.OPTS)]
 
 
 def _resolve_user(name: str) -> typing.Optional[int]:
@@ -444,7 +379,7 @@ def load(conf: cfg.ConfigOpts) -> Settings:
             'chroot_base_dir', '%r is not an absolute path'
             % group.chroot_base_dir, 'use an absolute path')
 
-    return Settings(
+    return settings_mod.Settings(
         tenant_ranges=tenant_ranges, shared_range=shared, gid=gid,
         chroot_base_dir=group.chroot_base_dir, sandbox=group.sandbox,
         syntax=group.device_model_syntax, qemu_binary=group.qemu_binary,

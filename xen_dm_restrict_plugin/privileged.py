@@ -1,88 +1,13 @@
-"""The root steps of the orchestrator-side hook, through oslo.privsep.
+"""Historical name of :mod:`xen_dm_restrict_plugin.orchestrator.privileged`.
 
-An orchestrator such as nova-compute runs as an unprivileged user, but
-the ``dm_restrict`` hook must reap a device-model uid before a domain
-starts, after it stops and before its lease is released.  OpenStack's way
-for the few root steps of a service is a privsep daemon: the service
-starts it once (through ``sudo privsep-helper`` or rootwrap, configured
-in ``[dm_restrict_privileged]``), and it keeps only the capabilities
-listed here.  The reap needs ``CAP_SETUID``: it forks a child that sets
-its ids to (reaper, target, root) and sends ``kill(-1, SIGKILL)``, which
-the kernel allows because the effective uid is the target's.
-
-The daemon decides with its *own* configuration (the ``[dm_restrict]``
-options of the configuration files it was started with), never with
-ranges or users sent by the unprivileged side: a compromised orchestrator
-can at most ask it to reap a uid inside a configured range.
+Orchestrators import the orchestrator-side modules by these names (and
+privsep contexts are named by them), so the name stays an alias of the
+module itself: ``import xen_dm_restrict_plugin.privileged`` gives the same
+module object as the new path.
 """
 
-import typing
+import sys
 
-from oslo_config import cfg
-from oslo_privsep import capabilities
-from oslo_privsep import priv_context
+from xen_dm_restrict_plugin.orchestrator import privileged
 
-from xen_dm_restrict_plugin import conf as conf_mod
-from xen_dm_restrict_plugin import reaper as reaper_mod
-
-GROUP = 'dm_restrict_privileged'
-
-dm_restrict_pctxt = priv_context.PrivContext(
-    'xen_dm_restrict_plugin', cfg_section=GROUP,
-    pypath=__name__ + '.dm_restrict_pctxt',
-    capabilities=[capabilities.CAP_SETUID])
-
-
-def _settings() -> conf_mod.Settings:
-    """The daemon's own ``[dm_restrict]`` settings (from ``cfg.CONF``)."""
-    if conf_mod.GROUP not in cfg.CONF:
-        conf_mod.register_opts(cfg.CONF)
-    return conf_mod.load(cfg.CONF)
-
-
-@dm_restrict_pctxt.entrypoint
-def reap(uid: int, context: str) -> typing.Dict[str, typing.Any]:
-    """Reap ``uid`` as root; runs in the privsep daemon.
-
-    :returns: the :class:`~xen_dm_restrict_plugin.reaper.ReapResult` as a
-        dict.
-    :raises ReapError: as :meth:`Reaper.reap`, re-raised on the caller's
-        side.
-    """
-    return reaper_mod.Reaper(_settings()).reap(int(uid), context).to_dict()
-
-
-@dm_restrict_pctxt.entrypoint
-def unavailable_reason() -> typing.Optional[str]:
-    """Why the daemon cannot reap, or None; runs in the privsep daemon."""
-    return reaper_mod.Reaper(_settings()).unavailable_reason()
-
-
-class PrivsepReaper(reaper_mod.Reaper):
-    """A reaper that does its root steps in the privsep daemon.
-
-    The uid is checked here too, so a refused reap fails before anything
-    is sent to the daemon.
-    """
-
-    def unavailable_reason(self) -> typing.Optional[str]:
-        missing = self.reaper_user_missing()
-        if missing is not None:
-            return missing
-        try:
-            return unavailable_reason()
-        except Exception as err:  # noqa: BLE001 - the daemon did not start
-            return ('the privsep daemon (%s) could not be used: %s'
-                    % (GROUP, err))
-
-    def reap(self, uid: int, context: str = '') -> reaper_mod.ReapResult:
-        self.check_uid(uid)
-        self.check_available()
-        return reaper_mod.ReapResult(**{
-            key: tuple(value) if isinstance(value, list) else value
-            for key, value in reap(uid, context).items()})
-
-
-def list_opts():
-    """The ``[dm_restrict_privileged]`` options, for the sample config."""
-    return [(GROUP, priv_context.OPTS)]
+sys.modules[__name__] = privileged

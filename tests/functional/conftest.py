@@ -5,8 +5,8 @@ import pytest
 
 from tests import base
 from tests.functional import hostenv
-from xen_dm_restrict_plugin import loader
-from xen_dm_restrict_plugin import virt
+from xen_dm_restrict_plugin.orchestrator import loader
+from xen_dm_restrict_plugin.orchestrator import virt
 
 
 @pytest.fixture(autouse=True)

@@ -23,7 +23,7 @@ import pytest
 
 from tests import base
 from xen_dm_restrict_plugin.cmd import host
-from xen_dm_restrict_plugin import launch_settings
+from xen_dm_restrict_plugin.launcher import settings as launch_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))

@@ -14,9 +14,9 @@ from oslo_privsep import priv_context
 
 from xen_dm_restrict_plugin import conf as conf_mod
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import extension
-from xen_dm_restrict_plugin import privileged
-from xen_dm_restrict_plugin import reaper
+from xen_dm_restrict_plugin.host import reaper
+from xen_dm_restrict_plugin.orchestrator import extension
+from xen_dm_restrict_plugin.orchestrator import privileged
 
 
 def main() -> None:

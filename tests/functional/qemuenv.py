@@ -15,7 +15,7 @@ import subprocess
 import time
 
 from tests.functional import hostenv
-from xen_dm_restrict_plugin import restrict
+from xen_dm_restrict_plugin.core import restrict
 
 LAUNCH = hostenv.module('xen_dm_restrict_plugin.cmd.launch')
 BASE_ARGS = ['-machine', 'none', '-nodefaults', '-nographic',

@@ -9,11 +9,11 @@ import libvirt
 import pytest
 
 from tests import base
+from xen_dm_restrict_plugin.core import ranges
+from xen_dm_restrict_plugin.core import restrict
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import hooks
-from xen_dm_restrict_plugin import leases
-from xen_dm_restrict_plugin import ranges
-from xen_dm_restrict_plugin import restrict
+from xen_dm_restrict_plugin.leases import store as leases
+from xen_dm_restrict_plugin.orchestrator import hooks
 
 ACME = hooks.Instance(base.HVM_UUID, 'acme')
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))

@@ -358,7 +358,7 @@ def reaper_env(tmp_path):
 
 
 def test_the_cgroup_has_the_limits_and_goes_with_the_reap(reaper_env):
-    from xen_dm_restrict_plugin import reaper
+    from xen_dm_restrict_plugin.host import reaper
 
     env = reaper_env
     uid = env.first + 1

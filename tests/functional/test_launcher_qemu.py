@@ -15,7 +15,7 @@ import pytest
 
 from tests.functional import hostenv
 from tests.functional import qemuenv
-from xen_dm_restrict_plugin import launch_settings
+from xen_dm_restrict_plugin.launcher import settings as launch_settings
 
 BASE_ARGS = qemuenv.BASE_ARGS
 restriction_args = qemuenv.restriction_args

@@ -13,9 +13,9 @@ import sqlite3
 import time
 import uuid as uuid_mod
 
+from xen_dm_restrict_plugin.core import ranges
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import leases
-from xen_dm_restrict_plugin import ranges
+from xen_dm_restrict_plugin.leases import store as leases
 
 KILLS = 300
 RANGES = {'acme': ranges.UidRange('acme', 200000, 200049),

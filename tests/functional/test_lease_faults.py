@@ -22,11 +22,11 @@ import pytest
 
 from tests import base
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import extension
-from xen_dm_restrict_plugin import hooks
-from xen_dm_restrict_plugin import leases
-from xen_dm_restrict_plugin import loader
-from xen_dm_restrict_plugin import virt
+from xen_dm_restrict_plugin.leases import store as leases
+from xen_dm_restrict_plugin.orchestrator import extension
+from xen_dm_restrict_plugin.orchestrator import hooks
+from xen_dm_restrict_plugin.orchestrator import loader
+from xen_dm_restrict_plugin.orchestrator import virt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))

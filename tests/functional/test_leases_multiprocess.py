@@ -4,8 +4,8 @@ import multiprocessing
 import sqlite3
 import time
 
-from xen_dm_restrict_plugin import leases
-from xen_dm_restrict_plugin import ranges
+from xen_dm_restrict_plugin.core import ranges
+from xen_dm_restrict_plugin.leases import store as leases
 
 WORKERS = 8
 PER_WORKER = 200

@@ -17,12 +17,12 @@ import pytest
 
 from tests import base
 from tests.functional import hostenv
-from xen_dm_restrict_plugin import domain
-from xen_dm_restrict_plugin import extension
-from xen_dm_restrict_plugin import hooks
-from xen_dm_restrict_plugin import leases
-from xen_dm_restrict_plugin import libvirt_hook
-from xen_dm_restrict_plugin import restrict
+from xen_dm_restrict_plugin.core import domain
+from xen_dm_restrict_plugin.core import restrict
+from xen_dm_restrict_plugin.host import preflight
+from xen_dm_restrict_plugin.leases import store as leases
+from xen_dm_restrict_plugin.orchestrator import extension
+from xen_dm_restrict_plugin.orchestrator import hooks
 
 HOOK = hostenv.module('xen_dm_restrict_plugin.cmd.libvirt_hook')
 ACME = hooks.Instance(base.HVM_UUID, 'acme')
@@ -378,12 +378,12 @@ def test_installed_hooks_are_found(tmp_path):
     script = hooks_dir / 'libxl.d' / '50-dm-restrict'
     script.write_text('#!/usr/bin/python3\nfrom xen_dm_restrict_plugin.'
                       'cmd.libvirt_hook import main\n')
-    assert libvirt_hook.installed_hooks(str(hooks_dir)) == []
+    assert preflight.installed_hooks(str(hooks_dir)) == []
     script.chmod(0o755)
     other = hooks_dir / 'libxl'
     other.write_text('#!/bin/sh\nexit 0\n')
     other.chmod(0o755)
-    assert libvirt_hook.installed_hooks(str(hooks_dir)) == [str(script)]
+    assert preflight.installed_hooks(str(hooks_dir)) == [str(script)]
 
 
 def test_account_created_inside_a_lease_blocks_the_start(env):

@@ -13,9 +13,9 @@ from tests import base
 from tests.functional import hostenv
 from tests.functional.test_reaper_real import Workload
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import hooks
-from xen_dm_restrict_plugin import loader
-from xen_dm_restrict_plugin import virt
+from xen_dm_restrict_plugin.orchestrator import hooks
+from xen_dm_restrict_plugin.orchestrator import loader
+from xen_dm_restrict_plugin.orchestrator import virt
 
 FIRST = hooks.Instance(base.HVM_UUID, 'acme')
 SECOND = hooks.Instance('77777777-2222-4333-8444-555555555555', 'acme')

@@ -7,10 +7,10 @@ import libvirt
 import pytest
 
 from tests import base
+from xen_dm_restrict_plugin.core import restrict
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import hooks
-from xen_dm_restrict_plugin import restrict
-from xen_dm_restrict_plugin import virt
+from xen_dm_restrict_plugin.orchestrator import hooks
+from xen_dm_restrict_plugin.orchestrator import virt
 
 ACME = hooks.Instance(base.HVM_UUID, 'acme')
 PV_UUID = '5e6f7a8b-1c2d-4e3f-8a9b-0c1d2e3f4a5b'

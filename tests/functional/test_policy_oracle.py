@@ -29,9 +29,9 @@ import pytest
 
 from tests import base
 from tests.unit import test_hostile_input as hostile
-from xen_dm_restrict_plugin import domain
+from xen_dm_restrict_plugin.core import domain
+from xen_dm_restrict_plugin.core import policy
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import policy
 
 OUTCOMES = collections.Counter()
 OTHER_NS = 'urn:example:other'

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from tests.functional import hostenv
-from xen_dm_restrict_plugin import capabilities
 from xen_dm_restrict_plugin import exception
+from xen_dm_restrict_plugin.host import capabilities
 
 
 @pytest.fixture

@@ -16,11 +16,11 @@ import os
 import pytest
 
 from tests import base
-from xen_dm_restrict_plugin import domain
+from xen_dm_restrict_plugin.core import domain
+from xen_dm_restrict_plugin.core import restrict
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import extension
-from xen_dm_restrict_plugin import hooks
-from xen_dm_restrict_plugin import restrict
+from xen_dm_restrict_plugin.orchestrator import extension
+from xen_dm_restrict_plugin.orchestrator import hooks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))

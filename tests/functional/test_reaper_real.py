@@ -17,7 +17,7 @@ import pytest
 
 from tests.functional import hostenv
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import reaper
+from xen_dm_restrict_plugin.host import reaper
 
 
 @pytest.fixture

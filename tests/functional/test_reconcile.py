@@ -10,10 +10,10 @@ import pytest
 
 from tests import base
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import extension
-from xen_dm_restrict_plugin import hooks
-from xen_dm_restrict_plugin import leases
-from xen_dm_restrict_plugin import reconcile
+from xen_dm_restrict_plugin.host import reconcile
+from xen_dm_restrict_plugin.leases import store as leases
+from xen_dm_restrict_plugin.orchestrator import extension
+from xen_dm_restrict_plugin.orchestrator import hooks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 UUIDS = ['aaaaaaaa-0000-4000-8000-%012d' % i for i in range(6)]

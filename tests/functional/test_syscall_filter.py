@@ -12,7 +12,7 @@ import pytest
 
 from tests.functional import hostenv
 from tests.functional import qemuenv
-from xen_dm_restrict_plugin import syscall_filter
+from xen_dm_restrict_plugin.launcher import seccomp as syscall_filter
 
 UID = 3999001
 GID = 3999002

@@ -12,11 +12,11 @@ from lxml import etree
 import pytest
 
 from tests import base
-from xen_dm_restrict_plugin import capabilities
+from xen_dm_restrict_plugin.core import restrict
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import extension
-from xen_dm_restrict_plugin import hooks
-from xen_dm_restrict_plugin import restrict
+from xen_dm_restrict_plugin.host import capabilities
+from xen_dm_restrict_plugin.orchestrator import extension
+from xen_dm_restrict_plugin.orchestrator import hooks
 
 XEN_47 = ('-run-with', '-xen-dm-restrict-no-such-option')
 DEBIAN_XEN = ('-run-with', '-sandbox', '-xen-dm-restrict-no-such-option')

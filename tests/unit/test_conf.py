@@ -9,7 +9,7 @@ import pytest
 from tests import base
 from xen_dm_restrict_plugin import conf
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import loader
+from xen_dm_restrict_plugin.orchestrator import loader
 
 
 def _load(tmp_path, **overrides):

@@ -3,7 +3,7 @@
 import os
 
 from xen_dm_restrict_plugin import conf
-from xen_dm_restrict_plugin import qemu_args
+from xen_dm_restrict_plugin.core import qemu_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))

@@ -4,7 +4,7 @@ from lxml import etree
 import pytest
 
 from tests import base
-from xen_dm_restrict_plugin import domain
+from xen_dm_restrict_plugin.core import domain
 from xen_dm_restrict_plugin import exception
 
 LIMIT = 1 << 20

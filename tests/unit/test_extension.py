@@ -6,13 +6,13 @@ from lxml import etree
 import pytest
 
 from tests import base
-from xen_dm_restrict_plugin import domain
+from xen_dm_restrict_plugin.core import domain
+from xen_dm_restrict_plugin.core import qemu_args
+from xen_dm_restrict_plugin.core import restrict
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import extension
-from xen_dm_restrict_plugin import hooks
-from xen_dm_restrict_plugin import operations
-from xen_dm_restrict_plugin import qemu_args
-from xen_dm_restrict_plugin import restrict
+from xen_dm_restrict_plugin.orchestrator import extension
+from xen_dm_restrict_plugin.orchestrator import hooks
+from xen_dm_restrict_plugin.orchestrator import operations
 
 ACME = hooks.Instance(base.HVM_UUID, 'acme')
 

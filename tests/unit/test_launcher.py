@@ -9,10 +9,10 @@ import os
 import pytest
 
 from tests import base
-from xen_dm_restrict_plugin import chroot
+from xen_dm_restrict_plugin.core import dm_argv
+from xen_dm_restrict_plugin.core import restrict
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import launcher
-from xen_dm_restrict_plugin import restrict
+from xen_dm_restrict_plugin.launcher import chroot
 
 UID = 200001
 
@@ -28,8 +28,8 @@ def _args(syntax_form: str, sandbox: bool = True, uid: int = UID,
 @pytest.mark.parametrize('form', [restrict.FORM_LEGACY,
                                   restrict.FORM_RUN_WITH])
 def test_reads_what_restrict_writes(form):
-    parsed = launcher.parse_argv(['-xen-domid', '7', '-name', 'vm']
-                                 + _args(form))
+    parsed = dm_argv.parse_argv(['-xen-domid', '7', '-name', 'vm']
+                                + _args(form))
     assert (parsed.uid, parsed.gid) == (UID, UID)
     assert parsed.chroot == '/c/qemu-root-200001'
     assert parsed.domid_restrict and parsed.restricted
@@ -38,7 +38,7 @@ def test_reads_what_restrict_writes(form):
 
 
 def test_separate_run_with_options_are_read():
-    parsed = launcher.parse_argv([
+    parsed = dm_argv.parse_argv([
         '--run-with', 'user=5:6', '-run-with', 'async-teardown=on',
         '-run-with', 'chroot=/x'])
     assert (parsed.uid, parsed.gid, parsed.chroot) == (5, 6, '/x')
@@ -47,17 +47,17 @@ def test_separate_run_with_options_are_read():
 @pytest.mark.parametrize('args', [['-help'], ['-version'], ['--help'],
                                   ['-version', '-help']])
 def test_queries(args):
-    assert launcher.parse_argv(args).query
+    assert dm_argv.parse_argv(args).query
 
 
 def test_option_with_equals_is_not_the_option():
     # QEMU has no -opt=value syntax: "-chroot=/x" is an unknown option,
     # not a chroot, and the launcher refuses it as one libxl never writes.
-    assert launcher.parse_argv(['-chroot=/x']).chroot is None
+    assert dm_argv.parse_argv(['-chroot=/x']).chroot is None
 
 
 def test_a_query_with_restriction_options_is_not_a_query():
-    parsed = launcher.parse_argv(['-name', '-version'] + _args('legacy'))
+    parsed = dm_argv.parse_argv(['-name', '-version'] + _args('legacy'))
     assert not parsed.query and parsed.restricted
 
 
@@ -73,13 +73,13 @@ def test_a_query_with_restriction_options_is_not_a_query():
 ])
 def test_ambiguous_or_named_restrictions_are_refused(args, message):
     with pytest.raises(exception.FeatureRefused, match=message):
-        launcher.parse_argv(args)
+        dm_argv.parse_argv(args)
 
 
 def test_only_libxls_qmp_socket_is_a_descriptor_to_keep():
     # A domain's name or kernel command line can say "fds=5:6": taking
     # that for a descriptor would pass the launcher's open files to QEMU.
-    parsed = launcher.parse_argv([
+    parsed = dm_argv.parse_argv([
         '-chardev', 'socket,id=libxl-cmd,fd=7,server=on,wait=off',
         '-netdev', 'tap,id=n0,fds=9:10,vhostfds=11:12',
         '-add-fd', 'fd=14,set=2', '-incoming', 'fd:13',
@@ -91,18 +91,18 @@ def test_only_libxls_qmp_socket_is_a_descriptor_to_keep():
 
 def test_identity_must_match_the_configuration(tmp_path):
     settings = base.make_settings(tmp_path)
-    good = launcher.parse_argv(_args('legacy',
-                                     chroot_dir=settings.chroot_dir(UID)))
-    launcher.check_identity(settings, good)
+    good = dm_argv.parse_argv(_args('legacy',
+                                    chroot_dir=settings.chroot_dir(UID)))
+    dm_argv.check_identity(settings, good)
     with pytest.raises(exception.Refused, match='not inside any'):
-        launcher.check_identity(settings, launcher.parse_argv(
+        dm_argv.check_identity(settings, dm_argv.parse_argv(
             _args('legacy', uid=1000, chroot_dir=settings.chroot_dir(1000))))
     with pytest.raises(exception.Refused, match='is not %s'
                        % settings.chroot_dir(UID)):
-        launcher.check_identity(settings, launcher.parse_argv(
+        dm_argv.check_identity(settings, dm_argv.parse_argv(
             _args('legacy', chroot_dir=settings.chroot_dir(UID) + '/..')))
     with pytest.raises(exception.Refused, match='gid 65534'):
-        launcher.check_identity(settings, launcher.parse_argv(
+        dm_argv.check_identity(settings, dm_argv.parse_argv(
             ['-runas', '%d:65534' % UID, '-chroot',
              settings.chroot_dir(UID)]))
 
@@ -155,6 +155,6 @@ def test_a_base_owned_by_someone_else_is_refused(root_settings):
 def test_help_as_another_options_value_is_not_a_query():
     # "-name -help" names the VM "-help": passing it through would exec
     # an unrestricted QEMU as root.
-    parsed = launcher.parse_argv(['-name', '-help', '-drive',
-                                  'file=/dev/sda'])
+    parsed = dm_argv.parse_argv(['-name', '-help', '-drive',
+                                 'file=/dev/sda'])
     assert not parsed.query

@@ -10,11 +10,12 @@ import pytest
 
 from tests import base
 from xen_dm_restrict_plugin import conf
-from xen_dm_restrict_plugin import dm_cgroup
-from xen_dm_restrict_plugin import dm_network
+from xen_dm_restrict_plugin.core import constants
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import launch_settings
-from xen_dm_restrict_plugin import syscall_filter
+from xen_dm_restrict_plugin.launcher import cgroup as dm_cgroup
+from xen_dm_restrict_plugin.launcher import network as dm_network
+from xen_dm_restrict_plugin.launcher import seccomp as syscall_filter
+from xen_dm_restrict_plugin.launcher import settings as launch_settings
 
 TAP = 'type=tap,id=net0,ifname=vif3.0-emu,script=no,downscript=no'
 
@@ -208,6 +209,10 @@ def test_an_untrusted_or_foreign_snapshot_is_not_used(snapshot, spoil):
 
 def test_network_and_cgroup_choices_are_shared(tmp_path):
     settings = base.make_settings(tmp_path)
-    assert settings.network_namespace == launch_settings.NETNS_REQUIRED
-    assert settings.cgroup_limits == launch_settings.CGROUPS_REQUIRED
-    assert conf.NETNS_EXCEPT_VNC == launch_settings.NETNS_EXCEPT_VNC
+    assert settings.network_namespace == constants.NETNS_REQUIRED
+    assert settings.cgroup_limits == constants.CGROUPS_REQUIRED
+    assert conf.NETNS_EXCEPT_VNC is constants.NETNS_EXCEPT_VNC
+    snapshot = launch_settings.LaunchSettings(launch_settings.dump(settings))
+    assert snapshot.network_namespace == constants.NETNS_REQUIRED
+    assert snapshot.chroot_dir(200000) == settings.chroot_dir(200000) == (
+        constants.chroot_dir(settings.chroot_base_dir, 200000))

@@ -15,9 +15,9 @@ import hypothesis
 from hypothesis import strategies as st
 import pytest
 
+from xen_dm_restrict_plugin.core import ranges
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import leases
-from xen_dm_restrict_plugin import ranges
+from xen_dm_restrict_plugin.leases import store as leases
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -322,7 +322,8 @@ def test_lock_held_past_timeout(path):
 CHILD = '''
 import os
 import sys
-from xen_dm_restrict_plugin import exception, leases, ranges
+from xen_dm_restrict_plugin.core import ranges
+from xen_dm_restrict_plugin import exception, leases
 if len(sys.argv) > 3:
     uid, gid = int(sys.argv[3]), int(sys.argv[4])
     os.setgroups([])

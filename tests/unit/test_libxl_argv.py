@@ -12,7 +12,7 @@ import os
 import pytest
 
 from tests import base
-from xen_dm_restrict_plugin import libxl_argv
+from xen_dm_restrict_plugin.core import libxl_argv
 
 HEAD = ('-xen-domid 5 -no-shutdown -chardev socket,id=libxl-cmd,'
         'path=/var/run/xen/qmp-libxl-5,server=on,wait=off -mon '

@@ -7,9 +7,9 @@ from stevedore import extension as extension_mod
 
 from tests import base
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import extension
-from xen_dm_restrict_plugin import hooks
-from xen_dm_restrict_plugin import loader
+from xen_dm_restrict_plugin.orchestrator import extension
+from xen_dm_restrict_plugin.orchestrator import hooks
+from xen_dm_restrict_plugin.orchestrator import loader
 
 ACME = hooks.Instance(base.HVM_UUID, 'acme')
 

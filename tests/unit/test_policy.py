@@ -5,9 +5,9 @@ import os
 import pytest
 
 from tests import base
-from xen_dm_restrict_plugin import domain
+from xen_dm_restrict_plugin.core import domain
+from xen_dm_restrict_plugin.core import policy
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import policy
 
 HOSTDEV = ("<hostdev mode='subsystem' type='pci' managed='yes'><source>"
            "<address domain='0x0000' bus='0x0a' slot='0x08' "

@@ -9,9 +9,9 @@ import pytest
 
 from tests import base
 from xen_dm_restrict_plugin.cmd import cli
-from xen_dm_restrict_plugin import leases
-from xen_dm_restrict_plugin import preflight
-from xen_dm_restrict_plugin import ranges
+from xen_dm_restrict_plugin.core import ranges
+from xen_dm_restrict_plugin.host import preflight
+from xen_dm_restrict_plugin.leases import store as leases
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))

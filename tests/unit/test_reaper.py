@@ -8,7 +8,7 @@ import pytest
 
 from tests import base
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import reaper
+from xen_dm_restrict_plugin.host import reaper
 
 
 @pytest.fixture

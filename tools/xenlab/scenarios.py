@@ -1130,7 +1130,7 @@ def bench_restricted():
 # --- crash diagnostics (lab only) --------------------------------------------
 
 IMPORT_PROBE = [VENV + '/bin/python', '-X', 'faulthandler', '-c',
-                'import xen_dm_restrict_plugin.libvirt_hook, '
+                'import xen_dm_restrict_plugin.daemon_hook.hook, '
                 'xen_dm_restrict_plugin.cmd.host']
 
 
@@ -1258,7 +1258,7 @@ def print_record(uuid):
     """The domain's dm_restrict record: virDomain.metadata() and XML."""
     import libvirt
     from lxml import etree
-    from xen_dm_restrict_plugin import restrict
+    from xen_dm_restrict_plugin.core import restrict
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     dom = libvirt.open(URI).lookupByUUIDString(uuid)
     out = {}
@@ -1285,9 +1285,9 @@ def library_main(action, uuid):
     import libvirt
     from xen_dm_restrict_plugin.cmd import host
     from xen_dm_restrict_plugin import exception
-    from xen_dm_restrict_plugin import hooks
-    from xen_dm_restrict_plugin import loader
-    from xen_dm_restrict_plugin import virt
+    from xen_dm_restrict_plugin.orchestrator import hooks
+    from xen_dm_restrict_plugin.orchestrator import loader
+    from xen_dm_restrict_plugin.orchestrator import virt
 
     if action == 'record':
         return print_record(uuid)

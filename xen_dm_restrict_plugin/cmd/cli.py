@@ -21,18 +21,18 @@ import uuid as uuid_mod
 
 from oslo_config import cfg
 
-from xen_dm_restrict_plugin import capabilities
 from xen_dm_restrict_plugin.cmd import host
 from xen_dm_restrict_plugin import conf as conf_mod
-from xen_dm_restrict_plugin import domain as domain_mod
+from xen_dm_restrict_plugin.core import domain as domain_mod
+from xen_dm_restrict_plugin.core import policy
+from xen_dm_restrict_plugin.core import restrict
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import extension
-from xen_dm_restrict_plugin import hooks
-from xen_dm_restrict_plugin import leases
-from xen_dm_restrict_plugin import loader
-from xen_dm_restrict_plugin import policy
-from xen_dm_restrict_plugin import reaper
-from xen_dm_restrict_plugin import restrict
+from xen_dm_restrict_plugin.host import capabilities
+from xen_dm_restrict_plugin.host import reaper
+from xen_dm_restrict_plugin.leases import store as leases
+from xen_dm_restrict_plugin.orchestrator import extension
+from xen_dm_restrict_plugin.orchestrator import hooks
+from xen_dm_restrict_plugin.orchestrator import loader
 
 LOG = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def cmd_leases_unhold(args) -> int:
 
 
 def cmd_leases_reconcile(args) -> int:
-    from xen_dm_restrict_plugin import reconcile
+    from xen_dm_restrict_plugin.host import reconcile
 
     libvirt = _quiet_libvirt()
 
@@ -260,7 +260,7 @@ def _quiet_libvirt():
 
 
 def cmd_boot(args) -> int:
-    from xen_dm_restrict_plugin import virt
+    from xen_dm_restrict_plugin.orchestrator import virt
 
     _quiet_libvirt()
 
@@ -392,7 +392,7 @@ def _subparser(subs, name: str, summary: str, example: str,
 
 
 def reconcile_grace() -> float:
-    from xen_dm_restrict_plugin import reconcile
+    from xen_dm_restrict_plugin.host import reconcile
     return reconcile.DEFAULT_GRACE
 
 

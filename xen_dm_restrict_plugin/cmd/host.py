@@ -20,8 +20,8 @@ from oslo_config import cfg
 
 from xen_dm_restrict_plugin import conf as conf_mod
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import launch_settings
-from xen_dm_restrict_plugin import loader
+from xen_dm_restrict_plugin.launcher import settings as launch_settings
+from xen_dm_restrict_plugin.orchestrator import loader
 
 LOG = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def preflight(args, settings: conf_mod.Settings) -> int:
 
     :returns: 0 when every check the configuration asks for passes, else 1.
     """
-    from xen_dm_restrict_plugin import preflight as preflight_mod
+    from xen_dm_restrict_plugin.host import preflight as preflight_mod
 
     report = preflight_mod.run(settings, hooks_dir=args.libvirt_hooks_dir)
     if args.format == 'json':
@@ -210,7 +210,7 @@ def reap(args, settings: conf_mod.Settings) -> int:
     :raises ReapError: the reap was refused, is impossible on this host,
         or left processes behind.
     """
-    from xen_dm_restrict_plugin import reaper
+    from xen_dm_restrict_plugin.host import reaper
 
     result = reaper.Reaper(settings).reap(args.uid)
     if args.format == 'json':

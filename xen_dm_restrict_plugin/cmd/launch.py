@@ -3,13 +3,13 @@
 Set ``[dm_restrict] launcher`` to this script's path; every restricted
 domain then gets it as ``<emulator>``, and it execs ``[dm_restrict]
 qemu_binary`` in new namespaces, with rlimits, a cgroup and the chroot
-directory in place (see :mod:`xen_dm_restrict_plugin.launcher`).  It takes
-QEMU's arguments and no options of its own; its configuration is
+directory in place (see :mod:`xen_dm_restrict_plugin.launcher.launch`).
+It takes QEMU's arguments and no options of its own; its configuration is
 ``$XEN_DM_RESTRICT_CONFIG``, else /etc/xen-dm-restrict/xen-dm-restrict.conf.
 
 It runs at every define and start of every domain, so its start-up path
 reads the launcher's snapshot of the configuration
-(:mod:`~xen_dm_restrict_plugin.launch_settings`) and imports nothing it
+(:mod:`~xen_dm_restrict_plugin.launcher.settings`) and imports nothing it
 does not use; only when the snapshot is missing or stale does it load
 oslo.config, then it writes a fresh snapshot.
 
@@ -22,7 +22,7 @@ import os
 import sys
 
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import launch_settings
+from xen_dm_restrict_plugin.launcher import settings as launch_settings
 
 PROG = 'xen-dm-restrict-launch'
 EXIT_OK = 0
@@ -87,7 +87,7 @@ def load_settings():
         try:
             launch_settings.write(settings, config)
         except OSError as err:
-            from xen_dm_restrict_plugin import launcher
+            from xen_dm_restrict_plugin.launcher import launch as launcher
 
             launcher.say('WARNING', 'cannot write the launcher settings '
                          'snapshot %s: %s' % (launch_settings.path(), err))
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
                          [settings.qemu_binary] + args)
             except OSError:
                 pass  # launch() explains why QEMU cannot be executed
-        from xen_dm_restrict_plugin import launcher
+        from xen_dm_restrict_plugin.launcher import launch as launcher
 
         launcher.launch(settings, args)
     except exception.Refused as err:

@@ -2,13 +2,13 @@
 
 Link it as ``/etc/libvirt/hooks/libxl`` (or into
 ``/etc/libvirt/hooks/libxl.d/``) and restart libvirtd.  What it does is
-described in :mod:`xen_dm_restrict_plugin.libvirt_hook`.
+described in :mod:`xen_dm_restrict_plugin.daemon_hook.hook`.
 """
 
 import sys
 import typing
 
-from xen_dm_restrict_plugin import hook_operations
+from xen_dm_restrict_plugin.daemon_hook import operations as hook_operations
 
 PROG = 'xen-dm-restrict-libvirt-hook'
 
@@ -32,7 +32,7 @@ def build_parser():
     import argparse
 
     from xen_dm_restrict_plugin.cmd import host
-    from xen_dm_restrict_plugin import libvirt_hook
+    from xen_dm_restrict_plugin.daemon_hook import hook as libvirt_hook
 
     parser = argparse.ArgumentParser(
         prog=PROG, description=libvirt_hook.__doc__,
@@ -63,7 +63,7 @@ def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
             _drain(sys.stdin.buffer)
         return 0
     from xen_dm_restrict_plugin.cmd import host
-    from xen_dm_restrict_plugin import libvirt_hook
+    from xen_dm_restrict_plugin.daemon_hook import hook as libvirt_hook
     if argv in (['--help'], ['-h']):
         build_parser().parse_args(argv)
     # A domain may be called "-h" or "--x": libvirtd's argv is positional.

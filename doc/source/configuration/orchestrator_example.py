@@ -12,9 +12,9 @@ import libvirt
 from oslo_config import cfg
 
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import hooks
-from xen_dm_restrict_plugin import loader
-from xen_dm_restrict_plugin import virt
+from xen_dm_restrict_plugin.orchestrator import hooks
+from xen_dm_restrict_plugin.orchestrator import loader
+from xen_dm_restrict_plugin.orchestrator import virt
 
 config_file, xml_file = sys.argv[1:3]
 uri = sys.argv[3] if len(sys.argv) > 3 else 'test:///default'

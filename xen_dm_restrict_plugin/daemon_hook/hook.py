@@ -14,7 +14,7 @@ Operations acted on (every other one exits 0 and does nothing):
 
 ``prepare begin``
     Before a domain starts.  Every domain must pass the whole-domain
-    policy (:mod:`xen_dm_restrict_plugin.policy`), whatever client
+    policy (:mod:`xen_dm_restrict_plugin.core.policy`), whatever client
     defined it.  An HVM qemu-xen domain must carry our
     ``<metadata>`` record and its restriction arguments in
     ``<xen:commandline>`` (with ``-xen-domid-restrict``), for a uid of a
@@ -44,20 +44,19 @@ it needs is in its argv, its stdin and the lease database.
 """
 
 import logging
-import os
 import typing
 
-from xen_dm_restrict_plugin import capabilities
-from xen_dm_restrict_plugin import chroot
 from xen_dm_restrict_plugin import conf as conf_mod
-from xen_dm_restrict_plugin import domain as domain_mod
+from xen_dm_restrict_plugin.core import dm_argv
+from xen_dm_restrict_plugin.core import domain as domain_mod
+from xen_dm_restrict_plugin.core import policy
+from xen_dm_restrict_plugin.core import restrict
+from xen_dm_restrict_plugin.daemon_hook import operations as hook_operations
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import hook_operations
-from xen_dm_restrict_plugin import launcher
-from xen_dm_restrict_plugin import leases
-from xen_dm_restrict_plugin import policy
-from xen_dm_restrict_plugin import reaper
-from xen_dm_restrict_plugin import restrict
+from xen_dm_restrict_plugin.host import capabilities
+from xen_dm_restrict_plugin.host import reaper
+from xen_dm_restrict_plugin.launcher import chroot
+from xen_dm_restrict_plugin.leases import store as leases
 
 LOG = logging.getLogger(__name__)
 
@@ -176,7 +175,7 @@ class LibxlHook:
             policy.check_domain(dom, args[len(record.args):], self.settings)
         except exception.FeatureRefused as err:
             raise refuse(str(err), err.remedy) from None
-        parsed = launcher.parse_argv(args)
+        parsed = dm_argv.parse_argv(args)
         if not parsed.domid_restrict:
             raise refuse('its <xen:commandline> has no -xen-domid-restrict')
         if (parsed.uid, parsed.gid, parsed.chroot) != (
@@ -185,7 +184,7 @@ class LibxlHook:
                          '%s:%s in %s, not as its record says'
                          % (parsed.uid, parsed.gid, parsed.chroot))
         try:
-            launcher.check_identity(self.settings, parsed)
+            dm_argv.check_identity(self.settings, parsed)
         except exception.Refused as err:
             raise refuse(str(err)) from None
         if (self.settings.sandbox == conf_mod.SANDBOX_REQUIRED
@@ -276,26 +275,3 @@ def read_stdin(stream: typing.BinaryIO, max_bytes: int) -> bytes:
     while stream.read(65536):
         pass
     return data
-
-
-def installed_hooks(hooks_dir: str = '/etc/libvirt/hooks'
-                    ) -> typing.List[str]:
-    """Executable libxl hooks in ``hooks_dir`` that run this module."""
-    candidates = [os.path.join(hooks_dir, 'libxl')]
-    subdir = os.path.join(hooks_dir, 'libxl.d')
-    if os.path.isdir(subdir):
-        candidates += sorted(os.path.join(subdir, entry)
-                             for entry in os.listdir(subdir))
-    found = []
-    for path in candidates:
-        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-            continue
-        try:
-            with open(path, 'rb') as handle:
-                head = handle.read(8192)
-        except OSError:
-            continue
-        if (b'xen_dm_restrict_plugin' in head
-                or b'xen-dm-restrict-libvirt-hook' in head):
-            found.append(path)
-    return found

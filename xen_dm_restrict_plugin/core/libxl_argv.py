@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import re
 
-from xen_dm_restrict_plugin import hostpaths
-from xen_dm_restrict_plugin import qemu_args
+from xen_dm_restrict_plugin.core import hostpaths
+from xen_dm_restrict_plugin.core import qemu_args
 
 # On the launcher's start-up path: see qemu_args.
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     import typing
 
-    from xen_dm_restrict_plugin import conf
+    from xen_dm_restrict_plugin.core import settings as settings_mod
 
 _RUN_DIR = r'/(?:var/)?run/xen'
 _ID = r'[0-9]+'
@@ -107,7 +107,7 @@ class Checker:
     :param settings: the ``[dm_restrict]`` settings.
     """
 
-    def __init__(self, settings: 'conf.Settings'):
+    def __init__(self, settings: 'settings_mod.Settings'):
         self.settings = settings
 
     def _path(self, path: str, expect: hostpaths.Expect

@@ -29,8 +29,8 @@ import fcntl
 import os
 import struct
 
-from xen_dm_restrict_plugin import libxl_argv
-from xen_dm_restrict_plugin import qemu_args
+from xen_dm_restrict_plugin.core import libxl_argv
+from xen_dm_restrict_plugin.core import qemu_args
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover

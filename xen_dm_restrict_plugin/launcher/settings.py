@@ -19,7 +19,8 @@ ctime (a change to the file changes its ctime, which no one can set
 back), and the snapshot and its directory are owned by root and writable
 by no one else.  Otherwise the launcher loads the configuration in full,
 as before, and rewrites the snapshot.  This module imports nothing but
-the standard library's cheapest modules.
+the literals of :mod:`~xen_dm_restrict_plugin.core.constants` and the
+standard library's cheapest modules.
 """
 
 from __future__ import annotations
@@ -28,23 +29,17 @@ import marshal
 import os
 import stat
 
+from xen_dm_restrict_plugin.core import constants
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     import typing
 
-    from xen_dm_restrict_plugin import conf as conf_mod
+    from xen_dm_restrict_plugin.core import settings as settings_mod
 
-#: The configuration file every console script reads by default.
-DEFAULT_CONFIG = '/etc/xen-dm-restrict/xen-dm-restrict.conf'
-#: Environment variable naming the configuration file to use instead.
-CONFIG_ENV = 'XEN_DM_RESTRICT_CONFIG'
-
-SANDBOX_REQUIRED = 'required'
-NETNS_REQUIRED = 'required'
-NETNS_EXCEPT_VNC = 'except-vnc'
-NETNS_OFF = 'off'
-CGROUPS_REQUIRED = 'required'
-CGROUPS_OFF = 'off'
+DEFAULT_CONFIG = constants.DEFAULT_CONFIG
+CONFIG_ENV = constants.CONFIG_ENV
+QUERY_ARGS = constants.QUERY_ARGS
 
 #: Where the snapshot of the default configuration lives.
 DEFAULT_PATH = '/run/xen-dm-restrict/launcher-settings.marshal'
@@ -52,13 +47,6 @@ DEFAULT_PATH = '/run/xen-dm-restrict/launcher-settings.marshal'
 PATH_ENV = 'XEN_DM_RESTRICT_LAUNCHER_SETTINGS'
 #: Bumped whenever the snapshot's fields change.
 FORMAT = 2
-#: Arguments that only ask QEMU about itself; QEMU exits after answering.
-#: The seccomp policy libxl's design asks for; spawning, privilege and
-#: resource-control syscalls denied, obsolete ones too.  The only
-#: ``-sandbox`` value the launcher lets through.
-SANDBOX_POLICY = ('on,obsolete=deny,elevateprivileges=allow,spawn=deny,'
-                  'resourcecontrol=deny')
-QUERY_ARGS = frozenset(('-help', '--help', '-h', '-version', '--version'))
 
 #: The settings the launcher reads, as stored (tuples become lists).
 FIELDS = ('qemu_binary', 'sandbox', 'launcher_test_mode', 'chroot_base_dir',
@@ -68,14 +56,9 @@ FIELDS = ('qemu_binary', 'sandbox', 'launcher_test_mode', 'chroot_base_dir',
           'device_model_memory_mib', 'device_model_cpu_weight')
 
 
-def chroot_dir(base: str, uid: int) -> str:
-    """The chroot directory of ``uid`` under ``base``."""
-    return '%s/qemu-root-%d' % (base.rstrip('/'), uid)
-
-
 class LaunchSettings:
     """The launcher's settings, with the methods it shares with
-    :class:`~xen_dm_restrict_plugin.conf.Settings`.
+    :class:`~xen_dm_restrict_plugin.core.settings.Settings`.
 
     :param values: the :data:`FIELDS`, plus ``ranges``: a list of
         inclusive ``[first, last]`` uid ranges.
@@ -94,7 +77,7 @@ class LaunchSettings:
         return list(self._ranges)
 
     def chroot_dir(self, uid: int) -> str:
-        return chroot_dir(self.chroot_base_dir, uid)
+        return constants.chroot_dir(self.chroot_base_dir, uid)
 
     def gid_for(self, uid: int) -> int:
         return self.gid if self.gid is not None else uid
@@ -183,7 +166,7 @@ def load(config: typing.Optional[str]) -> typing.Optional[LaunchSettings]:
         os.close(fd)
 
 
-def dump(settings: conf_mod.Settings) -> dict:
+def dump(settings: settings_mod.Settings) -> dict:
     """The snapshot fields of full settings."""
     values = {name: getattr(settings, name) for name in FIELDS}
     values['allowed_qemu_options'] = sorted(values['allowed_qemu_options'])
@@ -194,7 +177,8 @@ def dump(settings: conf_mod.Settings) -> dict:
     return values
 
 
-def write(settings: conf_mod.Settings, config: typing.Optional[str]) -> str:
+def write(settings: settings_mod.Settings,
+          config: typing.Optional[str]) -> str:
     """Write the snapshot of ``settings``, made from ``config``.
 
     Only root writes it (the launcher trusts a root-owned file only); the

@@ -20,8 +20,8 @@ import threading
 import typing
 
 from xen_dm_restrict_plugin import conf as conf_mod
+from xen_dm_restrict_plugin.core import restrict
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import restrict
 
 LOG = logging.getLogger(__name__)
 

@@ -15,15 +15,15 @@ import typing
 
 from lxml import etree
 
-from xen_dm_restrict_plugin import domain as domain_mod
-from xen_dm_restrict_plugin import launch_settings
+from xen_dm_restrict_plugin.core import constants
+from xen_dm_restrict_plugin.core import domain as domain_mod
 
 META_NS = 'urn:xen-dm-restrict:metadata:1'
 META = '{%s}' % META_NS
 RECORD_TAG = META + 'restriction'
 META_PREFIX = 'dmrestrict'
 
-SANDBOX_POLICY = launch_settings.SANDBOX_POLICY
+SANDBOX_POLICY = constants.SANDBOX_POLICY
 
 FORM_LEGACY = 'legacy'
 FORM_RUN_WITH = 'run-with'

@@ -19,13 +19,12 @@ import re
 import time
 import typing
 
-from xen_dm_restrict_plugin import capabilities
-from xen_dm_restrict_plugin import chroot
 from xen_dm_restrict_plugin import conf as conf_mod
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import leases
-from xen_dm_restrict_plugin import libvirt_hook
-from xen_dm_restrict_plugin import reaper
+from xen_dm_restrict_plugin.host import capabilities
+from xen_dm_restrict_plugin.host import reaper
+from xen_dm_restrict_plugin.launcher import chroot
+from xen_dm_restrict_plugin.leases import store as leases
 
 OK = 'ok'
 FAIL = 'fail'
@@ -286,7 +285,7 @@ def check_launcher_speed(settings: conf_mod.Settings) -> Check:
     """The launcher is fast only when it is the script install-launcher
     writes and its settings snapshot is current.
     """
-    from xen_dm_restrict_plugin import launch_settings
+    from xen_dm_restrict_plugin.launcher import settings as launch_settings
 
     if not settings.launcher:
         return Check('launcher start-up', OK, 'no launcher configured')
@@ -316,9 +315,9 @@ def check_isolation(settings: conf_mod.Settings) -> typing.List[Check]:
     """What the launcher needs for cgroups, network namespaces and its
     seccomp filter.
     """
-    from xen_dm_restrict_plugin import dm_cgroup
-    from xen_dm_restrict_plugin import dm_network
-    from xen_dm_restrict_plugin import syscall_filter
+    from xen_dm_restrict_plugin.launcher import cgroup as dm_cgroup
+    from xen_dm_restrict_plugin.launcher import network as dm_network
+    from xen_dm_restrict_plugin.launcher import seccomp as syscall_filter
 
     checks = []
     if settings.cgroup_limits == conf_mod.CGROUPS_OFF:
@@ -379,7 +378,7 @@ def check_test_mode(settings: conf_mod.Settings) -> Check:
 
 
 def check_hook(hooks_dir: str) -> Check:
-    found = libvirt_hook.installed_hooks(hooks_dir)
+    found = installed_hooks(hooks_dir)
     if found:
         return Check('libvirt libxl hook', OK, ', '.join(found) +
                      ' (restart libvirtd after installing it)')
@@ -410,3 +409,26 @@ def run(settings: conf_mod.Settings,
     checks += check_isolation(settings)
     checks.append(check_hook(hooks_dir or DEFAULT_HOOKS_DIR))
     return Report(tuple(checks), xen_host)
+
+
+def installed_hooks(hooks_dir: str = '/etc/libvirt/hooks'
+                    ) -> typing.List[str]:
+    """Executable libxl hooks in ``hooks_dir`` that run this module."""
+    candidates = [os.path.join(hooks_dir, 'libxl')]
+    subdir = os.path.join(hooks_dir, 'libxl.d')
+    if os.path.isdir(subdir):
+        candidates += sorted(os.path.join(subdir, entry)
+                             for entry in os.listdir(subdir))
+    found = []
+    for path in candidates:
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            continue
+        try:
+            with open(path, 'rb') as handle:
+                head = handle.read(8192)
+        except OSError:
+            continue
+        if (b'xen_dm_restrict_plugin' in head
+                or b'xen-dm-restrict-libvirt-hook' in head):
+            found.append(path)
+    return found

@@ -1,11 +1,11 @@
 """Up-front checks: allow what is known safe for a restricted device model.
 
 Everything libvirt's libxl driver and libxl will act on (the reading of
-:mod:`xen_dm_restrict_plugin.model`) passes only when a rule here allows
+:mod:`xen_dm_restrict_plugin.core.model`) passes only when a rule here allows
 it; the vocabulary itself is checked by
-:mod:`xen_dm_restrict_plugin.schema`, extra QEMU arguments by
-:mod:`xen_dm_restrict_plugin.qemu_args`, host paths by
-:mod:`xen_dm_restrict_plugin.hostpaths`.  Refusals happen before a lease
+:mod:`xen_dm_restrict_plugin.core.schema`, extra QEMU arguments by
+:mod:`xen_dm_restrict_plugin.core.qemu_args`, host paths by
+:mod:`xen_dm_restrict_plugin.core.hostpaths`.  Refusals happen before a lease
 is taken or anything is written or defined, and name every refused part
 at once, each with the reason and the remedy.
 """
@@ -15,14 +15,15 @@ import ipaddress
 import re
 import typing
 
-from xen_dm_restrict_plugin import conf as conf_mod
-from xen_dm_restrict_plugin import domain as domain_mod
+from xen_dm_restrict_plugin.core import constants
+from xen_dm_restrict_plugin.core import domain as domain_mod
+from xen_dm_restrict_plugin.core import hostpaths
+from xen_dm_restrict_plugin.core import libxl_argv
+from xen_dm_restrict_plugin.core import model as model_mod
+from xen_dm_restrict_plugin.core import qemu_args
+from xen_dm_restrict_plugin.core import schema
+from xen_dm_restrict_plugin.core import settings as settings_mod
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import hostpaths
-from xen_dm_restrict_plugin import libxl_argv
-from xen_dm_restrict_plugin import model as model_mod
-from xen_dm_restrict_plugin import qemu_args
-from xen_dm_restrict_plugin import schema
 
 Refusal = exception.FeatureRefused
 
@@ -86,7 +87,7 @@ class Checker:
     :param settings: the ``[dm_restrict]`` settings.
     """
 
-    def __init__(self, settings: conf_mod.Settings):
+    def __init__(self, settings: settings_mod.Settings):
         self.settings = settings
 
     def problems(self, dom: domain_mod.Domain,
@@ -211,7 +212,7 @@ class Checker:
         found = []
         hvm = dm.kind.has_dom0_device_model
         qdisk_ok = (not hvm and self.settings.pv_dom0_qemu
-                    == conf_mod.PV_DOM0_QEMU_ALLOW)
+                    == constants.PV_DOM0_QEMU_ALLOW)
         for disk in dm.disks:
             subject = disk.describe()
             if disk.source_type not in ('file', 'block'):
@@ -379,7 +380,7 @@ class Checker:
                     'opens host sockets)', 'use <graphics type="vnc">'))
                 continue
             if self.settings.launcher and self.settings.network_namespace \
-                    == conf_mod.NETNS_REQUIRED:
+                    == constants.NETNS_REQUIRED:
                 found.append(_refusal(
                     subject, 'the launcher runs the device model in a '
                     'network namespace of its own ([dm_restrict] '
@@ -452,7 +453,7 @@ class Checker:
                       ) -> typing.List[Refusal]:
         reasons = dm.dom0_qemu_reasons()
         if not reasons or (
-                self.settings.pv_dom0_qemu == conf_mod.PV_DOM0_QEMU_ALLOW):
+                self.settings.pv_dom0_qemu == constants.PV_DOM0_QEMU_ALLOW):
             return []
         return [_refusal(
             '%s guest needing a dom0 QEMU for %s' % (
@@ -510,7 +511,7 @@ def raise_all(problems: typing.Sequence[Refusal]) -> None:
 
 
 def check_domain(dom: domain_mod.Domain, foreign_args: typing.Sequence[str],
-                 settings: conf_mod.Settings) -> None:
+                 settings: settings_mod.Settings) -> None:
     """Refuse every part of ``dom`` not known to be safe.
 
     :param dom: the parsed domain.

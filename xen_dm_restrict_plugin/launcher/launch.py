@@ -22,24 +22,23 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import re
 import resource
 import signal
 import sys
 
-from xen_dm_restrict_plugin import chroot
+from xen_dm_restrict_plugin.core import constants
+from xen_dm_restrict_plugin.core import dm_argv
+from xen_dm_restrict_plugin.core import libxl_argv
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import launch_settings as ls
-from xen_dm_restrict_plugin import libxl_argv
-from xen_dm_restrict_plugin import qemu_args
+from xen_dm_restrict_plugin.launcher import chroot
 
 # Every import here is paid at every device-model start (see
-# launch_settings): no oslo.config, logging, typing or dataclasses.
+# launcher.settings): no oslo.config, logging, typing or dataclasses.
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     import typing
 
-    from xen_dm_restrict_plugin import conf as conf_mod
+    from xen_dm_restrict_plugin.core import settings as settings_mod
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWIPC = 0x08000000
@@ -57,17 +56,6 @@ RLIMITS = (
     (resource.RLIMIT_MEMLOCK, 0),
 )
 
-QUERY_ARGS = ls.QUERY_ARGS
-
-# The one file descriptor libxl hands to QEMU: its QMP socket.  Any
-# other "fd=" is text the domain chose (a name, a kernel command line)
-# and must not keep a descriptor open into QEMU.
-_LIBXL_CMD_FD_RE = re.compile(r'^socket,id=libxl-cmd,fd=([0-9]+),')
-# Written as this product writes it: QEMU reads the numbers in base 0,
-# so "0200000" would be octal (uid 65536), not the leased 200000.
-_USER_RE = re.compile(r'^(0|[1-9][0-9]*):(0|[1-9][0-9]*)$', re.ASCII)
-_VALUED = frozenset(('runas', 'chroot', 'run-with', 'sandbox'))
-
 PROG = 'xen-dm-restrict-launch'
 
 
@@ -79,134 +67,6 @@ def say(level: str, message: str) -> None:
     """
     sys.stderr.write('%s: %s %s: %s\n' % (PROG, level, __name__, message))
     sys.stderr.flush()
-
-
-class DeviceModelArgs:
-    """What a device-model command line says about its restriction.
-
-    :param uid: the uid of ``-runas`` or ``-run-with user=``.
-    :param gid: the gid that goes with it.
-    :param chroot: the directory of ``-chroot`` or ``-run-with chroot=``.
-    :param domid_restrict: whether ``-xen-domid-restrict`` is present.
-    :param sandbox: the ``-sandbox`` value, if any.
-    :param query: the command line only asks for help or the version.
-    :param fds: file descriptors the arguments hand to QEMU (libxl's
-        QMP socket, ``-chardev socket,id=libxl-cmd,fd=N``).
-    """
-
-    __slots__ = ('uid', 'gid', 'chroot', 'domid_restrict', 'sandbox',
-                 'query', 'fds')
-
-    def __init__(self, uid=None, gid=None, chroot=None,
-                 domid_restrict=False, sandbox=None, query=False,
-                 fds=frozenset()):
-        self.uid = uid
-        self.gid = gid
-        self.chroot = chroot
-        self.domid_restrict = domid_restrict
-        self.sandbox = sandbox
-        self.query = query
-        self.fds = fds
-
-    @property
-    def restricted(self) -> bool:
-        """Whether both a user and a chroot are given."""
-        return self.uid is not None and self.chroot is not None
-
-
-def _bad(arg: str, reason: str) -> exception.Refused:
-    return exception.FeatureRefused(
-        'device model argument %r' % arg, reason,
-        'let the dm_restrict hook write the restriction arguments; do not '
-        'add your own')
-
-
-def _parse_user(value: str) -> typing.Tuple[int, int]:
-    match = _USER_RE.match(value)
-    if not match:
-        raise _bad(value, 'the user must be given as numeric UID:GID')
-    return int(match.group(1)), int(match.group(2))
-
-
-def parse_argv(args: typing.Sequence[str]) -> DeviceModelArgs:
-    """Read the restriction out of a device-model command line, as QEMU
-    reads it (an option's value is never taken for an option).
-
-    Each of user, chroot and sandbox may be given once: a second one
-    would leave it to QEMU's parser which one wins.
-
-    :param args: the arguments, without the program name.
-    :raises FeatureRefused: a restriction option is repeated, has no
-        value, or names its user by name rather than number.
-    """
-    found: typing.Dict[str, typing.Any] = {}
-    fds: typing.Set[int] = set()
-
-    def put(key: str, value, arg: str) -> None:
-        if key in found:
-            raise _bad(arg, 'the device model %s is given twice' % key)
-        found[key] = value
-
-    for item in qemu_args.split(args):
-        name, value = item.option, item.value
-        if name == 'chardev' and value is not None:
-            match = _LIBXL_CMD_FD_RE.match(value)
-            if match:
-                fds.add(int(match.group(1)))
-        arg = '-%s' % name
-        if name == 'xen-domid-restrict':
-            found['domid_restrict'] = True
-        elif name in _VALUED:
-            if item.missing_value:
-                raise _bad(arg, 'it must be followed by its value')
-            if name == 'runas':
-                put('user', _parse_user(value), arg)
-            elif name == 'chroot':
-                put('chroot', value, arg)
-            elif name == 'sandbox':
-                put('sandbox', value, arg)
-            else:
-                for key, val in qemu_args.split_keyvals(value):
-                    if key == 'user':
-                        put('user', _parse_user(val), arg)
-                    elif key == 'chroot':
-                        put('chroot', val, arg)
-    uid, gid = found.get('user', (None, None))
-    return DeviceModelArgs(
-        uid=uid, gid=gid, chroot=found.get('chroot'),
-        domid_restrict=found.get('domid_restrict', False),
-        sandbox=found.get('sandbox'),
-        # A -help anywhere else may be another option's value.
-        query=bool(args) and set(args) <= QUERY_ARGS,
-        fds=frozenset(fds))
-
-
-def check_identity(settings: conf_mod.Settings,
-                   parsed: DeviceModelArgs) -> None:
-    """Refuse a uid, gid or chroot the configuration does not allow.
-
-    :raises Refused: the uid is outside every configured range, the gid
-        is reserved, or the chroot is not the uid's own directory.
-    """
-    if not any(parsed.uid in rng for rng in settings.all_ranges()):
-        raise exception.Refused(
-            'device model uid %s' % parsed.uid,
-            'it is not inside any configured tenant or shared uid range',
-            'start restricted domains only with the uid leased by the '
-            'dm_restrict hook, under the same configuration')
-    if parsed.gid != settings.gid_for(parsed.uid):
-        raise exception.Refused(
-            'device model gid %s' % parsed.gid,
-            'it is not %d, the group configured for uid %d'
-            % (settings.gid_for(parsed.uid), parsed.uid),
-            'use the gid the dm_restrict hook writes')
-    expected = settings.chroot_dir(parsed.uid)
-    if parsed.chroot != expected:
-        raise exception.Refused(
-            'device model chroot %s' % parsed.chroot,
-            'it is not %s, the directory of uid %d inside chroot_base_dir'
-            % (expected, parsed.uid),
-            'use the chroot the dm_restrict hook writes')
 
 
 def _unshare(flags: int) -> None:
@@ -253,8 +113,8 @@ def isolate(keep_fds: typing.Iterable[int] = (), max_processes: int = 0,
     _close_stray_fds(keep_fds)
 
 
-def _check_command_line(settings: conf_mod.Settings,
-                        parsed: DeviceModelArgs,
+def _check_command_line(settings: settings_mod.Settings,
+                        parsed: dm_argv.DeviceModelArgs,
                         args: typing.Sequence[str]) -> None:
     if not parsed.domid_restrict and not settings.launcher_test_mode:
         raise exception.Refused(
@@ -263,13 +123,15 @@ def _check_command_line(settings: conf_mod.Settings,
             'handles to every domain',
             'define the domain through the dm_restrict hook, which writes '
             '-xen-domid-restrict into <xen:commandline>')
-    if parsed.sandbox is not None and parsed.sandbox != ls.SANDBOX_POLICY:
+    if (parsed.sandbox is not None
+            and parsed.sandbox != constants.SANDBOX_POLICY):
         raise exception.Refused(
             'device model command line', '-sandbox %s is not the policy '
             'the dm_restrict hook writes (%s)' % (
-                parsed.sandbox, ls.SANDBOX_POLICY),
+                parsed.sandbox, constants.SANDBOX_POLICY),
             'define the domain through the dm_restrict hook')
-    if settings.sandbox == ls.SANDBOX_REQUIRED and parsed.sandbox is None:
+    if (settings.sandbox == constants.SANDBOX_REQUIRED
+            and parsed.sandbox is None):
         raise exception.Refused(
             'device model command line', 'it has no -sandbox and '
             '[dm_restrict] sandbox is "required"',
@@ -284,7 +146,7 @@ def _check_command_line(settings: conf_mod.Settings,
             'must be in [dm_restrict] allowed_qemu_options')
 
 
-def _network(settings: conf_mod.Settings, args: typing.Sequence[str]
+def _network(settings: settings_mod.Settings, args: typing.Sequence[str]
              ) -> typing.Tuple[typing.List[str], list, bool]:
     """Decide the network namespace and hand the taps over.
 
@@ -295,12 +157,12 @@ def _network(settings: conf_mod.Settings, args: typing.Sequence[str]
     :returns: the arguments QEMU gets, the taps opened, and whether QEMU
         gets a network namespace of its own.
     """
-    from xen_dm_restrict_plugin import dm_network
+    from xen_dm_restrict_plugin.launcher import network as dm_network
 
     mode = settings.network_namespace
-    new_network = mode != ls.NETNS_OFF
+    new_network = mode != constants.NETNS_OFF
     if new_network and dm_network.vnc_listens(args):
-        if mode == ls.NETNS_REQUIRED:
+        if mode == constants.NETNS_REQUIRED:
             raise exception.Refused(
                 'device model VNC display', 'QEMU can only listen for VNC '
                 'clients on a TCP socket of its own network namespace, '
@@ -326,10 +188,10 @@ def _network(settings: conf_mod.Settings, args: typing.Sequence[str]
     return new_args, taps, new_network
 
 
-def _cgroup(settings: conf_mod.Settings, uid: int) -> str:
-    if settings.cgroup_limits == ls.CGROUPS_OFF:
+def _cgroup(settings: settings_mod.Settings, uid: int) -> str:
+    if settings.cgroup_limits == constants.CGROUPS_OFF:
         return 'no cgroup'
-    from xen_dm_restrict_plugin import dm_cgroup
+    from xen_dm_restrict_plugin.launcher import cgroup as dm_cgroup
 
     limits = dm_cgroup.Limits(
         pids_max=settings.device_model_max_processes,
@@ -345,10 +207,11 @@ def _cgroup(settings: conf_mod.Settings, uid: int) -> str:
     return 'cgroup %s' % ', '.join(paths)
 
 
-def _seccomp(settings: conf_mod.Settings, parsed: DeviceModelArgs) -> str:
+def _seccomp(settings: settings_mod.Settings,
+             parsed: dm_argv.DeviceModelArgs) -> str:
     if not settings.launcher_seccomp:
         return ''
-    from xen_dm_restrict_plugin import syscall_filter
+    from xen_dm_restrict_plugin.launcher import seccomp as syscall_filter
 
     try:
         syscall_filter.install(parsed.uid, parsed.gid)
@@ -360,7 +223,7 @@ def _seccomp(settings: conf_mod.Settings, parsed: DeviceModelArgs) -> str:
     return ', seccomp filter'
 
 
-def launch(settings: conf_mod.Settings,
+def launch(settings: settings_mod.Settings,
            args: typing.Sequence[str]) -> typing.NoReturn:
     """Exec the real QEMU restricted, or straight through for a query.
 
@@ -375,7 +238,7 @@ def launch(settings: conf_mod.Settings,
     :raises OSError: a namespace, limit or the exec failed.
     """
     binary = settings.qemu_binary
-    parsed = parse_argv(args)
+    parsed = dm_argv.parse_argv(args)
     if not parsed.restricted:
         if parsed.query:
             _exec(binary, args)
@@ -391,7 +254,7 @@ def launch(settings: conf_mod.Settings,
             'device model launcher', 'it runs as uid %d, not root, so it '
             'cannot create namespaces or the chroot' % os.geteuid(),
             'let libxl (as root) start it')
-    check_identity(settings, parsed)
+    dm_argv.check_identity(settings, parsed)
     qemu_argv, taps, new_network = _network(settings, args)
     try:
         chroot.prepare(settings, parsed.uid)

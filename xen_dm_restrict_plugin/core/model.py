@@ -19,7 +19,7 @@ import typing
 
 from lxml import etree
 
-from xen_dm_restrict_plugin import domain as domain_mod
+from xen_dm_restrict_plugin.core import domain as domain_mod
 
 
 class Backend(enum.Enum):

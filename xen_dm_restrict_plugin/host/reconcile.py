@@ -26,10 +26,10 @@ import typing
 import libvirt
 
 from xen_dm_restrict_plugin import conf as conf_mod
+from xen_dm_restrict_plugin.core import restrict
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import leases
-from xen_dm_restrict_plugin import reaper as reaper_mod
-from xen_dm_restrict_plugin import restrict
+from xen_dm_restrict_plugin.host import reaper as reaper_mod
+from xen_dm_restrict_plugin.leases import store as leases
 
 LOG = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ import time
 import typing
 import uuid as uuid_mod
 
+from xen_dm_restrict_plugin.core import ranges
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import ranges
 
 LOG = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ import time
 import typing
 
 from xen_dm_restrict_plugin import conf as conf_mod
+from xen_dm_restrict_plugin.core import ranges
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin import ranges
 
 LOG = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ class Reaper:
         if getattr(self.settings, 'cgroup_limits', None) != \
                 conf_mod.CGROUPS_REQUIRED:
             return
-        from xen_dm_restrict_plugin import dm_cgroup
+        from xen_dm_restrict_plugin.launcher import cgroup as dm_cgroup
 
         try:
             removed = dm_cgroup.remove(self.settings.cgroup_parent, uid)

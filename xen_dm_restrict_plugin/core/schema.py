@@ -9,8 +9,8 @@ matches attributes by local name whatever their namespace), an element of
 a foreign namespace outside ``<metadata>``, text where libvirt would read
 none, a second copy of an element libvirt reads once -- is refused,
 naming it.  What the known parts mean (paths, backends, arguments) is
-checked by :mod:`xen_dm_restrict_plugin.policy` on the reading of
-:mod:`xen_dm_restrict_plugin.model`.
+checked by :mod:`xen_dm_restrict_plugin.core.policy` on the reading of
+:mod:`xen_dm_restrict_plugin.core.model`.
 """
 
 import dataclasses
@@ -18,7 +18,7 @@ import typing
 
 from lxml import etree
 
-from xen_dm_restrict_plugin import domain as domain_mod
+from xen_dm_restrict_plugin.core import domain as domain_mod
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,7 @@ from xen_dm_restrict_plugin import exception
 # oslo.config (see launch_settings); the hook logs the outcome.
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
-    from xen_dm_restrict_plugin import conf as conf_mod
+    from xen_dm_restrict_plugin.core import settings as settings_mod
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -43,7 +43,7 @@ def unsafe_reason(st: os.stat_result) -> str:
     return ''
 
 
-def _open_base(settings: conf_mod.Settings) -> int:
+def _open_base(settings: settings_mod.Settings) -> int:
     base = settings.chroot_base_dir
     os.makedirs(base, mode=0o755, exist_ok=True)
     fd = os.open(base, _DIR_FLAGS)
@@ -57,7 +57,7 @@ def _open_base(settings: conf_mod.Settings) -> int:
     return fd
 
 
-def prepare(settings: conf_mod.Settings, uid: int) -> str:
+def prepare(settings: settings_mod.Settings, uid: int) -> str:
     """Create (or check) the empty, root-owned, mode 0000 chroot of ``uid``.
 
     :param settings: gives ``chroot_base_dir``.

@@ -1,0 +1,47 @@
+"""Option values and names shared by the configuration and the launcher.
+
+``conf`` (oslo.config, on the orchestrator and hook side) and the launcher
+(which must not load oslo.config) both test the same option values and
+build the same chroot path.  They are defined once here, with nothing but
+literals, so importing them costs the launcher nothing.
+"""
+
+SYNTAX_PROBE = 'probe'
+SYNTAX_RUNAS = 'runas'
+SYNTAX_RUN_WITH = 'run-with'
+
+SANDBOX_REQUIRED = 'required'
+SANDBOX_WHEN_SUPPORTED = 'when-supported'
+SANDBOX_OFF = 'off'
+
+UNMAPPED_REFUSE = 'refuse'
+UNMAPPED_SHARED = 'shared'
+
+PV_DOM0_QEMU_REFUSE = 'refuse'
+PV_DOM0_QEMU_ALLOW = 'allow'
+
+NETNS_REQUIRED = 'required'
+NETNS_EXCEPT_VNC = 'except-vnc'
+NETNS_OFF = 'off'
+
+CGROUPS_REQUIRED = 'required'
+CGROUPS_OFF = 'off'
+
+#: The seccomp policy libxl's design asks for; spawning, privilege and
+#: resource-control syscalls denied, obsolete ones too.  The only
+#: ``-sandbox`` value the launcher lets through.
+SANDBOX_POLICY = ('on,obsolete=deny,elevateprivileges=allow,spawn=deny,'
+                  'resourcecontrol=deny')
+
+#: Arguments that only ask QEMU about itself; QEMU exits after answering.
+QUERY_ARGS = frozenset(('-help', '--help', '-h', '-version', '--version'))
+
+#: The configuration file every console script reads by default.
+DEFAULT_CONFIG = '/etc/xen-dm-restrict/xen-dm-restrict.conf'
+#: Environment variable naming the configuration file to use instead.
+CONFIG_ENV = 'XEN_DM_RESTRICT_CONFIG'
+
+
+def chroot_dir(base: str, uid: int) -> str:
+    """The chroot directory of ``uid`` under ``base``."""
+    return '%s/qemu-root-%d' % (base.rstrip('/'), uid)

@@ -1,0 +1,93 @@
+"""The validated settings every part of the product reads.
+
+:func:`xen_dm_restrict_plugin.conf.load` builds a :class:`Settings` from
+the oslo.config options; the launcher builds its look-alike from a
+snapshot without oslo.config.  The dataclass lives in the policy core so
+that the core, the launcher and the host tools can take settings without
+importing the configuration layer.
+"""
+
+import dataclasses
+import typing
+
+from xen_dm_restrict_plugin.core import constants
+from xen_dm_restrict_plugin.core import domain as domain_mod
+from xen_dm_restrict_plugin.core import ranges
+from xen_dm_restrict_plugin import exception
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Validated ``[dm_restrict]`` settings that the rest of the code uses.
+    """
+
+    tenant_ranges: typing.Mapping[str, ranges.UidRange]
+    shared_range: typing.Optional[ranges.UidRange]
+    gid: typing.Optional[int]
+    chroot_base_dir: str
+    sandbox: str
+    syntax: str
+    qemu_binary: str
+    launcher: typing.Optional[str]
+    lease_db: str
+    lease_db_timeout: float
+    reaper_user: str
+    reaper_uid: typing.Optional[int]
+    enforce: bool
+    max_xml_bytes: int
+    reaper_lock_file: str = '/run/xen-dm-restrict/reaper.lock'
+    reap_device_models: bool = True
+    stubdom_emulators: typing.FrozenSet[str] = frozenset()
+    allowed_qemu_options: typing.FrozenSet[str] = frozenset()
+    allowed_host_paths: typing.Tuple[str, ...] = ()
+    allowed_chardev_types: typing.Tuple[str, ...] = ('pty',)
+    pv_dom0_qemu: str = constants.PV_DOM0_QEMU_REFUSE
+    allowed_interface_scripts: typing.FrozenSet[str] = frozenset(
+        ('vif-bridge', '/etc/xen/scripts/vif-bridge'))
+    allowed_bootloaders: typing.FrozenSet[str] = frozenset((
+        'pygrub', '/usr/lib/xen/bin/pygrub', '/usr/libexec/xen/bin/pygrub'))
+    launcher_test_mode: bool = False
+    launcher_seccomp: bool = True
+    network_namespace: str = constants.NETNS_REQUIRED
+    cgroup_limits: str = constants.CGROUPS_REQUIRED
+    cgroup_parent: str = 'xen-dm-restrict'
+    device_model_max_processes: int = 128
+    device_model_memory_mib: int = 512
+    device_model_cpu_weight: int = 100
+
+    def all_ranges(self) -> typing.List[ranges.UidRange]:
+        found = list(self.tenant_ranges.values())
+        if self.shared_range is not None:
+            found.append(self.shared_range)
+        return found
+
+    def range_for(self, tenant: str) -> ranges.UidRange:
+        """The range a tenant's device models take uids from.
+
+        :raises Refused: the tenant has no range and may not use the
+            shared pool.
+        """
+        if tenant in self.tenant_ranges:
+            return self.tenant_ranges[tenant]
+        if self.shared_range is not None:
+            return self.shared_range
+        raise exception.Refused(
+            'tenant %r' % tenant,
+            'it has no uid range and unmapped_tenants is "refuse"',
+            'add it to [dm_restrict] tenant_uid_ranges, or set '
+            'unmapped_tenants = shared with a shared_uid_range')
+
+    def parse_domain(self, data: typing.Union[bytes, str]
+                     ) -> domain_mod.Domain:
+        """Parse domain XML with this host's size cap and stub domains.
+
+        :raises InvalidDomainXML: see :func:`domain.parse`.
+        """
+        return domain_mod.parse(data, self.max_xml_bytes,
+                                self.stubdom_emulators)
+
+    def chroot_dir(self, uid: int) -> str:
+        return constants.chroot_dir(self.chroot_base_dir, uid)
+
+    def gid_for(self, uid: int) -> int:
+        return self.gid if self.gid is not None else uid
