@@ -8,6 +8,7 @@ first tenant boot.  :func:`list_opts` feeds oslo-config-generator and the
 Sphinx option reference.
 """
 
+import difflib
 import grp
 import os
 import pwd
@@ -302,6 +303,112 @@ def list_opts():
             (PRIVILEGED_GROUP, priv_context.OPTS)]
 
 
+class _Reader(cfg.ConfigParser):
+    """oslo.config's own parser of a file, keeping where each name was."""
+
+    def __init__(self, filename: str):
+        super().__init__(filename, {})
+        self.names: typing.List[typing.Tuple[int, str, typing.Optional[str]]]
+        self.names = []
+
+    def new_section(self, section: str) -> None:
+        super().new_section(section)
+        self.names.append((self.lineno, section, None))
+
+    def _split_key_value(self, line: str):
+        # An assignment is reported when the next line shows it has no
+        # continuation: its line is the one its key is on.
+        self.key_line = self.lineno
+        return super()._split_key_value(line)
+
+    def assignment(self, key: str, value: typing.List[str]) -> None:
+        super().assignment(key, value)
+        self.names.append((self.key_line, self.section, key))
+
+
+def _option_names(opts) -> typing.FrozenSet[str]:
+    names = set()
+    for opt in opts:
+        names.add(opt.dest)
+        names.update(d.name.replace('-', '_') for d in opt.deprecated_opts
+                     if d.name)
+    return frozenset(names)
+
+
+def _nearest(name: str, known: typing.Iterable[str]) -> str:
+    near = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return near[0] if near else ''
+
+
+def unknown_names(files: typing.Sequence[str],
+                  read_as: typing.Sequence[str] = ()) -> typing.List[str]:
+    """Misspelled options and groups of this product in ``files``.
+
+    In the product's groups (``[dm_restrict]``,
+    ``[dm_restrict_privileged]``), every name must be an option.  A file
+    holding nothing but the product's groups (and ``[DEFAULT]``) is the
+    product's own: there an unknown group, and an unknown name in
+    ``[libvirt]``, are mistakes too.  In a file shared with another program
+    (an orchestrator's own configuration), other groups are left alone,
+    except one whose name is close to one of the product's.
+
+    :param files: the file names to report.
+    :param read_as: the names to read them by (root reads through the
+        descriptor it checked), default ``files``.
+    :returns: one line per mistake: file, line, what and the nearest
+        known name.
+    """
+    groups = {GROUP: _option_names(dm_restrict_opts),
+              PRIVILEGED_GROUP: _option_names(priv_context.OPTS),
+              HOOKS_GROUP: _option_names(hook_opts)}
+    own_groups = (GROUP, PRIVILEGED_GROUP)
+    found = []
+    for shown, path in zip(files, list(read_as) or files):
+        reader = _Reader(path)
+        reader.parse()
+        sections = {section for _, section, key in reader.names
+                    if key is None}
+        own_file = sections <= set(groups) | {'DEFAULT'}
+        for lineno, section, key in reader.names:
+            where = '%s line %d' % (shown, lineno)
+            if key is None:
+                if section in groups or section == 'DEFAULT':
+                    continue
+                near = _nearest(section, own_groups)
+                if near or own_file:
+                    found.append('%s: [%s] is not a group of '
+                                 'xen-dm-restrict%s' % (
+                                     where, section, near and
+                                     ' (did you mean [%s]?)' % near))
+                continue
+            if section not in groups or (section == HOOKS_GROUP
+                                         and not own_file):
+                continue
+            name = key.replace('-', '_')
+            if name not in groups[section]:
+                near = _nearest(name, groups[section])
+                found.append('%s: %s is not an option of [%s]%s' % (
+                    where, key, section,
+                    near and ' (did you mean %s?)' % near))
+    return found
+
+
+def check_names(files: typing.Sequence[str],
+                read_as: typing.Sequence[str] = ()) -> None:
+    """Refuse a file with a misspelled option or group of this product.
+
+    :raises ConfigError: naming each file, line and the nearest known
+        name.
+    """
+    found = unknown_names(files, read_as)
+    if found:
+        raise exception.ConfigError(
+            'configuration %s' % ', '.join(files), '; '.join(found),
+            'correct the name (the sample configuration '
+            'xen-dm-restrict.conf.sample lists every option), or remove '
+            'the line')
+
+
 def _resolve_user(name: str) -> typing.Optional[int]:
     if name.isdigit():
         return int(name)
@@ -311,13 +418,17 @@ def _resolve_user(name: str) -> typing.Optional[int]:
         return None
 
 
-def load(conf: cfg.ConfigOpts) -> Settings:
+def load(conf: cfg.ConfigOpts, check_files: bool = True) -> Settings:
     """Validate the ``[dm_restrict]`` options and return :class:`Settings`.
 
     :param conf: a ConfigOpts with :func:`register_opts` applied and the
         configuration files already parsed.
+    :param check_files: also refuse misspelled options and groups in the
+        files ``conf`` read (:func:`check_names`).
     :raises ConfigError: naming the option at fault.
     """
+    if check_files and 'config_file' in conf and conf.config_file:
+        check_names(conf.config_file)
     group = conf[GROUP]
     tenant_ranges = {}
     for tenant, text in group.tenant_uid_ranges.items():

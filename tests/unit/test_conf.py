@@ -129,3 +129,83 @@ def test_list_opts_covers_every_registered_option():
     for _, opts in conf.list_opts():
         for opt in opts:
             assert opt.help, opt.name
+
+
+def _typo_conf(tmp_path, text, name='xen-dm-restrict.conf'):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def _parsed(files):
+    from oslo_config import cfg
+
+    parsed = cfg.ConfigOpts()
+    conf.register_opts(parsed)
+    loader.register_opts(parsed)
+    parsed(['--config-file=%s' % name for name in files],
+           default_config_files=[])
+    return parsed
+
+
+def test_a_misspelled_option_is_refused_with_file_line_and_nearest(
+        tmp_path):
+    path = _typo_conf(tmp_path, '[dm_restrict]\n'
+                      'tenant_uid_ranges = acme:200000-200999\n'
+                      '# sandbox is spelled wrong below\n'
+                      'sandbx = required\n')
+    with pytest.raises(exception.ConfigError) as err:
+        conf.load(_parsed([path]))
+    assert '%s line 4: sandbx is not an option of [dm_restrict] (did ' \
+        'you mean sandbox?)' % path in str(err.value)
+    assert 'Remedy: correct the name' in str(err.value)
+
+
+def test_a_misspelled_group_is_refused_even_in_a_shared_file(tmp_path):
+    path = _typo_conf(tmp_path, '[DEFAULT]\ndebug = true\n'
+                      '[api]\nauth_strategy = keystone\n'
+                      '[dmrestrict]\nlease_db = /x\n', name='nova.conf')
+    assert conf.unknown_names([path]) == [
+        '%s line 5: [dmrestrict] is not a group of xen-dm-restrict (did '
+        'you mean [dm_restrict]?)' % path]
+
+
+def test_other_programs_groups_in_a_shared_file_are_left_alone(tmp_path):
+    path = _typo_conf(tmp_path, '[DEFAULT]\ndebug = true\n'
+                      '[libvirt]\nvirt_type = xen\ndomain_hooks = '
+                      'dm_restrict\n[glance]\napi_servers = x\n'
+                      '[dm_restrict]\nsandbox = when-supported\n',
+                      name='nova.conf')
+    assert conf.unknown_names([path]) == []
+    assert conf.load(_parsed([path])).sandbox == 'when-supported'
+
+
+def test_in_the_products_own_file_every_name_must_be_known(tmp_path):
+    path = _typo_conf(tmp_path, '[DEFAULT]\ndebug = true\n'
+                      '[libvirt]\ndomain_hook = dm_restrict\n'
+                      '[dm_restrict_privileged]\nhelper_comand = x\n')
+    assert conf.unknown_names([path]) == [
+        '%s line 4: domain_hook is not an option of [libvirt] (did you '
+        'mean domain_hooks?)' % path,
+        '%s line 6: helper_comand is not an option of '
+        '[dm_restrict_privileged] (did you mean helper_command?)' % path]
+
+
+def test_a_group_far_from_ours_makes_the_file_a_shared_one(tmp_path):
+    """[libvirt] holds the orchestrator's own options in its file."""
+    path = _typo_conf(tmp_path, '[libvirt]\ndomain_hook = dm_restrict\n'
+                      '[privsep]\nuser = root\n', name='nova.conf')
+    assert conf.unknown_names([path]) == []
+
+
+def test_known_names_with_dashes_and_continuations_pass(tmp_path):
+    path = _typo_conf(tmp_path, '[dm_restrict]\n'
+                      'tenant-uid-ranges = acme:200000-200999,\n'
+                      '  globex:201000-201999\n'
+                      'sandbox = off\n')
+    assert conf.unknown_names([path]) == []
+    bad = _typo_conf(tmp_path, '[dm_restrict]\nallowed_host_paths = /a,\n'
+                     '  /b\nalowed_chardev_types = pty\n', name='bad.conf')
+    assert conf.unknown_names([bad]) == [
+        '%s line 4: alowed_chardev_types is not an option of [dm_restrict] '
+        '(did you mean allowed_chardev_types?)' % bad]

@@ -341,7 +341,9 @@ def _files_read(conf: cfg.ConfigOpts) -> str:
 
 
 def cmd_preflight(args) -> int:
-    return host.preflight(args, _settings(_load_conf(args)))
+    unknown: typing.List[str] = []
+    conf = host.load_conf(args.config_file or None, unknown=unknown)
+    return host.preflight(args, _settings(conf), unknown)
 
 
 def cmd_install_launcher(args) -> int:

@@ -55,12 +55,17 @@ def config_files() -> typing.List[str]:
     return [DEFAULT_CONFIG] if os.path.exists(DEFAULT_CONFIG) else []
 
 
-def load_conf(files: typing.Optional[typing.Sequence[str]] = None
+def load_conf(files: typing.Optional[typing.Sequence[str]] = None,
+              unknown: typing.Optional[typing.List[str]] = None
               ) -> cfg.ConfigOpts:
     """Parse ``files`` with the ``[dm_restrict]`` and ``[libvirt]`` options.
 
     :param files: configuration files; default :func:`config_files`.
-    :raises ConfigError: a file is missing or cannot be parsed.
+    :param unknown: a list to add misspelled options and groups to
+        (:func:`~xen_dm_restrict_plugin.conf.unknown_names`) instead of
+        refusing them.
+    :raises ConfigError: a file is missing or cannot be parsed, or names
+        an option or group of this product that does not exist.
     """
     if files is None:
         files = config_files()
@@ -82,6 +87,10 @@ def load_conf(files: typing.Optional[typing.Sequence[str]] = None
         with _config_errors(files, names):
             conf([], project='xen-dm-restrict', default_config_files=names,
                  default_config_dirs=[])
+            if unknown is None:
+                conf_mod.check_names(files, names)
+            else:
+                unknown.extend(conf_mod.unknown_names(files, names))
     finally:
         for fd in opened:
             os.close(fd)
@@ -100,7 +109,7 @@ def settings_of(conf: cfg.ConfigOpts) -> conf_mod.Settings:
     :raises ConfigError: an option is invalid.
     """
     with _config_errors(conf.default_config_files or []):
-        return conf_mod.load(conf)
+        return conf_mod.load(conf, check_files=False)
 
 
 def load_settings(files: typing.Optional[typing.Sequence[str]] = None
@@ -189,14 +198,16 @@ def run(prog: str, func: typing.Callable[[], int]) -> int:
         return EXIT_ERROR
 
 
-def preflight(args, settings: conf_mod.Settings) -> int:
+def preflight(args, settings: conf_mod.Settings,
+              unknown: typing.Sequence[str] = ()) -> int:
     """``xen-dm-restrict preflight``: check the host, print the result.
 
     :returns: 0 when every check the configuration asks for passes, else 1.
     """
     from xen_dm_restrict_plugin.host import preflight as preflight_mod
 
-    report = preflight_mod.run(settings, hooks_dir=args.libvirt_hooks_dir)
+    report = preflight_mod.run(settings, hooks_dir=args.libvirt_hooks_dir,
+                               unknown_names=unknown)
     if args.format == 'json':
         print(json.dumps(report.to_dict(), indent=2))
     else:

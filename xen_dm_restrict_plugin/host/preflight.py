@@ -387,20 +387,34 @@ def check_hook(hooks_dir: str) -> Check:
                  'libvirtd' % hooks_dir)
 
 
+def check_names(unknown: typing.Sequence[str]) -> Check:
+    if unknown:
+        return Check('configuration names', FAIL, '%s; correct the name '
+                     '(xen-dm-restrict.conf.sample lists every option) or '
+                     'remove the line: a misspelled option has its default'
+                     % '; '.join(unknown))
+    return Check('configuration names', OK, 'every group and option of '
+                 'xen-dm-restrict is known')
+
+
 def run(settings: conf_mod.Settings,
-        hooks_dir: typing.Optional[str] = None) -> Report:
+        hooks_dir: typing.Optional[str] = None,
+        unknown_names: typing.Sequence[str] = ()) -> Report:
     """Run every check; nothing on the host is changed.
 
     :param settings: the configuration the host must satisfy.
     :param hooks_dir: libvirt's hooks directory (default
         ``/etc/libvirt/hooks``).
+    :param unknown_names: misspelled options and groups found in the
+        configuration files
+        (:func:`~xen_dm_restrict_plugin.conf.unknown_names`).
     """
     xen_host = is_xen_host()
     checks = [Check('Xen host', OK if xen_host else FAIL,
                     'Xen hypervisor found' if xen_host else
                     'no /proc/xen or /sys/hypervisor/type = xen',
                     needs_xen=True),
-              check_kernel(), check_root()]
+              check_kernel(), check_root(), check_names(unknown_names)]
     checks += check_qemu(settings)
     checks += [check_reaper_user(settings), check_accounts(settings),
                check_chroot_base(settings), check_lease_db(settings),
