@@ -217,7 +217,8 @@ def _launcher_setup(binary: str, scratch: str, uid: int
         settings = host.load_settings([config])
         script = os.path.join(scratch, 'launch')
         with contextlib.redirect_stdout(None):
-            host.install_launcher(argparse.Namespace(path=script), settings)
+            host.install_launcher(argparse.Namespace(path=script), settings,
+                                  [config])
     finally:
         for name in (host.CONFIG_ENV, launch_settings.PATH_ENV):
             os.environ.pop(name)

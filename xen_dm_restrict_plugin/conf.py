@@ -393,6 +393,16 @@ def unknown_names(files: typing.Sequence[str],
     return found
 
 
+#: Set on a ConfigOpts whose files were checked as they were read (root
+#: reads a file through a descriptor that is closed afterwards).
+_CHECKED = '_xen_dm_restrict_names_checked'
+
+
+def names_checked(conf: cfg.ConfigOpts) -> None:
+    """Record that ``conf``'s files passed :func:`check_names` already."""
+    object.__setattr__(conf, _CHECKED, True)
+
+
 def check_names(files: typing.Sequence[str],
                 read_as: typing.Sequence[str] = ()) -> None:
     """Refuse a file with a misspelled option or group of this product.
@@ -427,8 +437,10 @@ def load(conf: cfg.ConfigOpts, check_files: bool = True) -> Settings:
         files ``conf`` read (:func:`check_names`).
     :raises ConfigError: naming the option at fault.
     """
-    if check_files and 'config_file' in conf and conf.config_file:
+    if (check_files and not vars(conf).get(_CHECKED)
+            and 'config_file' in conf and conf.config_file):
         check_names(conf.config_file)
+        names_checked(conf)
     group = conf[GROUP]
     tenant_ranges = {}
     for tenant, text in group.tenant_uid_ranges.items():

@@ -13,12 +13,12 @@ class DmRestrictError(Exception):
     """Base class of every error raised by xen_dm_restrict_plugin."""
 
 
-class Refused(DmRestrictError):
-    """A request that is refused: bad input or an unsupported feature.
+class Explained(DmRestrictError):
+    """An error told as subject, reason and remedy.
 
-    :param subject: the feature, element, option or operation refused.
-    :param reason: why it is refused.
-    :param remedy: what the operator or tenant can do instead.
+    :param subject: the feature, element, option or operation at fault.
+    :param reason: what is wrong with it.
+    :param remedy: what the operator or tenant can do about it.
     """
 
     def __init__(self, subject: str, reason: str, remedy: str):
@@ -32,6 +32,14 @@ class Refused(DmRestrictError):
     def __str__(self) -> str:
         return '%s: %s. Remedy: %s.' % (
             self.subject, self.reason, self.remedy)
+
+
+class Refused(Explained):
+    """A request that is refused: bad input or an unsupported feature."""
+
+
+class Unavailable(Explained):
+    """Something this request needs cannot be reached (libvirt, a file)."""
 
 
 class InvalidDomainXML(Refused):

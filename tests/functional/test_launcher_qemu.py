@@ -269,13 +269,15 @@ def test_install_launcher_refuses_code_others_could_change(
     cases = {str(shared): 0o777, str(open_dir / 'missing'): None}
     script = tmp_path / 'launch'
     path = [''] + sys.path[1:]
+    for name, value in env.environ().items():
+        monkeypatch.setenv(name, value)
     for entry, mode in cases.items():
         if mode is not None:
             os.chmod(entry, mode)
         monkeypatch.setattr('sys.path', path + [entry])
         with pytest.raises(exception.CapabilityMissing) as err:
             host.install_launcher(argparse.Namespace(path=str(script)),
-                                  env.settings())
+                                  env.settings(), [env.config])
         assert 'import code from %s,' % entry in str(err.value)
         assert not script.exists()
     # Below a sticky directory, a root-only one is fine (the checkout
@@ -285,7 +287,7 @@ def test_install_launcher_refuses_code_others_could_change(
     monkeypatch.setattr('sys.path', path + [str(safe)])
     with contextlib.redirect_stdout(None):
         host.install_launcher(argparse.Namespace(path=str(script)),
-                              env.settings())
+                              env.settings(), [env.config])
     assert script.exists()
 
 

@@ -89,13 +89,36 @@ def test_accounts_inside_a_range_fail(tmp_path):
 
 
 def test_reaper_user_missing(tmp_path):
-    check = preflight.check_reaper_user(base.make_settings(tmp_path))
-    assert check.status == 'fail' and 'useradd' in check.detail
+    check = preflight.check_reaper_user(
+        base.make_settings(tmp_path, reap_device_models=True))
+    assert check.status == 'fail'
+    assert check.detail.endswith(
+        preflight.REAPER_USERADD % 'nobody-reaper-not-created')
+
+
+def test_the_reaper_user_remedy_is_the_guides_command():
+    with open(os.path.join(ROOT, 'doc/source/install/index.rst')) as doc:
+        written = ' '.join(doc.read().replace('\\\n', ' ').split())
+    assert '# ' + preflight.REAPER_USERADD % 'xen-dm-reaper' in written
+
+
+def test_no_reaper_user_is_needed_when_nothing_is_reaped(tmp_path):
+    check = preflight.check_reaper_user(
+        base.make_settings(tmp_path, reap_device_models=False))
+    assert check.status == 'skip'
+    assert 'reap_device_models = false' in check.detail
+
+
+def test_the_hook_remedy_names_an_existing_command():
+    check = preflight.check_hook('/nonexistent-hooks')
+    assert check.status == 'fail'
+    command = check.detail.split('ln -s ')[1].split()[0]
+    assert os.path.isabs(command) and os.access(command, os.X_OK), command
 
 
 def test_reaper_user_running_processes_fails(tmp_path):
     # uid 0 always runs processes: stands in for a busy reaper uid.
-    settings = base.make_settings(tmp_path)
+    settings = base.make_settings(tmp_path, reap_device_models=True)
     busy = settings.__class__(**dict(settings.__dict__, reaper_uid=0))
     assert preflight.check_reaper_user(busy).status == 'fail'
 

@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import textwrap
 import typing
@@ -218,7 +219,7 @@ def cmd_leases_reconcile(args) -> int:
     libvirt = _quiet_libvirt()
 
     settings = _settings(_load_conf(args))
-    conn = libvirt.openReadOnly(args.connect)
+    conn = _connect(libvirt.openReadOnly, args.connect)
     try:
         with leases.LeaseStore(settings.lease_db,
                                settings.lease_db_timeout) as store:
@@ -259,6 +260,28 @@ def _quiet_libvirt():
     return libvirt
 
 
+def _connect(opener, uri: str):
+    """``opener(uri)``, a libvirt error told with its remedy.
+
+    :raises Unavailable: libvirt cannot be reached at ``uri``.
+    """
+    import libvirt
+
+    try:
+        return opener(uri)
+    except libvirt.libvirtError as err:
+        remedy = ('start libvirtd (systemctl start libvirtd) and check '
+                  'that this user may use it, or give --connect another '
+                  'URI (test:///default runs without Xen)')
+        if not uri.startswith(('xen:', 'libxl:')):
+            remedy = ('check the URI (xen:///system for Xen, '
+                      'test:///default for a trial without Xen)')
+        raise exception.Unavailable(
+            'libvirt connection %s' % uri,
+            str(err.get_error_message() or err).rstrip('.'),
+            remedy) from None
+
+
 def cmd_boot(args) -> int:
     from xen_dm_restrict_plugin.orchestrator import virt
 
@@ -286,7 +309,8 @@ def cmd_boot(args) -> int:
         with leases.LeaseStore(settings.lease_db,
                                settings.lease_db_timeout) as store:
             lease_before = store.get(instance.uuid)
-    conn = virt.HookedConnection.open(args.connect, manager)
+    conn = virt.HookedConnection(
+        _connect(_quiet_libvirt().open, args.connect), manager)
     try:
         dom = conn.define_and_start(data.decode('utf-8', 'replace'),
                                     instance)
@@ -347,7 +371,9 @@ def cmd_preflight(args) -> int:
 
 
 def cmd_install_launcher(args) -> int:
-    return host.install_launcher(args, _settings(_load_conf(args)))
+    conf = _load_conf(args)
+    return host.install_launcher(args, _settings(conf),
+                                 conf.default_config_files or [])
 
 
 def cmd_reap(args) -> int:
@@ -576,7 +602,24 @@ def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
     # -v shows the whole log.
     host.setup_logging(PROG, getattr(args, 'verbose', False),
                        logging.WARNING)
-    return host.run(PROG, lambda: args.func(args))
+    return host.run(PROG, lambda: _naming_the_file(args))
+
+
+def _naming_the_file(args) -> int:
+    """Run the subcommand; a malformed domain names the file it came
+    from.
+    """
+    try:
+        return args.func(args)
+    except exception.InvalidDomainXML as err:
+        path = getattr(args, 'xml', None)
+        if path is None or not err.subject.startswith('domain XML'):
+            raise
+        where = 'standard input' if path == '-' else 'file %s' % path
+        raise type(err)(err.subject.replace(
+            'domain XML', 'domain XML %s' % where, 1),
+            re.sub(r' \(<string>, line [0-9]+\)', '', err.reason),
+            err.remedy) from None
 
 
 if __name__ == '__main__':

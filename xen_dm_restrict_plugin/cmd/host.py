@@ -91,6 +91,7 @@ def load_conf(files: typing.Optional[typing.Sequence[str]] = None,
                 conf_mod.check_names(files, names)
             else:
                 unknown.extend(conf_mod.unknown_names(files, names))
+            conf_mod.names_checked(conf)
     finally:
         for fd in opened:
             os.close(fd)
@@ -109,7 +110,7 @@ def settings_of(conf: cfg.ConfigOpts) -> conf_mod.Settings:
     :raises ConfigError: an option is invalid.
     """
     with _config_errors(conf.default_config_files or []):
-        return conf_mod.load(conf, check_files=False)
+        return conf_mod.load(conf)
 
 
 def load_settings(files: typing.Optional[typing.Sequence[str]] = None
@@ -270,13 +271,29 @@ def _writable_by_others(entry: str) -> typing.Optional[str]:
         current = parent
 
 
-def install_launcher(args, settings: conf_mod.Settings) -> int:
+def install_launcher(args, settings: conf_mod.Settings,
+                     files: typing.Sequence[str] = ()) -> int:
     """``xen-dm-restrict install-launcher PATH``: write the fast launcher
     and the launcher's settings snapshot.
 
+    :param files: the configuration files ``settings`` were read from.
+    :raises ConfigError: no configuration file, or not the one the
+        launcher reads.
     :raises CapabilityMissing: not root, or a file cannot be written.
     """
     import xen_dm_restrict_plugin
+
+    config = launch_settings.config_file()
+    if config is None or list(files) != [config]:
+        raise exception.ConfigError(
+            'install-launcher', 'the launcher reads %s (or the file named '
+            'by $%s), and %s' % (
+                DEFAULT_CONFIG, CONFIG_ENV,
+                'it does not exist' if config is None else
+                'the settings given were read from %s' % (
+                    ', '.join(files) or 'no file')),
+            'write %s (installation guide, step 5) and run '
+            'install-launcher without --config-file' % DEFAULT_CONFIG)
 
     if os.geteuid() != 0:
         raise exception.CapabilityMissing(
@@ -296,7 +313,6 @@ def install_launcher(args, settings: conf_mod.Settings) -> int:
     text = LAUNCHER_SCRIPT % {'python': sys.executable, 'path': path}
     target = os.path.abspath(args.path)
     temp = '%s.%d.tmp' % (target, os.getpid())
-    config = launch_settings.config_file()
     try:
         with open(temp, 'x') as handle:
             handle.write(text)

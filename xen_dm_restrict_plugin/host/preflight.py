@@ -16,6 +16,8 @@ import os
 import platform
 import pwd
 import re
+import shutil
+import sys
 import time
 import typing
 
@@ -184,12 +186,19 @@ def check_qemu(settings: conf_mod.Settings) -> typing.List[Check]:
     return checks
 
 
+#: The command the installation guide creates the reaper user with.
+REAPER_USERADD = ('useradd --system --user-group --no-create-home '
+                  '--home-dir /nonexistent --shell /usr/sbin/nologin %s')
+
+
 def check_reaper_user(settings: conf_mod.Settings) -> Check:
     uid = settings.reaper_uid
+    if not settings.reap_device_models:
+        return Check('reaper user', SKIP, 'reap_device_models = false: '
+                     'nothing is reaped, so no reaper user is needed')
     if uid is None:
-        return Check('reaper user', FAIL, '%r does not exist: useradd '
-                     '--system --no-create-home --shell /usr/sbin/nologin '
-                     '%s' % (settings.reaper_user, settings.reaper_user))
+        return Check('reaper user', FAIL, '%r does not exist: %s' % (
+            settings.reaper_user, REAPER_USERADD % settings.reaper_user))
     running, _ = reaper.scan(uid)
     if running:
         return Check('reaper user', FAIL, 'uid %d runs processes (%s), '
@@ -328,7 +337,10 @@ def check_isolation(settings: conf_mod.Settings) -> typing.List[Check]:
         reason = dm_cgroup.available()
         v2 = dm_cgroup.describe()
         checks.append(Check('device-model cgroups', FAIL if reason else OK,
-                            reason or v2))
+                            '%s: mount cgroup v2 with the pids and memory '
+                            'controllers enabled (Debian 12 does by '
+                            'default), or set cgroup_limits = off' % reason
+                            if reason else v2))
     if settings.network_namespace == conf_mod.NETNS_OFF:
         checks.append(Check('device-model network', WARN,
                             'network_namespace = off: device models can '
@@ -382,9 +394,22 @@ def check_hook(hooks_dir: str) -> Check:
     if found:
         return Check('libvirt libxl hook', OK, ', '.join(found) +
                      ' (restart libvirtd after installing it)')
-    return Check('libvirt libxl hook', FAIL, 'not installed: ln -s "$(command '
-                 '-v xen-dm-restrict-libvirt-hook)" %s/libxl, then restart '
-                 'libvirtd' % hooks_dir)
+    return Check('libvirt libxl hook', FAIL, 'not installed: ln -s %s '
+                 '%s/libxl, then restart libvirtd' % (hook_command(),
+                                                      hooks_dir))
+
+
+def hook_command() -> str:
+    """The path of this installation's ``xen-dm-restrict-libvirt-hook``.
+
+    It is the console script beside the running Python (a virtual
+    environment's ``bin``), else the one on ``PATH``.
+    """
+    name = 'xen-dm-restrict-libvirt-hook'
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    if os.access(beside, os.X_OK):
+        return beside
+    return shutil.which(name) or beside
 
 
 def check_names(unknown: typing.Sequence[str]) -> Check:
