@@ -15,7 +15,6 @@ import pwd
 import typing
 
 from oslo_config import cfg
-from oslo_privsep import priv_context
 
 from xen_dm_restrict_plugin.core import constants
 from xen_dm_restrict_plugin.core import qemu_args
@@ -300,7 +299,18 @@ def list_opts():
     """Options for oslo-config-generator and the Sphinx reference."""
     return [(GROUP, dm_restrict_opts),
             (HOOKS_GROUP, hook_opts),
-            (PRIVILEGED_GROUP, priv_context.OPTS)]
+            (PRIVILEGED_GROUP, _privileged_opts())]
+
+
+def _privileged_opts() -> list:
+    """The privsep daemon's options, or none where oslo.privsep is not
+    installed (libvirtd's hook and the launcher do not use it).
+    """
+    try:
+        from oslo_privsep import priv_context
+    except ImportError:
+        return []
+    return list(priv_context.OPTS)
 
 
 class _Reader(cfg.ConfigParser):
@@ -359,8 +369,10 @@ def unknown_names(files: typing.Sequence[str],
         known name.
     """
     groups = {GROUP: _option_names(dm_restrict_opts),
-              PRIVILEGED_GROUP: _option_names(priv_context.OPTS),
               HOOKS_GROUP: _option_names(hook_opts)}
+    privileged = _privileged_opts()
+    if privileged:
+        groups[PRIVILEGED_GROUP] = _option_names(privileged)
     own_groups = (GROUP, PRIVILEGED_GROUP)
     found = []
     for shown, path in zip(files, list(read_as) or files):
@@ -372,7 +384,8 @@ def unknown_names(files: typing.Sequence[str],
         for lineno, section, key in reader.names:
             where = '%s line %d' % (shown, lineno)
             if key is None:
-                if section in groups or section == 'DEFAULT':
+                if (section in groups or section in own_groups
+                        or section == 'DEFAULT'):
                     continue
                 near = _nearest(section, own_groups)
                 if near or own_file:

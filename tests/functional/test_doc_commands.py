@@ -3,13 +3,14 @@
 The installation guide is walked top to bottom, as a new operator would,
 as root, in a sandbox: a private mount namespace whose ``/usr``, ``/opt``,
 ``/var``, ``/run``, ``/tmp``, ``/root`` and ``/srv`` are overlays on a
-tmpfs that disappears with it, and whose ``/etc`` is a copy there.  So the guide may create
-users, install into ``/opt`` and write ``/etc`` while the host stays as it
-was.  Each command's output is compared with the sample the page shows
-(numbers such as uids and times, and the checkout's path, normalised);
-the commands that need a Xen host or a running libvirtd are skipped with
-their reason.  Other pages' commands are checked against the command
-line's parser, and their samples against what the commands print.
+tmpfs that disappears with it, and whose ``/etc`` is a copy there.  So
+the guide may create users, install into ``/opt`` and write ``/etc``
+while the host stays as it was.  Each command's output is compared with
+the sample the page shows (numbers such as uids and times, and the
+checkout's path, normalised); the commands that need a Xen host or a
+running libvirtd are skipped with their reason.  Other pages' commands
+are checked against the command line's parser, and their samples
+against what the commands print.
 """
 
 import os
@@ -134,7 +135,8 @@ def test_the_installation_guide_runs_as_written(tmp_path):
         where = '%s line %d: %s' % (command.page, command.line,
                                     command.first_line)
         if index not in statuses:
-            problems.append('%s: did not run\n%s' % (where, proc.stdout[-3000:]))
+            problems.append('%s: did not run\n%s' % (
+                where, proc.stdout[-3000:]))
             break
         # A command whose sample the guide shows may exit non-zero (a
         # refusal, preflight's failures): the sample is what it does.
@@ -198,7 +200,7 @@ def test_the_leases_list_sample_has_the_columns_printed(tmp_path):
         from xen_dm_restrict_plugin.core import ranges
 
         leases.acquire('6f1c4b9e-2a7d-4c3e-9b51-0d8e7f6a5c21', 'acme',
-                     ranges.parse('200000-200999', 'acme', 'x'))
+                       ranges.parse('200000-200999', 'acme', 'x'))
     proc = subprocess.run(
         [sys.executable, '-m', 'xen_dm_restrict_plugin.cmd.cli', 'leases',
          'list', '--config-file', str(conf)], capture_output=True,

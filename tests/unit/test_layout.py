@@ -149,6 +149,47 @@ def test_the_walker_sees_a_climb(tmp_path):
                      'oslo_config.cfg'}
 
 
+def top_level_imports(path, modules):
+    """The modules ``path`` imports when it is imported (not in functions).
+    """
+    found = set()
+    tree = ast.parse(path.read_text())
+    todo = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.If, ast.Try)):
+            todo.extend(node.body + node.orelse + getattr(
+                node, 'finalbody', []) + [
+                    stmt for handler in getattr(node, 'handlers', [])
+                    for stmt in handler.body])
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:
+                full = '%s.%s' % (node.module, alias.name)
+                found.add(full if full in modules else node.module)
+    return found
+
+
+@pytest.mark.parametrize('script', ['daemon_hook.hook', 'launcher.launch',
+                                    'cmd.libvirt_hook', 'cmd.launch',
+                                    'cmd.cli'])
+def test_host_scripts_load_without_oslo_privsep(script):
+    """libvirtd's hook and the launcher run from Debian's packages in
+    dom0, where oslo.privsep (an orchestrator's dependency) may be absent.
+    """
+    modules = all_modules()
+    edges = {name: top_level_imports(path, modules)
+             for name, path in modules.items()}
+    # A package's __init__ runs before any of its modules.
+    for name in modules:
+        parent = name.rsplit('.', 1)[0]
+        if parent in modules and parent != name:
+            edges[name].add(parent)
+    reached = closure('%s.%s' % (PACKAGE, script), edges)
+    assert not {t for t in reached if t.startswith('oslo_privsep')}
+
+
 def test_historical_names_are_the_moved_modules():
     import xen_dm_restrict_plugin.loader as old
     from xen_dm_restrict_plugin.orchestrator import loader as new
