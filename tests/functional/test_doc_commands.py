@@ -80,7 +80,10 @@ def _sandbox_script(steps):
             'mkdir -p /mnt/upper/{0} /mnt/work/{0} && mount -t overlay '
             'overlay -o lowerdir={1},upperdir=/mnt/upper/{0},'
             'workdir=/mnt/work/{0} {1}'.format(name, path))
-    body = ['set -e'] + mounts + ['set +e', 'exec 2>&1', 'cd /root']
+    # pip builds in the source tree: the guide's $SRC is a copy.
+    copy = ('mkdir /mnt/src && tar -C %s --exclude=./.tox --exclude=./.xenlab '
+            '--exclude=./build -c . | tar -C /mnt/src -x' % shlex.quote(ROOT))
+    body = ['set -e'] + mounts + [copy, 'set +e', 'exec 2>&1', 'cd /root']
     for index, text in enumerate(steps):
         body.append('echo "@@doc-command %d@@"' % index)
         body.append('{ %s\n}' % text)
@@ -114,7 +117,7 @@ def test_the_installation_guide_runs_as_written(tmp_path):
             continue
         text = command.text
         if command.first_line.startswith('SRC='):
-            text = 'SRC=%s' % shlex.quote(ROOT)
+            text = 'SRC=/mnt/src'
         steps.append(text)
         ran.append(command)
     script = tmp_path / 'walk.sh'
@@ -145,7 +148,7 @@ def test_the_installation_guide_runs_as_written(tmp_path):
                 where, statuses[index], '\n'.join(outputs[index])))
             continue
         if command.output:
-            replace = {ROOT: GUIDE_SRC}
+            replace = {'/mnt/src': GUIDE_SRC}
             want = doc_commands.normalise(command.output, replace)
             got = doc_commands.normalise(outputs[index], replace)
             if want != got:
@@ -210,3 +213,59 @@ def test_the_leases_list_sample_has_the_columns_printed(tmp_path):
         sample.output[0].split()
     assert doc_commands.normalise(proc.stdout.splitlines()[1:]) == \
         doc_commands.normalise(sample.output[1:2])
+
+
+def _code_blocks(page):
+    """The ``.. code-block:: text`` samples of a page, as line lists."""
+    with open(os.path.join(ROOT, page)) as handle:
+        text = handle.read()
+    return [block for _, block in doc_commands._literal_blocks(
+        text.splitlines())]
+
+
+def test_the_badly_set_up_host_sample_is_what_preflight_prints(tmp_path):
+    """The second sample of the preflight page, made again."""
+    hostenv.require_root()
+    hostenv.require_tool('/usr/bin/qemu-system-x86_64')
+    chroot = tmp_path / 'pfbad-chroot'
+    chroot.mkdir()
+    chroot.chmod(0o777)
+    conf = tmp_path / 'bad.conf'
+    conf.write_text('[dm_restrict]\n'
+                    'tenant_uid_ranges = acme:200000-200999\n'
+                    'qemu_binary = /usr/bin/qemu-system-x86_64\n'
+                    'device_model_syntax = runas\n'
+                    'sandbox = required\n'
+                    'reaper_user = nosuchuser\n'
+                    'chroot_base_dir = %s\n'
+                    'lease_db = /nonexistent/leases.sqlite\n' % chroot)
+    proc = subprocess.run(
+        [sys.executable, '-m', 'xen_dm_restrict_plugin.cmd.cli',
+         'preflight', '--config-file', str(conf), '--libvirt-hooks-dir',
+         str(tmp_path / 'hooks')], capture_output=True, text=True,
+        cwd=ROOT, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    from xen_dm_restrict_plugin.host import preflight
+
+    replace = {str(chroot): '/tmp/pfbad-chroot',
+               str(tmp_path / 'hooks'): '/etc/libvirt/hooks',
+               preflight.hook_command():
+                   '/opt/xen-dm-restrict/bin/xen-dm-restrict-libvirt-hook'}
+    samples = [block for block in _code_blocks(
+        'doc/source/admin/preflight.rst') if 'nosuchuser' in '\n'.join(
+            block)]
+    assert len(samples) == 1
+    assert doc_commands.normalise(proc.stdout.splitlines(), replace) == \
+        doc_commands.normalise(samples[0])
+
+
+def test_every_check_preflight_prints_is_explained():
+    from xen_dm_restrict_plugin.host import preflight
+
+    with open(os.path.join(ROOT, 'doc/source/admin/preflight.rst')) as doc:
+        text = doc.read()
+    table = text.split('The checks\n')[1]
+    names = set(re.findall(r'^   \* - ``([^`]+)``$', table, re.M))
+    source = open(preflight.__file__).read()
+    printed = set(re.findall(r"Check\(\s*'([^']+)'", source))
+    assert printed - names == set()

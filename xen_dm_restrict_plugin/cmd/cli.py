@@ -572,7 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
         subs, 'install-launcher', 'Write the device-model launcher that '
         'starts in milliseconds, and its snapshot of this configuration.',
         'xen-dm-restrict install-launcher /usr/local/sbin/'
-        'xen-dm-restrict-launch-fast',
+        'xen-dm-restrict-launch',
         'The launcher runs at every define and start of every domain. '
         'The written script is xen-dm-restrict-launch run by this Python '
         'with -I -S and a fixed module path, so that no site-packages '
