@@ -508,6 +508,23 @@ class LeaseStore:
                 'SELECT uuid, reason FROM holds ORDER BY uuid'))
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
+        # SQLite answers "locked" at once, without waiting, to some of
+        # what a new database's first openers do at the same moment
+        # (switching to WAL while another is creating the schema): wait
+        # for those as for any lock.
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                return self._prepare_once(conn)
+            except sqlite3.OperationalError as err:
+                text = str(err).lower()
+                if ('locked' not in text and 'busy' not in text) or \
+                        time.monotonic() >= deadline:
+                    raise
+                self._rollback(conn)
+                time.sleep(0.01)
+
+    def _prepare_once(self, conn: sqlite3.Connection) -> None:
         # Check the file is ours before switching it to WAL, which writes.
         # The version and the table list are read in one transaction: a
         # process creating the schema meanwhile must not make a new
