@@ -17,10 +17,13 @@ hostile      the hostile-input properties with 10,000 examples in total,
              and the policy against libvirt's own reading, 10,000 more
 xen          the Xen figures of the last lab run (tox -e xenlab):
              restricted against unrestricted virsh start, medians, ratio
+leases_state thousands of random lifecycle steps from several actors
+             against a private libvirtd: no uid shared by two live
+             domains, every live domain leased (needs root)
 
-A missed correctness goal (concurrency, hostile) makes the exit status
-1; a missed timing goal does only with ``--strict``, since timings
-depend on the machine.
+A missed correctness goal (concurrency, hostile, leases_state) makes
+the exit status 1; a missed timing goal does only with ``--strict``,
+since timings depend on the machine.
 """
 
 import argparse
@@ -44,11 +47,13 @@ import lxml  # noqa: E402
 from bench import boot  # noqa: E402
 from bench import concurrency  # noqa: E402
 from bench import hostile  # noqa: E402
+from bench import leases_state  # noqa: E402
 from bench import qemu  # noqa: E402
 from bench import scale  # noqa: E402
 from bench import xen  # noqa: E402
 
-STEPS = ('boot', 'qemu', 'scale', 'concurrency', 'hostile', 'xen')
+STEPS = ('boot', 'qemu', 'scale', 'concurrency', 'hostile', 'xen',
+         'leases_state')
 
 
 class Report:
@@ -223,6 +228,22 @@ def report_hostile(report: Report, result: dict, wanted: int) -> None:
         print(failure['error'], file=sys.stderr)
 
 
+def report_leases_state(report: Report, result: dict) -> None:
+    report.section('lease invariant over random lifecycles (private '
+                   'libvirtd, test driver)')
+    if 'skipped' in result:
+        report.row('skipped', result['skipped'])
+        return
+    report.row('steps', '%d in %d examples, %.1f s' % (
+        result['steps'], result['examples'], result['seconds']),
+        '>= 1000', result['steps'] >= 1000, correctness=True)
+    for outcome, count in sorted(result['outcomes'].items()):
+        report.row('  ' + outcome, str(count))
+    report.row('invariant violations', '0' if result['failure'] is None
+               else '1: %s' % result['failure'].splitlines()[0], '0',
+               result['failure'] is None, correctness=True)
+
+
 def environment(workdir: str) -> dict:
     return {
         'date': datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -290,6 +311,9 @@ def main(argv: typing.Sequence[str] = ()) -> int:
         if 'xen' in args.steps:
             results['xen'] = xen.run()
             report_xen(report, results['xen'])
+        if 'leases_state' in args.steps:
+            results['leases_state'] = leases_state.run()
+            report_leases_state(report, results['leases_state'])
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -5,6 +5,7 @@ import pytest
 
 from tests import base
 from tests.functional import hostenv
+from tests.functional import libvirtd
 from xen_dm_restrict_plugin.orchestrator import loader
 from xen_dm_restrict_plugin.orchestrator import virt
 
@@ -37,3 +38,12 @@ def conn(tmp_path):
                 libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
                 | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
     connection.close()
+
+
+@pytest.fixture
+def private_libvirtd():
+    """A libvirtd of the test's own serving the test driver to several
+    processes (tests/functional/libvirtd.py); skips where it cannot run.
+    """
+    with libvirtd.running() as daemon:
+        yield daemon

@@ -473,3 +473,60 @@ def test_a_version_1_database_is_upgraded_in_place(path):
         assert store.release_claim(kept) is False
     assert sqlite3.connect(path).execute(
         'PRAGMA user_version').fetchone()[0] == leases.SCHEMA_VERSION
+
+
+# -- issue 24: giving leases back ------------------------------------------
+def test_each_failed_claim_gives_back_only_its_own(store):
+    first, created = store.claim(uuid(90), 'acme', ACME, usable)
+    second, again = store.claim(uuid(90), 'acme', ACME, usable)
+    assert (created, again) == (True, False)
+    assert store.get(uuid(90)).claims == 2
+    # The creator fails first: the other claim keeps the lease.
+    assert store.release_claim(first) is False
+    assert store.get(uuid(90)).claims == 1
+    assert store.release_claim(second) is True
+    assert store.get(uuid(90)) is None
+
+
+def test_a_claim_whose_inside_fails_is_rolled_back(store):
+    def fail(lease, created):
+        raise OSError('disk full')
+    with pytest.raises(OSError):
+        store.claim(uuid(91), 'acme', ACME, usable, inside=fail)
+    assert store.get(uuid(91)) is None
+    lease = store.acquire(uuid(92), 'acme', ACME, usable)
+    with pytest.raises(OSError):
+        store.claim(uuid(92), 'acme', ACME, usable, inside=fail)
+    assert store.get(uuid(92)).claims == lease.claims
+
+
+def test_release_lifts_the_hold(store):
+    store.acquire(uuid(93), 'acme', ACME, usable)
+    store.hold(uuid(93), 'conflict')
+    store.release(uuid(93))
+    assert store.holds() == {}
+
+
+def test_future_leases_are_dated_now(store):
+    lease = store.acquire(uuid(94), 'acme', ACME, usable)
+    with store._write() as conn:
+        conn.execute('UPDATE leases SET created_at = created_at + 1e6')
+    assert store.clamp_future(lease.created_at + 5) == 1
+    assert store.get(uuid(94)).created_at == lease.created_at + 5
+
+
+def test_open_existing_creates_nothing(tmp_path):
+    missing = str(tmp_path / 'none.sqlite')
+    assert leases.LeaseStore.open_existing(missing) is None
+    assert os.listdir(tmp_path) == []
+
+
+def test_shrinking_keeps_the_cursor_inside(store):
+    wide = ranges.UidRange('acme', 200000, 200009)
+    narrow = ranges.UidRange('acme', 200000, 200004)
+    for n in range(7):
+        store.acquire(uuid(100 + n), 'acme', wide, usable)
+    for n in range(7):
+        store.release(uuid(100 + n))
+    # The wide range's cursor (200007) is past the new end: wrap.
+    assert store.acquire(uuid(120), 'acme', narrow, usable).uid == 200000

@@ -11,6 +11,7 @@ operator, 1 any other failure.
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from xen_dm_restrict_plugin.core import restrict
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin.host import capabilities
 from xen_dm_restrict_plugin.host import reaper
+from xen_dm_restrict_plugin.leases import locks
 from xen_dm_restrict_plugin.leases import store as leases
 from xen_dm_restrict_plugin.orchestrator import extension
 from xen_dm_restrict_plugin.orchestrator import hooks
@@ -90,6 +92,8 @@ def _write_output(path: typing.Optional[str], text: str) -> None:
     try:
         with open(tmp, 'w', encoding='utf-8') as handle:
             handle.write(text + '\n')
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError:
         if os.path.lexists(tmp):
@@ -102,22 +106,32 @@ def cmd_render(args) -> int:
     hook = extension.DmRestrictHook(conf, _settings(conf))
     data = _read_xml(args.xml)
     instance = _instance(args, data, hook.settings.max_xml_bytes)
-    try:
-        had_lease = (os.path.exists(hook.settings.lease_db)
-                     and hook.store.get(instance.uuid) is not None)
-        out = hook.prepare(data.decode('utf-8', 'replace'), instance)
-        lease = hook.store.get(instance.uuid)
+    written = []
+
+    def finish(out: str) -> None:
+        # Runs before the lease is committed: when the output cannot be
+        # written, no lease was taken (nothing to give back on a full
+        # disk).
         try:
             _write_output(args.output, out)
         except (OSError, ValueError) as err:
-            # Nothing will define this XML: give a new lease back.
-            if not had_lease and lease is not None:
-                hook.store.release_claim(lease)
             raise CommandError(
                 'output %s' % (args.output or 'stdout'),
                 'the restricted XML could not be written (%s); no lease '
                 'was kept' % (getattr(err, 'strerror', None) or err),
                 'write to a writable file or pipe') from None
+        written.append(True)
+
+    try:
+        hook.prepare_with_undo(data.decode('utf-8', 'replace'), instance,
+                               finish=finish)
+    except exception.LeaseError:
+        # The lease could not be committed after the output was
+        # written: take the output back too.
+        if written and args.output and args.output != '-':
+            with contextlib.suppress(OSError):
+                os.unlink(args.output)
+        raise
     finally:
         hook.close()
     return EXIT_OK
@@ -179,32 +193,45 @@ def cmd_leases_list(args) -> int:
     return EXIT_OK
 
 
+def _existing_store(settings) -> typing.Optional[leases.LeaseStore]:
+    return leases.LeaseStore.open_existing(settings.lease_db,
+                                           settings.lease_db_timeout)
+
+
 def cmd_leases_release(args) -> int:
     settings = _settings(_load_conf(args))
     instance_uuid = hooks.Instance(args.uuid, 'unknown').uuid
-    with leases.LeaseStore(settings.lease_db,
-                           settings.lease_db_timeout) as store:
-        lease = store.get(instance_uuid)
-        if lease is None:
-            raise CommandError(
-                'lease of %s' % instance_uuid, 'there is none',
-                'list leases with "xen-dm-restrict leases list"')
-        if settings.reap_device_models:
-            # The uid is leased again later: nothing of it may survive.
-            reaper.Reaper(settings).reap(
-                lease.uid, 'release of instance %s' % lease.uuid)
-        store.release(instance_uuid)
-    print('released uid %d of %s (tenant %s)'
-          % (lease.uid, lease.uuid, lease.tenant))
+    store = _existing_store(settings)
+    lease, held = None, False
+    if store is not None:
+        with store, locks.InstanceLock(settings.lease_db, instance_uuid):
+            lease = store.get(instance_uuid)
+            held = instance_uuid in store.holds()
+            if lease is not None:
+                # The uid is leased again later: nothing of it may
+                # survive.
+                reaper.reap_for_release(
+                    reaper.Reaper(settings), lease.uid,
+                    'release of instance %s' % lease.uuid)
+                store.release(instance_uuid)
+    if lease is None:
+        raise CommandError(
+            'lease of %s' % instance_uuid, 'there is none',
+            'list leases with "xen-dm-restrict leases list"')
+    print('released uid %d of %s (tenant %s)%s'
+          % (lease.uid, lease.uuid, lease.tenant,
+             '; its hold is lifted too' if held else ''))
     return EXIT_OK
 
 
 def cmd_leases_unhold(args) -> int:
     settings = _settings(_load_conf(args))
     instance_uuid = hooks.Instance(args.uuid, 'unknown').uuid
-    with leases.LeaseStore(settings.lease_db,
-                           settings.lease_db_timeout) as store:
-        lifted = store.unhold(instance_uuid)
+    store = _existing_store(settings)
+    lifted = False
+    if store is not None:
+        with store:
+            lifted = store.unhold(instance_uuid)
     if not lifted:
         raise CommandError('hold of %s' % instance_uuid, 'there is none',
                            'see held instances with "xen-dm-restrict '
@@ -305,9 +332,9 @@ def cmd_boot(args) -> int:
         args.instance_uuid = found.uuid or str(uuid_mod.uuid4())
     instance = hooks.Instance(args.instance_uuid, args.tenant)
     lease_before = None
-    if os.path.exists(settings.lease_db):
-        with leases.LeaseStore(settings.lease_db,
-                               settings.lease_db_timeout) as store:
+    store = _existing_store(settings)
+    if store is not None:
+        with store:
             lease_before = store.get(instance.uuid)
     conn = virt.HookedConnection(
         _connect(_quiet_libvirt().open, args.connect), manager)
@@ -497,7 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
         '2f7f3c1d9a10',
         'It reaps the uid first (with reap_device_models on, the '
         'default), because a released uid is leased again later; a reap '
-        'that fails leaves the lease in place.')
+        'that fails leaves the lease in place. A hold on the instance is '
+        'lifted with its lease.')
     lrel.add_argument('uuid', help='instance uuid')
     lrel.set_defaults(func=cmd_leases_release)
     lrec = _subparser(

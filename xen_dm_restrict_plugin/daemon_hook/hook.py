@@ -211,16 +211,24 @@ class LibxlHook:
                          '%s' % (dom.emulator, launcher_path))
         if dom.uuid is None:
             raise refuse('it has no <uuid>, so no lease can be its own')
-        with self._store() as store:
+        # A missing database means no lease: refused, and not created.
+        store = self._store()
+        try:
             blocker = leases.start_blocker(
                 store, dom.uuid, record.uid,
                 gid_is_uid=self.settings.gid is None)
+        finally:
+            if store is not None:
+                store.close()
         if blocker is not None:
             raise refuse(*blocker)
 
-    def _store(self) -> leases.LeaseStore:
-        return leases.LeaseStore(self.settings.lease_db,
-                                 self.settings.lease_db_timeout)
+    def _store(self) -> typing.Optional[leases.LeaseStore]:
+        """The lease database, or None when it does not exist (the hook
+        never creates it: it only checks and refuses).
+        """
+        return leases.LeaseStore.open_existing(
+            self.settings.lease_db, self.settings.lease_db_timeout)
 
     def before_start(self, name: str, dom: domain_mod.Domain,
                      record: typing.Optional[restrict.Record]) -> None:
@@ -240,8 +248,9 @@ class LibxlHook:
         if record is None:
             return
         lease = None
-        if dom.uuid is not None:
-            with self._store() as store:
+        store = self._store() if dom.uuid is not None else None
+        if store is not None:
+            with store:
                 lease = store.get(dom.uuid)
         if lease is None or lease.uid != record.uid:
             LOG.warning('%s stopped, but uid %d is no longer leased to it; '

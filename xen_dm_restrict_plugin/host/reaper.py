@@ -347,3 +347,30 @@ class _FileLock:
 
     def __exit__(self, *exc_info) -> None:
         os.close(self.fd)
+
+
+def reap_for_release(reaper: Reaper, uid: int, context: str
+                     ) -> typing.Optional[ReapResult]:
+    """Reap a uid whose lease is about to be released.
+
+    A lease taken before its tenant's range shrank or moved holds a uid
+    outside every configured range, which the reaper refuses (it may
+    belong to someone else by now).  Such a lease must still be
+    releasable: it is released without a reap, since a uid outside every
+    range is never leased again, and a range that takes it back reaps it
+    before any domain starts with it (the start reaps its uid first).
+
+    :returns: what the reap did; ``None`` when reaping is off or the uid
+        is outside every range.
+    :raises ReapError: the reap failed; keep the lease.
+    """
+    settings = reaper.settings
+    if not settings.reap_device_models:
+        return None
+    if not any(uid in rng for rng in settings.all_ranges()):
+        LOG.warning('uid %d (%s) is outside every configured uid range '
+                    '(the range was edited since it was leased): not '
+                    'reaped now; it is reaped before any domain starts '
+                    'with it again', uid, context)
+        return None
+    return reaper.reap(uid, context)

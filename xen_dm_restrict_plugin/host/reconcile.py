@@ -16,6 +16,18 @@ so reconcile finds each kind and, when asked, repairs it:
 
 It only reads libvirt (never defines or undefines anything), and running
 it twice in a row repairs nothing the second time.
+
+Under concurrency, every repair is decided again where it is made: a
+lease is released only while holding the instance's lifecycle lock
+(:mod:`~xen_dm_restrict_plugin.leases.locks`, shared with the libvirt
+wrapper's define, start and undefine) and inside the lease database's
+write transaction (shared with every start check, the libvirt daemon
+hook's included), after libvirt answered again, there, that the domain
+does not exist.  A domain defined and started between the listing and
+the repair keeps its lease; one started without the wrapper in that
+moment is refused at start instead.  A domain is leased its recorded
+uid only while libvirt still shows it.  A lease dated in the future (the
+clock stepped back) is dated now, so its grace period ends.
 """
 
 import dataclasses
@@ -29,6 +41,7 @@ from xen_dm_restrict_plugin import conf as conf_mod
 from xen_dm_restrict_plugin.core import restrict
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin.host import reaper as reaper_mod
+from xen_dm_restrict_plugin.leases import locks
 from xen_dm_restrict_plugin.leases import store as leases
 
 LOG = logging.getLogger(__name__)
@@ -98,10 +111,13 @@ class Reconciler:
     def run(self, conn: libvirt.virConnect,
             apply: bool = False) -> typing.List[Finding]:
         """Find (and with ``apply``, repair) every discrepancy."""
+        now = time.time()
+        if apply:
+            self.store.clamp_future(now)
         listed = conn.listAllDomains(0)
         domains = restricted_domains(listed)
         known = {dom.UUIDString() for dom in listed}
-        young = time.time() - self.grace
+        young = now - self.grace
         findings: typing.List[Finding] = []
         conflicts = self._conflicts(domains)
         for uuid, reason in sorted(conflicts.items()):
@@ -117,13 +133,15 @@ class Reconciler:
         self.skipped_young = 0
         for lease in self.store.list():
             if lease.uuid not in known:
-                if lease.created_at < young:
-                    findings.append(self._orphan(lease, apply))
+                # A lease dated in the future is judged as taken now.
+                if min(lease.created_at, now) <= young:
+                    findings.append(self._orphan(conn, lease, apply))
                 else:
                     self.skipped_young += 1
         for uuid, (name, record) in sorted(domains.items()):
             if uuid not in conflicts and self.store.get(uuid) is None:
-                findings.append(self._unleased(uuid, name, record, apply))
+                findings.append(self._unleased(conn, uuid, name, record,
+                                               apply))
         for uuid, reason in sorted(self.store.holds().items()):
             if uuid not in conflicts:
                 findings.append(self._stale_hold(uuid, reason, apply))
@@ -175,33 +193,87 @@ class Reconciler:
             return 'its recorded uid %d belongs to an account' % uid
         return None
 
-    def _orphan(self, lease: leases.Lease, apply: bool) -> Finding:
+    def _lock(self, uuid: str) -> locks.InstanceLock:
+        return locks.InstanceLock(
+            self.settings.lease_db, uuid,
+            max(locks.DEFAULT_TIMEOUT, self.settings.lease_db_timeout))
+
+    @staticmethod
+    def _has_domain(conn: libvirt.virConnect, uuid: str
+                    ) -> typing.Optional[libvirt.virDomain]:
+        """The domain, or None only when libvirt answered "no such domain".
+
+        :raises libvirt.libvirtError: libvirt could not tell.
+        """
+        try:
+            return conn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+
+    def _orphan(self, conn: libvirt.virConnect, lease: leases.Lease,
+                apply: bool) -> Finding:
         finding = Finding(ORPHAN_LEASE, lease.uuid, lease.uid, lease.tenant,
                           'libvirt has no domain with this uuid',
                           'reap the uid, then release the lease')
-        if apply:
-            try:
-                if self.settings.reap_device_models:
-                    self.reaper.reap(lease.uid, 'orphan lease of instance '
-                                     '%s' % lease.uuid)
-                self.store.release(lease.uuid)
-                self.store.unhold(lease.uuid)
-                finding.action = 'reaped and released'
-                finding.resolved = True
-            except exception.DmRestrictError as err:
-                finding.action = 'not released: %s' % err
+        if not apply:
+            return finding
+
+        def still_orphan() -> bool:
+            return self._has_domain(conn, lease.uuid) is None
+
+        def reap(uid: int) -> None:
+            reaper_mod.reap_for_release(
+                self.reaper, uid, 'orphan lease of instance %s' % lease.uuid)
+
+        try:
+            with self._lock(lease.uuid):
+                released = self.store.release_orphan(lease, still_orphan,
+                                                     reap)
+        except libvirt.libvirtError as err:
+            finding.action = ('not released: libvirt could not tell '
+                              'whether the domain exists (%s)' % err)
+            return finding
+        except exception.DmRestrictError as err:
+            finding.action = 'not released: %s' % err
+            return finding
+        if released:
+            finding.action = 'reaped and released'
+        else:
+            finding.action = ('kept: its domain appeared (or the lease '
+                              'changed) meanwhile')
+        finding.resolved = True
         return finding
 
-    def _unleased(self, uuid: str, name: str, record: restrict.Record,
-                  apply: bool) -> Finding:
+    def _unleased(self, conn: libvirt.virConnect, uuid: str, name: str,
+                  record: restrict.Record, apply: bool) -> Finding:
         finding = Finding(UNLEASED_DOMAIN, uuid, record.uid, record.tenant,
                           'domain %s is restricted to uid %d but holds no '
                           'lease' % (name, record.uid),
                           'lease it its recorded uid')
-        if apply:
-            self.store.insert(uuid, record.tenant, record.uid)
-            finding.action = 'leased its recorded uid'
-            finding.resolved = True
+        if not apply:
+            return finding
+        try:
+            with self._lock(uuid):
+                dom = self._has_domain(conn, uuid)
+                now = (restrict.record_in_domain_xml(dom.XMLDesc(0))
+                       if dom is not None else None)
+                if now is None or now.uid != record.uid:
+                    finding.action = ('not leased: the domain is gone or '
+                                      'changed meanwhile')
+                    finding.resolved = True
+                    return finding
+                self.store.insert(uuid, record.tenant, record.uid)
+        except libvirt.libvirtError as err:
+            finding.action = ('not leased: libvirt could not tell whether '
+                              'the domain still exists (%s)' % err)
+            return finding
+        except exception.DmRestrictError as err:
+            finding.action = 'not leased: %s' % err
+            return finding
+        finding.action = 'leased its recorded uid'
+        finding.resolved = True
         return finding
 
     def _stale_hold(self, uuid: str, reason: str, apply: bool) -> Finding:

@@ -30,6 +30,7 @@ import sqlite3
 import threading
 import time
 import typing
+import urllib.parse
 import uuid as uuid_mod
 
 from xen_dm_restrict_plugin.core import ranges
@@ -38,10 +39,12 @@ from xen_dm_restrict_plugin import exception
 LOG = logging.getLogger(__name__)
 
 #: stored in ``PRAGMA user_version``; 0 means "no schema yet".
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Statements that bring a database of the version before to this one.
 _UPGRADE = {
     1: ('ALTER TABLE leases ADD COLUMN claims INTEGER NOT NULL DEFAULT 1',),
+    2: ('ALTER TABLE cursors ADD COLUMN updated_at REAL NOT NULL '
+        'DEFAULT 0',),
 }
 #: unusable uids skipped in a row before a range counts as exhausted.
 MAX_UNUSABLE = 10000
@@ -55,17 +58,21 @@ _SCHEMA = (
     # How many boots took the lease; a failed boot that created it gives
     # it back only while no other took it too.
     ' claims INTEGER NOT NULL DEFAULT 1)',
+    # One round-robin cursor per range a tenant ever had; a range that is
+    # widened, shrunk or moved goes on from the cursor of the range it
+    # replaced (the latest one it overlaps).
     'CREATE TABLE cursors ('
     ' first INTEGER NOT NULL,'
     ' last INTEGER NOT NULL,'
     ' next_uid INTEGER NOT NULL,'
+    ' updated_at REAL NOT NULL DEFAULT 0,'
     ' PRIMARY KEY (first, last)) WITHOUT ROWID',
     'CREATE TABLE holds ('
     ' uuid TEXT PRIMARY KEY NOT NULL,'
     ' reason TEXT NOT NULL,'
     ' created_at REAL NOT NULL)',
 )
-_COLUMNS = 'SELECT uuid, tenant, uid, created_at FROM leases '
+_COLUMNS = 'SELECT uuid, tenant, uid, created_at, claims FROM leases '
 _COUNT = 'SELECT COUNT(*) FROM leases WHERE uid BETWEEN ? AND ?'
 
 _CORRUPT = ('restore it from a backup, or move it aside and re-record the '
@@ -100,12 +107,15 @@ class Lease:
     :param tenant: the tenant owning the instance.
     :param uid: the uid its device model runs as.
     :param created_at: when the lease was taken (``time.time()``).
+    :param claims: how many boots (and renders) took it; a failed one
+        gives back only its own claim (:meth:`LeaseStore.release_claim`).
     """
 
     uuid: str
     tenant: str
     uid: int
     created_at: float
+    claims: int = dataclasses.field(default=1, compare=False)
 
 
 def uid_has_no_account(uid: int) -> bool:
@@ -164,7 +174,8 @@ class LeaseStore:
         opened, is not a lease database, is locked or is read-only.
     """
 
-    def __init__(self, path: str, timeout: float = 10.0):
+    def __init__(self, path: str, timeout: float = 10.0,
+                 create: bool = True):
         self.path = path
         self.timeout = timeout
         self._lock = threading.Lock()
@@ -177,15 +188,42 @@ class LeaseStore:
                 'create %s (mode 0700, owned by the service user) or set '
                 'lease_db to a path in an existing directory' % parent)
         with self._guard():
-            conn = sqlite3.connect(path, timeout=timeout,
-                                   isolation_level=None,
-                                   check_same_thread=False)
+            if create:
+                conn = sqlite3.connect(path, timeout=timeout,
+                                       isolation_level=None,
+                                       check_same_thread=False)
+            else:
+                # mode=rw never creates the file.
+                conn = sqlite3.connect(
+                    'file:%s?mode=rw' % urllib.parse.quote(
+                        os.path.abspath(path)),
+                    timeout=timeout, isolation_level=None,
+                    check_same_thread=False, uri=True)
             try:
                 self._prepare(conn)
             except BaseException:
                 conn.close()
                 raise
             self._conn = conn
+
+    @classmethod
+    def open_existing(cls, path: str, timeout: float = 10.0
+                      ) -> typing.Optional['LeaseStore']:
+        """Open the database only if it exists; ``None`` (and no file
+        created) when it does not.
+
+        For the calls that only read, release or refuse: a missing
+        database holds no lease and no hold, and a refusal must leave
+        nothing behind.
+        """
+        if not os.path.exists(path):
+            return None
+        try:
+            return cls(path, timeout, create=False)
+        except exception.LeaseError:
+            if not os.path.exists(path):
+                return None
+            raise
 
     def __enter__(self) -> 'LeaseStore':
         return self
@@ -217,14 +255,20 @@ class LeaseStore:
         return self.claim(uuid, tenant, uid_range, is_usable)[0]
 
     def claim(self, uuid: str, tenant: str, uid_range: ranges.UidRange,
-              is_usable: typing.Callable[[int], bool] = uid_has_no_account
+              is_usable: typing.Callable[[int], bool] = uid_has_no_account,
+              inside: typing.Optional[
+                  typing.Callable[[Lease, bool], None]] = None
               ) -> typing.Tuple[Lease, bool]:
         """Like :meth:`acquire`; also tells whether this call created it.
 
         Taking an existing lease counts the claim, so a concurrent caller
-        that created it and then fails cannot give it back
-        (:meth:`release_claim`).
+        that created it and then fails cannot give it back: each gives
+        back only its own claim (:meth:`release_claim`).
 
+        :param inside: called with the lease and whether it is new
+            before the claim is committed; when it raises, the claim is
+            rolled back (nothing to give back, even on a full disk) and
+            the error passed on.
         :returns: the lease, and True when this call created it.
         """
         uuid = _canonical_uuid(uuid)
@@ -234,33 +278,66 @@ class LeaseStore:
                 self._check_kept(lease, tenant, uid_range)
                 conn.execute('UPDATE leases SET claims = claims + 1 '
                              'WHERE uuid = ?', (uuid,))
-                return lease, False
-            uid = _allocate(conn, tenant, uid_range, is_usable)
-            lease = self._add(conn, uuid, tenant, uid)
-            following = uid + 1 if uid < uid_range.last else uid_range.first
-            conn.execute('INSERT OR REPLACE INTO cursors VALUES (?, ?, ?)',
-                         (uid_range.first, uid_range.last, following))
-        LOG.info('leased uid %d to instance %s of tenant %s',
-                 uid, uuid, tenant)
-        return lease, True
+                lease = dataclasses.replace(lease, claims=lease.claims + 1)
+                created = False
+            else:
+                uid = _allocate(conn, tenant, uid_range, is_usable)
+                lease = self._add(conn, uuid, tenant, uid)
+                following = (uid + 1 if uid < uid_range.last
+                             else uid_range.first)
+                conn.execute(
+                    'INSERT OR REPLACE INTO cursors VALUES (?, ?, ?, ?)',
+                    (uid_range.first, uid_range.last, following,
+                     time.time()))
+                created = True
+            if inside is not None:
+                inside(lease, created)
+        if created:
+            LOG.info('leased uid %d to instance %s of tenant %s',
+                     lease.uid, uuid, tenant)
+        return lease, created
 
     def release_claim(self, lease: Lease) -> bool:
-        """Give back a lease this process created, unless it was claimed
-        again since (by a concurrent boot of the same instance).
+        """Give back one claim on a lease, taken by :meth:`claim`.
 
-        :returns: whether the lease was released.
+        The lease itself goes only with its last claim: a boot that
+        succeeded never gives its claim back, so a failed boot can never
+        release the lease of a domain that another boot defined.
+
+        :returns: whether the lease was released (its last claim).
         """
         with self._write() as conn:
-            gone = conn.execute(
-                'DELETE FROM leases WHERE uuid = ? AND uid = ? AND '
-                'claims = 1', (lease.uuid, lease.uid)).rowcount
+            kept = conn.execute(
+                'UPDATE leases SET claims = claims - 1 WHERE uuid = ? AND '
+                'uid = ? AND claims > 1', (lease.uuid, lease.uid)).rowcount
+            gone = 0 if kept else conn.execute(
+                'DELETE FROM leases WHERE uuid = ? AND uid = ?',
+                (lease.uuid, lease.uid)).rowcount
         if gone:
-            LOG.info('gave back new uid %d of instance %s of tenant %s',
-                     lease.uid, lease.uuid, lease.tenant)
-        else:
-            LOG.info('kept uid %d of instance %s of tenant %s: claimed '
-                     'again meanwhile', lease.uid, lease.uuid, lease.tenant)
+            LOG.info('gave back uid %d of instance %s of tenant %s: its '
+                     'last claim', lease.uid, lease.uuid, lease.tenant)
+        elif kept:
+            LOG.info('gave back one claim on uid %d of instance %s of '
+                     'tenant %s; others keep the lease', lease.uid,
+                     lease.uuid, lease.tenant)
         return bool(gone)
+
+    def clamp_future(self, now: typing.Optional[float] = None) -> int:
+        """Date leases taken "in the future" (the clock stepped back
+        since) to now, so that reconcile's grace period counts from now
+        instead of never ending.
+
+        :returns: how many leases were re-dated.
+        """
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            count = conn.execute(
+                'UPDATE leases SET created_at = ? WHERE created_at > ?',
+                (now, now)).rowcount
+        if count:
+            LOG.warning('%d lease(s) were dated in the future (the clock '
+                        'stepped back); dated now', count)
+        return count
 
     def insert(self, lease_uuid: str, tenant: str, uid: int) -> Lease:
         """Lease a given uid to an instance, e.g. to re-record a lease.
@@ -319,6 +396,7 @@ class LeaseStore:
         """Give an instance's uid back.
 
         Reap the uid's processes first: the uid is leased again later.
+        A hold on the instance is lifted with it.
 
         :param uuid: the instance uuid.
         :returns: the released lease, ``None`` if there was none.
@@ -330,9 +408,57 @@ class LeaseStore:
             if lease is None:
                 return None
             conn.execute('DELETE FROM leases WHERE uuid = ?', (uuid,))
+            # A hold is about the domain's uid; with the lease gone, the
+            # next boot leases another one.
+            conn.execute('DELETE FROM holds WHERE uuid = ?', (uuid,))
         LOG.info('released uid %d of instance %s of tenant %s',
                  lease.uid, lease.uuid, lease.tenant)
         return lease
+
+    def release_orphan(self, lease: Lease,
+                       still_orphan: typing.Callable[[], bool],
+                       reap: typing.Callable[[int], typing.Any]) -> bool:
+        """Release a lease whose domain is gone, deciding under the
+        database's write lock.
+
+        In one ``BEGIN IMMEDIATE`` transaction: the lease must be
+        unchanged (same uid, same time), ``still_orphan()`` must confirm
+        again that no domain has it (libvirt answered "no such domain"),
+        then ``reap(uid)`` runs and the lease and its hold go.  A start
+        checks the lease under the same lock (:meth:`start_state`), so a
+        domain defined and started meanwhile either is seen by
+        ``still_orphan`` or is refused for having no lease.
+
+        :returns: whether it was released.
+        :raises LeaseError: the database failed.
+        :raises DmRestrictError: ``reap`` failed; nothing was released.
+        """
+        with self._write() as conn:
+            current = self._find(conn, 'WHERE uuid = ?', lease.uuid)
+            if current is None or (current.uid, current.created_at) != (
+                    lease.uid, lease.created_at):
+                return False
+            if not still_orphan():
+                return False
+            reap(lease.uid)
+            conn.execute('DELETE FROM leases WHERE uuid = ?', (lease.uuid,))
+            conn.execute('DELETE FROM holds WHERE uuid = ?', (lease.uuid,))
+        LOG.info('released orphan lease of uid %d of instance %s of tenant '
+                 '%s', lease.uid, lease.uuid, lease.tenant)
+        return True
+
+    def start_state(self, uuid: str
+                    ) -> typing.Tuple[typing.Optional[Lease],
+                                      typing.Optional[str]]:
+        """The lease and the hold reason of an instance about to start,
+        read under the write lock, so no reconcile decision is half done.
+        """
+        uuid = _canonical_uuid(uuid)
+        with self._write() as conn:
+            lease = self._find(conn, 'WHERE uuid = ?', uuid)
+            row = conn.execute('SELECT reason FROM holds WHERE uuid = ?',
+                               (uuid,)).fetchone()
+        return lease, (row[0] if row else None)
 
     def list(self, tenant: typing.Optional[str] = None
              ) -> typing.List[Lease]:
@@ -382,15 +508,40 @@ class LeaseStore:
                 'SELECT uuid, reason FROM holds ORDER BY uuid'))
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
+        # SQLite answers "locked" at once, without waiting, to some of
+        # what a new database's first openers do at the same moment
+        # (switching to WAL while another is creating the schema): wait
+        # for those as for any lock.
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                return self._prepare_once(conn)
+            except sqlite3.OperationalError as err:
+                text = str(err).lower()
+                if ('locked' not in text and 'busy' not in text) or \
+                        time.monotonic() >= deadline:
+                    raise
+                self._rollback(conn)
+                time.sleep(0.01)
+
+    def _prepare_once(self, conn: sqlite3.Connection) -> None:
         # Check the file is ours before switching it to WAL, which writes.
-        self._check_schema(conn)
+        # The version and the table list are read in one transaction: a
+        # process creating the schema meanwhile must not make a new
+        # database look like someone else's.
+        conn.execute('BEGIN')
+        try:
+            version = self._check_schema(conn)
+            conn.execute('COMMIT')
+        finally:
+            self._rollback(conn)
         mode = conn.execute('PRAGMA journal_mode=WAL').fetchone()[0]
         if mode != 'wal':
             raise exception.LeaseError(
                 'lease database %s' % self.path,
                 'it cannot use write-ahead logging (journal mode %s)' % mode,
                 'put it on a local filesystem')
-        if self._version(conn) == SCHEMA_VERSION:
+        if version == SCHEMA_VERSION:
             return
         conn.execute('BEGIN IMMEDIATE')
         try:
@@ -489,8 +640,9 @@ class LeaseStore:
     def _add(conn: sqlite3.Connection, uuid: str, tenant: str,
              uid: int) -> Lease:
         lease = Lease(uuid, tenant, uid, time.time())
-        conn.execute('INSERT INTO leases (uuid, tenant, uid, created_at) '
-                     'VALUES (?, ?, ?, ?)', dataclasses.astuple(lease))
+        conn.execute('INSERT INTO leases (uuid, tenant, uid, created_at, '
+                     'claims) VALUES (?, ?, ?, ?, ?)',
+                     dataclasses.astuple(lease))
         return lease
 
     @staticmethod
@@ -511,7 +663,7 @@ class LeaseStore:
                 'new range is leased, or restore the old range')
 
 
-def start_blocker(store: LeaseStore, uuid: str, uid: int,
+def start_blocker(store: typing.Optional[LeaseStore], uuid: str, uid: int,
                   gid_is_uid: bool = True
                   ) -> typing.Optional[typing.Tuple[str, str]]:
     """Why a domain recording ``uid`` must not start, or None.
@@ -524,18 +676,19 @@ def start_blocker(store: LeaseStore, uuid: str, uid: int,
     :param gid_is_uid: the device model's gid is its uid (no
         ``device_model_gid``), so a group with that gid blocks too.
 
+    :param store: the lease database; ``None`` when it does not exist
+        (no lease, so the start is refused).
     :returns: (reason, remedy), or None when it may start.
     :raises LeaseError: the database failed.
     """
     uuid = _canonical_uuid(uuid)
-    held = store.holds().get(uuid)
+    lease, held = store.start_state(uuid) if store else (None, None)
     if held is not None:
         return ('it is held: %s' % held,
                 'resolve the conflict, then run "xen-dm-restrict leases '
                 'reconcile --connect xen:///system --apply" or '
                 '"xen-dm-restrict leases unhold %s"'
                 % uuid)
-    lease = store.get(uuid)
     if lease is None or lease.uid != uid:
         return ('its recorded uid %d is not leased to it (%s)'
                 % (uid, 'no lease' if lease is None else
@@ -571,10 +724,7 @@ def _allocate(conn: sqlite3.Connection, tenant: str,
               uid_range: ranges.UidRange,
               is_usable: typing.Callable[[int], bool]) -> int:
     """Return the free, usable uid the range's cursor points at or after."""
-    row = conn.execute(
-        'SELECT next_uid FROM cursors WHERE first = ? AND last = ?',
-        (uid_range.first, uid_range.last)).fetchone()
-    cursor = row[0] if row and row[0] in uid_range else uid_range.first
+    cursor = _cursor(conn, uid_range)
     skipped = 0
     for start, stop in ((cursor, uid_range.last),
                         (uid_range.first, cursor - 1)):
@@ -591,6 +741,26 @@ def _allocate(conn: sqlite3.Connection, tenant: str,
             uid = _next_free(conn, uid + 1, stop)
     raise _exhausted(tenant, uid_range,
                      'every uid in it is leased or unusable')
+
+
+def _cursor(conn: sqlite3.Connection, uid_range: ranges.UidRange) -> int:
+    """Where round robin goes on in ``uid_range``.
+
+    The range's own cursor, or else the cursor of the range it replaced
+    (the one that overlaps it and moved last): widening, shrinking or
+    moving a range must not hand out a just-released uid first.
+    """
+    row = conn.execute(
+        'SELECT next_uid FROM cursors WHERE first = ? AND last = ?',
+        (uid_range.first, uid_range.last)).fetchone()
+    if row is None:
+        row = conn.execute(
+            'SELECT next_uid FROM cursors WHERE first <= ? AND last >= ? '
+            'ORDER BY updated_at DESC LIMIT 1',
+            (uid_range.last, uid_range.first)).fetchone()
+    if row is None or row[0] not in uid_range:
+        return uid_range.first
+    return row[0]
 
 
 def _next_free(conn: sqlite3.Connection, start: int,

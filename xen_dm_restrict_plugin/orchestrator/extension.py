@@ -4,8 +4,10 @@ This is the stevedore-loaded entry point an orchestrator enables.  For
 each domain it parses the XML once, refuses what cannot work restricted,
 leases the instance a uid from its tenant's range, and writes the
 restriction and its record into the XML.  Everything that can refuse runs
-before the lease is taken, and a failure after it gives a new lease back,
-so a refused boot leaves nothing behind.
+before the lease is taken, and what runs after it runs inside the lease's
+transaction, so a refused boot leaves nothing behind.  A boot that fails
+later gives back only the claim it took (:meth:`DmRestrictHook.
+prepare_with_undo`), never a lease another boot holds.
 """
 
 import logging
@@ -20,6 +22,7 @@ from xen_dm_restrict_plugin.core import restrict
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin.host import capabilities
 from xen_dm_restrict_plugin.host import reaper as reaper_mod
+from xen_dm_restrict_plugin.leases import locks
 from xen_dm_restrict_plugin.leases import store as leases
 from xen_dm_restrict_plugin.orchestrator import hooks
 from xen_dm_restrict_plugin.orchestrator import operations
@@ -54,6 +57,15 @@ class DmRestrictHook(hooks.DomainHook):
                                             self.settings.lease_db_timeout)
         return self._store
 
+    def _existing_store(self) -> typing.Optional[leases.LeaseStore]:
+        """The store, or None when the database does not exist (a check
+        that refuses must not create it).
+        """
+        if self._store is None:
+            self._store = leases.LeaseStore.open_existing(
+                self.settings.lease_db, self.settings.lease_db_timeout)
+        return self._store
+
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
@@ -68,14 +80,33 @@ class DmRestrictHook(hooks.DomainHook):
             chroot=self.settings.chroot_dir(lease.uid), syntax=syntax)
 
     def prepare(self, xml: str, instance: hooks.Instance) -> str:
+        return self.prepare_with_undo(xml, instance)[0]
+
+    def prepare_with_undo(self, xml: str, instance: hooks.Instance,
+                          finish: typing.Optional[
+                              typing.Callable[[str], None]] = None
+                          ) -> typing.Tuple[str, hooks.Undo]:
+        """Restrict the domain; the undo gives back this call's claim.
+
+        :param finish: called with the restricted XML before the lease
+            is committed (e.g. to write it out); when it raises, nothing
+            was leased.
+        """
         try:
-            return self._prepare(xml, instance)
+            return self._prepare(xml, instance, finish)
         except exception.DmRestrictError as err:
             LOG.warning('refused domain for instance %s of tenant %s: %s',
                         instance.uuid, instance.tenant, err)
             raise
 
-    def _prepare(self, xml: str, instance: hooks.Instance) -> str:
+    def lifecycle_lock(self, instance: hooks.Instance) -> locks.InstanceLock:
+        return locks.InstanceLock(
+            self.settings.lease_db, instance.uuid,
+            max(locks.DEFAULT_TIMEOUT, self.settings.lease_db_timeout))
+
+    def _prepare(self, xml: str, instance: hooks.Instance,
+                 finish: typing.Optional[typing.Callable[[str], None]]
+                 ) -> typing.Tuple[str, hooks.Undo]:
         dom = self.settings.parse_domain(xml)
         if dom.uuid is not None and dom.uuid != instance.uuid:
             raise exception.InvalidDomainXML(
@@ -97,7 +128,10 @@ class DmRestrictHook(hooks.DomainHook):
             LOG.info('instance %s of tenant %s is a %s guest with no dom0 '
                      'device model to restrict; passed the policy '
                      'unchanged', instance.uuid, instance.tenant, kind.value)
-            return dom.to_string()
+            out = dom.to_string()
+            if finish is not None:
+                finish(out)
+            return out, hooks.nothing_to_undo
         if record is not None and record.tenant != instance.tenant:
             raise exception.InvalidDomainXML(
                 'dm_restrict metadata record',
@@ -112,38 +146,69 @@ class DmRestrictHook(hooks.DomainHook):
             # start would be refused anyway.
             self.reaper.check_available()
 
-        lease, created = self.store.claim(
-            instance.uuid, instance.tenant, uid_range,
-            leases.uid_has_no_account if self.settings.gid is not None
-            else leases.uid_and_gid_are_free)
-        try:
+        rendered: typing.Dict[str, typing.Any] = {}
+
+        def render(lease: leases.Lease, created: bool) -> None:
+            # Inside the claim's transaction: an error here rolls the
+            # claim back, so nothing is left to give back.
             if dom.uuid is None:
                 dom.set_uuid(instance.uuid)
             restriction = self.restriction_for(lease, syntax)
             restrict.apply(dom, restriction, foreign, self.settings.launcher)
             out = dom.to_string()
-        except BaseException:
-            if created:
-                self.store.release_claim(lease)
-            raise
+            if finish is not None:
+                finish(out)
+            rendered.update(out=out, restriction=restriction)
+
+        lease, created = self.store.claim(
+            instance.uuid, instance.tenant, uid_range,
+            leases.uid_has_no_account if self.settings.gid is not None
+            else leases.uid_and_gid_are_free, inside=render)
+        restriction = rendered['restriction']
         LOG.info('instance %s of tenant %s: device model restricted to uid '
                  '%d gid %d (%s lease), chroot %s, args %s',
                  instance.uuid, instance.tenant, restriction.uid,
                  restriction.gid, 'new' if created else 'existing',
                  restriction.chroot, ' '.join(restriction.args()))
-        return out
+        return rendered['out'], lambda: self.give_back(lease, instance)
+
+    def give_back(self, lease: leases.Lease,
+                  instance: hooks.Instance) -> None:
+        """Give back one claim a prepare took, for a domain that was not
+        defined after all (libvirt said so).
+
+        Its last claim releases the lease, after reaping the uid; the
+        caller holds :meth:`lifecycle_lock`, so no boot of the instance
+        starts in between.
+        """
+        current = self.store.get(instance.uuid)
+        if current is None or current.uid != lease.uid:
+            LOG.info('instance %s of tenant %s: uid %d is no longer leased '
+                     'to it; nothing to give back', instance.uuid,
+                     instance.tenant, lease.uid)
+            return
+        if current.claims <= 1:
+            self._reap(lease.uid, instance, 'before giving back its lease',
+                       releasing=True)
+        self.store.release_claim(lease)
 
     # -- lifecycle --------------------------------------------------------
-    def _reap(self, uid: int, instance: hooks.Instance, why: str) -> None:
+    def _reap(self, uid: int, instance: hooks.Instance, why: str,
+              releasing: bool = False) -> None:
         if not self.settings.reap_device_models:
             LOG.info('instance %s of tenant %s: not reaping uid %d %s '
                      '(reap_device_models is off)', instance.uuid,
                      instance.tenant, uid, why)
             return
-        result = self.reaper.reap(uid, 'instance %s of tenant %s, %s'
-                                  % (instance.uuid, instance.tenant, why))
-        LOG.info('instance %s of tenant %s: %s', instance.uuid,
-                 instance.tenant, result.summary())
+        context = 'instance %s of tenant %s, %s' % (
+            instance.uuid, instance.tenant, why)
+        if releasing:
+            result = reaper_mod.reap_for_release(self.reaper, uid, context)
+        else:
+            result = self.reaper.reap(uid, context)
+        if result is not None:
+            LOG.info('instance %s of tenant %s: %s', instance.uuid,
+                     instance.tenant, result.summary())
 
     @property
     def reaper(self) -> reaper_mod.Reaper:
@@ -180,7 +245,7 @@ class DmRestrictHook(hooks.DomainHook):
             if record is None:
                 return
             blocker = leases.start_blocker(
-                self.store, instance.uuid, record.uid,
+                self._existing_store(), instance.uuid, record.uid,
                 gid_is_uid=self.settings.gid is None)
             if blocker is not None:
                 raise operations.refuse(operations.START, instance.uuid,
@@ -237,7 +302,12 @@ class DmRestrictHook(hooks.DomainHook):
             raise
 
     def release(self, instance: hooks.Instance) -> None:
-        """Reap the instance's uid, then give its lease back."""
+        """Reap the instance's uid, then give its lease back.
+
+        The caller has positive evidence that the instance has no domain
+        (libvirt answered "no such domain") and holds
+        :meth:`lifecycle_lock`.
+        """
         if self._store is None and not os.path.exists(
                 self.settings.lease_db):
             # No database, so no lease and no hold: do not create one.
@@ -248,9 +318,8 @@ class DmRestrictHook(hooks.DomainHook):
             LOG.info('instance %s of tenant %s had no uid lease to release',
                      instance.uuid, instance.tenant)
             return
-        self._reap(lease.uid, instance, 'before release')
+        self._reap(lease.uid, instance, 'before release', releasing=True)
         self.store.release(instance.uuid)
-        self.store.unhold(instance.uuid)
         LOG.info('instance %s of tenant %s: released uid %d',
                  instance.uuid, instance.tenant, lease.uid)
 

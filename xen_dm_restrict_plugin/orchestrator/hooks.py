@@ -8,6 +8,7 @@ the smallest possible hook and the example to copy.
 """
 
 import abc
+import contextlib
 import dataclasses
 import typing
 import uuid as uuid_mod
@@ -18,6 +19,13 @@ from xen_dm_restrict_plugin import exception
 
 #: The stevedore entry point group domain hooks register in.
 NAMESPACE = 'libvirt.domain_hooks'
+
+#: Gives back exactly what one ``prepare`` took.
+Undo = typing.Callable[[], None]
+
+
+def nothing_to_undo() -> None:
+    """The :data:`Undo` of a prepare that took nothing."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +86,22 @@ class DomainHook(abc.ABC):
         :param instance: the instance it belongs to.
         :raises DmRestrictError: the domain must not be defined.
         """
+
+    def prepare_with_undo(self, xml: str, instance: Instance
+                          ) -> typing.Tuple[str, Undo]:
+        """Like :meth:`prepare`; also return how to give back exactly
+        what this call took (its own claim, never another call's), for
+        when the domain it prepared is not defined after all.
+        """
+        return self.prepare(xml, instance), nothing_to_undo
+
+    def lifecycle_lock(self, instance: Instance
+                       ) -> typing.ContextManager[typing.Any]:
+        """A lock held while the instance's domain is defined, started,
+        undefined or cleaned up, shared with every process that decides
+        whether to give back what :meth:`prepare` took.
+        """
+        return contextlib.nullcontext()
 
     def release(self, instance: Instance) -> None:
         """Forget ``instance``: its domain has been undefined for good."""

@@ -10,6 +10,7 @@ ours is re-raised as :class:`~xen_dm_restrict_plugin.exception.HookFailed`
 naming the hook.
 """
 
+import contextlib
 import logging
 import typing
 
@@ -111,6 +112,43 @@ class HookManager:
         for name, hook in self.hooks:
             xml = self._call(name, hook.prepare, xml, instance)
         return xml
+
+    def prepare_with_undo(self, xml: str, instance: hooks.Instance
+                          ) -> typing.Tuple[str, hooks.Undo]:
+        """Like :meth:`prepare`; also return how to give back what these
+        calls took.  A hook that fails gives back what the earlier ones
+        took before the error is raised.
+        """
+        undos: typing.List[typing.Tuple[str, hooks.Undo]] = []
+
+        def undo_all() -> None:
+            while undos:
+                name, undo = undos.pop()
+                try:
+                    self._call(name, undo)
+                except exception.DmRestrictError as err:
+                    LOG.error('instance %s of tenant %s: domain hook %s '
+                              'could not give back what it took: %s',
+                              instance.uuid, instance.tenant, name, err)
+
+        try:
+            for name, hook in self.hooks:
+                xml, undo = self._call(name, hook.prepare_with_undo, xml,
+                                       instance)
+                undos.append((name, undo))
+        except BaseException:
+            undo_all()
+            raise
+        return xml, undo_all
+
+    @contextlib.contextmanager
+    def locked(self, instance: hooks.Instance) -> typing.Iterator[None]:
+        """Hold every hook's :meth:`~hooks.DomainHook.lifecycle_lock`."""
+        with contextlib.ExitStack() as stack:
+            for name, hook in self.hooks:
+                stack.enter_context(self._call(name, hook.lifecycle_lock,
+                                               instance))
+            yield
 
     def release(self, instance: hooks.Instance) -> None:
         """Tell every hook, in reverse order, that the instance is gone."""

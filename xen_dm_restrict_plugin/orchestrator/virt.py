@@ -3,13 +3,23 @@
 An orchestrator that goes through :class:`HookedConnection` and
 :class:`HookedDomain` cannot forget the hooks: every define passes through
 :meth:`~xen_dm_restrict_plugin.orchestrator.loader.HookManager.prepare`,
-every start through ``before_start``, every stop through ``after_stop``, every
-undefine through ``release``, and the calls a restricted device model
-cannot survive (migration, save, restore, managed save, memory snapshots,
-CD-ROM media changes, PCI passthrough) are checked before libvirt sees
-them.  A domain that fails to start after being defined is undefined
-again and its instance released, so a failed boot leaves nothing behind.
-Unrestricted domains (PV, PVH, stub domains) pass through unchanged.
+every start (``create``, ``createWithFlags``, ``createWithFiles``, and a
+transient domain's ``createXML``/``createXMLWithFiles``) through
+``before_start``, every stop through ``after_stop``, every undefine
+through ``release``, and the calls a restricted device model cannot
+survive (migration, save, restore, managed save, memory snapshots,
+snapshot reverts, CD-ROM media changes, PCI passthrough) are checked
+before libvirt sees them.  Unrestricted domains (PV, PVH, stub domains)
+pass through unchanged.
+
+Leases are given back by one rule: a call gives back only the claim its
+own prepare took, and only on positive evidence that the domain it
+prepared does not exist (libvirt answered ``VIR_ERR_NO_DOMAIN``); a
+libvirt or connection error is never that evidence.  A failed boot
+removes only the domain it defined itself.  Define, start, undefine and
+that clean-up run under the instance's lifecycle lock
+(:mod:`xen_dm_restrict_plugin.leases.locks`), which reconcile takes too,
+so no interleaving of them releases a running domain's lease.
 """
 
 import logging
@@ -26,11 +36,31 @@ from xen_dm_restrict_plugin.orchestrator import operations
 LOG = logging.getLogger(__name__)
 
 
-#: libvirt calls that change a running device model's state or devices;
-#: a variant not wrapped below is refused on restricted domains.
+#: libvirt calls that start, re-create or change a running device
+#: model's state or devices; a variant not wrapped below is refused on
+#: restricted domains.
 _GUARDED_PREFIXES = ('migrate', 'save', 'managedSave', 'snapshotCreate',
                      'attachDevice', 'detachDevice', 'updateDevice',
-                     'setMetadata', 'restore')
+                     'setMetadata', 'restore', 'create', 'revert')
+
+#: libvirt methods whose names look like a start but are not one, and why
+#: (tests/unit/test_virt_start_paths.py holds every other one wrapped).
+NOT_STARTS = {
+    'autostart': 'reads the autostart flag',
+    'setAutostart': 'libvirtd starts the domain at its own start-up, '
+                    'through the daemon hook, which checks it',
+    'hasManagedSaveImage': 'reads whether an image exists',
+    'managedSaveGetXMLDesc': 'reads the image\'s definition',
+    'managedSaveRemove': 'removes an image',
+    'startDirtyRateCalc': 'measures memory dirtying of a running domain',
+    'migrateStartPostCopy': 'switches a running migration (migration '
+                            'itself is refused)',
+}
+
+
+def is_no_domain(err: libvirt.libvirtError) -> bool:
+    """True when libvirt said the domain does not exist."""
+    return err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN
 
 
 class HookedConnection:
@@ -56,34 +86,86 @@ class HookedConnection:
 
     def lookup(self, instance: hooks.Instance
                ) -> typing.Optional['HookedDomain']:
-        """The instance's domain, or None when libvirt has none."""
+        """The instance's domain, or None when libvirt has none.
+
+        :raises libvirt.libvirtError: any other error (a broken
+            connection, a restarting libvirtd): it never means the
+            domain is gone.
+        """
         try:
             dom = self.conn.lookupByUUIDString(instance.uuid)
-        except libvirt.libvirtError:
-            return None
+        except libvirt.libvirtError as err:
+            if is_no_domain(err):
+                return None
+            raise
         return HookedDomain(self, dom, instance)
+
+    def is_gone(self, instance: hooks.Instance) -> bool:
+        """True only when libvirt answered that the domain does not exist;
+        False when it exists or libvirt could not tell.
+        """
+        try:
+            return self.lookup(instance) is None
+        except libvirt.libvirtError as err:
+            LOG.warning('instance %s of tenant %s: libvirt could not tell '
+                        'whether its domain exists (%s); treating it as '
+                        'present', instance.uuid, instance.tenant, err)
+            return False
+
+    def give_back(self, instance: hooks.Instance, undo: hooks.Undo,
+                  existed: bool, why: str) -> None:
+        """Give back a prepare's claim after a define or start that did
+        not take effect, unless that cannot be known.
+
+        A domain that existed before keeps its own lease (the claim is
+        one of several); a domain this call tried to create keeps the
+        claim if libvirt shows it or cannot tell.  Never raises.
+        """
+        try:
+            now = self.lookup(instance)
+        except libvirt.libvirtError as err:
+            LOG.error('instance %s of tenant %s: %s, and libvirt cannot '
+                      'tell whether its domain exists (%s): its uid lease '
+                      'is kept until reconcile can tell', instance.uuid,
+                      instance.tenant, why, err)
+            return
+        if now is not None and not existed:
+            LOG.error('instance %s of tenant %s: %s, but libvirt shows '
+                      'its domain: its uid lease is kept', instance.uuid,
+                      instance.tenant, why)
+            return
+        try:
+            undo()
+        except Exception as err:   # a hook's own error, logged by it
+            LOG.error('instance %s of tenant %s: could not give back its '
+                      'claim (%s): reconcile releases it', instance.uuid,
+                      instance.tenant, err)
 
     def define(self, xml: str, instance: hooks.Instance) -> 'HookedDomain':
         """Run the hooks on ``xml`` and define the result.
 
         Redefining a restricted domain may not change its restriction.
-        When libvirt refuses a domain that did not exist before, the
-        instance is released again so that no lease outlives the failure.
+        When libvirt refuses the domain, this call's claim is given back
+        (:meth:`give_back`) so that no lease outlives the failure.
 
         :raises DmRestrictError: a hook refused; nothing was defined.
         """
+        with self.hooks.locked(instance):
+            return self._define(xml, instance)[0]
+
+    def _define(self, xml: str, instance: hooks.Instance
+                ) -> typing.Tuple['HookedDomain', hooks.Undo]:
         existing = self.lookup(instance)
+        prepared, undo = self.hooks.prepare_with_undo(xml, instance)
         try:
-            prepared = self.hooks.prepare(xml, instance)
             if existing is not None:
                 self._check_redefine(existing, prepared, instance)
             dom = self.conn.defineXML(prepared)
-        except (libvirt.libvirtError, exception.DmRestrictError):
-            # A later hook (or libvirt) failed after an earlier one leased.
-            if existing is None:
-                self.hooks.release(instance)
+        except BaseException:
+            self.give_back(instance, undo, existing is not None,
+                           'its define failed')
             raise
-        return HookedDomain(self, dom, instance)
+        return HookedDomain(self, dom, instance), undo
 
     def _check_redefine(self, existing: 'HookedDomain', prepared: str,
                         instance: hooks.Instance) -> None:
@@ -104,33 +186,95 @@ class HookedConnection:
 
         :raises DmRestrictError: a hook refused the domain; nothing new
             was defined.
-        :raises libvirt.libvirtError: libvirt failed; a domain that is
-            new was undefined again and the instance released.
+        :raises libvirt.libvirtError: libvirt failed; a domain this call
+            defined was undefined again and its claim given back.
         """
-        existed = self.lookup(instance) is not None
-        dom = self.define(xml, instance)
-        try:
-            dom.create()
-        except BaseException:
-            if existed:
+        with self.hooks.locked(instance):
+            existed = self.lookup(instance) is not None
+            dom, undo = self._define(xml, instance)
+            try:
+                dom._create()
+            except BaseException:
+                if existed:
+                    self.give_back(instance, undo, True,
+                                   'its start failed')
+                    raise
+                LOG.warning('instance %s of tenant %s failed to start; '
+                            'undefining the domain this boot defined',
+                            instance.uuid, instance.tenant)
+                dom._discard(undo)
                 raise
-            LOG.warning('instance %s of tenant %s failed to start; '
-                        'undefining it', instance.uuid, instance.tenant)
-            dom.discard()
-            raise
-        return dom
+            return dom
 
     def start(self, dom: 'HookedDomain', instance: hooks.Instance) -> None:
         """Start a defined domain, telling the hooks first."""
         HookedDomain(self, getattr(dom, 'dom', dom), instance).create()
 
+    # -- transient domains: define and start in one call ---------------
+    def createXML(self, xml: str, instance: hooks.Instance,
+                  flags: int = 0) -> 'HookedDomain':
+        """Start a transient domain through the hooks.
+
+        :raises DmRestrictError: a hook refused; nothing runs.
+        """
+        return self._create_transient(xml, instance, None, flags)
+
+    createLinux = createXML
+
+    def createXMLWithFiles(self, xml: str, files: typing.List[int],
+                           instance: hooks.Instance,
+                           flags: int = 0) -> 'HookedDomain':
+        """Like :meth:`createXML`, passing file descriptors to the guest.
+        """
+        return self._create_transient(xml, instance, files, flags)
+
+    def _create_transient(self, xml: str, instance: hooks.Instance,
+                          files: typing.Optional[typing.List[int]],
+                          flags: int) -> 'HookedDomain':
+        with self.hooks.locked(instance):
+            existed = self.lookup(instance) is not None
+            prepared, undo = self.hooks.prepare_with_undo(xml, instance)
+            try:
+                self.hooks.before_start(prepared, instance)
+                if files is None:
+                    dom = self.conn.createXML(prepared, flags)
+                else:
+                    dom = self.conn.createXMLWithFiles(prepared, files,
+                                                       flags)
+            except BaseException:
+                self.give_back(instance, undo, existed, 'its start failed')
+                raise
+            return HookedDomain(self, dom, instance)
+
+    # -- restore: refused for restricted domains -------------------------
     def restore(self, path: str, flags: int = 0) -> int:
         """Restore a saved domain, unless it was restricted.
 
         :raises OperationRefused: the image holds a restricted domain, or
             its definition cannot be read to tell.
         """
+        return self.restoreFlags(path, None, flags)
+
+    def restoreFlags(self, path: str, dxml: typing.Optional[str] = None,
+                     flags: int = 0) -> int:
+        """Like :meth:`restore`; a replacement definition ``dxml`` must
+        not be restricted either.
+        """
+        self._check_restore(path, dxml)
+        return self.conn.restoreFlags(path, dxml, flags)
+
+    def restoreParams(self, params: typing.Dict[str, typing.Any],
+                      flags: int = 0) -> int:
+        """Like :meth:`restoreFlags`, with libvirt's typed parameters."""
+        self._check_restore(params.get(libvirt.VIR_DOMAIN_SAVE_PARAM_FILE),
+                            params.get(libvirt.VIR_DOMAIN_SAVE_PARAM_DXML))
+        return self.conn.restoreParams(params, flags)
+
+    def _check_restore(self, path: typing.Optional[str],
+                       dxml: typing.Optional[str]) -> None:
         try:
+            if path is None:
+                raise libvirt.libvirtError('no save image file given')
             xml = self.conn.saveImageGetXMLDesc(path, 0)
         except libvirt.libvirtError as err:
             raise exception.OperationRefused(
@@ -139,11 +283,9 @@ class HookedConnection:
                 'restricted (%s)' % err, 'restore it without the '
                 'dm_restrict wrapper only if you know it is not '
                 'restricted') from None
-        if restrict.record_in_domain_xml(xml) is not None:
-            raise operations.refuse(operations.RESTORE, path)
-        return self.conn.restoreFlags(path, None, flags)
-
-    restoreFlags = restore
+        for text in (xml, dxml):
+            if text and restrict.record_in_domain_xml(text) is not None:
+                raise operations.refuse(operations.RESTORE, path)
 
 
 def _checked(method: str, operation: str):
@@ -203,16 +345,36 @@ class HookedDomain:
 
     # -- start and stop ---------------------------------------------------
     def create(self, flags: int = 0) -> int:
-        self.hooks.before_start(self.xml(), self.instance)
-        return self.dom.createWithFlags(flags)
+        """Start the domain, after the hooks checked it."""
+        with self.hooks.locked(self.instance):
+            return self._create(flags)
 
     createWithFlags = create
 
+    def createWithFiles(self, files: typing.List[int],
+                        flags: int = 0) -> int:
+        """Like :meth:`create`, passing file descriptors to the guest."""
+        with self.hooks.locked(self.instance):
+            return self._create(flags, files)
+
+    def _create(self, flags: int = 0,
+                files: typing.Optional[typing.List[int]] = None) -> int:
+        self.hooks.before_start(self.xml(), self.instance)
+        if files is None:
+            return self.dom.createWithFlags(flags)
+        return self.dom.createWithFiles(files, flags)
+
     def destroy(self, flags: int = 0) -> int:
-        xml = self.xml()
-        result = self.dom.destroyFlags(flags)
-        self.hooks.after_stop(xml, self.instance)
-        return result
+        """Stop the domain; a transient one is gone after it, and so is
+        its lease.
+        """
+        with self.hooks.locked(self.instance):
+            xml = self.xml()
+            result = self.dom.destroyFlags(flags)
+            self.hooks.after_stop(xml, self.instance)
+            if self.conn.is_gone(self.instance):
+                self.hooks.release(self.instance)
+            return result
 
     destroyFlags = destroy
 
@@ -237,38 +399,50 @@ class HookedDomain:
     def undefine(self, flags: int = 0) -> int:
         """Undefine a stopped domain, then reap and release its uid.
 
+        The lease is released only when libvirt then answers that the
+        domain does not exist: a domain started meanwhile by a client
+        outside this wrapper lives on as a transient domain and keeps it.
+
         :raises OperationRefused: the domain is running; destroy it first
             (its uid must not be released while its QEMU may run).
         """
-        if self.dom.isActive():
-            record = restrict.record_from_xml(self.metadata_record_xml())
-            if record is not None:
-                raise operations.refuse(
-                    operations.UNDEFINE, self.dom.name(),
-                    'it is running, and its uid must not be released '
-                    'while its device model may still run',
-                    'destroy or shut down the domain first')
-        result = self.dom.undefineFlags(flags)
-        self.hooks.release(self.instance)
-        return result
+        with self.hooks.locked(self.instance):
+            if self.dom.isActive():
+                record = restrict.record_from_xml(
+                    self.metadata_record_xml())
+                if record is not None:
+                    raise operations.refuse(
+                        operations.UNDEFINE, self.dom.name(),
+                        'it is running, and its uid must not be released '
+                        'while its device model may still run',
+                        'destroy or shut down the domain first')
+            result = self.dom.undefineFlags(flags)
+            if self.conn.is_gone(self.instance):
+                self.hooks.release(self.instance)
+            else:
+                LOG.warning('instance %s of tenant %s: undefined, but '
+                            'libvirt still has its domain (started '
+                            'meanwhile, now transient?); its uid lease is '
+                            'kept', self.instance.uuid, self.instance.tenant)
+            return result
 
     undefineFlags = undefine
 
-    def discard(self) -> None:
-        """Undefine a domain that failed to start, logging any error."""
+    def _discard(self, undo: typing.Callable[[], None]) -> None:
+        """Undefine the domain a failed boot defined (never one it found)
+        and give back the boot's claim; log any error.  The caller holds
+        the lifecycle lock.
+        """
         try:
             if self.dom.isActive():
                 self.dom.destroy()
             self.dom.undefine()
         except libvirt.libvirtError as err:
-            LOG.error('could not undefine %s: %s', self.dom.name(), err)
+            LOG.error('instance %s of tenant %s: could not undefine %s '
+                      '(%s); its uid lease is kept', self.instance.uuid,
+                      self.instance.tenant, self.instance.uuid, err)
             return
-        try:
-            self.hooks.release(self.instance)
-        except exception.DmRestrictError as err:
-            LOG.error('instance %s of tenant %s keeps its uid lease until '
-                      'reconcile can release it: %s', self.instance.uuid,
-                      self.instance.tenant, err)
+        self.conn.give_back(self.instance, undo, False, 'its boot failed')
 
     # -- refused on restricted domains -----------------------------------
     migrate = _checked('migrate', operations.MIGRATE)
