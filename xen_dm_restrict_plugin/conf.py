@@ -10,6 +10,7 @@ Sphinx option reference.
 
 import difflib
 import grp
+import logging
 import os
 import pwd
 import typing
@@ -21,6 +22,8 @@ from xen_dm_restrict_plugin.core import qemu_args
 from xen_dm_restrict_plugin.core import ranges
 from xen_dm_restrict_plugin.core import settings as settings_mod
 from xen_dm_restrict_plugin import exception
+
+LOG = logging.getLogger(__name__)
 
 GROUP = 'dm_restrict'
 
@@ -377,7 +380,13 @@ def unknown_names(files: typing.Sequence[str],
     found = []
     for shown, path in zip(files, list(read_as) or files):
         reader = _Reader(path)
-        reader.parse()
+        try:
+            reader.parse()
+        except OSError as err:
+            # Read once already, by whoever parsed the options (a service
+            # that has since dropped its privileges cannot read it again).
+            LOG.debug('option names of %s not checked: %s', shown, err)
+            continue
         sections = {section for _, section, key in reader.names
                     if key is None}
         own_file = sections <= set(groups) | {'DEFAULT'}
