@@ -17,6 +17,8 @@ import typing
 from oslo_config import cfg
 
 from xen_dm_restrict_plugin.core import constants
+from xen_dm_restrict_plugin.core import libxl_argv
+from xen_dm_restrict_plugin.core import nics
 from xen_dm_restrict_plugin.core import qemu_args
 from xen_dm_restrict_plugin.core import ranges
 from xen_dm_restrict_plugin.core import settings as settings_mod
@@ -199,6 +201,38 @@ dm_restrict_opts = [
         help='Values an <interface><script path=...> may have; libxl\'s '
              'hotplug runs the script as root. The default is the script '
              'libxl runs anyway for a bridged interface.'),
+    cfg.ListOpt(
+        'allowed_bridges', default=[],
+        help='Linux bridges a tenant\'s <interface type="bridge"> may name '
+             '(libxl\'s vif-bridge puts the guest on it). None by default: '
+             'list the bridges of tenant networks, never a management '
+             'bridge. Each must exist when a domain starts.'),
+    cfg.ListOpt(
+        'allowed_ovs_bridges', default=[],
+        help='Open vSwitch bridges a tenant\'s <interface type="bridge"> '
+             'with <virtualport type="openvswitch"> may name (libxl\'s '
+             'vif-openvswitch adds the port, with the <vlan> tag or trunk '
+             'of the interface). None by default.'),
+    cfg.ListOpt(
+        'allowed_networks', default=[],
+        help='libvirt networks a tenant\'s <interface type="network"> may '
+             'name. Each is resolved through libvirt\'s network records at '
+             'define and again when the domain starts: its bridge must be '
+             'in allowed_bridges (or allowed_ovs_bridges for an Open '
+             'vSwitch network); forward mode hostdev (PCI passthrough) and '
+             'the macvtap modes are refused. None by default.'),
+    cfg.StrOpt(
+        'libvirt_network_state_dir', default='/run/libvirt/network',
+        advanced=True,
+        help='Where libvirt\'s network driver keeps the live definitions '
+             'of active networks (NAME.xml). libvirtd\'s hook resolves an '
+             '<interface type="network"> from them: it must not call back '
+             'into libvirt.'),
+    cfg.StrOpt(
+        'libvirt_network_config_dir', default='/etc/libvirt/qemu/networks',
+        advanced=True,
+        help='Where libvirt keeps the definitions of networks; read at '
+             'define for a network not started yet.'),
     cfg.ListOpt(
         'allowed_bootloaders',
         default=['pygrub', '/usr/lib/xen/bin/pygrub',
@@ -533,6 +567,15 @@ def load(conf: cfg.ConfigOpts, check_files: bool = True) -> Settings:
         allowed_interface_scripts=frozenset(
             group.allowed_interface_scripts),
         allowed_bootloaders=frozenset(group.allowed_bootloaders),
+        allowed_bridges=_names('allowed_bridges', group.allowed_bridges,
+                               libxl_argv.IFNAME_RE),
+        allowed_ovs_bridges=_names('allowed_ovs_bridges',
+                                   group.allowed_ovs_bridges,
+                                   nics.OVS_BRIDGE_RE),
+        libvirt_network_state_dir=group.libvirt_network_state_dir,
+        libvirt_network_config_dir=group.libvirt_network_config_dir,
+        allowed_networks=_names('allowed_networks', group.allowed_networks,
+                                nics.NETWORK_RE),
         launcher_test_mode=group.launcher_test_mode,
         launcher_seccomp=group.launcher_seccomp,
         network_namespace=group.network_namespace,
@@ -581,6 +624,23 @@ def _check_dedicated_gid(gid: int) -> None:
         raise exception.ConfigError(
             'device_model_gid', 'group %s (gid %d) is not dedicated: %s '
             'belong to it' % (entry.gr_name, gid, ', '.join(owners)), remedy)
+
+
+def _names(option: str, names: typing.Sequence[str],
+           pattern: typing.Pattern[str]) -> typing.FrozenSet[str]:
+    found = set()
+    for name in names:
+        name = name.strip()
+        if not name:
+            continue
+        if not pattern.match(name):
+            raise exception.ConfigError(
+                option, '%r is not a name libxl and its hotplug scripts '
+                'take as written' % name,
+                'use letters, digits and "_-" (and "." for Linux bridges '
+                'and networks)')
+        found.add(name)
+    return frozenset(found)
 
 
 def _allowed_options(names: typing.Sequence[str]) -> typing.FrozenSet[str]:

@@ -184,6 +184,59 @@ def test_whole_domain_policy_applies_at_prepare(env, device, message):
     assert message in proc.stderr
 
 
+@pytest.mark.parametrize('name', ['lo', 'vif7.0'])
+def test_nic_named_after_dom0_or_libxl_is_refused_at_prepare(env, name):
+    # lo exists in every dom0: with libxl, the failed rename would be
+    # followed by "vif-bridge offline" on it (ip link set dev lo down).
+    before = subprocess.run(['ip', '-o', 'link'], capture_output=True,
+                            text=True).stdout
+    xml = base.edit(restricted_xml(env), lambda root: root.find(
+        'devices/interface').append(etree.fromstring(
+            "<target dev='%s'/>" % name)))
+    proc = call_hook(env, 'prepare', 'begin', xml)
+    assert proc.returncode == 2, proc.stderr
+    assert ("<target dev='%s'>" % name).encode() in proc.stderr
+    assert b'libxl' in proc.stderr and b'Remedy:' in proc.stderr
+    after = subprocess.run(['ip', '-o', 'link'], capture_output=True,
+                           text=True).stdout
+    assert before == after
+
+
+def test_nic_on_an_unlisted_bridge_is_refused_at_prepare(env):
+    xml = base.edit(restricted_xml(env), lambda root: root.find(
+        'devices/interface/source').set('bridge', 'mgmtbr'))
+    proc = call_hook(env, 'prepare', 'begin', xml)
+    assert proc.returncode == 2
+    assert b"bridge 'mgmtbr'" in proc.stderr
+    assert b'allowed_bridges' in proc.stderr
+
+
+def test_network_resolved_at_prepare_from_libvirts_records(env, tmp_path):
+    # libvirtd's hook must not call back into libvirt: the network is
+    # read from the live definition libvirt's network driver keeps.
+    state = tmp_path / 'network-state'
+    state.mkdir()
+    env.write_config(allowed_networks='default,sriov',
+                     libvirt_network_state_dir=str(state))
+    (state / 'sriov.xml').write_text(
+        "<networkstatus><network><name>sriov</name>"
+        "<forward mode='hostdev' managed='yes'><pf dev='eth9'/></forward>"
+        "</network></networkstatus>")
+    xml = base.edit(restricted_xml(env), lambda root: (
+        root.find('devices/interface').set('type', 'network'),
+        root.find('devices/interface/source').attrib.clear(),
+        root.find('devices/interface/source').set('network', 'sriov')))
+    proc = call_hook(env, 'prepare', 'begin', xml)
+    assert proc.returncode == 2
+    assert b'forward mode hostdev' in proc.stderr
+    assert b'PCI passthrough' in proc.stderr
+    xml = base.edit(xml, lambda root: root.find(
+        'devices/interface/source').set('network', 'default'))
+    proc = call_hook(env, 'prepare', 'begin', xml)
+    assert proc.returncode == 2
+    assert b'no active network' in proc.stderr
+
+
 def test_forged_record_cannot_carry_arguments_past_the_policy(env):
     # Arguments listed in the record were once taken as ours and not
     # checked: a redefine with the same uuid could pass -incoming exec:.

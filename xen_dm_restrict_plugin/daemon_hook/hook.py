@@ -54,6 +54,7 @@ from xen_dm_restrict_plugin.core import restrict
 from xen_dm_restrict_plugin.daemon_hook import operations as hook_operations
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin.host import capabilities
+from xen_dm_restrict_plugin.host import netfacts
 from xen_dm_restrict_plugin.host import reaper
 from xen_dm_restrict_plugin.launcher import chroot
 from xen_dm_restrict_plugin.leases import store as leases
@@ -118,6 +119,12 @@ class LibxlHook:
         else:
             self.after_stop(name, dom, record)
 
+    def network_facts(self) -> netfacts.HostNetwork:
+        """The host's interfaces and active networks, as a domain about
+        to start meets them: none of its interfaces exists yet.
+        """
+        return netfacts.HostNetwork(self.settings, at_start=True)
+
     def check_unrestricted_kind(self, name: str,
                                 dom: domain_mod.Domain) -> None:
         """PV, PVH and stub-domain guests: the whole-domain policy, so
@@ -125,7 +132,8 @@ class LibxlHook:
         allow (their ``<xen:commandline>`` goes to that QEMU too).
         """
         try:
-            policy.check_domain(dom, dom.xen_args(), self.settings)
+            policy.check_domain(dom, dom.xen_args(), self.settings,
+                                self.network_facts())
         except exception.FeatureRefused as err:
             LOG.warning('refused start of %s: %s', _describe(name, dom), err)
             raise exception.OperationRefused(
@@ -172,7 +180,8 @@ class LibxlHook:
                          'lists (ahead of them, an option could take one '
                          'as its value)')
         try:
-            policy.check_domain(dom, args[len(record.args):], self.settings)
+            policy.check_domain(dom, args[len(record.args):], self.settings,
+                                self.network_facts())
         except exception.FeatureRefused as err:
             raise refuse(str(err), err.remedy) from None
         parsed = dm_argv.parse_argv(args)

@@ -73,8 +73,8 @@ def tap_netdevs(args: typing.Sequence[str]
         if item.option == 'netdev' and item.value is not None:
             match = libxl_argv.TAP_NETDEV_RE.match(item.value)
             if match:
-                found.append((item.index + 1, match.group(1),
-                              match.group(2)))
+                found.append((item.index + 1, match.group('netdev'),
+                              match.group('ifname')))
     return found
 
 
