@@ -248,7 +248,10 @@ dm_restrict_opts = [
              'resourcecontrol=deny" denies, as far as that is possible from '
              'outside QEMU, and more: fallocate modes that reserve disk '
              'space past the file size limit, the kernel keyrings, and '
-             'socket families other than UNIX, IPv4, IPv6 and netlink. '
+             'socket families other than UNIX, IPv4, IPv6 and netlink, '
+             'netlink protocols other than NETLINK_ROUTE, and the tun/tap '
+             'ioctls QEMU does not need once it holds its taps (persist, '
+             'owner, group, MAC address, link type). '
              'Under a QEMU -sandbox the two filters stack. A QEMU that '
              'cannot get it is not started.'),
     cfg.StrOpt(

@@ -259,6 +259,8 @@ def launch(settings: settings_mod.Settings,
     try:
         chroot.prepare(settings, parsed.uid)
         where = _cgroup(settings, parsed.uid)
+        from xen_dm_restrict_plugin.launcher import network as dm_network
+        dm_network.record_taps(settings.chroot_base_dir, parsed.uid, taps)
     except BaseException:
         for tap in taps:
             os.close(tap.fd)
