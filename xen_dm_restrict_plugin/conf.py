@@ -259,12 +259,14 @@ dm_restrict_opts = [
         choices=[(NETNS_REQUIRED, 'Every restricted device model runs in '
                   'a network namespace of its own. Its emulated NICs get '
                   'their tap devices as file descriptors opened by the '
-                  'launcher in the host namespace. A VNC display, which '
-                  'QEMU can only serve on a TCP socket of its own '
-                  'namespace, is refused.'),
-                 (NETNS_EXCEPT_VNC, 'As "required", except that a device '
-                  'model with a VNC display keeps the host\'s network '
-                  'namespace (and can connect wherever dom0 can).'),
+                  'launcher in the host namespace. A VNC display is '
+                  'served on a unix socket inside the device model\'s '
+                  'chroot and relayed from the address and port libvirt '
+                  'reports by a relay in dom0 (console_relay_user).'),
+                 (NETNS_EXCEPT_VNC, 'Weaker: as "required", except that a '
+                  'device model with a VNC display keeps the host\'s '
+                  'network namespace (and can connect wherever dom0 can). '
+                  'Only for hosts that cannot run the relay.'),
                  (NETNS_OFF, 'Device models keep the host\'s network '
                   'namespace.')],
         help='Whether device models are cut off from dom0\'s network. '
@@ -272,6 +274,14 @@ dm_restrict_opts = [
              'as something a compromised device model can still make. '
              'Whatever the choice, the launcher creates the emulated NICs\' '
              'tap devices itself and never attaches to an existing one.'),
+    cfg.StrOpt(
+        'console_relay_user', default='xen-dm-console',
+        help='The user (name or uid) the VNC console relay runs as under '
+             'network_namespace = required: libvirtd\'s hook starts socat '
+             'as this user at the address and port libvirt reports for '
+             'the console, forwarding to the unix socket the device model '
+             'listens on inside its chroot. A dedicated system user, never '
+             'root, the reaper or a device-model uid.'),
     cfg.StrOpt(
         'cgroup_limits', default=CGROUPS_REQUIRED,
         choices=[(CGROUPS_REQUIRED, 'Every restricted device model runs in '
@@ -580,6 +590,7 @@ def load(conf: cfg.ConfigOpts, check_files: bool = True) -> Settings:
         allowed_networks=_names('allowed_networks', group.allowed_networks,
                                 nics.NETWORK_RE),
         launcher_test_mode=group.launcher_test_mode,
+        console_relay_user=group.console_relay_user,
         launcher_seccomp=group.launcher_seccomp,
         network_namespace=group.network_namespace,
         cgroup_limits=group.cgroup_limits,

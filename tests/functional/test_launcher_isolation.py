@@ -288,18 +288,6 @@ def test_the_same_probe_connects_without_a_namespace(env):
         listener.close()
 
 
-def test_vnc_is_refused_when_the_namespace_is_required(env):
-    settings = env.settings()
-    uid = env.first + 1
-    proc = subprocess.run(
-        qemuenv.LAUNCH + qemuenv.BASE_ARGS + ['-vnc', '127.0.0.1:0,to=99']
-        + qemuenv.restriction_args(settings, uid), env=env.environ(),
-        capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 2
-    assert 'network_namespace' in proc.stderr
-    assert not os.path.exists(settings.chroot_dir(uid))
-
-
 def test_a_log_past_the_file_size_limit_does_not_kill_qemu(env, tmp_path):
     uid = env.first + 1
     log = str(tmp_path / 'qemu-dm-guest.log')

@@ -114,8 +114,7 @@ def test_guests_without_a_dom0_device_model_pass(env, fixture):
 
 
 @pytest.mark.parametrize('operation, sub', [
-    ('start', 'begin'), ('started', 'begin'), ('reconnect', 'begin'),
-    ('attach', 'begin')])
+    ('start', 'begin'), ('reconnect', 'begin'), ('attach', 'begin')])
 def test_other_operations_do_nothing(env, operation, sub):
     proc = call_hook(env, operation, sub, b'not even XML')
     assert proc.returncode == 0, proc.stderr
@@ -321,15 +320,18 @@ def test_launcher_required_when_configured(env):
     assert b'not the configured launcher' in proc.stderr
 
 
-def test_vnc_refused_at_start_when_the_launcher_cuts_the_network(env):
-    # A domain defined before the launcher was configured (or without the
-    # hook) still cannot start with a VNC display QEMU could not serve.
+def test_vnc_console_relay_failure_stops_the_start(env):
+    # At "started begin" the hook relays the console libvirt reports; if
+    # it cannot (here: no relay user), libvirtd destroys the domain.
     xml = restricted_xml(env)
-    env.write_config(launcher='/usr/local/bin/xen-dm-restrict-launch')
-    proc = call_hook(env, 'prepare', 'begin', xml)
-    assert proc.returncode == 2
-    assert b"<graphics type='vnc'>" in proc.stderr
-    assert b'network_namespace = except-vnc' in proc.stderr
+    env.write_config(launcher='/usr/local/bin/xen-dm-restrict-launch',
+                     console_relay_user='xdr-no-such-console-user')
+    live = base.edit(xml, lambda root: root.find('devices/graphics').set(
+        'port', '5999'))
+    proc = call_hook(env, 'started', 'begin', live)
+    assert proc.returncode == 2, proc.stderr
+    assert b'VNC console cannot be relayed' in proc.stderr
+    assert b'useradd' in proc.stderr
 
 
 def test_sandbox_required_when_configured(env):
@@ -455,8 +457,7 @@ def test_account_created_inside_a_lease_blocks_the_start(env):
     assert call_hook(env, 'prepare', 'begin', xml).returncode == 0
 
 
-@pytest.mark.parametrize('operation', [('started', 'begin'),
-                                       ('reconnect', 'begin'),
+@pytest.mark.parametrize('operation', [('reconnect', 'begin'),
                                        ('start', 'begin')])
 def test_operations_not_acted_on_import_nothing(env, operation):
     # libvirtd runs the hook for every operation, and a failure at

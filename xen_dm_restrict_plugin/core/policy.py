@@ -387,17 +387,6 @@ class Checker:
                     'DISPLAY and an XAUTHORITY file to a root QEMU; SPICE '
                     'opens host sockets)', 'use <graphics type="vnc">'))
                 continue
-            if self.settings.launcher and self.settings.network_namespace \
-                    == constants.NETNS_REQUIRED:
-                found.append(_refusal(
-                    subject, 'the launcher runs the device model in a '
-                    'network namespace of its own ([dm_restrict] '
-                    'network_namespace = required), where QEMU\'s VNC '
-                    'server would listen out of dom0\'s reach',
-                    'remove the <graphics> device and use the serial '
-                    'console, or ask the operator to set '
-                    'network_namespace = except-vnc'))
-                continue
             for kind, address in display.listens:
                 if kind not in (None, 'address'):
                     found.append(_refusal(

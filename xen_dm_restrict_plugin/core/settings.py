@@ -52,6 +52,7 @@ class Settings:
     #: Where libvirt keeps active networks' definitions, and defined ones.
     libvirt_network_state_dir: str = '/run/libvirt/network'
     libvirt_network_config_dir: str = '/etc/libvirt/qemu/networks'
+    console_relay_user: str = 'xen-dm-console'
     launcher_test_mode: bool = False
     launcher_seccomp: bool = True
     network_namespace: str = constants.NETNS_REQUIRED

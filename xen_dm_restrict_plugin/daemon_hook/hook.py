@@ -47,6 +47,7 @@ import logging
 import typing
 
 from xen_dm_restrict_plugin import conf as conf_mod
+from xen_dm_restrict_plugin.console import relay
 from xen_dm_restrict_plugin.core import dm_argv
 from xen_dm_restrict_plugin.core import domain as domain_mod
 from xen_dm_restrict_plugin.core import policy
@@ -65,6 +66,7 @@ OP_PREPARE = hook_operations.OP_PREPARE
 OP_STOPPED = hook_operations.OP_STOPPED
 OP_RELEASE = hook_operations.OP_RELEASE
 OP_MIGRATE = hook_operations.OP_MIGRATE
+OP_STARTED = hook_operations.OP_STARTED
 ACTED_ON = hook_operations.ACTED_ON
 
 _REMEDY = ('define the domain through the orchestrator with the '
@@ -114,6 +116,8 @@ class LibxlHook:
         record = restrict.read_record(dom)
         if key == OP_PREPARE:
             self.before_start(name, dom, record)
+        elif key == OP_STARTED:
+            self.after_start(name, dom, record)
         elif key == OP_MIGRATE:
             self.refuse_migration(name, dom, record)
         else:
@@ -238,10 +242,37 @@ class LibxlHook:
             self._unrestricted(name, dom, 'start')
             return
         self.check_restricted(name, dom, record)
+        relay.stop(self.settings, record.uid, _describe(name, dom, record))
         chroot.prepare(self.settings, record.uid)
         self.reaper.reap(record.uid, _describe(name, dom, record))
         LOG.info('start of %s allowed: restricted, chroot ready, uid reaped',
                  _describe(name, dom, record))
+
+    def relays_console(self) -> bool:
+        """Whether restricted VNC consoles are relayed from dom0."""
+        return bool(self.settings.launcher) and \
+            self.settings.network_namespace == conf_mod.NETNS_REQUIRED
+
+    def after_start(self, name: str, dom: domain_mod.Domain,
+                    record: typing.Optional[restrict.Record]) -> None:
+        """``started begin``: relay the VNC console where libvirt says it
+        is (a failure here makes libvirtd destroy the domain).
+        """
+        if record is None or not self.relays_console():
+            return
+        where = relay.display(dom.root)
+        if where is None:
+            return
+        try:
+            relay.start(self.settings, record.uid, where[0], where[1],
+                        _describe(name, dom, record))
+        except exception.Refused as err:
+            LOG.error('VNC console of %s cannot be relayed: %s',
+                      _describe(name, dom, record), err)
+            raise exception.OperationRefused(
+                'start of %s' % _describe(name, dom, record),
+                'its VNC console cannot be relayed: %s' % err.reason,
+                err.remedy) from None
 
     def after_stop(self, name: str, dom: domain_mod.Domain,
                    record: typing.Optional[restrict.Record]) -> None:
@@ -257,6 +288,8 @@ class LibxlHook:
                         'not reaping it now (it is reaped before its next '
                         'start)', _describe(name, dom, record), record.uid)
             return
+        # The relay runs as its own user, in the uid's console cgroup.
+        relay.stop(self.settings, record.uid, _describe(name, dom, record))
         self.reaper.reap(record.uid, _describe(name, dom, record))
 
     def refuse_migration(self, name: str, dom: domain_mod.Domain,

@@ -24,9 +24,11 @@ them that outlived the device model (:func:`remove_leftover_taps`): a
 tap made persistent would otherwise stay on dom0's bridge.
 
 Only the ``-netdev`` shape libxl writes is rewritten; the launcher has
-already refused any other.  A VNC display is a TCP socket QEMU would
-listen on in its own namespace, unreachable from dom0; see
-``[dm_restrict] network_namespace``.
+already refused any other.  A VNC display would be a TCP socket QEMU
+listens on in its own namespace, unreachable from dom0: libxl's
+``-vnc ADDR:DISPLAY[,password=on][,to=99]`` becomes ``-vnc unix:
+CHROOT/vnc.sock[,password=on]`` (:func:`vnc_to_unix`), which libvirtd's
+hook relays from dom0 (:mod:`xen_dm_restrict_plugin.console.relay`).
 """
 
 from __future__ import annotations
@@ -91,6 +93,24 @@ def vnc_listens(args: typing.Sequence[str]) -> bool:
     return any(item.option == 'vnc' and item.value is not None
                and item.value.split(',', 1)[0] != 'none'
                for item in qemu_args.split(args))
+
+
+def vnc_to_unix(args: typing.Sequence[str], path: str) -> typing.List[str]:
+    """Rewrite libxl's TCP ``-vnc`` to a unix socket at ``path``,
+    keeping ``password=on`` (libxl sets the password by QMP).
+
+    :raises ValueError: ``path`` holds a comma (QEMU would read options).
+    """
+    if ',' in path:
+        raise ValueError('the VNC socket path %r holds a comma' % path)
+    new_args = list(args)
+    for item in qemu_args.split(args):
+        if item.option == 'vnc' and item.value is not None and \
+                item.value.split(',', 1)[0] != 'none':
+            options = item.value.split(',')[1:]
+            kept = [opt for opt in options if opt == 'password=on']
+            new_args[item.index + 1] = ','.join(['unix:%s' % path] + kept)
+    return new_args
 
 
 def open_tap(ifname: str) -> int:
