@@ -82,6 +82,8 @@ def make_conf(tmp_path, **overrides) -> cfg.ConfigOpts:
         reaper_user='nobody-reaper-not-created',
         reap_device_models=False,
         allowed_host_paths=[images_dir()],
+        allowed_bridges=['xenbr0', 'br-ten1'],
+        allowed_networks=['default'],
     )
     defaults.update(overrides)
     for key, value in defaults.items():

@@ -18,6 +18,8 @@ import typing
 from oslo_config import cfg
 
 from xen_dm_restrict_plugin.core import constants
+from xen_dm_restrict_plugin.core import libxl_argv
+from xen_dm_restrict_plugin.core import nics
 from xen_dm_restrict_plugin.core import qemu_args
 from xen_dm_restrict_plugin.core import ranges
 from xen_dm_restrict_plugin.core import settings as settings_mod
@@ -203,6 +205,38 @@ dm_restrict_opts = [
              'hotplug runs the script as root. The default is the script '
              'libxl runs anyway for a bridged interface.'),
     cfg.ListOpt(
+        'allowed_bridges', default=[],
+        help='Linux bridges a tenant\'s <interface type="bridge"> may name '
+             '(libxl\'s vif-bridge puts the guest on it). None by default: '
+             'list the bridges of tenant networks, never a management '
+             'bridge. Each must exist when a domain starts.'),
+    cfg.ListOpt(
+        'allowed_ovs_bridges', default=[],
+        help='Open vSwitch bridges a tenant\'s <interface type="bridge"> '
+             'with <virtualport type="openvswitch"> may name (libxl\'s '
+             'vif-openvswitch adds the port, with the <vlan> tag or trunk '
+             'of the interface). None by default.'),
+    cfg.ListOpt(
+        'allowed_networks', default=[],
+        help='libvirt networks a tenant\'s <interface type="network"> may '
+             'name. Each is resolved through libvirt\'s network records at '
+             'define and again when the domain starts: its bridge must be '
+             'in allowed_bridges (or allowed_ovs_bridges for an Open '
+             'vSwitch network); forward mode hostdev (PCI passthrough) and '
+             'the macvtap modes are refused. None by default.'),
+    cfg.StrOpt(
+        'libvirt_network_state_dir', default='/run/libvirt/network',
+        advanced=True,
+        help='Where libvirt\'s network driver keeps the live definitions '
+             'of active networks (NAME.xml). libvirtd\'s hook resolves an '
+             '<interface type="network"> from them: it must not call back '
+             'into libvirt.'),
+    cfg.StrOpt(
+        'libvirt_network_config_dir', default='/etc/libvirt/qemu/networks',
+        advanced=True,
+        help='Where libvirt keeps the definitions of networks; read at '
+             'define for a network not started yet.'),
+    cfg.ListOpt(
         'allowed_bootloaders',
         default=['pygrub', '/usr/lib/xen/bin/pygrub',
                  '/usr/libexec/xen/bin/pygrub'],
@@ -217,7 +251,10 @@ dm_restrict_opts = [
              'resourcecontrol=deny" denies, as far as that is possible from '
              'outside QEMU, and more: fallocate modes that reserve disk '
              'space past the file size limit, the kernel keyrings, and '
-             'socket families other than UNIX, IPv4, IPv6 and netlink. '
+             'socket families other than UNIX, IPv4, IPv6 and netlink, '
+             'netlink protocols other than NETLINK_ROUTE, and the tun/tap '
+             'ioctls QEMU does not need once it holds its taps (persist, '
+             'owner, group, MAC address, link type). '
              'Under a QEMU -sandbox the two filters stack. A QEMU that '
              'cannot get it is not started.'),
     cfg.StrOpt(
@@ -225,12 +262,14 @@ dm_restrict_opts = [
         choices=[(NETNS_REQUIRED, 'Every restricted device model runs in '
                   'a network namespace of its own. Its emulated NICs get '
                   'their tap devices as file descriptors opened by the '
-                  'launcher in the host namespace. A VNC display, which '
-                  'QEMU can only serve on a TCP socket of its own '
-                  'namespace, is refused.'),
-                 (NETNS_EXCEPT_VNC, 'As "required", except that a device '
-                  'model with a VNC display keeps the host\'s network '
-                  'namespace (and can connect wherever dom0 can).'),
+                  'launcher in the host namespace. A VNC display is '
+                  'served on a unix socket inside the device model\'s '
+                  'chroot and relayed from the address and port libvirt '
+                  'reports by a relay in dom0 (console_relay_user).'),
+                 (NETNS_EXCEPT_VNC, 'Weaker: as "required", except that a '
+                  'device model with a VNC display keeps the host\'s '
+                  'network namespace (and can connect wherever dom0 can). '
+                  'Only for hosts that cannot run the relay.'),
                  (NETNS_OFF, 'Device models keep the host\'s network '
                   'namespace.')],
         help='Whether device models are cut off from dom0\'s network. '
@@ -238,6 +277,14 @@ dm_restrict_opts = [
              'as something a compromised device model can still make. '
              'Whatever the choice, the launcher creates the emulated NICs\' '
              'tap devices itself and never attaches to an existing one.'),
+    cfg.StrOpt(
+        'console_relay_user', default='xen-dm-console',
+        help='The user (name or uid) the VNC console relay runs as under '
+             'network_namespace = required: libvirtd\'s hook starts socat '
+             'as this user at the address and port libvirt reports for '
+             'the console, forwarding to the unix socket the device model '
+             'listens on inside its chroot. A dedicated system user, never '
+             'root, the reaper or a device-model uid.'),
     cfg.StrOpt(
         'cgroup_limits', default=CGROUPS_REQUIRED,
         choices=[(CGROUPS_REQUIRED, 'Every restricted device model runs in '
@@ -542,7 +589,17 @@ def load(conf: cfg.ConfigOpts, check_files: bool = True) -> Settings:
         allowed_interface_scripts=frozenset(
             group.allowed_interface_scripts),
         allowed_bootloaders=frozenset(group.allowed_bootloaders),
+        allowed_bridges=_names('allowed_bridges', group.allowed_bridges,
+                               libxl_argv.IFNAME_RE),
+        allowed_ovs_bridges=_names('allowed_ovs_bridges',
+                                   group.allowed_ovs_bridges,
+                                   nics.OVS_BRIDGE_RE),
+        libvirt_network_state_dir=group.libvirt_network_state_dir,
+        libvirt_network_config_dir=group.libvirt_network_config_dir,
+        allowed_networks=_names('allowed_networks', group.allowed_networks,
+                                nics.NETWORK_RE),
         launcher_test_mode=group.launcher_test_mode,
+        console_relay_user=group.console_relay_user,
         launcher_seccomp=group.launcher_seccomp,
         network_namespace=group.network_namespace,
         cgroup_limits=group.cgroup_limits,
@@ -590,6 +647,23 @@ def _check_dedicated_gid(gid: int) -> None:
         raise exception.ConfigError(
             'device_model_gid', 'group %s (gid %d) is not dedicated: %s '
             'belong to it' % (entry.gr_name, gid, ', '.join(owners)), remedy)
+
+
+def _names(option: str, names: typing.Sequence[str],
+           pattern: typing.Pattern[str]) -> typing.FrozenSet[str]:
+    found = set()
+    for name in names:
+        name = name.strip()
+        if not name:
+            continue
+        if not pattern.match(name):
+            raise exception.ConfigError(
+                option, '%r is not a name libxl and its hotplug scripts '
+                'take as written' % name,
+                'use letters, digits and "_-" (and "." for Linux bridges '
+                'and networks)')
+        found.add(name)
+    return frozenset(found)
 
 
 def _allowed_options(names: typing.Sequence[str]) -> typing.FrozenSet[str]:

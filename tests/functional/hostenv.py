@@ -102,6 +102,8 @@ class HostEnv:
             'qemu_binary': QEMU,
             'device_model_syntax': 'runas',
             'allowed_host_paths': base.images_dir(),
+            'allowed_bridges': 'xenbr0,br-ten1',
+            'allowed_networks': 'default',
             # Debian's TCG QEMU has no Xen: no -xen-domid-restrict, and the
             # test command lines use "-machine none" and "-qmp stdio".
             'launcher_test_mode': 'true',

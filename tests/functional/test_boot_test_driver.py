@@ -83,6 +83,7 @@ def _write_conf(tmp_path, extra=''):
         'device_model_syntax = runas\n'
         'reap_device_models = false\n'
         'allowed_host_paths = %s\n' % base.images_dir() +
+        'allowed_bridges = xenbr0\n' +
         'lease_db = %s\n' % (tmp_path / 'leases.sqlite') + extra)
     return str(path)
 

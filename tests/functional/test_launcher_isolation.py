@@ -186,7 +186,9 @@ def test_memory_above_the_cgroup_limit_is_refused(env):
 
 
 def _tap_name() -> str:
-    return 'xdrt%s' % uuid_mod.uuid4().hex[:8]
+    # libxl's name for a domain's emulated NIC, for a domain id no real
+    # domain has (Xen's are below 32752), so tests cannot collide.
+    return 'vif%d.0-emu' % (40000 + uuid_mod.uuid4().int % 60000)
 
 
 def test_qemu_gets_its_tap_but_not_the_host_network(env):
@@ -284,18 +286,6 @@ def test_the_same_probe_connects_without_a_namespace(env):
     finally:
         qemu.close()
         listener.close()
-
-
-def test_vnc_is_refused_when_the_namespace_is_required(env):
-    settings = env.settings()
-    uid = env.first + 1
-    proc = subprocess.run(
-        qemuenv.LAUNCH + qemuenv.BASE_ARGS + ['-vnc', '127.0.0.1:0,to=99']
-        + qemuenv.restriction_args(settings, uid), env=env.environ(),
-        capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 2
-    assert 'network_namespace' in proc.stderr
-    assert not os.path.exists(settings.chroot_dir(uid))
 
 
 def test_a_log_past_the_file_size_limit_does_not_kill_qemu(env, tmp_path):

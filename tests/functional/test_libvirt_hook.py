@@ -114,8 +114,7 @@ def test_guests_without_a_dom0_device_model_pass(env, fixture):
 
 
 @pytest.mark.parametrize('operation, sub', [
-    ('start', 'begin'), ('started', 'begin'), ('reconnect', 'begin'),
-    ('attach', 'begin')])
+    ('start', 'begin'), ('reconnect', 'begin'), ('attach', 'begin')])
 def test_other_operations_do_nothing(env, operation, sub):
     proc = call_hook(env, operation, sub, b'not even XML')
     assert proc.returncode == 0, proc.stderr
@@ -182,6 +181,59 @@ def test_whole_domain_policy_applies_at_prepare(env, device, message):
     proc = call_hook(env, 'prepare', 'begin', xml)
     assert proc.returncode == 2
     assert message in proc.stderr
+
+
+@pytest.mark.parametrize('name', ['lo', 'vif7.0'])
+def test_nic_named_after_dom0_or_libxl_is_refused_at_prepare(env, name):
+    # lo exists in every dom0: with libxl, the failed rename would be
+    # followed by "vif-bridge offline" on it (ip link set dev lo down).
+    before = subprocess.run(['ip', '-o', 'link'], capture_output=True,
+                            text=True).stdout
+    xml = base.edit(restricted_xml(env), lambda root: root.find(
+        'devices/interface').append(etree.fromstring(
+            "<target dev='%s'/>" % name)))
+    proc = call_hook(env, 'prepare', 'begin', xml)
+    assert proc.returncode == 2, proc.stderr
+    assert ("<target dev='%s'>" % name).encode() in proc.stderr
+    assert b'libxl' in proc.stderr and b'Remedy:' in proc.stderr
+    after = subprocess.run(['ip', '-o', 'link'], capture_output=True,
+                           text=True).stdout
+    assert before == after
+
+
+def test_nic_on_an_unlisted_bridge_is_refused_at_prepare(env):
+    xml = base.edit(restricted_xml(env), lambda root: root.find(
+        'devices/interface/source').set('bridge', 'mgmtbr'))
+    proc = call_hook(env, 'prepare', 'begin', xml)
+    assert proc.returncode == 2
+    assert b"bridge 'mgmtbr'" in proc.stderr
+    assert b'allowed_bridges' in proc.stderr
+
+
+def test_network_resolved_at_prepare_from_libvirts_records(env, tmp_path):
+    # libvirtd's hook must not call back into libvirt: the network is
+    # read from the live definition libvirt's network driver keeps.
+    state = tmp_path / 'network-state'
+    state.mkdir()
+    env.write_config(allowed_networks='default,sriov',
+                     libvirt_network_state_dir=str(state))
+    (state / 'sriov.xml').write_text(
+        "<networkstatus><network><name>sriov</name>"
+        "<forward mode='hostdev' managed='yes'><pf dev='eth9'/></forward>"
+        "</network></networkstatus>")
+    xml = base.edit(restricted_xml(env), lambda root: (
+        root.find('devices/interface').set('type', 'network'),
+        root.find('devices/interface/source').attrib.clear(),
+        root.find('devices/interface/source').set('network', 'sriov')))
+    proc = call_hook(env, 'prepare', 'begin', xml)
+    assert proc.returncode == 2
+    assert b'forward mode hostdev' in proc.stderr
+    assert b'PCI passthrough' in proc.stderr
+    xml = base.edit(xml, lambda root: root.find(
+        'devices/interface/source').set('network', 'default'))
+    proc = call_hook(env, 'prepare', 'begin', xml)
+    assert proc.returncode == 2
+    assert b'no active network' in proc.stderr
 
 
 def test_forged_record_cannot_carry_arguments_past_the_policy(env):
@@ -268,15 +320,18 @@ def test_launcher_required_when_configured(env):
     assert b'not the configured launcher' in proc.stderr
 
 
-def test_vnc_refused_at_start_when_the_launcher_cuts_the_network(env):
-    # A domain defined before the launcher was configured (or without the
-    # hook) still cannot start with a VNC display QEMU could not serve.
+def test_vnc_console_relay_failure_stops_the_start(env):
+    # At "started begin" the hook relays the console libvirt reports; if
+    # it cannot (here: no relay user), libvirtd destroys the domain.
     xml = restricted_xml(env)
-    env.write_config(launcher='/usr/local/bin/xen-dm-restrict-launch')
-    proc = call_hook(env, 'prepare', 'begin', xml)
-    assert proc.returncode == 2
-    assert b"<graphics type='vnc'>" in proc.stderr
-    assert b'network_namespace = except-vnc' in proc.stderr
+    env.write_config(launcher='/usr/local/bin/xen-dm-restrict-launch',
+                     console_relay_user='xdr-no-such-console-user')
+    live = base.edit(xml, lambda root: root.find('devices/graphics').set(
+        'port', '5999'))
+    proc = call_hook(env, 'started', 'begin', live)
+    assert proc.returncode == 2, proc.stderr
+    assert b'VNC console cannot be relayed' in proc.stderr
+    assert b'useradd' in proc.stderr
 
 
 def test_sandbox_required_when_configured(env):
@@ -402,8 +457,7 @@ def test_account_created_inside_a_lease_blocks_the_start(env):
     assert call_hook(env, 'prepare', 'begin', xml).returncode == 0
 
 
-@pytest.mark.parametrize('operation', [('started', 'begin'),
-                                       ('reconnect', 'begin'),
+@pytest.mark.parametrize('operation', [('reconnect', 'begin'),
                                        ('start', 'begin')])
 def test_operations_not_acted_on_import_nothing(env, operation):
     # libvirtd runs the hook for every operation, and a failure at

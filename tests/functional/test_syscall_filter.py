@@ -3,8 +3,11 @@ real QEMU, with and without QEMU's own ``-sandbox`` (root only).
 """
 
 import ctypes
+import errno
+import fcntl
 import os
 import socket
+import struct
 import subprocess
 import threading
 
@@ -254,3 +257,96 @@ def test_a_weaker_sandbox_is_not_taken_for_qemus_filter(env, value):
     assert proc.returncode == 2
     assert '-sandbox %s is not the policy' % value in proc.stderr
     assert not os.path.exists(settings.chroot_dir(uid))
+
+
+CLONE_NEWNET = 0x40000000
+NETLINK_KOBJECT_UEVENT = 15
+TAP = 'vif%d.0-emu' % (40000 + os.getpid() % 60000)
+
+
+def _tap_attack(filtered: bool):
+    """In a network namespace of its own (gone with the child), open a tap
+    as the launcher does, then, as the device model would, try to keep,
+    give away and rename it; report each call's errno (0: it worked).
+    """
+    from xen_dm_restrict_plugin.launcher import network
+
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        rc = 1
+        try:
+            os.close(read_fd)
+            libc = ctypes.CDLL(None, use_errno=True)
+            assert libc.unshare(CLONE_NEWNET) == 0
+            fd = network.open_tap(TAP)
+            if filtered:
+                syscall_filter.install(UID, GID)
+            deny = syscall_filter.TUN_DENIED
+            mac = struct.pack('16sH6s8x', TAP.encode(), 1,
+                              bytes.fromhex('02aabbccddee'))
+            found = {
+                'TUNSETPERSIST': _try(fcntl.ioctl, fd,
+                                      deny['TUNSETPERSIST'], 1),
+                'TUNSETOWNER': _try(fcntl.ioctl, fd, deny['TUNSETOWNER'],
+                                    UID),
+                'TUNSETGROUP': _try(fcntl.ioctl, fd, deny['TUNSETGROUP'],
+                                    GID),
+                'SIOCSIFHWADDR': _try(fcntl.ioctl, fd,
+                                      deny['SIOCSIFHWADDR'], mac),
+                'TUNSETLINK': _try(fcntl.ioctl, fd, deny['TUNSETLINK'], 1),
+                # What QEMU does with the descriptor keeps working.
+                'TUNSETSNDBUF': _try(fcntl.ioctl, fd, 0x400454d4,
+                                     struct.pack('i', 1 << 20)),
+                'TUNGETIFF': _try(fcntl.ioctl, fd, 0x800454d2,
+                                  bytearray(40)),
+            }
+            os.write(write_fd, repr(found).encode())
+            rc = 0
+        finally:
+            os._exit(rc)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as handle:
+        text = handle.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, text
+    return eval(text)  # noqa: S307 - our own child's repr of a dict
+
+
+def test_the_tap_descriptor_cannot_be_kept_given_away_or_renamed():
+    _require_filter()
+    if not os.path.exists('/dev/net/tun'):
+        pytest.skip('no /dev/net/tun')
+    found = _tap_attack(filtered=True)
+    for name in ('TUNSETPERSIST', 'TUNSETOWNER', 'TUNSETGROUP',
+                 'SIOCSIFHWADDR', 'TUNSETLINK'):
+        assert found[name] == errno.EPERM, (name, found)
+    assert found['TUNSETSNDBUF'] == 0 and found['TUNGETIFF'] == 0
+
+
+def test_the_same_tap_calls_work_unfiltered():
+    # The control: without the filter each call does what the attack
+    # needs (the tap, persistent now, dies with the child's namespace).
+    _require_filter()
+    if not os.path.exists('/dev/net/tun'):
+        pytest.skip('no /dev/net/tun')
+    found = _tap_attack(filtered=False)
+    assert set(found.values()) == {0}, found
+
+
+def _netlink(protocol):
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
+    sock.close()
+
+
+def test_only_route_netlink_is_open_to_the_device_model():
+    _require_filter()
+    assert _try(_netlink, NETLINK_KOBJECT_UEVENT) == 0  # the control
+
+    def body():
+        return [_try(_netlink, NETLINK_KOBJECT_UEVENT),
+                _try(_netlink, socket.NETLINK_ROUTE)]
+
+    rc, text = _in_filtered_child(body)
+    assert rc == 0, text
+    assert text == str([errno.EAFNOSUPPORT, 0])

@@ -46,6 +46,22 @@ def test_vnc_listening_is_seen(args, listens):
     assert dm_network.vnc_listens(args) is listens
 
 
+@pytest.mark.parametrize('value, expected', [
+    ('127.0.0.1:3', 'unix:/c/vnc.sock'),
+    ('127.0.0.1:3,password=on', 'unix:/c/vnc.sock,password=on'),
+    ('0.0.0.0:1,password=on,to=99', 'unix:/c/vnc.sock,password=on'),
+    ('none', 'none'),
+])
+def test_libxls_vnc_becomes_a_unix_socket(value, expected):
+    # libxl__build_device_model_args_new: -vnc ADDR:DISPLAY[,password=on]
+    # [,to=99]; the password itself comes by QMP (change-vnc-password).
+    args = ['-name', '-vnc', '-vnc', value]
+    assert dm_network.vnc_to_unix(args, '/c/vnc.sock') == [
+        '-name', '-vnc', '-vnc', expected]
+    with pytest.raises(ValueError):
+        dm_network.vnc_to_unix(args, '/c,d/vnc.sock')
+
+
 def _mounts(tmp_path, lines):
     path = tmp_path / 'mounts'
     path.write_text(''.join(line + '\n' for line in lines))

@@ -104,3 +104,17 @@ def test_a_block_device_disk(tmp_path):
         '-drive', 'file=/dev/loop0,if=ide,index=0,media=disk,format=raw,'
         'cache=writeback']
     assert checker.problems(args) == []
+
+
+@pytest.mark.parametrize('tap, words', [
+    # libxl names the tap vifDOMID.DEVID-emu whatever <target dev> says
+    # (libxl__device_nic_devname); anything else is not libxl's.
+    ('eth0', 'not of the shape libxl writes'),
+    ('tap1a2b3c4d-5e', 'not of the shape libxl writes'),
+    ('vif6.0-emu', 'named for domain 6'),
+    ('vif5.1-emu', 'vifDOMID.0-emu'),
+])
+def test_taps_are_this_domains_as_libxl_names_them(checker, tap, words):
+    middle = [arg.replace('vif5.0-emu', tap) for arg in FULL]
+    problems = checker.problems(HEAD + middle + RESTRICTION + TAIL)
+    assert any(words in problem for problem in problems), problems

@@ -30,6 +30,7 @@ from xen_dm_restrict_plugin.core import policy
 from xen_dm_restrict_plugin.core import restrict
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin.host import capabilities
+from xen_dm_restrict_plugin.host import netfacts
 from xen_dm_restrict_plugin.host import reaper
 from xen_dm_restrict_plugin.leases import locks
 from xen_dm_restrict_plugin.leases import store as leases
@@ -143,7 +144,8 @@ def cmd_validate(args) -> int:
     dom = settings.parse_domain(data)
     kind = dom.kind
     record = restrict.read_record(dom)
-    policy.check_domain(dom, restrict.foreign_args(dom, record), settings)
+    policy.check_domain(dom, restrict.foreign_args(dom, record), settings,
+                        netfacts.HostNetwork(settings))
     if not kind.has_dom0_device_model:
         print('%s: %s guest, no dom0 device model to restrict; allowed'
               % (args.xml, kind.value))

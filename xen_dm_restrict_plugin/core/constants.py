@@ -45,3 +45,8 @@ CONFIG_ENV = 'XEN_DM_RESTRICT_CONFIG'
 def chroot_dir(base: str, uid: int) -> str:
     """The chroot directory of ``uid`` under ``base``."""
     return '%s/qemu-root-%d' % (base.rstrip('/'), uid)
+
+
+#: The unix socket, inside a device model's chroot, its VNC server listens
+#: on when it has no network (see console.relay).
+VNC_SOCKET = 'vnc.sock'

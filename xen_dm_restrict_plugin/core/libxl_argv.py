@@ -36,10 +36,15 @@ KEYMAP_RE = re.compile(r'^[a-z]{2}(?:-[a-z]{2,3})?$')
 #: NIC models libxl passes to QEMU as -device names.
 EMULATED_NIC_MODELS = ('e1000', 'rtl8139', 'ne2k_pci', 'pcnet')
 _SERVER = r'(?:server=on,wait=off|server,nowait)'
+#: The tap name libxl gives QEMU for an emulated NIC, whatever the
+#: domain's <target dev> (libxl__device_nic_devname: vifDOMID.DEVID-emu;
+#: the hotplug script renames it afterwards).
+TAP_IFNAME = r'vif(?P<domid>[0-9]+)\.(?P<devid>[0-9]+)-emu'
 #: The -netdev libxl writes for an emulated NIC: groups netdev id, ifname.
-TAP_NETDEV_RE = re.compile(r'^type=tap,id=(net%s),ifname=(%s),(?:br=%s,)?'
-                           r'script=no,downscript=no$'
-                           % (_ID, _IFNAME, _IFNAME))
+TAP_NETDEV_RE = re.compile(
+    r'^type=tap,id=(?P<netdev>net(?P<netid>%s)),ifname=(?P<ifname>%s),'
+    r'(?:br=%s,)?'
+    r'script=no,downscript=no$' % (_ID, TAP_IFNAME, _IFNAME))
 
 _CHARDEVS = (
     re.compile(r'^socket,id=libxl-cmd,path=%s/qmp-libxl-%s,%s$'
@@ -197,13 +202,38 @@ class Checker:
         return 'libxl does not write it, and [dm_restrict] ' \
                'allowed_qemu_options does not allow it'
 
+    @staticmethod
+    def _taps(items: typing.Sequence[qemu_args.Item]) -> typing.List[str]:
+        """A tap must be this domain's, named as libxl names it."""
+        domids = [item.value for item in items
+                  if item.option == 'xen-domid' and item.value]
+        found = []
+        for item in items:
+            match = TAP_NETDEV_RE.match(item.value or '') \
+                if item.option == 'netdev' else None
+            if match is None:
+                continue
+            if int(match.group('devid')) != int(match.group('netid')):
+                found.append('%s: libxl names the tap of netdev net%s '
+                             'vifDOMID.%s-emu' % (
+                                 item.spelled(), match.group('netid'),
+                                 match.group('netid')))
+            if domids and int(match.group('domid')) != int(domids[0]):
+                found.append('%s: the tap is named for domain %s, not for '
+                             'this device model\'s domain %s' % (
+                                 item.spelled(), match.group('domid'),
+                                 domids[0]))
+        return found
+
     def problems(self, args: typing.Sequence[str]) -> typing.List[str]:
         """Every argument of ``args`` that libxl would not write for an
         allowed domain, each as "argument: reason".
         """
         found = []
         seen: typing.Dict[str, int] = {}
-        for item in qemu_args.split(args):
+        items = qemu_args.split(args)
+        found += self._taps(items)
+        for item in items:
             if item.option in _ONCE:
                 seen[item.option] = seen.get(item.option, 0) + 1
                 if seen[item.option] == 2:

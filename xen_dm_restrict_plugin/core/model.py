@@ -97,6 +97,10 @@ class Nic:
     script: typing.Optional[str]
     model: typing.Optional[str]
     ifname: typing.Optional[str]
+    virtualport: typing.Optional[str] = None
+    vlan_tags: typing.Tuple[str, ...] = ()
+    vlan_trunk: bool = False
+    vlan_native: bool = False
 
     def describe(self) -> str:
         return '<interface type=%r>' % self.type
@@ -197,9 +201,15 @@ class DomainModel:
         def attr(tag: str, name: str) -> typing.Optional[str]:
             child = node.find(tag)
             return child.get(name) if child is not None else None
+        tags = node.findall('vlan/tag')
         return Nic(node, node.get('type') or '', attr('source', 'bridge'),
                    attr('source', 'network'), attr('script', 'path'),
-                   attr('model', 'type'), attr('target', 'dev'))
+                   attr('model', 'type'), attr('target', 'dev'),
+                   virtualport=attr('virtualport', 'type'),
+                   vlan_tags=tuple(tag.get('id') or '' for tag in tags),
+                   vlan_trunk=attr('vlan', 'trunk') == 'yes',
+                   vlan_native=any(tag.get('nativeMode') is not None
+                                   for tag in tags))
 
     # -- what needs a QEMU in dom0 ----------------------------------------
     def dom0_qemu_reasons(self) -> typing.List[str]:

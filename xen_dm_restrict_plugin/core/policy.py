@@ -20,6 +20,7 @@ from xen_dm_restrict_plugin.core import domain as domain_mod
 from xen_dm_restrict_plugin.core import hostpaths
 from xen_dm_restrict_plugin.core import libxl_argv
 from xen_dm_restrict_plugin.core import model as model_mod
+from xen_dm_restrict_plugin.core import nics as nics_mod
 from xen_dm_restrict_plugin.core import qemu_args
 from xen_dm_restrict_plugin.core import schema
 from xen_dm_restrict_plugin.core import settings as settings_mod
@@ -61,10 +62,8 @@ BOOT_DEVS = ('hd', 'cdrom', 'network', 'fd')
 #: Lifecycle actions; the coredump ones make libvirtd write the guest's
 #: memory into dom0 as root on every crash.
 LIFECYCLE_ACTIONS = ('destroy', 'restart', 'preserve', 'rename-restart')
-# libxl appends "-emu" to the interface name it passes to QEMU.
-_IFNAME_RE = re.compile(r'^[A-Za-z0-9_.-]{1,11}$')
 _BRIDGE_RE = libxl_argv.IFNAME_RE
-_NETWORK_RE = re.compile(r'^[A-Za-z0-9_.-]{1,64}$')
+_NETWORK_RE = nics_mod.NETWORK_RE
 _KEYMAP_RE = libxl_argv.KEYMAP_RE
 _VDEV_RE = re.compile(r'^(hd|sd|xvd)[a-z]{1,3}[0-9]{0,3}$')
 _NAME_RE = libxl_argv.NAME_RE
@@ -85,10 +84,15 @@ class Checker:
     """The whole-domain policy for one configuration.
 
     :param settings: the ``[dm_restrict]`` settings.
+    :param facts: what the host says about its interfaces and libvirt's
+        networks (:mod:`xen_dm_restrict_plugin.host.netfacts`); without
+        them only the XML itself is checked.
     """
 
-    def __init__(self, settings: settings_mod.Settings):
+    def __init__(self, settings: settings_mod.Settings,
+                 facts: typing.Optional[nics_mod.NetworkFacts] = None):
         self.settings = settings
+        self.facts = facts if facts is not None else nics_mod.NetworkFacts()
 
     def problems(self, dom: domain_mod.Domain,
                  foreign_args: typing.Sequence[str]) -> typing.List[
@@ -319,6 +323,7 @@ class Checker:
 
     def _nics(self, dm: model_mod.DomainModel) -> typing.List[Refusal]:
         found = []
+        hvm = dm.kind.has_dom0_device_model
         for nic in dm.nics:
             subject = nic.describe()
             if nic.type == 'hostdev':
@@ -341,13 +346,17 @@ class Checker:
                     'libxl pastes the bridge name into QEMU\'s -netdev '
                     'option; it must be a Linux interface name',
                     'use a bridge name of letters, digits and "_.-"'))
+                continue
             if nic.type == 'network' and not _NETWORK_RE.match(
                     nic.network or ''):
                 found.append(_refusal(
                     '%s network %r' % (subject, nic.network),
                     'it is not a libvirt network name',
                     'use a network name of letters, digits and "_.-"'))
-            if nic.script is not None and (
+                continue
+            ovs_script = (nic.virtualport == nics_mod.VIRTUALPORT_OVS
+                          and nic.script in nics_mod.OVS_SCRIPTS)
+            if nic.script is not None and not ovs_script and (
                     nic.script not in self.settings.allowed_interface_scripts):
                 found.append(_refusal(
                     '%s <script path=%r>' % (subject, nic.script),
@@ -361,12 +370,11 @@ class Checker:
                     'libxl passes the model to QEMU as a -device name, '
                     'where a comma adds properties (romfile= reads a host '
                     'file)', 'use one of %s' % ', '.join(NIC_MODELS)))
-            if nic.ifname is not None and not _IFNAME_RE.match(nic.ifname):
-                found.append(_refusal(
-                    '%s <target dev=%r>' % (subject, nic.ifname),
-                    'libxl pastes the interface name into QEMU\'s -netdev '
-                    'option', 'remove <target>, or use up to 11 letters, '
-                    'digits and "_.-"'))
+            found += [_refusal(p.subject, p.reason, p.remedy)
+                      for p in nics_mod.name_problems(nic, hvm, self.facts)]
+            found += [_refusal(p.subject, p.reason, p.remedy)
+                      for p in nics_mod.attach_problems(
+                          nic, self.settings, self.facts)]
         return found
 
     def _displays(self, dm: model_mod.DomainModel) -> typing.List[Refusal]:
@@ -378,17 +386,6 @@ class Checker:
                     subject, 'only VNC is known to be safe (SDL passes '
                     'DISPLAY and an XAUTHORITY file to a root QEMU; SPICE '
                     'opens host sockets)', 'use <graphics type="vnc">'))
-                continue
-            if self.settings.launcher and self.settings.network_namespace \
-                    == constants.NETNS_REQUIRED:
-                found.append(_refusal(
-                    subject, 'the launcher runs the device model in a '
-                    'network namespace of its own ([dm_restrict] '
-                    'network_namespace = required), where QEMU\'s VNC '
-                    'server would listen out of dom0\'s reach',
-                    'remove the <graphics> device and use the serial '
-                    'console, or ask the operator to set '
-                    'network_namespace = except-vnc'))
                 continue
             for kind, address in display.listens:
                 if kind not in (None, 'address'):
@@ -511,16 +508,19 @@ def raise_all(problems: typing.Sequence[Refusal]) -> None:
 
 
 def check_domain(dom: domain_mod.Domain, foreign_args: typing.Sequence[str],
-                 settings: settings_mod.Settings) -> None:
+                 settings: settings_mod.Settings,
+                 facts: typing.Optional[nics_mod.NetworkFacts] = None
+                 ) -> None:
     """Refuse every part of ``dom`` not known to be safe.
 
     :param dom: the parsed domain.
     :param foreign_args: ``<xen:commandline>`` values not set by us.
     :param settings: the ``[dm_restrict]`` settings.
+    :param facts: the host's interfaces and libvirt's networks, if known.
     :raises FeatureRefused: naming every refused part, the reasons and the
         remedies.
     """
-    Checker(settings).check(dom, foreign_args)
+    Checker(settings, facts).check(dom, foreign_args)
 
 
 def pv_dom0_qemu_reasons(dom: domain_mod.Domain) -> typing.List[str]:

@@ -106,7 +106,10 @@ DOMAIN = _n(
                      source=_n('bridge network', address=_ADDRESS),
                      model=_n('type'), script=_n('path'),
                      ip=_n('address family prefix', many=True),
-                     target=_n('dev'), alias=_ALIAS, address=_ADDRESS),
+                     target=_n('dev'), alias=_ALIAS, address=_ADDRESS,
+                     virtualport=_n('type', parameters=_n(
+                         'interfaceid profileid')),
+                     vlan=_n('trunk', tag=_n('id nativeMode', many=True))),
         input=_n('type bus', many=True, alias=_ALIAS, address=_ADDRESS),
         graphics=_n('type port autoport listen keymap passwd', many=True,
                     listen=_n('type address')),

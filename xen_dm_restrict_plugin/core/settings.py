@@ -46,6 +46,13 @@ class Settings:
         ('vif-bridge', '/etc/xen/scripts/vif-bridge'))
     allowed_bootloaders: typing.FrozenSet[str] = frozenset((
         'pygrub', '/usr/lib/xen/bin/pygrub', '/usr/libexec/xen/bin/pygrub'))
+    allowed_bridges: typing.FrozenSet[str] = frozenset()
+    allowed_ovs_bridges: typing.FrozenSet[str] = frozenset()
+    allowed_networks: typing.FrozenSet[str] = frozenset()
+    #: Where libvirt keeps active networks' definitions, and defined ones.
+    libvirt_network_state_dir: str = '/run/libvirt/network'
+    libvirt_network_config_dir: str = '/etc/libvirt/qemu/networks'
+    console_relay_user: str = 'xen-dm-console'
     launcher_test_mode: bool = False
     launcher_seccomp: bool = True
     network_namespace: str = constants.NETNS_REQUIRED

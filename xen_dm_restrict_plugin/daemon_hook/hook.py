@@ -47,6 +47,7 @@ import logging
 import typing
 
 from xen_dm_restrict_plugin import conf as conf_mod
+from xen_dm_restrict_plugin.console import relay
 from xen_dm_restrict_plugin.core import dm_argv
 from xen_dm_restrict_plugin.core import domain as domain_mod
 from xen_dm_restrict_plugin.core import policy
@@ -54,6 +55,7 @@ from xen_dm_restrict_plugin.core import restrict
 from xen_dm_restrict_plugin.daemon_hook import operations as hook_operations
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin.host import capabilities
+from xen_dm_restrict_plugin.host import netfacts
 from xen_dm_restrict_plugin.host import reaper
 from xen_dm_restrict_plugin.launcher import chroot
 from xen_dm_restrict_plugin.leases import store as leases
@@ -64,6 +66,7 @@ OP_PREPARE = hook_operations.OP_PREPARE
 OP_STOPPED = hook_operations.OP_STOPPED
 OP_RELEASE = hook_operations.OP_RELEASE
 OP_MIGRATE = hook_operations.OP_MIGRATE
+OP_STARTED = hook_operations.OP_STARTED
 ACTED_ON = hook_operations.ACTED_ON
 
 _REMEDY = ('define the domain through the orchestrator with the '
@@ -113,10 +116,18 @@ class LibxlHook:
         record = restrict.read_record(dom)
         if key == OP_PREPARE:
             self.before_start(name, dom, record)
+        elif key == OP_STARTED:
+            self.after_start(name, dom, record)
         elif key == OP_MIGRATE:
             self.refuse_migration(name, dom, record)
         else:
             self.after_stop(name, dom, record)
+
+    def network_facts(self) -> netfacts.HostNetwork:
+        """The host's interfaces and active networks, as a domain about
+        to start meets them: none of its interfaces exists yet.
+        """
+        return netfacts.HostNetwork(self.settings, at_start=True)
 
     def check_unrestricted_kind(self, name: str,
                                 dom: domain_mod.Domain) -> None:
@@ -125,7 +136,8 @@ class LibxlHook:
         allow (their ``<xen:commandline>`` goes to that QEMU too).
         """
         try:
-            policy.check_domain(dom, dom.xen_args(), self.settings)
+            policy.check_domain(dom, dom.xen_args(), self.settings,
+                                self.network_facts())
         except exception.FeatureRefused as err:
             LOG.warning('refused start of %s: %s', _describe(name, dom), err)
             raise exception.OperationRefused(
@@ -172,7 +184,8 @@ class LibxlHook:
                          'lists (ahead of them, an option could take one '
                          'as its value)')
         try:
-            policy.check_domain(dom, args[len(record.args):], self.settings)
+            policy.check_domain(dom, args[len(record.args):], self.settings,
+                                self.network_facts())
         except exception.FeatureRefused as err:
             raise refuse(str(err), err.remedy) from None
         parsed = dm_argv.parse_argv(args)
@@ -237,10 +250,37 @@ class LibxlHook:
             self._unrestricted(name, dom, 'start')
             return
         self.check_restricted(name, dom, record)
+        relay.stop(self.settings, record.uid, _describe(name, dom, record))
         chroot.prepare(self.settings, record.uid)
         self.reaper.reap(record.uid, _describe(name, dom, record))
         LOG.info('start of %s allowed: restricted, chroot ready, uid reaped',
                  _describe(name, dom, record))
+
+    def relays_console(self) -> bool:
+        """Whether restricted VNC consoles are relayed from dom0."""
+        return bool(self.settings.launcher) and \
+            self.settings.network_namespace == conf_mod.NETNS_REQUIRED
+
+    def after_start(self, name: str, dom: domain_mod.Domain,
+                    record: typing.Optional[restrict.Record]) -> None:
+        """``started begin``: relay the VNC console where libvirt says it
+        is (a failure here makes libvirtd destroy the domain).
+        """
+        if record is None or not self.relays_console():
+            return
+        where = relay.display(dom.root)
+        if where is None:
+            return
+        try:
+            relay.start(self.settings, record.uid, where[0], where[1],
+                        _describe(name, dom, record))
+        except exception.Refused as err:
+            LOG.error('VNC console of %s cannot be relayed: %s',
+                      _describe(name, dom, record), err)
+            raise exception.OperationRefused(
+                'start of %s' % _describe(name, dom, record),
+                'its VNC console cannot be relayed: %s' % err.reason,
+                err.remedy) from None
 
     def after_stop(self, name: str, dom: domain_mod.Domain,
                    record: typing.Optional[restrict.Record]) -> None:
@@ -257,6 +297,8 @@ class LibxlHook:
                         'not reaping it now (it is reaped before its next '
                         'start)', _describe(name, dom, record), record.uid)
             return
+        # The relay runs as its own user, in the uid's console cgroup.
+        relay.stop(self.settings, record.uid, _describe(name, dom, record))
         self.reaper.reap(record.uid, _describe(name, dom, record))
 
     def refuse_migration(self, name: str, dom: domain_mod.Domain,

@@ -11,5 +11,6 @@ OP_PREPARE = ('prepare', 'begin')
 OP_STOPPED = ('stopped', 'end')
 OP_RELEASE = ('release', 'end')
 OP_MIGRATE = ('migrate', 'begin')
+OP_STARTED = ('started', 'begin')
 #: (operation, sub-operation) pairs the hook acts on.
-ACTED_ON = (OP_PREPARE, OP_STOPPED, OP_RELEASE, OP_MIGRATE)
+ACTED_ON = (OP_PREPARE, OP_STARTED, OP_STOPPED, OP_RELEASE, OP_MIGRATE)

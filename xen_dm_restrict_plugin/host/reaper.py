@@ -37,6 +37,7 @@ import typing
 from xen_dm_restrict_plugin import conf as conf_mod
 from xen_dm_restrict_plugin.core import ranges
 from xen_dm_restrict_plugin import exception
+from xen_dm_restrict_plugin.launcher import network as dm_network
 
 LOG = logging.getLogger(__name__)
 
@@ -221,6 +222,7 @@ class Reaper:
                 found = scan(uid)[0]
                 rounds, zombies = self._kill_until_gone(uid, deadline)
                 self._remove_cgroup(uid, where)
+                self._remove_taps(uid, where)
         except exception.ReapError as err:
             LOG.error('reap of uid %d%s failed: %s', uid, where, err)
             raise
@@ -231,6 +233,21 @@ class Reaper:
                         uid, where, ' '.join(map(str, found)))
         LOG.info('%s%s', result.summary(), where)
         return result
+
+    def _remove_taps(self, uid: int, where: str) -> None:
+        """Remove the taps the launcher opened for ``uid`` that outlived
+        its device model (made persistent).
+        """
+        try:
+            removed = dm_network.remove_leftover_taps(
+                self.settings.chroot_base_dir, uid)
+        except OSError as err:
+            LOG.warning('leftover taps of uid %d%s not removed: %s', uid,
+                        where, err)
+            return
+        if removed:
+            LOG.warning('removed taps %s of uid %d%s, which outlived its '
+                        'device model', ', '.join(removed), uid, where)
 
     def _remove_cgroup(self, uid: int, where: str) -> None:
         """Remove the cgroup the launcher made for ``uid``, now empty."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import stat
 
+from xen_dm_restrict_plugin.core import constants
 from xen_dm_restrict_plugin import exception
 
 # On the launcher's start-up path, which reads its settings without
@@ -57,6 +58,17 @@ def _open_base(settings: settings_mod.Settings) -> int:
     return fd
 
 
+def _remove_console_socket(dir_fd: int) -> None:
+    """A VNC socket a killed device model left (QEMU made it as root)."""
+    try:
+        info = os.stat(constants.VNC_SOCKET, dir_fd=dir_fd,
+                       follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISSOCK(info.st_mode):
+        os.unlink(constants.VNC_SOCKET, dir_fd=dir_fd)
+
+
 def prepare(settings: settings_mod.Settings, uid: int) -> str:
     """Create (or check) the empty, root-owned, mode 0000 chroot of ``uid``.
 
@@ -89,6 +101,7 @@ def prepare(settings: settings_mod.Settings, uid: int) -> str:
                 'it is not a plain directory (%s)' % (err.strerror or err),
                 'remove it; it is recreated on the next start') from None
         try:
+            _remove_console_socket(fd)
             left = os.listdir(fd)
             if left:
                 raise exception.CapabilityMissing(

@@ -146,8 +146,9 @@ def _check_command_line(settings: settings_mod.Settings,
             'must be in [dm_restrict] allowed_qemu_options')
 
 
-def _network(settings: settings_mod.Settings, args: typing.Sequence[str]
-             ) -> typing.Tuple[typing.List[str], list, bool]:
+def _network(settings: settings_mod.Settings, args: typing.Sequence[str],
+             chroot_dir: str = '') -> typing.Tuple[typing.List[str], list,
+                                                   bool]:
     """Decide the network namespace and hand the taps over.
 
     The taps are handed over whatever the namespace: so QEMU, still root
@@ -163,15 +164,20 @@ def _network(settings: settings_mod.Settings, args: typing.Sequence[str]
     new_network = mode != constants.NETNS_OFF
     if new_network and dm_network.vnc_listens(args):
         if mode == constants.NETNS_REQUIRED:
-            raise exception.Refused(
-                'device model VNC display', 'QEMU can only listen for VNC '
-                'clients on a TCP socket of its own network namespace, '
-                'and [dm_restrict] network_namespace is "required"',
-                'remove the <graphics type=\'vnc\'> device, or set '
-                'network_namespace = except-vnc')
-        say('WARNING', 'the device model keeps the host network namespace '
-            'for its VNC display (network_namespace = except-vnc)')
-        new_network = False
+            path = '%s/%s' % (chroot_dir, constants.VNC_SOCKET)
+            try:
+                args = dm_network.vnc_to_unix(args, path)
+            except ValueError as err:
+                raise exception.Refused(
+                    'device model VNC display', str(err),
+                    'use a chroot_base_dir without commas') from None
+            say('INFO', 'VNC display on %s, relayed from dom0 by libvirtd\'s '
+                'hook' % path)
+        else:
+            say('WARNING', 'the device model keeps the host network '
+                'namespace for its VNC display (network_namespace = '
+                'except-vnc)')
+            new_network = False
     try:
         new_args, taps = dm_network.hand_over(args)
     except OSError as err:
@@ -255,10 +261,12 @@ def launch(settings: settings_mod.Settings,
             'cannot create namespaces or the chroot' % os.geteuid(),
             'let libxl (as root) start it')
     dm_argv.check_identity(settings, parsed)
-    qemu_argv, taps, new_network = _network(settings, args)
+    qemu_argv, taps, new_network = _network(settings, args, parsed.chroot)
     try:
         chroot.prepare(settings, parsed.uid)
         where = _cgroup(settings, parsed.uid)
+        from xen_dm_restrict_plugin.launcher import network as dm_network
+        dm_network.record_taps(settings.chroot_base_dir, parsed.uid, taps)
     except BaseException:
         for tap in taps:
             os.close(tap.fd)

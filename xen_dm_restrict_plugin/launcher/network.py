@@ -17,16 +17,25 @@ asks for a new device (``IFF_TUN_EXCL``): a tap of that name that
 already exists, such as another user's persistent one, is not attached
 to this domain; the start fails instead.
 
+The launcher records the taps it opened for a uid (their interface
+index, which survives the hotplug script's rename, and name) in
+``<chroot_base_dir>/qemu-taps-UID``; the reap of the uid removes any of
+them that outlived the device model (:func:`remove_leftover_taps`): a
+tap made persistent would otherwise stay on dom0's bridge.
+
 Only the ``-netdev`` shape libxl writes is rewritten; the launcher has
-already refused any other.  A VNC display is a TCP socket QEMU would
-listen on in its own namespace, unreachable from dom0; see
-``[dm_restrict] network_namespace``.
+already refused any other.  A VNC display would be a TCP socket QEMU
+listens on in its own namespace, unreachable from dom0: libxl's
+``-vnc ADDR:DISPLAY[,password=on][,to=99]`` becomes ``-vnc unix:
+CHROOT/vnc.sock[,password=on]`` (:func:`vnc_to_unix`), which libvirtd's
+hook relays from dom0 (:mod:`xen_dm_restrict_plugin.console.relay`).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import struct
 
 from xen_dm_restrict_plugin.core import libxl_argv
@@ -42,6 +51,7 @@ IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 IFF_TUN_EXCL = 0x8000
 TUNSETIFF = 0x400454ca
+TUNSETPERSIST = 0x400454cb
 TUNGETFEATURES = 0x800454cf
 IFNAMSIZ = 16
 
@@ -73,8 +83,8 @@ def tap_netdevs(args: typing.Sequence[str]
         if item.option == 'netdev' and item.value is not None:
             match = libxl_argv.TAP_NETDEV_RE.match(item.value)
             if match:
-                found.append((item.index + 1, match.group(1),
-                              match.group(2)))
+                found.append((item.index + 1, match.group('netdev'),
+                              match.group('ifname')))
     return found
 
 
@@ -83,6 +93,24 @@ def vnc_listens(args: typing.Sequence[str]) -> bool:
     return any(item.option == 'vnc' and item.value is not None
                and item.value.split(',', 1)[0] != 'none'
                for item in qemu_args.split(args))
+
+
+def vnc_to_unix(args: typing.Sequence[str], path: str) -> typing.List[str]:
+    """Rewrite libxl's TCP ``-vnc`` to a unix socket at ``path``,
+    keeping ``password=on`` (libxl sets the password by QMP).
+
+    :raises ValueError: ``path`` holds a comma (QEMU would read options).
+    """
+    if ',' in path:
+        raise ValueError('the VNC socket path %r holds a comma' % path)
+    new_args = list(args)
+    for item in qemu_args.split(args):
+        if item.option == 'vnc' and item.value is not None and \
+                item.value.split(',', 1)[0] != 'none':
+            options = item.value.split(',')[1:]
+            kept = [opt for opt in options if opt == 'password=on']
+            new_args[item.index + 1] = ','.join(['unix:%s' % path] + kept)
+    return new_args
 
 
 def open_tap(ifname: str) -> int:
@@ -132,3 +160,75 @@ def hand_over(args: typing.Sequence[str]
             os.close(tap.fd)
         raise
     return new_args, taps
+
+
+def tap_record(chroot_base_dir: str, uid: int) -> str:
+    """The file listing the taps the launcher opened for ``uid``."""
+    return '%s/qemu-taps-%d' % (chroot_base_dir.rstrip('/'), uid)
+
+
+def record_taps(chroot_base_dir: str, uid: int,
+                taps: typing.Sequence[Tap]) -> None:
+    """Write "INDEX NAME" of each tap to the uid's record (root's, 0600).
+
+    :raises OSError: the record cannot be written.
+    """
+    path = tap_record(chroot_base_dir, uid)
+    if not taps:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        return
+    lines = ''.join('%d %s\n' % (socket.if_nametoindex(tap.ifname),
+                                 tap.ifname) for tap in taps)
+    fd = os.open(path + '.new', os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                 | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, lines.encode())
+    finally:
+        os.close(fd)
+    os.rename(path + '.new', path)
+
+
+def _is_tap(name: str) -> bool:
+    return os.path.exists('/sys/class/net/%s/tun_flags' % name)
+
+
+def remove_leftover_taps(chroot_base_dir: str, uid: int
+                         ) -> typing.List[str]:
+    """Remove the uid's recorded taps that no process holds any more.
+
+    Call once every process of the uid is gone.  A tap still held
+    (another domain's, at an index reused since) is left alone: the
+    kernel refuses to attach a second descriptor to it.
+
+    :returns: the names of the taps removed.
+    """
+    path = tap_record(chroot_base_dir, uid)
+    try:
+        with open(path) as handle:
+            entries = [line.split(None, 1) for line in handle]
+    except FileNotFoundError:
+        return []
+    removed = []
+    for index, name in entries:
+        name = name.strip()
+        try:
+            now = socket.if_indextoname(int(index))
+        except (OSError, ValueError):
+            continue  # gone with its device model, as it should
+        if not _is_tap(now) or not (now == name or now.endswith('-emu')):
+            continue
+        fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(fd, TUNSETIFF, struct.pack(
+                '%dsH22x' % IFNAMSIZ, now.encode(), IFF_TAP | IFF_NO_PI))
+            fcntl.ioctl(fd, TUNSETPERSIST, 0)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        removed.append(now)
+    os.unlink(path)
+    return removed

@@ -37,7 +37,23 @@ as its uid (so the launcher loads the filter under QEMU's own
 - ``socket`` and ``socketpair`` only for AF_UNIX, AF_INET, AF_INET6 and
   AF_NETLINK, which the device model's own network namespace confines;
   any other family (AF_VSOCK reaches across namespaces) fails with
-  EAFNOSUPPORT.
+  EAFNOSUPPORT;
+- netlink sockets only of the protocol QEMU (and the C library under
+  it) uses, ``NETLINK_ROUTE``, which in the device model's own network
+  namespace shows nothing of dom0's; any other protocol fails with
+  EAFNOSUPPORT (``NETLINK_KOBJECT_UEVENT`` would receive the host's
+  device events in any namespace);
+- the tun/tap ioctls QEMU does not need once it holds the tap the
+  launcher opened (QEMU's ``tap-linux.c`` uses TUNGETIFF, TUNSETOFFLOAD,
+  TUNSETVNETHDRSZ, TUNSETSNDBUF, the vnet endianness and, for multiqueue,
+  TUNSETQUEUE) fail with EPERM: TUNSETPERSIST would let the tap outlive
+  the domain, TUNSETOWNER/TUNSETGROUP hand it to a local user, who could
+  then inject frames into dom0's bridge, SIOCSIFHWADDR change the tap's
+  MAC (the bridge's, or another guest's in the bridge's table),
+  TUNSETLINK its link type, TUNSETIFF/TUNSETIFINDEX/TUNSETCARRIER/
+  TUNSETDEBUG/TUNSETNOCSUM its setup, the eBPF steering and filter
+  programs its traffic, and TUNGETDEVNETNS would return dom0's network
+  namespace.  They are denied by number on every descriptor.
 
 libseccomp builds the BPF; it is called through ctypes because the
 launcher's Python runs isolated (``-I``) from Debian's python3-seccomp
@@ -141,6 +157,28 @@ AF_INET6 = 10
 AF_NETLINK = 16
 #: The socket families allowed.
 SOCKET_FAMILIES = (AF_UNIX, AF_INET, AF_INET6, AF_NETLINK)
+NETLINK_ROUTE = 0
+#: The netlink protocols allowed.
+NETLINK_PROTOCOLS = (NETLINK_ROUTE,)
+
+
+def _ioc(direction: int, number: int, size: int) -> int:
+    return (direction << 30) | (size << 16) | (ord('T') << 8) | number
+
+
+_W, _R = 1, 2
+#: tun/tap ioctls denied (linux/if_tun.h), and SIOCSIFHWADDR, which the
+#: tun driver also takes on a tap descriptor.
+TUN_DENIED = {
+    'TUNSETNOCSUM': _ioc(_W, 200, 4), 'TUNSETDEBUG': _ioc(_W, 201, 4),
+    'TUNSETIFF': _ioc(_W, 202, 4), 'TUNSETPERSIST': _ioc(_W, 203, 4),
+    'TUNSETOWNER': _ioc(_W, 204, 4), 'TUNSETLINK': _ioc(_W, 205, 4),
+    'TUNSETGROUP': _ioc(_W, 206, 4), 'TUNSETIFINDEX': _ioc(_W, 218, 4),
+    'TUNSETSTEERINGEBPF': _ioc(_R, 224, 4),
+    'TUNSETFILTEREBPF': _ioc(_R, 225, 4),
+    'TUNSETCARRIER': _ioc(_W, 226, 4), 'TUNGETDEVNETNS': _ioc(0, 227, 0),
+    'SIOCSIFHWADDR': 0x8924,
+}
 
 
 class ArgCmp(ctypes.Structure):
@@ -231,6 +269,12 @@ def rules(uid: int, gid: int) -> typing.List[typing.Tuple[
     rows += [(name, EAFNOSUPPORT, ((0, SCMP_CMP_MASKED_EQ, mask, value),))
              for name in ('socket', 'socketpair')
              for mask, value in outside(SOCKET_FAMILIES)]
+    rows += [('socket', EAFNOSUPPORT, (
+        (0, SCMP_CMP_MASKED_EQ, 0xffffffff, AF_NETLINK),
+        (2, SCMP_CMP_MASKED_EQ, mask, value)))
+        for mask, value in outside(NETLINK_PROTOCOLS)]
+    rows += [('ioctl', EPERM, ((1, SCMP_CMP_MASKED_EQ, 0xffffffff, number),))
+             for number in sorted(TUN_DENIED.values())]
     return rows
 
 

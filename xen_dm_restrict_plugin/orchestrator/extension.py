@@ -21,6 +21,7 @@ from xen_dm_restrict_plugin.core import policy
 from xen_dm_restrict_plugin.core import restrict
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin.host import capabilities
+from xen_dm_restrict_plugin.host import netfacts
 from xen_dm_restrict_plugin.host import reaper as reaper_mod
 from xen_dm_restrict_plugin.leases import locks
 from xen_dm_restrict_plugin.leases import store as leases
@@ -115,7 +116,9 @@ class DmRestrictHook(hooks.DomainHook):
                 'define the domain with the instance uuid')
         record = restrict.read_record(dom)
         foreign = restrict.foreign_args(dom, record)
-        policy.check_domain(dom, foreign, self.settings)
+        # Checked again, strictly, by libvirtd's hook at prepare.
+        policy.check_domain(dom, foreign, self.settings,
+                            netfacts.HostNetwork(self.settings))
         kind = dom.kind
         if not kind.has_dom0_device_model:
             reasons = policy.pv_dom0_qemu_reasons(dom)

@@ -17,6 +17,7 @@ from xen_dm_restrict_plugin.core import domain as domain_mod
 from xen_dm_restrict_plugin.core import policy
 from xen_dm_restrict_plugin.core import restrict
 from xen_dm_restrict_plugin import exception
+from xen_dm_restrict_plugin.host import netfacts
 
 if typing.TYPE_CHECKING:  # pragma: no cover
     from xen_dm_restrict_plugin import conf
@@ -141,7 +142,8 @@ def check_device(operation: str, name: str, device: etree._Element,
             probe.root.find('os/type').set('machine', kind.get('machine'))
     probe.devices().append(device)
     try:
-        policy.check_domain(probe, [], settings)
+        policy.check_domain(probe, [], settings,
+                            netfacts.HostNetwork(settings, at_start=live))
     except exception.FeatureRefused as err:
         raise exception.OperationRefused(
             '%s of %s on restricted domain %s' % (operation, err.subject,

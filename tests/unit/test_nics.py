@@ -1,0 +1,259 @@
+"""NIC names and attachments: what libxl would do, refused where harmful.
+
+The host's facts are given as data (:class:`Facts`); the functional tests
+(tests/functional/test_netfacts.py) read them from real interfaces.
+"""
+
+import pytest
+
+from tests import base
+from xen_dm_restrict_plugin.core import domain
+from xen_dm_restrict_plugin.core import nics
+from xen_dm_restrict_plugin.core import policy
+from xen_dm_restrict_plugin import exception
+
+NEUTRON = 'tap1a2b3c4d-5e'
+
+
+class Facts(nics.NetworkFacts):
+    """A host described by data."""
+
+    known = True
+
+    def __init__(self, interfaces=(), guests=(), bridges=None,
+                 networks=None, at_start=False):
+        self.interfaces = set(interfaces)
+        self.guests = set(guests)
+        self.bridges = bridges or {'xenbr0': 'linux', 'br-ten1': 'linux'}
+        self.networks = networks or {}
+        self.at_start = at_start
+
+    def interface_exists(self, name):
+        return name in self.interfaces or name in self.bridges
+
+    def is_guest_interface(self, name):
+        return name in self.guests
+
+    def bridge_kind(self, name):
+        if name in self.bridges:
+            return self.bridges[name]
+        return 'other' if name in self.interfaces else 'missing'
+
+    def network(self, name):
+        return self.networks.get(name)
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return base.make_settings(
+        tmp_path, allowed_ovs_bridges=['br-int'],
+        allowed_networks=['default', 'tenants', 'sriov', 'mgmt', 'macvtap',
+                          'ovsnet', 'absent'])
+
+
+def _nic(source="<source bridge='xenbr0'/>", extra='', kind='bridge'):
+    return ("<interface type='%s'><mac address='00:16:3e:00:00:01'/>%s%s"
+            "</interface>" % (kind, source, extra))
+
+
+def _domain(nic, os_type='hvm'):
+    xml = base.fixture('hvm.xml' if os_type == 'hvm' else 'pv.xml')
+    root_xml = base.edit(xml, lambda root: [
+        root.find('devices').remove(node)
+        for node in root.findall('devices/interface')])
+    return domain.parse(base.add_device(root_xml, nic), 1 << 20)
+
+
+def problems(settings, nic, facts=None, os_type='hvm'):
+    return [str(p) for p in policy.Checker(settings, facts).problems(
+        _domain(nic, os_type), [])]
+
+
+def refused(settings, nic, facts=None, os_type='hvm'):
+    found = problems(settings, nic, facts, os_type)
+    assert found, nic
+    assert all('Remedy:' in text for text in found)
+    return ' '.join(found)
+
+
+# -- names ------------------------------------------------------------------
+@pytest.mark.parametrize('name', ['eth0', 'lo', 'xenbr0'])
+def test_a_name_of_dom0_is_refused_saying_what_libxl_does(settings, name):
+    facts = Facts(interfaces={'eth0', 'lo'})
+    message = refused(settings, _nic(extra="<target dev='%s'/>" % name),
+                      facts)
+    assert 'dom0 has an interface %s' % name in message
+    assert 'offline' in message and 'ip link set dev %s down' % name \
+        in message
+
+
+def test_a_tap_suffix_name_of_dom0_is_refused_for_an_emulated_nic(settings):
+    facts = Facts(interfaces={'web-emu'})
+    message = refused(settings, _nic(extra="<target dev='web'/>"), facts)
+    assert 'web-emu' in message
+
+
+def test_a_running_guests_interface_passes_define_but_not_prepare(settings):
+    nic = _nic(extra="<target dev='web0'/>")
+    seen = Facts(interfaces={'web0', 'web0-emu'},
+                 guests={'web0', 'web0-emu'})
+    assert problems(settings, nic, seen) == []
+    seen.at_start = True
+    assert 'dom0 has an interface web0' in refused(settings, nic, seen)
+
+
+@pytest.mark.parametrize('name', ['vif3.0', 'vif12.1-emu', 'vif0.0'])
+def test_libxl_name_space_is_refused(settings, name):
+    message = refused(settings, _nic(extra="<target dev='%s'/>" % name),
+                      Facts())
+    assert 'libxl\'s own name space' in message
+    assert 'later domain' in message
+
+
+def test_neutron_name_on_an_emulated_nic_names_the_rename(settings):
+    message = refused(settings, _nic(extra="<target dev='%s'/>" % NEUTRON),
+                      Facts())
+    assert '%s-emu' % NEUTRON in message
+    assert '15 characters' in message and 'netfront' in message
+
+
+def test_neutron_name_works_where_libxl_can_run_it(settings):
+    nic = _nic(extra="<model type='netfront'/><target dev='%s'/>" % NEUTRON)
+    assert problems(settings, nic, Facts()) == []
+    pv = _nic(extra="<target dev='%s'/>" % NEUTRON)
+    assert problems(settings, pv, Facts(), os_type='pv') == []
+
+
+def test_eleven_characters_fit_an_emulated_nic(settings):
+    assert problems(settings, _nic(extra="<target dev='tenant-web1'/>"),
+                    Facts()) == []
+
+
+@pytest.mark.parametrize('name', ['a' * 16, 'eth0,fd=3', 'a b', '..', 'a/b'])
+def test_names_that_are_no_linux_name_are_refused(settings, name):
+    assert 'Linux interface name' in refused(
+        settings, _nic(extra="<target dev='%s'/>" % name), Facts())
+
+
+# -- bridges ----------------------------------------------------------------
+def test_only_listed_bridges(settings):
+    message = refused(settings, _nic("<source bridge='mgmtbr'/>"))
+    assert "bridge 'mgmtbr'" in message and 'allowed_bridges' in message
+    assert problems(settings, _nic("<source bridge='br-ten1'/>")) == []
+
+
+def test_no_bridge_is_allowed_by_default(tmp_path):
+    settings = base.make_settings(tmp_path, allowed_bridges=[],
+                                  allowed_networks=[])
+    assert 'lists only none' in refused(settings, _nic())
+
+
+def test_a_missing_xenbr_that_vif_bridge_would_take_for_eth(settings):
+    facts = Facts(bridges={'eth0': 'linux'})
+    message = refused(settings, _nic(), facts)
+    assert 'bridge eth0 instead' in message
+    assert problems(settings, _nic(), Facts(bridges={'eth0': 'other'})) == []
+
+
+def test_a_listed_bridge_of_the_wrong_kind(settings):
+    message = refused(settings, _nic(), Facts(bridges={'xenbr0': 'other'}))
+    assert 'no bridge' in message
+
+
+# -- Open vSwitch -------------------------------------------------------------
+OVS = "<virtualport type='openvswitch'/>"
+
+
+def test_ovs_port_with_neutron_name_and_vlan(settings):
+    facts = Facts(bridges={'br-int': 'openvswitch'})
+    nic = _nic("<source bridge='br-int'/>",
+               "<virtualport type='openvswitch'><parameters "
+               "interfaceid='0b2f3a1e-2e4c-4b8e-9d7a-1a2b3c4d5e6f'/>"
+               "</virtualport><vlan><tag id='42'/></vlan>"
+               "<model type='netfront'/><target dev='%s'/>" % NEUTRON)
+    assert problems(settings, nic, facts) == []
+    trunk = _nic("<source bridge='br-int'/>", OVS + "<vlan trunk='yes'>"
+                 "<tag id='10'/><tag id='20'/></vlan>")
+    assert problems(settings, trunk, facts) == []
+
+
+@pytest.mark.parametrize('extra,words', [
+    ("<vlan><tag id='4096'/></vlan>", ['0 to 4095']),
+    ("<vlan><tag id='1' nativeMode='untagged'/></vlan>", ['nativeMode']),
+    ("<vlan><tag id='1'/><tag id='2'/></vlan>", ['trunk="yes"']),
+    ("<script path='vif-bridge'/>", ['vif-openvswitch']),
+])
+def test_ovs_refusals(settings, extra, words):
+    message = refused(settings, _nic("<source bridge='br-int'/>",
+                                     OVS + extra))
+    for word in words:
+        assert word in message
+
+
+def test_ovs_bridge_must_be_listed_as_ovs(settings):
+    assert 'allowed_ovs_bridges' in refused(settings, _nic(extra=OVS))
+    assert 'allowed_bridges' in refused(
+        settings, _nic("<source bridge='br-int'/>"))
+
+
+def test_ovs_on_a_linux_bridge_is_refused(settings):
+    message = refused(settings, _nic("<source bridge='br-int'/>", OVS),
+                      Facts(bridges={'br-int': 'linux'}))
+    assert 'a Linux bridge, not an Open vSwitch bridge' in message
+
+
+def test_vlan_without_ovs_is_refused(settings):
+    assert 'vif-bridge would ignore them' in refused(
+        settings, _nic(extra="<vlan><tag id='5'/></vlan>"))
+
+
+def test_other_virtualports_are_refused(settings):
+    assert 'only Open vSwitch' in refused(
+        settings, _nic(extra="<virtualport type='802.1Qbh'/>"))
+
+
+def test_ovs_bridge_option_refuses_names_vif_openvswitch_misreads(tmp_path):
+    with pytest.raises(exception.ConfigError) as err:
+        base.make_settings(tmp_path, allowed_ovs_bridges=['br.int'])
+    assert 'allowed_ovs_bridges' in str(err.value)
+
+
+# -- libvirt networks ---------------------------------------------------------
+def _networks():
+    net = nics.ResolvedNetwork
+    return {'default': net('default', 'nat', 'xenbr0'),
+            'tenants': net('tenants', 'bridge', 'br-ten1'),
+            'sriov': net('sriov', 'hostdev', None),
+            'mgmt': net('mgmt', 'bridge', 'mgmtbr'),
+            'macvtap': net('macvtap', 'vepa', None),
+            'ovsnet': net('ovsnet', 'bridge', 'br-int', 'openvswitch')}
+
+
+def _net(name):
+    return _nic("<source network='%s'/>" % name, kind='network')
+
+
+@pytest.mark.parametrize('name', ['default', 'tenants', 'ovsnet'])
+def test_networks_resolving_to_allowed_bridges(settings, name):
+    facts = Facts(networks=_networks(),
+                  bridges={'xenbr0': 'linux', 'br-ten1': 'linux',
+                           'br-int': 'openvswitch'})
+    assert problems(settings, _net(name), facts) == []
+
+
+@pytest.mark.parametrize('name,words', [
+    ('sriov', ['hostdev', 'PCI passthrough', 'libxlNetworkPrepareDevices']),
+    ('mgmt', ["bridge 'mgmtbr'", 'allowed_bridges']),
+    ('macvtap', ['macvtap']),
+    ('absent', ['no defined network']),
+])
+def test_networks_refused(settings, name, words):
+    message = refused(settings, _net(name), Facts(networks=_networks()))
+    for word in words:
+        assert word in message
+
+
+def test_unlisted_network_refused_without_facts(settings):
+    assert 'allowed_networks' in refused(settings, _net('elsewhere'))
+    # Listed but unresolved: checked where facts are known.
+    assert problems(settings, _net('sriov')) == []
