@@ -81,8 +81,9 @@ def relay_user(settings: settings_mod.Settings) -> pwd.struct_passwd:
     except (KeyError, ValueError):
         raise exception.CapabilityMissing(
             'console_relay_user %s' % name, 'no such user',
-            'create it: useradd --system --no-create-home --shell '
-            '/usr/sbin/nologin %s' % name) from None
+            'create it: useradd --system --user-group --no-create-home '
+            '--home-dir /nonexistent --shell /usr/sbin/nologin %s'
+            % name) from None
     if entry.pw_uid == 0 or entry.pw_gid == 0 or \
             entry.pw_uid == settings.reaper_uid or any(
                 entry.pw_uid in rng for rng in settings.all_ranges()):

@@ -209,6 +209,22 @@ def check_reaper_user(settings: conf_mod.Settings) -> Check:
                  'range, runs nothing' % (settings.reaper_user, uid))
 
 
+def check_console_user(settings: conf_mod.Settings) -> Check:
+    from xen_dm_restrict_plugin.console import relay
+
+    name = 'console relay user'
+    if settings.network_namespace != conf_mod.NETNS_REQUIRED:
+        return Check(name, SKIP, 'network_namespace = %s: VNC consoles '
+                     'need no relay' % settings.network_namespace)
+    try:
+        entry = relay.relay_user(settings)
+    except exception.CapabilityMissing as err:
+        return Check(name, FAIL, '%s: %s; %s' % (
+            err.subject, err.reason, err.remedy))
+    return Check(name, OK, '%s = uid %d, not root, the reaper or a '
+                 'device-model uid' % (entry.pw_name, entry.pw_uid))
+
+
 def check_accounts(settings: conf_mod.Settings) -> Check:
     all_ranges = settings.all_ranges()
     if not all_ranges:
@@ -441,7 +457,8 @@ def run(settings: conf_mod.Settings,
                     needs_xen=True),
               check_kernel(), check_root(), check_names(unknown_names)]
     checks += check_qemu(settings)
-    checks += [check_reaper_user(settings), check_accounts(settings),
+    checks += [check_reaper_user(settings), check_console_user(settings),
+               check_accounts(settings),
                check_chroot_base(settings), check_lease_db(settings),
                check_launcher(settings), check_launcher_speed(settings),
                check_test_mode(settings), check_host_paths(settings)]
