@@ -217,3 +217,19 @@ def test_boot_with_a_capable_qemu_uses_its_syntax(tmp_path):
     finally:
         hook.close()
     assert '-run-with' in out and '-runas' not in out
+
+
+def test_a_probe_that_does_not_answer_is_refused_and_not_remembered(
+        tmp_path, monkeypatch):
+    """A loaded host is not a QEMU without the restriction."""
+    capabilities.clear_cache()
+    binary = standin(tmp_path, 'slow', sleep=1.0)
+    monkeypatch.setattr(capabilities, 'PROBE_TIMEOUT', 0.2)
+    with pytest.raises(exception.CapabilityMissing) as err:
+        capabilities.probe(binary)
+    assert 'did not complete within' in str(err.value)
+    assert 'try again' in err.value.remedy
+    monkeypatch.setattr(capabilities, 'PROBE_TIMEOUT', 10.0)
+    caps = capabilities.probe(binary)
+    assert caps.has('version') and caps.has('xen-domid-restrict')
+    capabilities.clear_cache()

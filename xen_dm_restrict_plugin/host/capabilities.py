@@ -72,16 +72,21 @@ def _identity(binary: str) -> tuple:
             st.st_mtime_ns)
 
 
-def _run_probe(binary: str, args: typing.Sequence[str]) -> bool:
+def _run_probe(binary: str, args: typing.Sequence[str]
+               ) -> typing.Optional[bool]:
+    """Whether QEMU accepts ``args``; None when it gave no answer."""
     try:
         proc = subprocess.run(
             [binary, '-no-user-config'] + list(args) + ['-version'],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, timeout=PROBE_TIMEOUT,
             close_fds=True)
-    except (OSError, subprocess.TimeoutExpired) as err:
+    except OSError as err:
         LOG.warning('probe of %s %s failed: %s', binary, ' '.join(args), err)
         return False
+    except subprocess.TimeoutExpired as err:
+        LOG.warning('probe of %s %s failed: %s', binary, ' '.join(args), err)
+        return None
     return proc.returncode == 0
 
 
@@ -98,7 +103,18 @@ def probe(binary: str) -> Capabilities:
     with concurrent.futures.ThreadPoolExecutor(len(PROBES)) as pool:
         futures = {name: pool.submit(_run_probe, binary, args)
                    for name, args in PROBES.items()}
-        supported = {name: fut.result() for name, fut in futures.items()}
+        answers = {name: fut.result() for name, fut in futures.items()}
+    unanswered = sorted(name for name, answer in answers.items()
+                        if answer is None)
+    if unanswered:
+        # Not an answer about the binary (a loaded host, a transient
+        # failure): refuse this time and probe again the next time.
+        raise exception.CapabilityMissing(
+            'device model %s' % binary, 'its probes (%s) did not complete '
+            'within %.0f s' % (', '.join(unanswered), PROBE_TIMEOUT),
+            'try again; if it persists, run "%s -no-user-config -version" '
+            'to see why it hangs or fails to start' % binary)
+    supported = {name: bool(answer) for name, answer in answers.items()}
     caps = Capabilities(binary, supported)
     LOG.info('probed device model %s: %s', binary, ', '.join(
         '%s=%s' % (k, 'yes' if v else 'no')
