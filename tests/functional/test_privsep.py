@@ -52,3 +52,27 @@ def test_unprivileged_orchestrator_reaps_through_privsep(env):
                                   % victim_uid)
     assert out['outside'].startswith('ReapRefused: it is not inside any')
     assert out['root'].startswith('ReapRefused: it is a reserved uid')
+
+
+def test_the_daemon_refuses_a_configuration_the_orchestrator_can_change(
+        env):
+    """The orchestrator's user must not widen what root reaps."""
+    victim_uid = env.first + 1
+    victim = subprocess.Popen(['sleep', '300'], user=victim_uid,
+                              group=victim_uid)
+    os.chown(env.config, env.first + 600, 0)
+    try:
+        proc = subprocess.run(
+            [sys.executable, os.path.join(os.path.dirname(__file__),
+                                          'privsep_client.py'),
+             env.config, str(env.first + 600), str(victim_uid),
+             str(env.first + 300)],
+            capture_output=True, text=True, env=env.environ(), timeout=60)
+        assert proc.returncode != 0
+        assert 'is owned by uid %d, not root' % (env.first + 600) in \
+            proc.stderr
+        assert victim.poll() is None
+    finally:
+        os.chown(env.config, 0, 0)
+        victim.kill()
+        victim.wait()

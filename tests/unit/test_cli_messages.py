@@ -112,3 +112,23 @@ def test_install_launcher_refuses_a_file_the_launcher_does_not_read(
     assert code == 2
     assert 'the settings given were read from %s' % other in err
     assert not target.exists() and not snapshot.parent.exists()
+
+
+def test_render_output_never_writes_through_a_planted_symlink(
+        tmp_path, capsys):
+    """Root renders into a directory another user can write."""
+    victim = tmp_path / 'victim'
+    victim.write_text('precious\n')
+    out = tmp_path / 'out.xml'
+    for planted in (out, tmp_path / 'out.xml.tmp'):
+        planted.symlink_to(victim)
+    domain = tmp_path / 'minimal.xml'
+    domain.write_text(MINIMAL)
+    code, _, err = _run(capsys, 'render', '--config-file', _conf(tmp_path),
+                        '--tenant', 'acme', str(domain), '-o', str(out))
+    assert code == 0, err
+    assert victim.read_text() == 'precious\n'
+    assert not out.is_symlink() and '<domain' in out.read_text()
+    assert oct(out.stat().st_mode & 0o777) == '0o644'
+    assert sorted(p.name for p in tmp_path.iterdir()
+                  if p.name.startswith('.out.xml')) == []

@@ -39,8 +39,7 @@ def test_reads_what_restrict_writes(form):
 
 def test_separate_run_with_options_are_read():
     parsed = dm_argv.parse_argv([
-        '--run-with', 'user=5:6', '-run-with', 'async-teardown=on',
-        '-run-with', 'chroot=/x'])
+        '--run-with', 'user=5:6', '-run-with', 'chroot=/x'])
     assert (parsed.uid, parsed.gid, parsed.chroot) == (5, 6, '/x')
 
 
@@ -158,3 +157,21 @@ def test_help_as_another_options_value_is_not_a_query():
     parsed = dm_argv.parse_argv(['-name', '-help', '-drive',
                                  'file=/dev/sda'])
     assert not parsed.query
+
+
+@pytest.mark.parametrize('value', [
+    'user=200001:200001,chroot=/c/qemu-root-200001,async-teardown=on',
+    'async-teardown=on',
+    'user=200001:200001,exit-with-parent=on',
+])
+def test_run_with_takes_only_the_keys_dm_restrict_writes(value):
+    with pytest.raises(exception.FeatureRefused) as err:
+        dm_argv.parse_argv(['-xen-domid', '7', '-xen-domid-restrict',
+                            '-run-with', value])
+    assert 'not one dm_restrict writes' in str(err.value)
+
+
+def test_async_teardown_can_never_be_allowed(tmp_path):
+    with pytest.raises(exception.ConfigError) as err:
+        base.make_settings(tmp_path, allowed_qemu_options=['async-teardown'])
+    assert 'uid reaper cannot see' in str(err.value)

@@ -22,9 +22,10 @@ LAYERS = {
     'exception': 0,
     'core': 1,
     'conf': 2, 'launcher': 2, 'leases': 2,
-    'host': 3, 'storage': 3, 'console': 3,
-    'daemon_hook': 4, 'orchestrator': 4,
-    'cmd': 5,
+    'storage': 3, 'console': 3,
+    'host': 4,
+    'daemon_hook': 5, 'orchestrator': 5,
+    'cmd': 6,
 }
 #: The historical names of the orchestrator-side modules: aliases only.
 ALIASES = {'extension', 'hooks', 'loader', 'virt', 'operations',

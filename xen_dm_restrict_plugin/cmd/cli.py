@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import textwrap
 import typing
 import uuid as uuid_mod
@@ -89,15 +90,20 @@ def _write_output(path: typing.Optional[str], text: str) -> None:
         sys.stdout.write(text + '\n')
         sys.stdout.flush()
         return
-    tmp = path + '.tmp'
+    # A new file of our own (O_EXCL: never an existing file or a symlink
+    # someone planted), renamed over the target (which replaces a symlink
+    # rather than writing through it).
+    fd, tmp = tempfile.mkstemp(prefix='.%s.' % os.path.basename(path),
+                               dir=os.path.dirname(os.path.abspath(path)))
     try:
-        with open(tmp, 'w', encoding='utf-8') as handle:
+        with os.fdopen(fd, 'w', encoding='utf-8') as handle:
             handle.write(text + '\n')
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except OSError:
-        if os.path.lexists(tmp):
+    except BaseException:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 

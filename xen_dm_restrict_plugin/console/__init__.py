@@ -1,5 +1,6 @@
 """Consoles of restricted guests reached from dom0's network namespace.
 
-Reserved for the console relay (VNC on a unix socket inside the device
-model's root, relayed to the address libvirt reports).
+The device model serves VNC on a unix socket inside its own root; the
+relay (:mod:`~xen_dm_restrict_plugin.console.relay`) listens where libvirt
+says the console is and forwards to it.
 """

@@ -122,6 +122,13 @@ def parse_argv(args: typing.Sequence[str]) -> DeviceModelArgs:
                         put('user', _parse_user(val), arg)
                     elif key == 'chroot':
                         put('chroot', val, arg)
+                    else:
+                        # async-teardown=on keeps a root, unchrooted
+                        # helper sharing the guest's memory, invisible
+                        # to the uid reaper; the other keys are not ours.
+                        raise _bad('%s %s' % (arg, value), 'the key %r is '
+                                   'not one dm_restrict writes (only user= '
+                                   'and chroot=)' % key)
     uid, gid = found.get('user', (None, None))
     return DeviceModelArgs(
         uid=uid, gid=gid, chroot=found.get('chroot'),

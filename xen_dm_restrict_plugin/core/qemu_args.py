@@ -109,6 +109,9 @@ NEVER_ALLOWED: typing.Mapping[str, str] = {
     'action': 'it changes what the device model does on guest events',
     'overcommit': 'it locks guest memory in host RAM',
     'mem-prealloc': 'it preallocates all guest memory in dom0',
+    'async-teardown': 'QEMU keeps a root, unchrooted helper process with '
+                      'every capability that shares the guest\'s memory '
+                      'and that the uid reaper cannot see',
 }
 
 #: Option keys whose value names a host path, socket, program, file

@@ -16,6 +16,7 @@ ranges or users sent by the unprivileged side: a compromised orchestrator
 can at most ask it to reap a uid inside a configured range.
 """
 
+import os
 import typing
 
 from oslo_config import cfg
@@ -23,7 +24,9 @@ from oslo_privsep import capabilities
 from oslo_privsep import priv_context
 
 from xen_dm_restrict_plugin import conf as conf_mod
+from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin.host import reaper as reaper_mod
+from xen_dm_restrict_plugin.launcher import settings as launch_settings
 
 GROUP = conf_mod.PRIVILEGED_GROUP
 
@@ -36,9 +39,32 @@ dm_restrict_pctxt = priv_context.PrivContext(
 
 
 def _settings() -> conf_mod.Settings:
-    """The daemon's own ``[dm_restrict]`` settings (from ``cfg.CONF``)."""
+    """The daemon's own ``[dm_restrict]`` settings (from ``cfg.CONF``).
+
+    The daemon decides as root with them (which uids may be reaped, by
+    which reaper user), so it trusts only files root alone can change,
+    as the launcher does.
+
+    :raises ConfigError: a configuration file others could change.
+    """
     if conf_mod.GROUP not in cfg.CONF:
         conf_mod.register_opts(cfg.CONF)
+    for path in cfg.CONF.config_file or ():
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as err:
+            raise exception.ConfigError(
+                'configuration file %s' % path, err.strerror,
+                'start the privsep daemon with readable files') from None
+        try:
+            reason = launch_settings.untrusted(fd)
+        finally:
+            os.close(fd)
+        if reason:
+            raise exception.ConfigError(
+                'configuration file %s' % path, '%s, and the privsep '
+                'daemon decides as root with it' % reason,
+                'chown root and chmod go-w the file and its directory')
     return conf_mod.load(cfg.CONF)
 
 
