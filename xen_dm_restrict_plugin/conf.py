@@ -315,6 +315,41 @@ dm_restrict_opts = [
         'device_model_cpu_weight', default=100, min=1, max=10000,
         help='CPU weight of a device model\'s cgroup (cgroup v2 '
              'cpu.weight; on v1 cpu.shares = weight * 1024 / 100).'),
+    cfg.IntOpt(
+        'max_vcpus', default=32, min=1,
+        help='Most vCPUs a tenant domain may have (<vcpu>).'),
+    cfg.IntOpt(
+        'max_memory_mib', default=131072, min=16,
+        help='Most memory, in MiB, a tenant domain may have (<memory>, '
+             '<currentMemory>, <maxMemory>): libxl takes it from the host, '
+             'ballooning dom0 down when it has to.'),
+    cfg.IntOpt(
+        'max_video_ram_mib', default=64, min=4,
+        help='Most video RAM, in MiB, of a tenant domain\'s <video><model '
+             'vram>: libxl adds it to the domain\'s memory.'),
+    cfg.BoolOpt(
+        'allow_cputune', default=False,
+        help='Let tenant domains carry <cputune> (scheduler weight, vCPU '
+             'pinning) and <vcpu cpuset>, which libvirt hands to Xen as '
+             'written. Off: a tenant cannot outweigh dom0 or pin its vCPUs '
+             'onto dom0\'s CPUs.'),
+    cfg.BoolOpt(
+        'allow_nested_hvm', default=False,
+        help='Let tenant domains turn on nested HVM (<cpu '
+             'mode="host-passthrough"> with vmx or svm required), which '
+             'libvirt enables whatever libxl.conf says. Xen lists nested '
+             'HVM as experimental, not security-supported.'),
+    cfg.DictOpt(
+        'max_devices', default={
+            tag: str(count) for tag, count in
+            constants.MAX_DEVICES.items()},
+        help='Most devices of each kind (the element name under '
+             '<devices>) a tenant domain may have, written KIND:COUNT; '
+             'each is set up in dom0 as root before the guest runs. Kinds '
+             'not listed may appear max_devices_other times.'),
+    cfg.IntOpt(
+        'max_devices_other', default=4, min=0,
+        help='Most devices of a kind max_devices does not list.'),
     cfg.BoolOpt(
         'launcher_test_mode', default=False,
         help='For tests on machines without Xen only: the launcher also '
@@ -606,7 +641,29 @@ def load(conf: cfg.ConfigOpts, check_files: bool = True) -> Settings:
         cgroup_parent=_cgroup_parent(group.cgroup_parent),
         device_model_max_processes=group.device_model_max_processes,
         device_model_memory_mib=group.device_model_memory_mib,
-        device_model_cpu_weight=group.device_model_cpu_weight)
+        device_model_cpu_weight=group.device_model_cpu_weight,
+        max_vcpus=group.max_vcpus,
+        max_memory_mib=group.max_memory_mib,
+        max_video_ram_mib=group.max_video_ram_mib,
+        allow_cputune=group.allow_cputune,
+        allow_nested_hvm=group.allow_nested_hvm,
+        max_devices=_device_limits(group.max_devices),
+        max_devices_other=group.max_devices_other)
+
+
+def _device_limits(given: typing.Mapping[str, str]
+                   ) -> typing.Dict[str, int]:
+    limits = dict(constants.MAX_DEVICES)
+    for kind, count in given.items():
+        count = count.strip()
+        if not (kind.strip().isidentifier() and count.isascii()
+                and count.isdigit()):
+            raise exception.ConfigError(
+                'max_devices', '%r is not KIND:COUNT' % (
+                    '%s:%s' % (kind, count)),
+                'write entries like disk:16,interface:8')
+        limits[kind.strip()] = int(count)
+    return limits
 
 
 def _cgroup_parent(name: str) -> str:

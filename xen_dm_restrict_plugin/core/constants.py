@@ -27,6 +27,14 @@ NETNS_OFF = 'off'
 CGROUPS_REQUIRED = 'required'
 CGROUPS_OFF = 'off'
 
+#: Devices a tenant domain may have of each kind (``[dm_restrict]
+#: max_devices``): each is set up in dom0 as root before the guest runs.
+MAX_DEVICES = {
+    'disk': 16, 'interface': 8, 'serial': 4, 'console': 4, 'channel': 4,
+    'parallel': 1, 'input': 4, 'video': 1, 'graphics': 2, 'sound': 1,
+    'controller': 8, 'memballoon': 1, 'rng': 1, 'watchdog': 1,
+}
+
 #: The seccomp policy libxl's design asks for; spawning, privilege and
 #: resource-control syscalls denied, obsolete ones too.  The only
 #: ``-sandbox`` value the launcher lets through.

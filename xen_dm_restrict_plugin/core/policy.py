@@ -22,6 +22,7 @@ from xen_dm_restrict_plugin.core import libxl_argv
 from xen_dm_restrict_plugin.core import model as model_mod
 from xen_dm_restrict_plugin.core import nics as nics_mod
 from xen_dm_restrict_plugin.core import qemu_args
+from xen_dm_restrict_plugin.core import resources
 from xen_dm_restrict_plugin.core import schema
 from xen_dm_restrict_plugin.core import settings as settings_mod
 from xen_dm_restrict_plugin import exception
@@ -111,6 +112,7 @@ class Checker:
         found += self._nics(dm)
         found += self._displays(dm)
         found += self._other_devices(dom)
+        found += resources.problems(dom, self.settings)
         found += self._args(foreign_args)
         if dm.kind in (domain_mod.GuestKind.PV, domain_mod.GuestKind.PVH):
             found += self._pv_dom0_qemu(dm)
@@ -203,6 +205,18 @@ class Checker:
                 'libxl runs the bootloader in dom0 as root',
                 'remove it (libxl uses pygrub), or ask the operator to add '
                 'it to [dm_restrict] allowed_bootloaders'))
+        if (dm.kind == domain_mod.GuestKind.PV and dm.bootloader is None
+                and not any(f.what == 'kernel' for f in dm.host_files)
+                and 'pygrub' not in self.settings.allowed_bootloaders):
+            found.append(_refusal(
+                'PV guest without <kernel> or <bootloader>',
+                'libvirt then gives libxl its pygrub '
+                '(LIBXL_BOOTLOADER_PATH, in libxlMakeDomBuildInfo), which '
+                'libxl runs in dom0 as root on the guest\'s disk, and '
+                '[dm_restrict] allowed_bootloaders does not allow pygrub',
+                'boot the guest with <kernel> (and <initrd>) from an allowed '
+                'path, or ask the operator to add pygrub to '
+                'allowed_bootloaders'))
         if dm.bootloader_args is not None:
             found.append(_refusal(
                 '<bootloader_args>',

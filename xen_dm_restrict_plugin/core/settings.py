@@ -61,6 +61,14 @@ class Settings:
     device_model_max_processes: int = 128
     device_model_memory_mib: int = 512
     device_model_cpu_weight: int = 100
+    max_vcpus: int = 32
+    max_memory_mib: int = 131072
+    max_video_ram_mib: int = 64
+    allow_cputune: bool = False
+    allow_nested_hvm: bool = False
+    max_devices: typing.Mapping[str, int] = dataclasses.field(
+        default_factory=lambda: dict(constants.MAX_DEVICES))
+    max_devices_other: int = 4
 
     def all_ranges(self) -> typing.List[ranges.UidRange]:
         found = list(self.tenant_ranges.values())
