@@ -181,13 +181,15 @@ dm_restrict_opts = [
              'default) refuses every domain that has a disk.'),
     cfg.ListOpt(
         'allowed_chardev_types', default=['pty'],
-        item_type=cfg.types.String(choices=['pty', 'null', 'file', 'dev',
-                                            'unix']),
+        item_type=cfg.types.String(choices=['pty', 'null', 'dev']),
         help='Source types a serial, console or channel device may have. '
-             'pty and null open no host path; file, dev and unix name a '
-             'host path QEMU opens as root, which must then lie under '
-             'allowed_host_paths. pipe cannot be allowed: QEMU opens '
-             'PATH.in and PATH.out.'),
+             'pty and null open no host path; dev names a host device QEMU '
+             'opens as root, which must then lie under allowed_host_paths. '
+             'file and unix cannot be allowed: root QEMU truncates an '
+             'existing file (another guest\'s image, a shared ISO) and '
+             'unlinks an existing socket (another guest\'s console) to '
+             'bind its own. pipe cannot be allowed: QEMU opens PATH.in and '
+             'PATH.out.'),
     cfg.StrOpt(
         'pv_dom0_qemu', default=PV_DOM0_QEMU_REFUSE,
         choices=[(PV_DOM0_QEMU_REFUSE,

@@ -264,7 +264,7 @@ def run_property(directory) -> None:
     ``directory`` takes the lease database path, which nothing writes.
     """
     settings = base.make_settings(
-        directory, allowed_chardev_types=['pty', 'file', 'unix'],
+        directory, allowed_chardev_types=['pty', 'dev'],
         allowed_qemu_options=['no-hpet', 'rtc', 'name'])
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     conn = libvirt.open('test:///default')

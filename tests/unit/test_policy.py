@@ -119,13 +119,20 @@ def test_chardevs_other_than_pty_are_refused(settings, chardev):
 
 def test_allowed_chardev_type_still_needs_an_allowed_path(tmp_path):
     settings = base.make_settings(tmp_path,
-                                  allowed_chardev_types=['pty', 'file'])
+                                  allowed_chardev_types=['pty', 'dev'])
     message = _refused(settings, _hvm_with(
-        "<serial type='file'><source path='/etc/cron.d/x'/></serial>"))
-    assert '/etc/cron.d/x' in message and 'allowed_host_paths' in message
-    _check(settings, _hvm_with(
-        "<serial type='file'><source path='@IMAGES@/console.log'/>"
-        "</serial>"))
+        "<serial type='dev'><source path='/dev/ttyS0'/></serial>"))
+    assert '/dev/ttyS0' in message and 'allowed_host_paths' in message
+
+
+@pytest.mark.parametrize('kind', ['file', 'unix', 'pipe'])
+def test_chardevs_that_reuse_host_objects_cannot_be_allowed(
+        tmp_path, kind):
+    # file: QEMU opens an existing file with O_TRUNC as root (a shared
+    # ISO emptied); unix: it unlinks an existing socket (another guest's
+    # console) and binds its own; pipe: PATH.in and PATH.out.
+    with pytest.raises(ValueError):
+        base.make_settings(tmp_path, allowed_chardev_types=['pty', kind])
 
 
 @pytest.mark.parametrize('driver,source,disk_type,device,words', [
