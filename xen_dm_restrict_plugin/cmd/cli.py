@@ -610,11 +610,17 @@ def build_parser() -> argparse.ArgumentParser:
         'xen-dm-restrict install-launcher /usr/local/sbin/'
         'xen-dm-restrict-launch',
         'The launcher runs at every define and start of every domain. '
-        'The written script is xen-dm-restrict-launch run by this Python '
-        'with -I -S and a fixed module path, so that no site-packages '
-        'start-up code runs; set [dm_restrict] launcher to PATH. Run it '
-        'again after upgrading the plugin or Python.')
-    inst.add_argument('path', help='where to write the launcher script')
+        'PATH is a compiled front (built here with the system C compiler, '
+        '$CC or cc) that asks xen-dm-restrict-launch-service for its '
+        'decision and applies it, so that no Python starts; PATH.py is '
+        'xen-dm-restrict-launch run by this Python with -I -S and a fixed '
+        'module path, which the front runs instead while the service is '
+        'not running. Set [dm_restrict] launcher to PATH. Run it again '
+        'after upgrading the plugin or Python.')
+    inst.add_argument('path', help='where to write the launcher')
+    inst.add_argument('--python-only', action='store_true',
+                      help='write only the Python launcher, at PATH (no '
+                           'compiler needed; about three times slower)')
     inst.set_defaults(func=cmd_install_launcher)
 
     reap = _subparser(

@@ -245,6 +245,77 @@ sys.exit(main())
 """
 
 
+#: The Python launcher beside the compiled front: PATH + this.
+PYTHON_SUFFIX = '.py'
+#: The compiled front's source, in the package.
+FRONT_SOURCE = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'launcher', 'front.c')
+
+
+def compile_front(fallback: str) -> bytes:
+    """Build the launcher's compiled front with the system compiler
+    (``$CC``, else ``cc``).
+
+    :param fallback: the Python launcher the front execs while the
+        launcher service is not running.
+    :returns: the executable's bytes.
+    :raises CapabilityMissing: there is no compiler, or it failed.
+    """
+    import shlex
+    import subprocess
+    import tempfile
+
+    compiler = shlex.split(os.environ.get('CC') or 'cc')
+    with tempfile.TemporaryDirectory(prefix='xdr-front-') as work:
+        output = os.path.join(work, 'front')
+        command = compiler + [
+            '-O2', '-Wall', '-Werror', '-D_FORTIFY_SOURCE=2',
+            '-DXDR_FALLBACK=%s' % _c_string(fallback),
+            '-DXDR_SOCKET=%s' % _c_string(launch_settings.DEFAULT_SOCKET),
+            '-o', output, FRONT_SOURCE]
+        try:
+            built = subprocess.run(command, capture_output=True, text=True,
+                                   timeout=120)
+        except OSError as err:
+            raise exception.CapabilityMissing(
+                'install-launcher', 'cannot run the C compiler %s: %s' % (
+                    compiler[0], err.strerror or err),
+                'install gcc (bindep.txt; tools/install-deps.sh), or pass '
+                '--python-only for the slower Python launcher') from None
+        if built.returncode != 0:
+            raise exception.CapabilityMissing(
+                'install-launcher', 'the C compiler failed on %s: %s' % (
+                    FRONT_SOURCE, built.stderr.strip()[-2000:]),
+                'install gcc and the C library headers (bindep.txt), or '
+                'pass --python-only')
+        with open(output, 'rb') as handle:
+            return handle.read()
+
+
+def _c_string(value: str) -> str:
+    """``value`` as a C string literal for a -D option."""
+    if any(char in value for char in '"\\\n\0'):
+        raise exception.ConfigError(
+            'install-launcher', 'the path %r cannot be compiled into the '
+            'front' % value, 'choose a path without quotes, backslashes '
+            'or newlines')
+    return '"%s"' % value
+
+
+def _replace(target: str, data: bytes) -> None:
+    """Write an executable ``target`` atomically, mode 0755."""
+    temp = '%s.%d.tmp' % (target, os.getpid())
+    try:
+        with open(temp, 'xb') as handle:
+            handle.write(data)
+        os.chmod(temp, 0o755)
+        os.rename(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
 def _writable_by_others(entry: str) -> typing.Optional[str]:
     """The first directory from ``entry`` up to / that lets someone other
     than root put code where ``entry`` is, or None.
@@ -312,21 +383,30 @@ def install_launcher(args, settings: conf_mod.Settings,
                 'install the plugin where only root can write')
     text = LAUNCHER_SCRIPT % {'python': sys.executable, 'path': path}
     target = os.path.abspath(args.path)
-    temp = '%s.%d.tmp' % (target, os.getpid())
+    python_only = getattr(args, 'python_only', False)
+    script = target if python_only else target + PYTHON_SUFFIX
+    written = []
     try:
-        with open(temp, 'x') as handle:
-            handle.write(text)
-        os.chmod(temp, 0o755)
-        os.rename(temp, target)
+        _replace(script, text.encode())
+        written.append(script)
+        if not python_only:
+            _replace(target, compile_front(script))
+            written.append(target)
         snapshot = launch_settings.write(settings, config)
     except OSError as err:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
         raise exception.CapabilityMissing(
             'install-launcher', 'cannot write %s: %s' % (
                 err.filename or target, err.strerror or err),
             'check the directory exists and is root\'s') from None
-    print('wrote %s (set [dm_restrict] launcher = %s) and the settings '
-          'snapshot %s of %s' % (target, target, snapshot,
-                                 config or 'the defaults'))
+    if python_only:
+        print('wrote %s (set [dm_restrict] launcher = %s) and the settings '
+              'snapshot %s of %s' % (target, target, snapshot,
+                                     config or 'the defaults'))
+    else:
+        print('wrote %s, the compiled front (set [dm_restrict] launcher = '
+              '%s), the Python launcher %s it falls back to while '
+              'xen-dm-restrict-launch-service is not running, and the '
+              'settings snapshot %s of %s' % (
+                  target, target, script, snapshot,
+                  config or 'the defaults'))
     return EXIT_OK
