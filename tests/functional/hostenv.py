@@ -69,6 +69,8 @@ class HostEnv:
     cgroup_parent: str = dataclasses.field(
         default_factory=lambda: _register_cgroup_parent(
             unique_name('xdr-test-')))
+    #: argv of the launcher the test runs (None: the Python launcher).
+    launch: typing.Optional[typing.List[str]] = None
 
     @property
     def acme(self) -> typing.Tuple[int, int]:
@@ -126,6 +128,8 @@ class HostEnv:
         env[host.CONFIG_ENV] = self.config
         env[launch_settings.PATH_ENV] = os.path.join(
             self.tmp, 'run', 'launcher-settings.marshal')
+        env[launch_settings.SOCKET_ENV] = os.path.join(
+            self.tmp, 'run', 'launcher.sock')
         return env
 
 
