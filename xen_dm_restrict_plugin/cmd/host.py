@@ -316,6 +316,90 @@ def _replace(target: str, data: bytes) -> None:
         raise
 
 
+#: The hook ``install-hook`` writes: a shell script that starts Python
+#: only for the operations the hook acts on.
+HOOK_SCRIPT = """\
+#!/bin/sh
+# Written by "xen-dm-restrict install-hook": libvirtd's libxl hook.
+# libvirtd runs it for every operation of every domain; only those the
+# hook acts on start Python, isolated (-I) and without site start-up
+# code (-S): %(acted)s.
+# Every other call drains the domain XML and exits 0.
+case "$2 $3" in
+    %(cases)s)
+        exec %(python)s -IS -c 'import sys
+sys.path += %(path)s
+from xen_dm_restrict_plugin.cmd.libvirt_hook import main
+sys.argv[0] = "xen-dm-restrict-libvirt-hook"
+sys.exit(main())' "$@" ;;
+esac
+exec cat >/dev/null
+"""
+
+
+def _module_path() -> typing.List[str]:
+    """The import path of an isolated Python that finds this package.
+
+    :raises CapabilityMissing: a directory on it is not root's alone.
+    """
+    import xen_dm_restrict_plugin
+
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(
+        xen_dm_restrict_plugin.__file__)))
+    path = [entry for entry in sys.path[1:] if os.path.isabs(entry)]
+    path.append(package_parent)
+    for entry in path:
+        unsafe = _writable_by_others(entry)
+        if unsafe:
+            raise exception.CapabilityMissing(
+                'install-launcher', 'the launcher would import code from '
+                '%s, and %s is not root\'s alone' % (entry, unsafe),
+                'install the plugin where only root can write')
+    return path
+
+
+def install_hook(args) -> int:
+    """``xen-dm-restrict install-hook PATH``: write libvirtd's libxl hook
+    as a shell script that runs Python only when the hook acts.
+
+    :raises CapabilityMissing: not root, or the file cannot be written.
+    """
+    from xen_dm_restrict_plugin.daemon_hook import operations
+
+    if os.geteuid() != 0:
+        raise exception.CapabilityMissing(
+            'install-hook', 'it runs as uid %d: libvirtd runs its hooks as '
+            'root, from root\'s files' % os.geteuid(), 'run it as root')
+    for operation in operations.ACTED_ON:
+        if any(not word.isalpha() for word in operation):
+            raise exception.ConfigError(
+                'install-hook', 'operation %r is not a plain word' % (
+                    operation,), 'fix daemon_hook/operations.py')
+    import json
+    import shlex
+
+    path = _module_path()
+    if any("'" in entry for entry in path):
+        raise exception.CapabilityMissing(
+            'install-hook', 'a directory of the import path has a quote '
+            'in its name: %s' % path, 'install the plugin elsewhere')
+    text = HOOK_SCRIPT % {
+        'acted': ', '.join(' '.join(op) for op in operations.ACTED_ON),
+        'cases': '|'.join('"%s %s"' % op for op in operations.ACTED_ON),
+        'python': shlex.quote(sys.executable), 'path': json.dumps(path)}
+    target = os.path.abspath(args.path)
+    try:
+        _replace(target, text.encode())
+    except OSError as err:
+        raise exception.CapabilityMissing(
+            'install-hook', 'cannot write %s: %s' % (
+                target, err.strerror or err),
+            'check the directory exists and is root\'s') from None
+    print('wrote %s (libvirtd reads its hooks when it starts: restart '
+          'libvirtd)' % target)
+    return EXIT_OK
+
+
 def _writable_by_others(entry: str) -> typing.Optional[str]:
     """The first directory from ``entry`` up to / that lets someone other
     than root put code where ``entry`` is, or None.
@@ -352,8 +436,6 @@ def install_launcher(args, settings: conf_mod.Settings,
         launcher reads.
     :raises CapabilityMissing: not root, or a file cannot be written.
     """
-    import xen_dm_restrict_plugin
-
     config = launch_settings.config_file()
     if config is None or list(files) != [config]:
         raise exception.ConfigError(
@@ -370,17 +452,7 @@ def install_launcher(args, settings: conf_mod.Settings,
         raise exception.CapabilityMissing(
             'install-launcher', 'it runs as uid %d: the launcher trusts '
             'only a root-owned snapshot' % os.geteuid(), 'run it as root')
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(
-        xen_dm_restrict_plugin.__file__)))
-    path = [entry for entry in sys.path[1:] if os.path.isabs(entry)]
-    path.append(package_parent)
-    for entry in path:
-        unsafe = _writable_by_others(entry)
-        if unsafe:
-            raise exception.CapabilityMissing(
-                'install-launcher', 'the launcher would import code from '
-                '%s, and %s is not root\'s alone' % (entry, unsafe),
-                'install the plugin where only root can write')
+    path = _module_path()
     text = LAUNCHER_SCRIPT % {'python': sys.executable, 'path': path}
     target = os.path.abspath(args.path)
     python_only = getattr(args, 'python_only', False)
