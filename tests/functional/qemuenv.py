@@ -79,6 +79,8 @@ def qemu_pid(pid: int) -> int:
             return int(children[0])
         assert time.monotonic() < deadline, 'no QEMU under %d' % pid
         time.sleep(0.01)
+
+
 BASE_ARGS = ['-machine', 'none', '-nodefaults', '-nographic',
              '-qmp', 'stdio']
 
@@ -100,7 +102,8 @@ class Qmp:
         self.log = os.path.join(env.tmp, 'qemu-%d.log' % time.monotonic_ns())
         with open(self.log, 'w') as log:
             self.proc = subprocess.Popen(
-                launch_argv(env) + args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                launch_argv(env) + args, stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
                 stderr=log, env=env.environ(), pass_fds=pass_fds)
 
     def read(self, timeout=10.0) -> dict:

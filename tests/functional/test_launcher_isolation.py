@@ -29,6 +29,7 @@ def env(tmp_path, request):
     """
     hostenv.require_root()
     hostenv.require_tool(hostenv.QEMU)
+    hostenv.require_cgroups()
     made = hostenv.make_env(tmp_path, with_reaper=False)
     service = qemuenv.use_front(made) if request.param == 'front' else None
     yield made
@@ -199,6 +200,7 @@ def _tap_name() -> str:
 
 
 def test_qemu_gets_its_tap_but_not_the_host_network(env):
+    hostenv.require_tun()
     uid = env.first + 1
     ifname = _tap_name()
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -246,6 +248,7 @@ def test_qemu_gets_its_tap_but_not_the_host_network(env):
     ('except-vnc', ['-display', 'none', '-vnc', '127.0.0.1:99']),
     ('off', [])])
 def test_an_existing_tap_of_that_name_is_not_attached(env, mode, display):
+    hostenv.require_tun()
     # Another user's persistent tap, or one a domain named after
     # another's: neither the launcher nor QEMU (root when it would open
     # the tap by name) may hand it to this domain, whatever the namespace.
@@ -346,7 +349,9 @@ def _read(path: str) -> str:
 @pytest.fixture
 def reaper_env(tmp_path):
     hostenv.require_root()
+    hostenv.require_cgroups()
     hostenv.require_tool(hostenv.QEMU)
+    hostenv.require_cgroups()
     made = hostenv.make_env(tmp_path, with_reaper=True)
     yield made
     for uid in range(made.first, made.first + 3):

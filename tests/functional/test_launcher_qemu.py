@@ -28,6 +28,7 @@ def env(tmp_path, request):
     """
     hostenv.require_root()
     hostenv.require_tool(hostenv.QEMU)
+    hostenv.require_cgroups()
     made = hostenv.make_env(tmp_path, with_reaper=False)
     service = qemuenv.use_front(made) if request.param == 'front' else None
     yield made

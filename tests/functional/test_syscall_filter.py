@@ -244,6 +244,7 @@ def test_keyrings_and_foreign_socket_families_fail():
 def env(tmp_path):
     hostenv.require_root()
     hostenv.require_tool(hostenv.QEMU)
+    hostenv.require_cgroups()
     _require_filter()
     made = hostenv.make_env(tmp_path, with_reaper=False)
     yield made
