@@ -349,7 +349,6 @@ def _read(path: str) -> str:
 @pytest.fixture
 def reaper_env(tmp_path):
     hostenv.require_root()
-    hostenv.require_cgroups()
     hostenv.require_tool(hostenv.QEMU)
     hostenv.require_cgroups()
     made = hostenv.make_env(tmp_path, with_reaper=True)
