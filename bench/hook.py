@@ -22,9 +22,9 @@ import time
 import typing
 
 from bench import common
-from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin.core import domain as domain_mod
 from xen_dm_restrict_plugin.core import restrict
+from xen_dm_restrict_plugin import exception
 
 UID_BASE = 3990000
 #: Operations libvirtd runs that the hook may ignore; the first it does
