@@ -19,6 +19,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import typing
@@ -212,6 +213,7 @@ def _launcher_setup(binary: str, scratch: str, uid: int
     env = dict(os.environ)
     env[host.CONFIG_ENV] = config
     env[launch_settings.PATH_ENV] = os.path.join(scratch, 'snapshot')
+    env[launch_settings.SOCKET_ENV] = os.path.join(scratch, 'launcher.sock')
     os.environ.update(env)
     try:
         settings = host.load_settings([config])
@@ -230,8 +232,46 @@ def _launcher_setup(binary: str, scratch: str, uid: int
                          if arg != '-xen-domid-restrict']
 
 
+def qemu_pid(pid: int) -> int:
+    """The QEMU the launcher ``pid`` started: itself when it exec'd QEMU,
+    else its only child (the compiled front stays the parent of a QEMU
+    it started straight into its cgroup v2 group).
+    """
+    if common.proc_status('Uid', pid).split()[0] != '0':
+        return pid
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        with open('/proc/%d/task/%d/children' % (pid, pid)) as handle:
+            children = handle.read().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.001)
+    return pid
+
+
+def start_service(env: dict) -> subprocess.Popen:
+    """The launcher service the compiled front asks, as init would run
+    it; returns once it listens.
+    """
+    from xen_dm_restrict_plugin.launcher import settings as launch_settings
+
+    path = env[launch_settings.SOCKET_ENV]
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'xen_dm_restrict_plugin.cmd.launch_service'],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError('the launcher service did not start')
+        time.sleep(0.01)
+    return proc
+
+
 def _verify_launched(uid: int) -> typing.Callable[[int], None]:
     def check(pid: int) -> None:
+        pid = qemu_pid(pid)
         if common.proc_status('Seccomp', pid) != '2':
             raise RuntimeError('the launcher installed no seccomp filter')
         for ns in ('mnt', 'ipc', 'net'):
@@ -256,9 +296,17 @@ def run_launcher(binary: str, workdir: str, starts: int
     os.chmod(scratch, 0o755)
     uid = free_uid(common.FIRST_UID + common.TENANTS * common.RANGE_SIZE
                    + 7)
+    service = None
     try:
         script, env, restriction = _launcher_setup(binary, scratch, uid)
         args = BASE_ARGS + restriction
+        python = script + '.py'
+        # The Python launcher alone (the front's fallback), for the record.
+        _start_fd_monitor([python] + args, scratch, env,
+                          check=_verify_launched(uid))
+        fallback = [_start_fd_monitor([python] + args, scratch, env)
+                    for _ in range(max(3, starts // 4))]
+        service = start_service(env)
         _start_fd_monitor([script] + args, scratch, env,
                           check=_verify_launched(uid))
         through, bare = [], []
@@ -272,18 +320,27 @@ def run_launcher(binary: str, workdir: str, starts: int
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         return {'skipped': 'the launcher failed: %s' % err}
     finally:
+        if service is not None:
+            service.kill()
+            service.wait()
         _remove_cgroups('xdr-bench-%d' % os.getpid())
         shutil.rmtree(scratch)
     launched = common.summary(through)
     plain = common.summary(bare)
     queries = common.summary([x for x in version if x > 0])
     query_bare = common.summary([-x for x in version if x < 0])
+    from xen_dm_restrict_plugin.launcher import cgroup as dm_cgroup
+
+    python = common.summary(fallback)
     return {'restrictions': 'uid, chroot, mount/IPC/network namespaces, '
                             'cgroup, rlimits incl. NPROC, seccomp filter',
+            'cgroup': dm_cgroup.describe(),
             'median_ms': launched['median_ms'],
             'bare_median_ms': plain['median_ms'],
             'ratio_to_bare': launched['median_ms'] / plain['median_ms'],
             'through_launcher': launched, 'bare': plain,
+            'python_launcher': dict(python, ratio_to_bare=python[
+                'median_ms'] / plain['median_ms']),
             'version_query': {'launcher': queries, 'bare': query_bare,
                               'ratio': queries['median_ms']
                               / query_bare['median_ms']}}

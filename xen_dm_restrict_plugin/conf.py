@@ -457,11 +457,9 @@ def unknown_names(files: typing.Sequence[str],
     """
     groups = {GROUP: _option_names(dm_restrict_opts),
               HOOKS_GROUP: _option_names(hook_opts)}
-    privileged = _privileged_opts()
-    if privileged:
-        groups[PRIVILEGED_GROUP] = _option_names(privileged)
     own_groups = (GROUP, PRIVILEGED_GROUP)
     found = []
+    readers = []
     for shown, path in zip(files, list(read_as) or files):
         reader = _Reader(path)
         try:
@@ -471,6 +469,15 @@ def unknown_names(files: typing.Sequence[str],
             # that has since dropped its privileges cannot read it again).
             LOG.debug('option names of %s not checked: %s', shown, err)
             continue
+        readers.append((shown, reader))
+    # oslo.privsep costs libvirtd's hook more than its own work: it is
+    # loaded only for a file that has its group.
+    if any(section == PRIVILEGED_GROUP and key is None
+           for _, reader in readers for _, section, key in reader.names):
+        privileged = _privileged_opts()
+        if privileged:
+            groups[PRIVILEGED_GROUP] = _option_names(privileged)
+    for shown, reader in readers:
         sections = {section for _, section, key in reader.names
                     if key is None}
         own_file = sections <= set(groups) | {'DEFAULT'}

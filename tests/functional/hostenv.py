@@ -42,6 +42,26 @@ def require_tool(path: str) -> None:
         pytest.skip('%s is not installed (see bindep.txt)' % path)
 
 
+def require_cgroups() -> None:
+    """Skip where the launcher cannot make device-model cgroups (it
+    refuses to start QEMU without them, cgroup_limits = required).
+    """
+    from xen_dm_restrict_plugin.launcher import cgroup
+
+    reason = cgroup.available()
+    if reason:
+        pytest.skip('no device-model cgroups here: %s' % reason)
+
+
+def require_tun() -> None:
+    """Skip where no tap device can be created (/dev/net/tun)."""
+    try:
+        os.close(os.open('/dev/net/tun', os.O_RDWR))
+    except OSError as err:
+        pytest.skip('no tap devices here: /dev/net/tun: %s'
+                    % (err.strerror or err))
+
+
 def free_block() -> int:
     """The first uid of BLOCK consecutive uids and gids nobody holds."""
     taken = {p.pw_uid for p in pwd.getpwall()}
@@ -69,6 +89,8 @@ class HostEnv:
     cgroup_parent: str = dataclasses.field(
         default_factory=lambda: _register_cgroup_parent(
             unique_name('xdr-test-')))
+    #: argv of the launcher the test runs (None: the Python launcher).
+    launch: typing.Optional[typing.List[str]] = None
 
     @property
     def acme(self) -> typing.Tuple[int, int]:
@@ -126,6 +148,8 @@ class HostEnv:
         env[host.CONFIG_ENV] = self.config
         env[launch_settings.PATH_ENV] = os.path.join(
             self.tmp, 'run', 'launcher-settings.marshal')
+        env[launch_settings.SOCKET_ENV] = os.path.join(
+            self.tmp, 'run', 'launcher.sock')
         return env
 
 

@@ -12,12 +12,75 @@ import json
 import os
 import select
 import subprocess
+import sys
 import time
 
 from tests.functional import hostenv
 from xen_dm_restrict_plugin.core import restrict
 
 LAUNCH = hostenv.module('xen_dm_restrict_plugin.cmd.launch')
+#: The launchers the launcher tests run through.
+KINDS = ('python', 'front')
+
+
+def launch_argv(env) -> list:
+    """argv of the launcher ``env`` uses."""
+    return list(env.launch or LAUNCH)
+
+
+def use_front(env) -> subprocess.Popen:
+    """Build the compiled front for ``env`` (as install-launcher does,
+    falling back to the tree's Python launcher), start the launcher
+    service it asks, and make ``env`` launch through the front.
+
+    :returns: the service process; kill it after the test.
+    """
+    from xen_dm_restrict_plugin.cmd import host
+
+    run = os.path.join(env.tmp, 'run')
+    os.makedirs(run, mode=0o755, exist_ok=True)
+    fallback = os.path.join(run, 'launch.py')
+    with open(fallback, 'w') as handle:
+        handle.write('#!%s\nimport sys\nsys.path.insert(0, %r)\n'
+                     'from xen_dm_restrict_plugin.cmd.launch import main\n'
+                     'sys.exit(main())\n' % (sys.executable, hostenv.ROOT))
+    os.chmod(fallback, 0o755)
+    front = os.path.join(run, 'launch')
+    with open(front, 'wb') as handle:
+        handle.write(host.compile_front(fallback))
+    os.chmod(front, 0o755)
+    environ = env.environ()
+    path = environ[host.launch_settings.SOCKET_ENV]
+    service = subprocess.Popen(
+        hostenv.module('xen_dm_restrict_plugin.cmd.launch_service'),
+        env=environ, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path):
+        assert service.poll() is None, 'the launcher service exited'
+        assert time.monotonic() < deadline, 'the service did not listen'
+        time.sleep(0.02)
+    env.launch = [front]
+    return service
+
+
+def qemu_pid(pid: int) -> int:
+    """The QEMU a launcher ``pid`` started: the launcher itself once it
+    exec'd QEMU, else its child (the compiled front stays the parent of
+    a QEMU it started straight into a cgroup v2 group).
+    """
+    deadline = time.monotonic() + 10
+    while True:
+        if status(pid)['Uid'].split()[0] != '0':
+            return pid
+        with open('/proc/%d/task/%d/children' % (pid, pid)) as handle:
+            children = handle.read().split()
+        if children:
+            return int(children[0])
+        assert time.monotonic() < deadline, 'no QEMU under %d' % pid
+        time.sleep(0.01)
+
+
 BASE_ARGS = ['-machine', 'none', '-nodefaults', '-nographic',
              '-qmp', 'stdio']
 
@@ -39,7 +102,8 @@ class Qmp:
         self.log = os.path.join(env.tmp, 'qemu-%d.log' % time.monotonic_ns())
         with open(self.log, 'w') as log:
             self.proc = subprocess.Popen(
-                LAUNCH + args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                launch_argv(env) + args, stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
                 stderr=log, env=env.environ(), pass_fds=pass_fds)
 
     def read(self, timeout=10.0) -> dict:
@@ -57,6 +121,11 @@ class Qmp:
         qmp = cls.__new__(cls)
         qmp.proc, qmp.log = proc, log
         return qmp
+
+    @property
+    def pid(self) -> int:
+        """The QEMU process (not the launcher that stayed its parent)."""
+        return qemu_pid(self.proc.pid)
 
     def command(self, name: str) -> dict:
         return self.command_args(name, None)

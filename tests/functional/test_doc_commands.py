@@ -36,6 +36,9 @@ NEEDS_XEN = {
     'apt-get install --no-install-recommends xen-system-amd64':
         'installs Xen and needs a reboot into it',
     'systemctl restart libvirtd': 'no libvirtd runs in the sandbox',
+    'systemctl daemon-reload': 'no init system runs in the sandbox',
+    'systemctl enable --now': 'no init system runs in the sandbox',
+    'systemctl disable --now': 'no init system runs in the sandbox',
     'xen-dm-restrict boot --connect xen:///system':
         'boots on a Xen host',
 }
@@ -44,6 +47,9 @@ OVERLAID = ('/etc', '/usr', '/opt', '/var', '/run', '/tmp', '/root', '/srv',
 #: What the installation wrote, which uninstalling must remove.
 INSTALLED = ('/usr/local/bin/xen-dm-restrict',
              '/usr/local/bin/xen-dm-restrict-launch',
+             '/usr/local/bin/xen-dm-restrict-launch-service',
+             '/usr/local/sbin/xen-dm-restrict-launch.py',
+             '/etc/systemd/system/xen-dm-restrict-launch-service.service',
              '/usr/local/bin/xen-dm-restrict-libvirt-hook',
              '/usr/local/sbin/xen-dm-restrict-launch',
              '/opt/xen-dm-restrict', '/etc/xen-dm-restrict',

@@ -22,12 +22,20 @@ from tests.functional import hostenv
 from tests.functional import qemuenv
 
 
-@pytest.fixture
-def env(tmp_path):
+@pytest.fixture(params=qemuenv.KINDS)
+def env(tmp_path, request):
+    """A host configuration; the test runs through the Python launcher
+    and through the compiled front with its service.
+    """
     hostenv.require_root()
     hostenv.require_tool(hostenv.QEMU)
+    hostenv.require_cgroups()
     made = hostenv.make_env(tmp_path, with_reaper=False)
+    service = qemuenv.use_front(made) if request.param == 'front' else None
     yield made
+    if service is not None:
+        service.kill()
+        service.wait()
     for uid in range(made.first, made.first + 3):
         hostenv.kill_uid(uid, rounds=1)
 
@@ -147,7 +155,7 @@ def test_a_fork_loop_of_the_device_model_uid_is_capped(env):
     uid = env.first + 1
     _, qemu = _start(env, uid, device_model_max_processes='32')
     try:
-        pid = qemu.proc.pid
+        pid = qemu.pid
         threads = int(qemuenv.status(pid)['Threads'])
         returncode, out = DeviceModelCode(pid, FORK_LOOP).wait(60)
         assert returncode == 0, out
@@ -174,7 +182,7 @@ def test_memory_above_the_cgroup_limit_is_refused(env):
     uid = env.first + 1
     _, qemu = _start(env, uid, device_model_memory_mib='128')
     try:
-        pid = qemu.proc.pid
+        pid = qemu.pid
         returncode, out = DeviceModelCode(pid, MEMORY_HOG).wait(120)
         # 512 MiB never fit in the 128 MiB of the device model's cgroup:
         # the kernel killed the allocating process, not the host's memory.
@@ -192,6 +200,7 @@ def _tap_name() -> str:
 
 
 def test_qemu_gets_its_tap_but_not_the_host_network(env):
+    hostenv.require_tun()
     uid = env.first + 1
     ifname = _tap_name()
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -203,7 +212,7 @@ def test_qemu_gets_its_tap_but_not_the_host_network(env):
         '-netdev', 'type=tap,id=net0,ifname=%s,script=no,downscript=no'
         % ifname])
     try:
-        pid = qemu.proc.pid
+        pid = qemu.pid
         assert (os.readlink('/proc/%d/ns/net' % pid)
                 != os.readlink('/proc/self/ns/net'))
         # The tap is in the host's namespace, held open by QEMU: once up
@@ -239,6 +248,7 @@ def test_qemu_gets_its_tap_but_not_the_host_network(env):
     ('except-vnc', ['-display', 'none', '-vnc', '127.0.0.1:99']),
     ('off', [])])
 def test_an_existing_tap_of_that_name_is_not_attached(env, mode, display):
+    hostenv.require_tun()
     # Another user's persistent tap, or one a domain named after
     # another's: neither the launcher nor QEMU (root when it would open
     # the tap by name) may hand it to this domain, whatever the namespace.
@@ -249,7 +259,7 @@ def test_an_existing_tap_of_that_name_is_not_attached(env, mode, display):
                     'user', str(uid + 1)], check=True)
     try:
         proc = subprocess.run(
-            qemuenv.LAUNCH + qemuenv.BASE_ARGS + [
+            qemuenv.launch_argv(env) + qemuenv.BASE_ARGS + [
                 '-netdev', 'type=tap,id=net0,ifname=%s,script=no,'
                 'downscript=no' % ifname] + display
             + qemuenv.restriction_args(env.settings(), uid),
@@ -295,7 +305,7 @@ def test_a_log_past_the_file_size_limit_does_not_kill_qemu(env, tmp_path):
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     settings = env.settings()
     proc = subprocess.Popen(
-        qemuenv.LAUNCH + qemuenv.BASE_ARGS[:-2] + [
+        qemuenv.launch_argv(env) + qemuenv.BASE_ARGS[:-2] + [
             '-qmp', 'stdio'] + qemuenv.restriction_args(settings, uid),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=fd,
         env=env.environ())
@@ -340,6 +350,7 @@ def _read(path: str) -> str:
 def reaper_env(tmp_path):
     hostenv.require_root()
     hostenv.require_tool(hostenv.QEMU)
+    hostenv.require_cgroups()
     made = hostenv.make_env(tmp_path, with_reaper=True)
     yield made
     for uid in range(made.first, made.first + 3):
@@ -356,7 +367,7 @@ def test_the_cgroup_has_the_limits_and_goes_with_the_reap(reaper_env):
                             device_model_memory_mib='200',
                             device_model_cpu_weight='50')
     try:
-        dirs = _cgroup_dirs(qemu.proc.pid)
+        dirs = _cgroup_dirs(qemu.pid)
         assert dirs
         for path in dirs:
             assert path.endswith('/%s/dm-%d' % (env.cgroup_parent, uid))

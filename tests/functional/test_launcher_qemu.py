@@ -21,12 +21,20 @@ BASE_ARGS = qemuenv.BASE_ARGS
 restriction_args = qemuenv.restriction_args
 
 
-@pytest.fixture
-def env(tmp_path):
+@pytest.fixture(params=qemuenv.KINDS)
+def env(tmp_path, request):
+    """A host configuration; the test runs through the Python launcher
+    and through the compiled front with its service.
+    """
     hostenv.require_root()
     hostenv.require_tool(hostenv.QEMU)
+    hostenv.require_cgroups()
     made = hostenv.make_env(tmp_path, with_reaper=False)
+    service = qemuenv.use_front(made) if request.param == 'front' else None
     yield made
+    if service is not None:
+        service.kill()
+        service.wait()
     for uid in range(made.first, made.first + 3):
         hostenv.kill_uid(uid, rounds=1)
 
@@ -54,7 +62,7 @@ def test_qemu_runs_restricted_through_the_launcher(env):
         status = qemu.command('query-status')
         ready_after = time.monotonic() - started
         assert status['return']['running'] is True
-        pid = qemu.proc.pid
+        pid = qemu.pid
 
         proc_status = qemuenv.status(pid)
         assert proc_status['Name'].strip().startswith('qemu-system')
@@ -106,7 +114,8 @@ def test_qemu_runs_restricted_through_the_launcher(env):
 
 
 def _run_launcher(env, args, **kwargs):
-    return subprocess.run(qemuenv.LAUNCH + args, env=env.environ(),
+    return subprocess.run(qemuenv.launch_argv(env) + args,
+                          env=env.environ(),
                           capture_output=True, text=True, timeout=30,
                           **kwargs)
 
@@ -234,13 +243,17 @@ def test_install_launcher_writes_a_fast_launcher_and_its_snapshot(
         capture_output=True, text=True, timeout=60)
     assert made.returncode == 0, made.stderr
     assert os.stat(script).st_mode & 0o7777 == 0o755
-    with open(script) as handle:
+    with open(script, 'rb') as handle:
+        assert handle.read(4) == b'\x7fELF'  # the compiled front
+    assert os.stat(script + '.py').st_mode & 0o7777 == 0o755
+    with open(script + '.py') as handle:
         assert handle.readline().rstrip().endswith(' -IS')
     st = os.stat(snapshot)
     assert (st.st_uid, st.st_mode & 0o022) == (0, 0)
     assert launch_settings.load(env.config) is not None
 
-    # The script needs no configuration parsing: it runs QEMU.
+    # Whether or not its service runs (the python and front variants of
+    # this test), the front answers: queries pass, unrestricted is refused.
     version = subprocess.run([script, '-version'], env=env.environ(),
                              capture_output=True, text=True, timeout=30)
     assert version.stdout.startswith('QEMU emulator version')
@@ -297,6 +310,9 @@ def test_a_configuration_others_could_change_is_not_read(env, owner, mode):
     settings = env.settings()
     uid = env.first + 1
     snapshot = env.environ()[launch_settings.PATH_ENV]
+    # The front's service read the configuration when it started, and
+    # wrote a snapshot of it; a changed file makes that stale, unused.
+    before = os.path.exists(snapshot) and os.stat(snapshot).st_mtime_ns
     os.chown(env.config, owner, 0)
     os.chmod(env.config, mode)
     proc = _run_launcher(env, BASE_ARGS + restriction_args(settings, uid))
@@ -304,8 +320,13 @@ def test_a_configuration_others_could_change_is_not_read(env, owner, mode):
     assert 'configuration file %s: it is %s' % (env.config, (
         'owned by uid 65534, not root' if owner
         else 'writable by others than root (mode 0666)')) in proc.stderr
-    assert not os.path.exists(snapshot)
+    assert (os.path.exists(snapshot) and os.stat(snapshot).st_mtime_ns) \
+        == before
     assert not os.path.exists(settings.chroot_dir(uid))
+    if env.launch is not None:
+        # The front's configuration is its service's (libxl clears the
+        # environment anyway): $XEN_DM_RESTRICT_CONFIG does not reach it.
+        return
     # Named through a symlink, the file it reaches is what counts.
     evil = os.path.join(env.tmp, 'evil.conf')
     link = os.path.join(env.tmp, 'link.conf')
@@ -313,12 +334,13 @@ def test_a_configuration_others_could_change_is_not_read(env, owner, mode):
     os.chown(evil, 65534, 0)
     os.symlink(evil, link)
     environ = dict(env.environ(), XEN_DM_RESTRICT_CONFIG=link)
-    proc = subprocess.run(qemuenv.LAUNCH + ['-version'], env=environ,
+    proc = subprocess.run(qemuenv.launch_argv(env) + ['-version'], env=environ,
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2, proc.stderr
     assert 'configuration file %s: it is owned by uid 65534' % link in (
         proc.stderr)
-    assert not os.path.exists(snapshot)
+    assert (os.path.exists(snapshot) and os.stat(snapshot).st_mtime_ns) \
+        == before
     # Root's alone again, it is read (and a snapshot is written).
     os.chown(env.config, 0, 0)
     os.chmod(env.config, 0o644)

@@ -28,6 +28,47 @@ def _require_filter():
         pytest.skip(reason)
 
 
+PR_SET_NO_NEW_PRIVS = 38
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_TSYNC = 1
+SYS_SECCOMP = 317  # x86_64
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [('len', ctypes.c_ushort), ('filter', ctypes.c_void_p)]
+
+
+def _load_exported(bpf: bytes) -> None:
+    """Load the exported program as the launcher's compiled front does
+    (front.c: no_new_privs, then seccomp(SECCOMP_SET_MODE_FILTER)).
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    program = ctypes.create_string_buffer(bpf, len(bpf))
+    fprog = _SockFprog(len(bpf) // 8, ctypes.addressof(program))
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), 'no_new_privs')
+    if libc.syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER,
+                    SECCOMP_FILTER_FLAG_TSYNC, ctypes.byref(fprog)) != 0:
+        raise OSError(ctypes.get_errno(), 'seccomp')
+
+
+@pytest.fixture(autouse=True, params=['libseccomp', 'exported-bpf'])
+def _loader(request, monkeypatch):
+    """Every filter test runs twice: loaded by libseccomp (the Python
+    launcher) and as the BPF the launcher service exports for the
+    compiled front.
+    """
+    if request.param == 'exported-bpf':
+        if os.uname().machine != 'x86_64':
+            pytest.skip('the seccomp syscall number here is x86_64\'s')
+        _require_filter()
+        bpf = syscall_filter.export(UID, GID)
+        monkeypatch.setattr(
+            syscall_filter, 'install', lambda uid, gid: _load_exported(
+                bpf if (uid, gid) == (UID, GID)
+                else syscall_filter.export(uid, gid)))
+
+
 def _in_filtered_child(body):
     """Run ``body()`` in a forked child after loading the filter; return
     (exit status or -signal, what body returned as text).
@@ -203,6 +244,7 @@ def test_keyrings_and_foreign_socket_families_fail():
 def env(tmp_path):
     hostenv.require_root()
     hostenv.require_tool(hostenv.QEMU)
+    hostenv.require_cgroups()
     _require_filter()
     made = hostenv.make_env(tmp_path, with_reaper=False)
     yield made
@@ -216,7 +258,7 @@ def _qemu_filters(env, uid, args):
         assert 'QMP' in qemu.read()
         assert qemu.command('qmp_capabilities') == {'return': {}}
         assert qemu.command('query-status')['return']['running']
-        status = qemuenv.status(qemu.proc.pid)
+        status = qemuenv.status(qemu.pid)
         assert status['Uid'].split() == [str(uid)] * 4
         return (status['Seccomp'].strip(),
                 int(status['Seccomp_filters'].strip()))
@@ -251,7 +293,7 @@ def test_a_weaker_sandbox_is_not_taken_for_qemus_filter(env, value):
     settings = env.settings()
     uid = env.first + 1
     args = _without_sandbox(settings, uid) + ['-sandbox', value]
-    proc = subprocess.run(qemuenv.LAUNCH + qemuenv.BASE_ARGS + args,
+    proc = subprocess.run(qemuenv.launch_argv(env) + qemuenv.BASE_ARGS + args,
                           env=env.environ(), capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 2

@@ -405,6 +405,10 @@ def cmd_preflight(args) -> int:
     return host.preflight(args, _settings(conf), unknown)
 
 
+def cmd_install_hook(args) -> int:
+    return host.install_hook(args)
+
+
 def cmd_install_launcher(args) -> int:
     conf = _load_conf(args)
     return host.install_launcher(args, _settings(conf),
@@ -610,12 +614,31 @@ def build_parser() -> argparse.ArgumentParser:
         'xen-dm-restrict install-launcher /usr/local/sbin/'
         'xen-dm-restrict-launch',
         'The launcher runs at every define and start of every domain. '
-        'The written script is xen-dm-restrict-launch run by this Python '
-        'with -I -S and a fixed module path, so that no site-packages '
-        'start-up code runs; set [dm_restrict] launcher to PATH. Run it '
-        'again after upgrading the plugin or Python.')
-    inst.add_argument('path', help='where to write the launcher script')
+        'PATH is a compiled front (built here with the system C compiler, '
+        '$CC or cc) that asks xen-dm-restrict-launch-service for its '
+        'decision and applies it, so that no Python starts; PATH.py is '
+        'xen-dm-restrict-launch run by this Python with -I -S and a fixed '
+        'module path, which the front runs instead while the service is '
+        'not running. Set [dm_restrict] launcher to PATH. Run it again '
+        'after upgrading the plugin or Python.')
+    inst.add_argument('path', help='where to write the launcher')
+    inst.add_argument('--python-only', action='store_true',
+                      help='write only the Python launcher, at PATH (no '
+                           'compiler needed; about three times slower)')
     inst.set_defaults(func=cmd_install_launcher)
+
+    hook = _subparser(
+        subs, 'install-hook', 'Write libvirtd\'s libxl hook as a shell '
+        'script that starts Python only for the operations it acts on.',
+        'xen-dm-restrict install-hook /etc/libvirt/hooks/libxl',
+        'libvirtd runs its hook for every operation of every domain; the '
+        'written script exits at once for those the hook ignores (about '
+        '1 ms) and runs xen-dm-restrict-libvirt-hook by this Python with '
+        '-I -S for prepare begin, stopped end, release end and migrate '
+        'begin. Restart libvirtd afterwards. Run it again after '
+        'upgrading the plugin or Python.')
+    hook.add_argument('path', help='where to write the hook')
+    hook.set_defaults(func=cmd_install_hook)
 
     reap = _subparser(
         subs, 'reap', 'Kill every process of a device-model uid (as root, '

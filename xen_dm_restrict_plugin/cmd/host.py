@@ -245,6 +245,161 @@ sys.exit(main())
 """
 
 
+#: The Python launcher beside the compiled front: PATH + this.
+PYTHON_SUFFIX = '.py'
+#: The compiled front's source, in the package.
+FRONT_SOURCE = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'launcher', 'front.c')
+
+
+def compile_front(fallback: str) -> bytes:
+    """Build the launcher's compiled front with the system compiler
+    (``$CC``, else ``cc``).
+
+    :param fallback: the Python launcher the front execs while the
+        launcher service is not running.
+    :returns: the executable's bytes.
+    :raises CapabilityMissing: there is no compiler, or it failed.
+    """
+    import shlex
+    import subprocess
+    import tempfile
+
+    compiler = shlex.split(os.environ.get('CC') or 'cc')
+    with tempfile.TemporaryDirectory(prefix='xdr-front-') as work:
+        output = os.path.join(work, 'front')
+        command = compiler + [
+            '-O2', '-Wall', '-Werror', '-D_FORTIFY_SOURCE=2',
+            '-DXDR_FALLBACK=%s' % _c_string(fallback),
+            '-DXDR_SOCKET=%s' % _c_string(launch_settings.DEFAULT_SOCKET),
+            '-o', output, FRONT_SOURCE]
+        try:
+            built = subprocess.run(command, capture_output=True, text=True,
+                                   timeout=120)
+        except OSError as err:
+            raise exception.CapabilityMissing(
+                'install-launcher', 'cannot run the C compiler %s: %s' % (
+                    compiler[0], err.strerror or err),
+                'install gcc (bindep.txt; tools/install-deps.sh), or pass '
+                '--python-only for the slower Python launcher') from None
+        if built.returncode != 0:
+            raise exception.CapabilityMissing(
+                'install-launcher', 'the C compiler failed on %s: %s' % (
+                    FRONT_SOURCE, built.stderr.strip()[-2000:]),
+                'install gcc and the C library headers (bindep.txt), or '
+                'pass --python-only')
+        with open(output, 'rb') as handle:
+            return handle.read()
+
+
+def _c_string(value: str) -> str:
+    """``value`` as a C string literal for a -D option."""
+    if any(char in value for char in '"\\\n\0'):
+        raise exception.ConfigError(
+            'install-launcher', 'the path %r cannot be compiled into the '
+            'front' % value, 'choose a path without quotes, backslashes '
+            'or newlines')
+    return '"%s"' % value
+
+
+def _replace(target: str, data: bytes) -> None:
+    """Write an executable ``target`` atomically, mode 0755."""
+    temp = '%s.%d.tmp' % (target, os.getpid())
+    try:
+        with open(temp, 'xb') as handle:
+            handle.write(data)
+        os.chmod(temp, 0o755)
+        os.rename(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
+#: The hook ``install-hook`` writes: a shell script that starts Python
+#: only for the operations the hook acts on.
+HOOK_SCRIPT = """\
+#!/bin/sh
+# Written by "xen-dm-restrict install-hook": libvirtd's libxl hook.
+# libvirtd runs it for every operation of every domain; only those the
+# hook acts on start Python, isolated (-I) and without site start-up
+# code (-S): %(acted)s.
+# Every other call drains the domain XML and exits 0.
+case "$2 $3" in
+    %(cases)s)
+        exec %(python)s -IS -c 'import sys
+sys.path += %(path)s
+from xen_dm_restrict_plugin.cmd.libvirt_hook import main
+sys.argv[0] = "xen-dm-restrict-libvirt-hook"
+sys.exit(main())' "$@" ;;
+esac
+exec cat >/dev/null
+"""
+
+
+def _module_path() -> typing.List[str]:
+    """The import path of an isolated Python that finds this package.
+
+    :raises CapabilityMissing: a directory on it is not root's alone.
+    """
+    import xen_dm_restrict_plugin
+
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(
+        xen_dm_restrict_plugin.__file__)))
+    path = [entry for entry in sys.path[1:] if os.path.isabs(entry)]
+    path.append(package_parent)
+    for entry in path:
+        unsafe = _writable_by_others(entry)
+        if unsafe:
+            raise exception.CapabilityMissing(
+                'install-launcher', 'the launcher would import code from '
+                '%s, and %s is not root\'s alone' % (entry, unsafe),
+                'install the plugin where only root can write')
+    return path
+
+
+def install_hook(args) -> int:
+    """``xen-dm-restrict install-hook PATH``: write libvirtd's libxl hook
+    as a shell script that runs Python only when the hook acts.
+
+    :raises CapabilityMissing: not root, or the file cannot be written.
+    """
+    from xen_dm_restrict_plugin.daemon_hook import operations
+
+    if os.geteuid() != 0:
+        raise exception.CapabilityMissing(
+            'install-hook', 'it runs as uid %d: libvirtd runs its hooks as '
+            'root, from root\'s files' % os.geteuid(), 'run it as root')
+    for operation in operations.ACTED_ON:
+        if any(not word.isalpha() for word in operation):
+            raise exception.ConfigError(
+                'install-hook', 'operation %r is not a plain word' % (
+                    operation,), 'fix daemon_hook/operations.py')
+    import json
+    import shlex
+
+    path = _module_path()
+    if any("'" in entry for entry in path):
+        raise exception.CapabilityMissing(
+            'install-hook', 'a directory of the import path has a quote '
+            'in its name: %s' % path, 'install the plugin elsewhere')
+    text = HOOK_SCRIPT % {
+        'acted': ', '.join(' '.join(op) for op in operations.ACTED_ON),
+        'cases': '|'.join('"%s %s"' % op for op in operations.ACTED_ON),
+        'python': shlex.quote(sys.executable), 'path': json.dumps(path)}
+    target = os.path.abspath(args.path)
+    try:
+        _replace(target, text.encode())
+    except OSError as err:
+        raise exception.CapabilityMissing(
+            'install-hook', 'cannot write %s: %s' % (
+                target, err.strerror or err),
+            'check the directory exists and is root\'s') from None
+    print('wrote %s (libvirtd reads its hooks when it starts: restart '
+          'libvirtd)' % target)
+    return EXIT_OK
+
+
 def _writable_by_others(entry: str) -> typing.Optional[str]:
     """The first directory from ``entry`` up to / that lets someone other
     than root put code where ``entry`` is, or None.
@@ -281,8 +436,6 @@ def install_launcher(args, settings: conf_mod.Settings,
         launcher reads.
     :raises CapabilityMissing: not root, or a file cannot be written.
     """
-    import xen_dm_restrict_plugin
-
     config = launch_settings.config_file()
     if config is None or list(files) != [config]:
         raise exception.ConfigError(
@@ -299,34 +452,33 @@ def install_launcher(args, settings: conf_mod.Settings,
         raise exception.CapabilityMissing(
             'install-launcher', 'it runs as uid %d: the launcher trusts '
             'only a root-owned snapshot' % os.geteuid(), 'run it as root')
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(
-        xen_dm_restrict_plugin.__file__)))
-    path = [entry for entry in sys.path[1:] if os.path.isabs(entry)]
-    path.append(package_parent)
-    for entry in path:
-        unsafe = _writable_by_others(entry)
-        if unsafe:
-            raise exception.CapabilityMissing(
-                'install-launcher', 'the launcher would import code from '
-                '%s, and %s is not root\'s alone' % (entry, unsafe),
-                'install the plugin where only root can write')
+    path = _module_path()
     text = LAUNCHER_SCRIPT % {'python': sys.executable, 'path': path}
     target = os.path.abspath(args.path)
-    temp = '%s.%d.tmp' % (target, os.getpid())
+    python_only = getattr(args, 'python_only', False)
+    script = target if python_only else target + PYTHON_SUFFIX
+    written = []
     try:
-        with open(temp, 'x') as handle:
-            handle.write(text)
-        os.chmod(temp, 0o755)
-        os.rename(temp, target)
+        _replace(script, text.encode())
+        written.append(script)
+        if not python_only:
+            _replace(target, compile_front(script))
+            written.append(target)
         snapshot = launch_settings.write(settings, config)
     except OSError as err:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
         raise exception.CapabilityMissing(
             'install-launcher', 'cannot write %s: %s' % (
                 err.filename or target, err.strerror or err),
             'check the directory exists and is root\'s') from None
-    print('wrote %s (set [dm_restrict] launcher = %s) and the settings '
-          'snapshot %s of %s' % (target, target, snapshot,
-                                 config or 'the defaults'))
+    if python_only:
+        print('wrote %s (set [dm_restrict] launcher = %s) and the settings '
+              'snapshot %s of %s' % (target, target, snapshot,
+                                     config or 'the defaults'))
+    else:
+        print('wrote %s, the compiled front (set [dm_restrict] launcher = '
+              '%s), the Python launcher %s it falls back to while '
+              'xen-dm-restrict-launch-service is not running, and the '
+              'settings snapshot %s of %s' % (
+                  target, target, script, snapshot,
+                  config or 'the defaults'))
     return EXIT_OK

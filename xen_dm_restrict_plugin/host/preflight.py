@@ -326,6 +326,8 @@ def check_launcher_speed(settings: conf_mod.Settings) -> Check:
             first = handle.readline()
     except OSError:
         first = b''
+    if first.startswith(b'\x7fELF'):
+        return _check_front(settings.launcher)
     if not first.startswith(b'#!') or b' -IS' not in first:
         return Check('launcher start-up', WARN, '%s does not run Python '
                      'with -IS: site start-up costs more than QEMU\'s own '
@@ -334,6 +336,28 @@ def check_launcher_speed(settings: conf_mod.Settings) -> Check:
                      % settings.launcher)
     return Check('launcher start-up', OK, 'fast launcher, snapshot %s '
                  'current' % launch_settings.path())
+
+
+def _check_front(path: str) -> Check:
+    """The compiled front is fast while its service answers."""
+    import socket
+
+    from xen_dm_restrict_plugin.launcher import settings as launch_settings
+
+    where = launch_settings.socket_path()
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        probe.connect(where)
+    except OSError as err:
+        return Check('launcher start-up', WARN, '%s is the compiled front, '
+                     'but no launcher service answers on %s (%s): every '
+                     'start runs the slower Python launcher %s.py; start '
+                     'xen-dm-restrict-launch-service' % (
+                         path, where, err.strerror or err, path))
+    finally:
+        probe.close()
+    return Check('launcher start-up', OK, 'compiled front, service on %s, '
+                 'snapshot %s current' % (where, launch_settings.path()))
 
 
 def check_isolation(settings: conf_mod.Settings) -> typing.List[Check]:

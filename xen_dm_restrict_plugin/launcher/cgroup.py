@@ -199,7 +199,6 @@ def _v2_enter(root: str, controllers: typing.List[str], parent: str,
         _write(os.path.join(group, 'memory.swap.max'), '0')
     if 'cpu' in controllers:
         _write(os.path.join(group, 'cpu.weight'), str(limits.cpu_weight))
-    _write(os.path.join(group, 'cgroup.procs'), str(os.getpid()))
     return [group]
 
 
@@ -235,9 +234,38 @@ def _v1_enter(roots: typing.Dict[str, str], parent: str, uid: int,
     if 'cpu' in groups:
         shares = max(2, int(limits.cpu_weight * V1_SHARES_PER_WEIGHT))
         _write(os.path.join(groups['cpu'], 'cpu.shares'), str(shares))
-    for group in groups.values():
-        _write(os.path.join(group, 'cgroup.procs'), str(os.getpid()))
     return [groups[name] for name in sorted(groups)]
+
+
+def prepare(parent: str, uid: int, limits: Limits
+            ) -> typing.Tuple[int, typing.List[str]]:
+    """Create the device model's cgroup and set its limits.
+
+    :returns: the cgroup version and the group directories (one for v2,
+        one per controller hierarchy for v1), for :func:`join` or, on
+        cgroup v2, ``clone3(CLONE_INTO_CGROUP)``.
+    :raises OSError: no usable hierarchy, the group still holds an
+        earlier device model's processes, or the kernel refused a write.
+    """
+    _check_parent(parent)
+    found = find()
+    if found is None:
+        raise OSError(errno.ENOTSUP, available())
+    if found.version == 2:
+        return 2, _v2_enter(next(iter(found.roots.values())),
+                            list(found.roots), parent, uid, limits)
+    return 1, _v1_enter(found.roots, parent, uid, limits)
+
+
+def join(paths: typing.Iterable[str], pid: int = 0) -> None:
+    """Move process ``pid`` (0: the calling one) into the groups.
+
+    The first move of a running process costs the kernel an RCU grace
+    period (several milliseconds); a process started straight into its
+    group (``clone3(CLONE_INTO_CGROUP)``, cgroup v2) pays none.
+    """
+    for group in paths:
+        _write(os.path.join(group, 'cgroup.procs'), str(pid or os.getpid()))
 
 
 def enter(parent: str, uid: int, limits: Limits) -> typing.List[str]:
@@ -247,17 +275,11 @@ def enter(parent: str, uid: int, limits: Limits) -> typing.List[str]:
     group, so QEMU and everything it starts are counted there.
 
     :returns: the group directories joined.
-    :raises OSError: no usable hierarchy, the group still holds an
-        earlier device model's processes, or the kernel refused a write.
+    :raises OSError: as :func:`prepare`, or a move was refused.
     """
-    _check_parent(parent)
-    found = find()
-    if found is None:
-        raise OSError(errno.ENOTSUP, available())
-    if found.version == 2:
-        return _v2_enter(next(iter(found.roots.values())),
-                         list(found.roots), parent, uid, limits)
-    return _v1_enter(found.roots, parent, uid, limits)
+    paths = prepare(parent, uid, limits)[1]
+    join(paths)
+    return paths
 
 
 def groups(parent: str, uid: int) -> typing.List[str]:

@@ -194,9 +194,11 @@ def _network(settings: settings_mod.Settings, args: typing.Sequence[str],
     return new_args, taps, new_network
 
 
-def _cgroup(settings: settings_mod.Settings, uid: int) -> str:
+def _cgroup(settings: settings_mod.Settings, uid: int
+            ) -> typing.Tuple[int, typing.List[str]]:
+    """Create the device model's cgroup; (version, groups) or (0, [])."""
     if settings.cgroup_limits == constants.CGROUPS_OFF:
-        return 'no cgroup'
+        return 0, []
     from xen_dm_restrict_plugin.launcher import cgroup as dm_cgroup
 
     limits = dm_cgroup.Limits(
@@ -204,50 +206,84 @@ def _cgroup(settings: settings_mod.Settings, uid: int) -> str:
         memory_max_bytes=settings.device_model_memory_mib * 1024 * 1024,
         cpu_weight=settings.device_model_cpu_weight)
     try:
-        paths = dm_cgroup.enter(settings.cgroup_parent, uid, limits)
+        return dm_cgroup.prepare(settings.cgroup_parent, uid, limits)
     except OSError as err:
-        raise exception.CapabilityMissing(
-            'device model cgroup', str(err),
-            'mount cgroup v2 (or the v1 pids and memory controllers), or '
-            'set [dm_restrict] cgroup_limits = off') from None
-    return 'cgroup %s' % ', '.join(paths)
+        raise _cgroup_missing(err) from None
 
 
-def _seccomp(settings: settings_mod.Settings,
-             parsed: dm_argv.DeviceModelArgs) -> str:
-    if not settings.launcher_seccomp:
-        return ''
-    from xen_dm_restrict_plugin.launcher import seccomp as syscall_filter
-
-    try:
-        syscall_filter.install(parsed.uid, parsed.gid)
-    except OSError as err:
-        raise exception.CapabilityMissing(
-            'device model seccomp filter', str(err),
-            'install libseccomp2, or set [dm_restrict] launcher_seccomp = '
-            'false') from None
-    return ', seccomp filter'
+def _cgroup_missing(err: OSError) -> exception.CapabilityMissing:
+    return exception.CapabilityMissing(
+        'device model cgroup', str(err),
+        'mount cgroup v2 (or the v1 pids and memory controllers), or '
+        'set [dm_restrict] cgroup_limits = off')
 
 
-def launch(settings: settings_mod.Settings,
-           args: typing.Sequence[str]) -> typing.NoReturn:
-    """Exec the real QEMU restricted, or straight through for a query.
+class Plan:
+    """What the launcher does to start one device model, decided and
+    prepared (chroot, cgroup, taps) but not yet applied to a process.
+
+    :func:`launch` applies it to the launcher itself and execs QEMU; the
+    launcher service (:mod:`xen_dm_restrict_plugin.cmd.launch_service`)
+    hands it to the compiled front, which applies the same steps.
+
+    :param binary: the QEMU to exec.
+    :param argv: QEMU's arguments (taps handed over as descriptors).
+    :param query: a query passed straight through: nothing else applies.
+    """
+
+    __slots__ = ('binary', 'argv', 'query', 'uid', 'gid', 'keep_fds',
+                 'taps', 'unshare', 'rlimits', 'cgroup_version', 'cgroups',
+                 'seccomp', 'message')
+
+    def __init__(self, binary: str, argv: typing.Sequence[str],
+                 query: bool = False):
+        self.binary = binary
+        self.argv = list(argv)
+        self.query = query
+        self.uid = self.gid = None
+        #: Descriptors QEMU inherits besides 0, 1, 2 and the taps.
+        self.keep_fds: typing.FrozenSet[int] = frozenset()
+        #: The taps opened for QEMU (network.Tap).
+        self.taps: list = []
+        #: The namespaces to unshare (CLONE_* flags).
+        self.unshare = 0
+        #: (resource, value) pairs; soft and hard limits both.
+        self.rlimits: typing.List[typing.Tuple[int, int]] = []
+        #: 2, 1 or 0 (no cgroup), and the group directories.
+        self.cgroup_version = 0
+        self.cgroups: typing.List[str] = []
+        #: Whether the syscall filter is loaded before the exec.
+        self.seccomp = False
+        #: The log line written to QEMU's log before the exec.
+        self.message = ''
+
+    def close(self) -> None:
+        """Close the taps of an abandoned start."""
+        for tap in self.taps:
+            os.close(tap.fd)
+        self.taps = []
+
+
+def plan(settings: settings_mod.Settings,
+         args: typing.Sequence[str]) -> Plan:
+    """Check a device-model command line and prepare its start.
 
     :param settings: the ``[dm_restrict]`` settings (full, or the
         launcher's snapshot of them).
     :param args: the device-model arguments, without the program name.
+    :returns: the plan; its taps are open (close them with
+        :meth:`Plan.close` if it is not carried out).
     :raises Refused: the command line is not restricted or names a uid,
         gid or chroot the configuration does not allow, or the chroot
         directory is unsafe.
     :raises CapabilityMissing: not running as root, or a restriction
         cannot be applied on this host.
-    :raises OSError: a namespace, limit or the exec failed.
     """
     binary = settings.qemu_binary
     parsed = dm_argv.parse_argv(args)
     if not parsed.restricted:
         if parsed.query:
-            _exec(binary, args)
+            return Plan(binary, args, query=True)
         raise exception.Refused(
             'device model command line',
             'it carries no user and chroot restriction, and this launcher '
@@ -262,25 +298,82 @@ def launch(settings: settings_mod.Settings,
             'let libxl (as root) start it')
     dm_argv.check_identity(settings, parsed)
     qemu_argv, taps, new_network = _network(settings, args, parsed.chroot)
+    result = Plan(binary, qemu_argv)
+    result.taps = taps
     try:
         chroot.prepare(settings, parsed.uid)
-        where = _cgroup(settings, parsed.uid)
+        result.cgroup_version, result.cgroups = _cgroup(settings, parsed.uid)
         from xen_dm_restrict_plugin.launcher import network as dm_network
         dm_network.record_taps(settings.chroot_base_dir, parsed.uid, taps)
     except BaseException:
-        for tap in taps:
-            os.close(tap.fd)
+        result.close()
         raise
-    isolate(set(parsed.fds) | {tap.fd for tap in taps},
-            settings.device_model_max_processes, new_network)
-    filtered = _seccomp(settings, parsed)
-    say('INFO', 'starting %s as uid %d gid %d in chroot %s, in new mount, '
+    result.uid, result.gid = parsed.uid, parsed.gid
+    result.keep_fds = frozenset(parsed.fds)
+    result.unshare = CLONE_NEWNS | CLONE_NEWIPC | (
+        CLONE_NEWNET if new_network else 0)
+    result.rlimits = list(RLIMITS)
+    if settings.device_model_max_processes:
+        result.rlimits.append((resource.RLIMIT_NPROC,
+                               settings.device_model_max_processes))
+    result.seccomp = bool(settings.launcher_seccomp)
+    where = ('cgroup %s' % ', '.join(result.cgroups) if result.cgroups
+             else 'no cgroup')
+    result.message = (
+        'starting %s as uid %d gid %d in chroot %s, in new mount, '
         'IPC%s namespaces, %s, with rlimits%s%s' % (
             binary, parsed.uid, parsed.gid, parsed.chroot,
-            ' and network' if new_network else '', where, filtered,
+            ' and network' if new_network else '', where,
+            ', seccomp filter' if result.seccomp else '',
             ''.join(', tap %s as fd %d' % (tap.ifname, tap.fd)
                     for tap in taps)))
-    _exec(binary, qemu_argv)
+    return result
+
+
+def launch(settings: settings_mod.Settings,
+           args: typing.Sequence[str]) -> typing.NoReturn:
+    """Exec the real QEMU restricted, or straight through for a query.
+
+    :param settings: the ``[dm_restrict]`` settings (full, or the
+        launcher's snapshot of them).
+    :param args: the device-model arguments, without the program name.
+    :raises Refused: see :func:`plan`.
+    :raises CapabilityMissing: see :func:`plan`.
+    :raises OSError: a namespace, limit or the exec failed.
+    """
+    steps = plan(settings, args)
+    if steps.query:
+        _exec(steps.binary, steps.argv)
+    try:
+        if steps.cgroups:
+            from xen_dm_restrict_plugin.launcher import cgroup as dm_cgroup
+
+            try:
+                dm_cgroup.join(steps.cgroups)
+            except OSError as err:
+                raise _cgroup_missing(err) from None
+    except BaseException:
+        steps.close()
+        raise
+    isolate(set(steps.keep_fds) | {tap.fd for tap in steps.taps},
+            dict(steps.rlimits).get(resource.RLIMIT_NPROC, 0),
+            bool(steps.unshare & CLONE_NEWNET))
+    if steps.seccomp:
+        _seccomp(steps.uid, steps.gid)
+    say('INFO', steps.message)
+    _exec(steps.binary, steps.argv)
+
+
+def _seccomp(uid: int, gid: int) -> None:
+    from xen_dm_restrict_plugin.launcher import seccomp as syscall_filter
+
+    try:
+        syscall_filter.install(uid, gid)
+    except OSError as err:
+        raise exception.CapabilityMissing(
+            'device model seccomp filter', str(err),
+            'install libseccomp2, or set [dm_restrict] launcher_seccomp = '
+            'false') from None
 
 
 def _exec(binary: str, args: typing.Sequence[str]) -> None:

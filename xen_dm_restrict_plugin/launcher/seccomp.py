@@ -284,15 +284,8 @@ def _check(rc: int, step: str) -> None:
                       % (step, os.strerror(-rc)))
 
 
-def install(uid: int, gid: int) -> None:
-    """Load the filter into this process (and every thread), for good.
-
-    :param uid: the only uid ``setuid`` may switch to.
-    :param gid: the only gid ``setgid`` may switch to.
-    :raises OSError: libseccomp is missing, does not know a syscall the
-        filter must cover, or the kernel refused the filter.
-    """
-    lib = _library()
+def _context(lib: ctypes.CDLL, uid: int, gid: int) -> int:
+    """A libseccomp context holding the filter; the caller releases it."""
     ctx = lib.seccomp_init(SCMP_ACT_ALLOW)
     if not ctx:
         raise OSError(errno.ENOMEM, 'libseccomp seccomp_init failed')
@@ -311,6 +304,44 @@ def install(uid: int, gid: int) -> None:
             _check(lib.seccomp_rule_add_array(
                 ctx, action, number, len(comparisons), array),
                 'rule for %s' % name)
+    except BaseException:
+        lib.seccomp_release(ctx)
+        raise
+    return ctx
+
+
+def install(uid: int, gid: int) -> None:
+    """Load the filter into this process (and every thread), for good.
+
+    :param uid: the only uid ``setuid`` may switch to.
+    :param gid: the only gid ``setgid`` may switch to.
+    :raises OSError: libseccomp is missing, does not know a syscall the
+        filter must cover, or the kernel refused the filter.
+    """
+    lib = _library()
+    ctx = _context(lib, uid, gid)
+    try:
         _check(lib.seccomp_load(ctx), 'load')
     finally:
+        lib.seccomp_release(ctx)
+
+
+def export(uid: int, gid: int) -> bytes:
+    """The filter of :func:`install` as the kernel's BPF program (an
+    array of ``struct sock_filter``), for the launcher's compiled front,
+    which loads it with ``seccomp(SECCOMP_SET_MODE_FILTER)`` after
+    setting no_new_privs, as ``seccomp_load`` does.
+
+    :raises OSError: as :func:`install`, or the export failed.
+    """
+    lib = _library()
+    lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    ctx = _context(lib, uid, gid)
+    fd = os.memfd_create('xen-dm-restrict-seccomp', os.MFD_CLOEXEC)
+    try:
+        _check(lib.seccomp_export_bpf(ctx, fd), 'export')
+        size = os.lseek(fd, 0, os.SEEK_END)
+        return os.pread(fd, size, 0)
+    finally:
+        os.close(fd)
         lib.seccomp_release(ctx)

@@ -45,6 +45,10 @@ QUERY_ARGS = constants.QUERY_ARGS
 DEFAULT_PATH = '/run/xen-dm-restrict/launcher-settings.marshal'
 #: Environment variable naming another snapshot file (tests).
 PATH_ENV = 'XEN_DM_RESTRICT_LAUNCHER_SETTINGS'
+#: Where the launcher service listens and the compiled front asks.
+DEFAULT_SOCKET = '/run/xen-dm-restrict/launcher.sock'
+#: Environment variable naming another socket (tests, the benchmark).
+SOCKET_ENV = 'XEN_DM_RESTRICT_LAUNCHER_SOCKET'
 #: Bumped whenever the snapshot's fields change.
 FORMAT = 2
 
@@ -96,6 +100,11 @@ def config_file() -> typing.Optional[str]:
 def path() -> str:
     """The snapshot file this process uses."""
     return os.environ.get(PATH_ENV) or DEFAULT_PATH
+
+
+def socket_path() -> str:
+    """The launcher service's socket this process uses."""
+    return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
 
 
 def _identity(config: typing.Optional[str]) -> typing.Optional[list]:
