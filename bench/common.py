@@ -92,13 +92,14 @@ def fill(path: str, count: int, tenants: int = TENANTS,
         span = uid_range(n, range_size)
         rows += [(str(uuid_mod.uuid4()), tenant(n), span.first + i, now)
                  for i in range(share)]
-        cursors.append((span.first, span.last, span.first + share))
+        cursors.append((span.first, span.last, span.first + share, now))
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute('BEGIN IMMEDIATE')
         conn.executemany('INSERT INTO leases (uuid, tenant, uid, created_at) '
                          'VALUES (?, ?, ?, ?)', rows)
-        conn.executemany('INSERT OR REPLACE INTO cursors VALUES (?, ?, ?)',
+        conn.executemany('INSERT OR REPLACE INTO cursors (first, last, '
+                         'next_uid, updated_at) VALUES (?, ?, ?, ?)',
                          cursors)
         conn.execute('COMMIT')
         conn.execute('PRAGMA wal_checkpoint(TRUNCATE)')

@@ -2,6 +2,7 @@
 real QEMU, with and without QEMU's own ``-sandbox`` (root only).
 """
 
+import ast
 import ctypes
 import errno
 import fcntl
@@ -91,6 +92,23 @@ def _in_filtered_child(body):
     if os.WIFSIGNALED(status):
         return -os.WTERMSIG(status), text
     return os.WEXITSTATUS(status), text
+
+
+def _in_child(body):
+    """What ``body()`` returns in a forked child without the filter."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(read_fd)
+            os.write(write_fd, repr(body()).encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as handle:
+        text = handle.read()
+    os.waitpid(pid, 0)
+    return ast.literal_eval(text)
 
 
 def _try(call, *args):
@@ -392,3 +410,47 @@ def test_only_route_netlink_is_open_to_the_device_model():
     rc, text = _in_filtered_child(body)
     assert rc == 0, text
     assert text == str([errno.EAFNOSUPPORT, 0])
+
+
+SYS_MODIFY_LDT, SYS_PERSONALITY, SYS_USERFAULTFD = 154, 135, 323
+SYS_PIDFD_OPEN, SYS_IOPRIO_SET, SYS_SCHED_SETATTR = 434, 251, 314
+IPPROTO_SCTP, IPPROTO_DCCP = 132, 33
+ADDR_NO_RANDOMIZE = 0x0040000
+
+
+def test_calls_a_device_model_never_makes_are_unavailable():
+    """Issue 20: each allowed before, each an exploitation aid or a way
+    around the resource limits, none used by a Xen device model.
+    """
+    _require_filter()
+    ioprio_class_rt = (1 << 13) | 0
+
+    def body():
+        return [_syscall(SYS_USERFAULTFD, 0),
+                _syscall(SYS_MODIFY_LDT, 0, 0, 0),
+                _syscall(SYS_PIDFD_OPEN, 1, 0),
+                # who = IOPRIO_WHO_PROCESS, pid 0: the calling child only
+                _syscall(SYS_IOPRIO_SET, 1, 0, ioprio_class_rt),
+                _syscall(SYS_SCHED_SETATTR, 0, 0, 0),
+                _syscall(SYS_PERSONALITY, ADDR_NO_RANDOMIZE),
+                _syscall(SYS_PERSONALITY, 0xffffffff) >= 0,
+                _syscall(SYS_SOCKET, socket.AF_INET, socket.SOCK_STREAM,
+                         IPPROTO_SCTP),
+                _syscall(SYS_SOCKET, socket.AF_INET6, socket.SOCK_DGRAM,
+                         IPPROTO_DCCP | HIGH),
+                _syscall(SYS_SOCKET, socket.AF_INET, socket.SOCK_STREAM,
+                         socket.IPPROTO_TCP),
+                _syscall(SYS_SOCKET, socket.AF_INET6, socket.SOCK_DGRAM,
+                         socket.IPPROTO_UDP)]
+
+    # The control runs in a child too: it changes its own personality.
+    control = _in_child(body)
+    rc, text = _in_filtered_child(body)
+    assert rc == 0, text
+    enosys, eperm, eprotonosupport = 38, 1, 93
+    # Unfiltered, each call gets past the filter's answer (root may even
+    # succeed, or fail for its arguments): never the filter's errno.
+    assert control[0] != enosys and control[2] != enosys
+    assert control[5] != eperm and control[6]
+    assert text == str([enosys, enosys, enosys, eperm, eperm, eperm, True,
+                        eprotonosupport, eprotonosupport, 0, 0])

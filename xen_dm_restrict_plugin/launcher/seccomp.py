@@ -89,6 +89,7 @@ EPERM = _errno_action(errno.EPERM)
 ENOSYS = _errno_action(errno.ENOSYS)
 EOPNOTSUPP = _errno_action(errno.EOPNOTSUPP)
 EAFNOSUPPORT = _errno_action(errno.EAFNOSUPPORT)
+EPROTONOSUPPORT = _errno_action(errno.EPROTONOSUPPORT)
 
 CSIGNAL = 0x000000ff
 CLONE_VM = 0x00000100
@@ -138,8 +139,19 @@ KILLED = (
     # spawn, except execve and clone (see the module docstring)
     'fork', 'vfork', 'execveat', 'setns', 'unshare',
 )
-#: QEMU's resourcecontrol set: fail.
-REFUSED = ('setpriority', 'sched_setparam', 'sched_setaffinity')
+#: QEMU's resourcecontrol set: fail.  ioprio_set is its I/O twin.
+REFUSED = ('setpriority', 'sched_setparam', 'sched_setaffinity',
+           'sched_setattr', 'ioprio_set')
+#: Calls a Xen device model never makes, each an aid to exploitation:
+#: userfaultfd (stalls kernel copies at a chosen page; QEMU uses it only
+#: for postcopy migration, which is refused), modify_ldt (16-bit segments,
+#: a classic kernel attack surface), pidfd_open and pidfd_send_signal
+#: (QEMU signals no other process).  Unavailable.
+UNUSED = ('userfaultfd', 'modify_ldt', 'pidfd_open', 'pidfd_send_signal',
+          'pidfd_getfd')
+#: personality(): only the query; setting flags such as ADDR_NO_RANDOMIZE
+#: or READ_IMPLIES_EXEC would weaken what QEMU runs (QEMU sets none).
+PERSONALITY_QUERY = 0xffffffff
 #: Kernel keyrings: fail.
 KEYRING = ('add_key', 'keyctl', 'request_key')
 #: io_uring: its operations bypass seccomp; unavailable.
@@ -160,6 +172,12 @@ SOCKET_FAMILIES = (AF_UNIX, AF_INET, AF_INET6, AF_NETLINK)
 NETLINK_ROUTE = 0
 #: The netlink protocols allowed.
 NETLINK_PROTOCOLS = (NETLINK_ROUTE,)
+IPPROTO_IP = 0
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+#: The IPv4/IPv6 protocols allowed: any other number makes a Debian dom0
+#: load that protocol's module on request (sctp, dccp, l2tp...).
+INET_PROTOCOLS = (IPPROTO_IP, IPPROTO_TCP, IPPROTO_UDP)
 
 
 def _ioc(direction: int, number: int, size: int) -> int:
@@ -263,6 +281,9 @@ def rules(uid: int, gid: int) -> typing.List[typing.Tuple[
     rows.append(('sched_setscheduler', EPERM,
                  ((1, SCMP_CMP_NE, SCHED_IDLE, 0),)))
     rows += [(name, EPERM, ()) for name in KEYRING]
+    rows += [(name, ENOSYS, ()) for name in UNUSED]
+    rows.append(('personality', EPERM,
+                 ((0, SCMP_CMP_NE, PERSONALITY_QUERY, 0),)))
     rows += [(name, ENOSYS, ()) for name in IO_URING]
     rows += [('fallocate', EOPNOTSUPP, ((1, SCMP_CMP_MASKED_EQ, mask, value),))
              for mask, value in outside(FALLOCATE_MODES)]
@@ -273,6 +294,11 @@ def rules(uid: int, gid: int) -> typing.List[typing.Tuple[
         (0, SCMP_CMP_MASKED_EQ, 0xffffffff, AF_NETLINK),
         (2, SCMP_CMP_MASKED_EQ, mask, value)))
         for mask, value in outside(NETLINK_PROTOCOLS)]
+    rows += [('socket', EPROTONOSUPPORT, (
+        (0, SCMP_CMP_MASKED_EQ, 0xffffffff, family),
+        (2, SCMP_CMP_MASKED_EQ, mask, value)))
+        for family in (AF_INET, AF_INET6)
+        for mask, value in outside(INET_PROTOCOLS)]
     rows += [('ioctl', EPERM, ((1, SCMP_CMP_MASKED_EQ, 0xffffffff, number),))
              for number in sorted(TUN_DENIED.values())]
     return rows
