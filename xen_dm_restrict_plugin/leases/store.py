@@ -415,6 +415,92 @@ class LeaseStore:
                  lease.uid, lease.uuid, lease.tenant)
         return lease
 
+    #: Outcomes of :meth:`give_back`.
+    GAVE_CLAIM = 'gave back one claim'
+    RELEASED = 'released'
+    KEPT = 'kept: libvirt still has the domain (or cannot tell)'
+    NO_LEASE = 'no lease'
+    NOT_ITS_OWN = 'kept: the lease changed meanwhile'
+    FOREIGN = 'kept: the lease belongs to another tenant'
+
+    def give_back(self, uuid: str, still_gone: typing.Callable[[], bool],
+                  reap: typing.Callable[[int], typing.Any],
+                  claim: typing.Optional[Lease] = None,
+                  tenant: typing.Optional[str] = None) -> str:
+        """Give back an instance's lease (or one ``claim`` on it),
+        deciding under the database's write lock.
+
+        In one ``BEGIN IMMEDIATE`` transaction: the lease must still be
+        the claimed one (same uid) and belong to ``tenant``; a claim
+        among several is only counted down; otherwise ``still_gone()``
+        must answer again, here, that libvirt has no domain of the
+        instance, then ``reap(uid)`` runs and the lease and its hold go.
+        Every start reads the lease under the same lock
+        (:meth:`start_state`, the libvirt daemon hook's included), so a
+        start from another client either comes before (and
+        ``still_gone`` sees the domain) or after (and finds no lease).
+
+        :param claim: the lease one prepare claimed, for giving back
+            that claim only; None to release the lease whatever its
+            claims (the domain was undefined).
+        :param tenant: the tenant the caller acts for; a lease of
+            another tenant is kept.
+        :returns: one of the outcome constants of this class.
+        :raises LeaseError: the database failed.
+        :raises DmRestrictError: ``reap`` failed; nothing was released.
+        """
+        uuid = _canonical_uuid(uuid)
+        with self._write() as conn:
+            current = self._find(conn, 'WHERE uuid = ?', uuid)
+            if current is None:
+                if claim is not None:
+                    return self.NOT_ITS_OWN
+                # No lease; a hold goes with a domain that is gone.
+                if conn.execute('SELECT 1 FROM holds WHERE uuid = ?',
+                                (uuid,)).fetchone() and still_gone():
+                    conn.execute('DELETE FROM holds WHERE uuid = ?',
+                                 (uuid,))
+                return self.NO_LEASE
+            if tenant is not None and current.tenant != tenant:
+                return self.FOREIGN
+            if claim is not None and current.uid != claim.uid:
+                return self.NOT_ITS_OWN
+            if claim is not None and current.claims > 1:
+                conn.execute('UPDATE leases SET claims = claims - 1 '
+                             'WHERE uuid = ?', (uuid,))
+                outcome = self.GAVE_CLAIM
+            elif not still_gone():
+                return self.KEPT
+            else:
+                reap(current.uid)
+                conn.execute('DELETE FROM leases WHERE uuid = ?', (uuid,))
+                conn.execute('DELETE FROM holds WHERE uuid = ?', (uuid,))
+                outcome = self.RELEASED
+        LOG.info('instance %s of tenant %s, uid %d: %s', uuid,
+                 current.tenant, current.uid, outcome)
+        return outcome
+
+    def unhold_if(self, uuid: str,
+                  still_clear: typing.Callable[[typing.List[Lease]], bool]
+                  ) -> bool:
+        """Lift a hold only if ``still_clear(leases)`` (given every lease,
+        read inside the transaction) confirms, under the write lock, that
+        its conflict is gone.
+
+        :returns: whether a hold was lifted.
+        """
+        uuid = _canonical_uuid(uuid)
+        with self._write() as conn:
+            if not conn.execute('SELECT 1 FROM holds WHERE uuid = ?',
+                                (uuid,)).fetchone():
+                return False
+            every = [Lease(*row) for row in conn.execute(_COLUMNS)]
+            if not still_clear(every):
+                return False
+            conn.execute('DELETE FROM holds WHERE uuid = ?', (uuid,))
+        LOG.info('instance %s no longer held: its conflict is gone', uuid)
+        return True
+
     def release_orphan(self, lease: Lease,
                        still_orphan: typing.Callable[[], bool],
                        reap: typing.Callable[[int], typing.Any]) -> bool:
