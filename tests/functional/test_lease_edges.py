@@ -469,3 +469,54 @@ def test_another_tenants_handle_cannot_release_the_lease(tmp_path,
     with leases.LeaseStore(str(tmp_path / 'leases.sqlite')) as store:
         assert store.get(acme.uuid) == before
     assert conn.lookup(acme) is not None          # still defined
+
+
+@pytest.mark.parametrize('planted', ['', '-wal', '-shm'])
+def test_root_never_writes_through_a_planted_database_link(tmp_path,
+                                                           planted):
+    """The database, its -wal and its -shm live in the service user's
+    directory: a link planted there is refused (ours for the database,
+    SQLite's own for -wal and -shm), and the file it names is untouched.
+    """
+    _root_only()
+    service_uid = hostenv.free_block() + 13
+    state = _service_state(tmp_path, service_uid)
+    db = str(state / 'leases.sqlite')
+    with leases.LeaseStore(db) as store:
+        store.insert(vm(67).uuid, 'acme', 200000)
+    for name in os.listdir(state):
+        os.chown(state / name, service_uid, service_uid)
+    target = tmp_path / 'root-file'
+    target.write_text('')                   # an empty root file: a
+    os.chmod(target, 0o600)                 # database SQLite could write
+    if not planted:
+        os.rename(db, str(state / 'real.sqlite'))
+    os.symlink(str(target), db + planted)
+    os.lchown(db + planted, service_uid, service_uid)
+    with pytest.raises(exception.LeaseError, match='lease database'):
+        with leases.LeaseStore(db) as store:
+            store.release(vm(67).uuid)
+    assert target.read_text() == ''
+    assert os.stat(target).st_uid == 0
+
+
+def test_files_root_creates_beside_the_database_belong_to_its_owner(
+        tmp_path):
+    """Root writing the service user's database leaves no root-owned
+    -wal, -shm or lock file behind to lock the service user out.
+    """
+    _root_only()
+    service_uid = hostenv.free_block() + 15
+    state = _service_state(tmp_path, service_uid)
+    db = str(state / 'leases.sqlite')
+    leases.LeaseStore(db).close()
+    for name in os.listdir(state):
+        os.chown(state / name, service_uid, service_uid)
+    with leases.LeaseStore(db) as store, \
+            locks.InstanceLock(db, vm(68).uuid, timeout=1):
+        store.insert(vm(68).uuid, 'acme', 200000)
+        owners = {name: os.stat(state / name).st_uid
+                  for name in os.listdir(state)}
+    assert set(owners) >= {'leases.sqlite', 'leases.sqlite-wal',
+                           'leases.sqlite-shm', 'leases.sqlite.lock'}
+    assert set(owners.values()) == {service_uid}

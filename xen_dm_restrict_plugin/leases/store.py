@@ -27,6 +27,7 @@ import logging
 import os
 import pwd
 import sqlite3
+import stat
 import threading
 import time
 import typing
@@ -187,6 +188,7 @@ class LeaseStore:
                 'its directory %s does not exist' % parent,
                 'create %s (mode 0700, owned by the service user) or set '
                 'lease_db to a path in an existing directory' % parent)
+        self._check_not_planted(path)
         with self._guard():
             if create:
                 conn = sqlite3.connect(path, timeout=timeout,
@@ -205,6 +207,31 @@ class LeaseStore:
                 conn.close()
                 raise
             self._conn = conn
+
+    @staticmethod
+    def _check_not_planted(path: str) -> None:
+        """As root, refuse a database that is a symbolic link or a hard
+        link: its directory belongs to the service user, and SQLite
+        would follow it and write to whatever it names.  (SQLite itself
+        refuses a ``-wal`` or ``-shm`` that is a link, and gives the ones
+        root creates to the database's owner.)
+        """
+        if os.geteuid() != 0:
+            return
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode) or \
+                st.st_nlink != 1:
+            LOG.error('lease database %s refused: not a regular file with '
+                      'one link', path)
+            raise exception.LeaseError(
+                'lease database %s' % path,
+                'it is a symbolic link, a hard link or not a regular file, '
+                'and root does not follow it',
+                'set lease_db to the real file (in a directory of its own, '
+                'owned by the service user)')
 
     @classmethod
     def open_existing(cls, path: str, timeout: float = 10.0
