@@ -7,17 +7,22 @@ is a small tmpfs this test mounts (root only, skipped otherwise).
 
 import multiprocessing
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
 
 from tests import base
+from tests.functional import hostenv
 from xen_dm_restrict_plugin.core import ranges
 from xen_dm_restrict_plugin.daemon_hook import hook as daemon_hook
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin.host import reconcile
+from xen_dm_restrict_plugin.leases import locks
 from xen_dm_restrict_plugin.leases import store as leases
 from xen_dm_restrict_plugin.orchestrator import extension
 from xen_dm_restrict_plugin.orchestrator import hooks
@@ -283,3 +288,235 @@ def test_render_to_a_full_disk_keeps_no_lease(tmp_path, tiny_fs):
     os.unlink(tiny_fs / 'filler')
     with leases.LeaseStore(str(db)) as store:
         assert store.list() == before
+
+
+# -- the lock file next to the database, in the service user's directory --
+def _service_state(top, service_uid):
+    state = top / 'state'
+    state.mkdir(mode=0o700)
+    os.chown(state, service_uid, service_uid)
+    return state
+
+
+def _root_only():
+    if os.geteuid() != 0:
+        pytest.skip('needs root: root is the one tricked here')
+
+
+@pytest.mark.parametrize('planted', ['symlink', 'hardlink', 'fifo',
+                                     'world-writable', 'foreign-owner'])
+def test_root_never_follows_or_takes_over_a_planted_lock_file(tmp_path,
+                                                              planted):
+    """The service user owns the database's directory and can put
+    anything at lease_db + '.lock'.  Root (a manual "leases release")
+    refuses it, naming the file, and changes nothing it points at.
+    """
+    _root_only()
+    service_uid = hostenv.free_block() + 7
+    state = _service_state(tmp_path, service_uid)
+    db = str(state / 'leases.sqlite')
+    with leases.LeaseStore(db) as store:
+        store.insert(vm(60).uuid, 'acme', 200000)
+    for name in os.listdir(state):
+        os.chown(state / name, service_uid, service_uid)
+    secret = tmp_path / 'shadow'               # stands in for /etc/shadow
+    secret.write_text('root:$6$secret\n')
+    os.chmod(secret, 0o600)
+    lock = locks.lock_path(db)
+    if planted == 'symlink':
+        os.symlink(str(secret), lock)
+    elif planted == 'hardlink':
+        os.link(str(secret), lock)
+    elif planted == 'fifo':
+        os.mkfifo(lock, 0o600)
+    else:
+        with open(lock, 'w'):
+            pass
+        os.chmod(lock, 0o666 if planted == 'world-writable' else 0o600)
+    os.lchown(lock, *(2 * (service_uid + (planted == 'foreign-owner'),)))
+    if planted == 'hardlink':
+        os.chown(secret, 0, 0)          # the link's inode stays root's
+    conf_file = _conf_file(tmp_path)
+    text = open(conf_file).read().replace(
+        str(tmp_path / 'leases.sqlite'), db)
+    open(conf_file, 'w').write(text)
+    proc = _cli('leases', 'release', vm(60).uuid, '--config-file',
+                conf_file)
+    assert proc.returncode != 0, proc.stdout
+    assert 'instance lock file %s' % lock in proc.stderr
+    assert 'Remedy:' in proc.stderr
+    st = os.stat(secret)
+    assert (st.st_uid, st.st_gid) == (0, 0)
+    assert secret.read_text() == 'root:$6$secret\n'
+    with leases.LeaseStore(db) as store:
+        assert store.get(vm(60).uuid) is not None     # nothing released
+
+
+def test_a_lock_file_root_creates_first_belongs_to_the_service_user(
+        tmp_path):
+    """Root takes an instance lock before any database exists: the lock
+    file it creates belongs to the owner of the database's directory, so
+    the service user can take instance locks afterwards.
+    """
+    _root_only()
+    service_uid = hostenv.free_block() + 9
+    top = tempfile.mkdtemp(prefix='lease-edge-')
+    try:
+        os.chmod(top, 0o711)
+        state = _service_state(pathlib.Path(top), service_uid)
+        db = str(state / 'leases.sqlite')
+        with locks.InstanceLock(db, vm(61).uuid, timeout=1):
+            pass
+        st = os.stat(locks.lock_path(db))
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (
+            service_uid, service_uid, 0o600)
+        assert _as_service_user(service_uid, db, vm(62).uuid) == 0
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def _as_service_user(service_uid, db, uuid) -> int:
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.setgroups([])
+            os.setresgid(service_uid, service_uid, service_uid)
+            os.setresuid(service_uid, service_uid, service_uid)
+            leases.LeaseStore(db).close()
+            with locks.InstanceLock(db, uuid, timeout=1):
+                pass
+        except BaseException as err:   # noqa: B902 - reported by code
+            os.write(2, ('service user: %s\n' % err).encode())
+            code = 3
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _boot_args(tmp_path, conf_file, uri, n, tenant):
+    (tmp_path / 'in.xml').write_text(xml(n))
+    return ('boot', '--config-file', conf_file, '--connect', uri,
+            '--tenant', tenant, '--instance-uuid', vm(n).uuid,
+            str(tmp_path / 'in.xml'))
+
+
+def _state_conf(tmp_path, state) -> str:
+    conf_file = _conf_file(tmp_path)
+    text = open(conf_file).read().replace(
+        str(tmp_path / 'leases.sqlite'), str(state / 'leases.sqlite'))
+    open(conf_file, 'w').write(
+        text + 'allowed_bridges = xenbr0,br-ten1\nallowed_networks = '
+        'default\n[libvirt]\ndomain_hooks = dm_restrict\n')
+    return conf_file
+
+
+def test_a_refused_boot_creates_no_file(tmp_path, private_libvirtd):
+    """A tenant with no range is refused before any lock is taken: no
+    database, no lock file.
+    """
+    state = tmp_path / 'state'
+    state.mkdir()
+    conf_file = _state_conf(tmp_path, state)
+    proc = _cli(*_boot_args(tmp_path, conf_file, private_libvirtd.uri, 63,
+                            'initech'))
+    assert proc.returncode != 0, proc.stdout
+    assert 'no uid range' in proc.stderr
+    assert os.listdir(state) == []
+
+
+def test_a_root_refusal_leaves_the_service_user_able_to_lock(
+        tmp_path, private_libvirtd):
+    """A refused root 'boot' on a fresh host once left a root-owned 0600
+    lock file that locked the service user out of every instance.
+    """
+    _root_only()
+    service_uid = hostenv.free_block() + 11
+    top = pathlib.Path(tempfile.mkdtemp(prefix='lease-edge-'))
+    try:
+        os.chmod(top, 0o711)
+        state = _service_state(top, service_uid)
+        conf_file = _state_conf(tmp_path, state)
+        _cli(*_boot_args(tmp_path, conf_file, private_libvirtd.uri, 64,
+                         'initech'))
+        assert os.listdir(state) == []
+        assert _as_service_user(service_uid, str(state / 'leases.sqlite'),
+                                vm(65).uuid) == 0
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_another_tenants_handle_cannot_release_the_lease(tmp_path,
+                                                         private_libvirtd):
+    """An instance handle naming another tenant is refused before
+    libvirt undefines anything, logged with the instance and tenant.
+    """
+    conf = base.make_conf(tmp_path, domain_hooks=['dm_restrict'])
+    conn = virt.HookedConnection.open(private_libvirtd.uri,
+                                      loader.HookManager(conf))
+    acme = vm(66)
+    conn.define(xml(66), acme)
+    with leases.LeaseStore(str(tmp_path / 'leases.sqlite')) as store:
+        before = store.get(acme.uuid)
+    foreign = hooks.Instance(acme.uuid, 'globex')
+    with pytest.raises(exception.OperationRefused,
+                       match='belongs to tenant acme'):
+        conn.lookup(foreign).undefine()
+    hook = conn.hooks.hooks[0][1]
+    with pytest.raises(exception.OperationRefused,
+                       match='belongs to tenant acme'):
+        hook.release(foreign, lambda: True)       # even with evidence
+    with leases.LeaseStore(str(tmp_path / 'leases.sqlite')) as store:
+        assert store.get(acme.uuid) == before
+    assert conn.lookup(acme) is not None          # still defined
+
+
+@pytest.mark.parametrize('planted', ['', '-wal', '-shm'])
+def test_root_never_writes_through_a_planted_database_link(tmp_path,
+                                                           planted):
+    """The database, its -wal and its -shm live in the service user's
+    directory: a link planted there is refused (ours for the database,
+    SQLite's own for -wal and -shm), and the file it names is untouched.
+    """
+    _root_only()
+    service_uid = hostenv.free_block() + 13
+    state = _service_state(tmp_path, service_uid)
+    db = str(state / 'leases.sqlite')
+    with leases.LeaseStore(db) as store:
+        store.insert(vm(67).uuid, 'acme', 200000)
+    for name in os.listdir(state):
+        os.chown(state / name, service_uid, service_uid)
+    target = tmp_path / 'root-file'
+    target.write_text('')                   # an empty root file: a
+    os.chmod(target, 0o600)                 # database SQLite could write
+    if not planted:
+        os.rename(db, str(state / 'real.sqlite'))
+    os.symlink(str(target), db + planted)
+    os.lchown(db + planted, service_uid, service_uid)
+    with pytest.raises(exception.LeaseError, match='lease database'):
+        with leases.LeaseStore(db) as store:
+            store.release(vm(67).uuid)
+    assert target.read_text() == ''
+    assert os.stat(target).st_uid == 0
+
+
+def test_files_root_creates_beside_the_database_belong_to_its_owner(
+        tmp_path):
+    """Root writing the service user's database leaves no root-owned
+    -wal, -shm or lock file behind to lock the service user out.
+    """
+    _root_only()
+    service_uid = hostenv.free_block() + 15
+    state = _service_state(tmp_path, service_uid)
+    db = str(state / 'leases.sqlite')
+    leases.LeaseStore(db).close()
+    for name in os.listdir(state):
+        os.chown(state / name, service_uid, service_uid)
+    with leases.LeaseStore(db) as store, \
+            locks.InstanceLock(db, vm(68).uuid, timeout=1):
+        store.insert(vm(68).uuid, 'acme', 200000)
+        owners = {name: os.stat(state / name).st_uid
+                  for name in os.listdir(state)}
+    assert set(owners) >= {'leases.sqlite', 'leases.sqlite-wal',
+                           'leases.sqlite-shm', 'leases.sqlite.lock'}
+    assert set(owners.values()) == {service_uid}

@@ -20,7 +20,10 @@ import libvirt
 import pytest
 
 from tests import base
+from xen_dm_restrict_plugin import conf as conf_mod
 from xen_dm_restrict_plugin.core import restrict
+from xen_dm_restrict_plugin import exception
+from xen_dm_restrict_plugin.host import reconcile
 from xen_dm_restrict_plugin.leases import locks
 from xen_dm_restrict_plugin.leases import store as leases
 from xen_dm_restrict_plugin.orchestrator import hooks
@@ -332,3 +335,202 @@ def test_daemon_kill_at_every_step_of_a_boot_leaves_no_shared_uid(
     os.waitpid(pid, 0)
     with locks.InstanceLock(db(tmp_path), vm(30).uuid, timeout=2):
         pass
+
+
+# -- undefine, then another client starts the domain before the release ---
+ONE_UID = {'acme': '200000-200000', 'globex': '201000-201099'}
+
+# What libvirtd and its libxl daemon hook do for "virsh create saved.xml":
+# the hook's start check (the daemon hook's own code, in a process of its
+# own, taking no instance lock), then libvirt starts the domain.
+_OUTSIDER = '''
+import sys, libvirt
+from oslo_config import cfg
+from xen_dm_restrict_plugin import conf as conf_mod
+from xen_dm_restrict_plugin.core import restrict
+from xen_dm_restrict_plugin.daemon_hook import hook
+conf_file, uri, xml_file = sys.argv[1:4]
+conf = cfg.ConfigOpts(); conf_mod.register_opts(conf)
+conf(['--config-file', conf_file], default_config_files=[])
+settings = conf_mod.load(conf)
+data = open(xml_file, 'rb').read()
+dom = settings.parse_domain(data)
+hook.LibxlHook(settings).check_restricted(dom.name, dom,
+                                          restrict.read_record(dom))
+libvirt.open(uri).createXML(data.decode(), 0)
+'''
+
+
+def _one_uid_conf_file(tmp_path) -> str:
+    path = tmp_path / 'dm.conf'
+    path.write_text(
+        '[dm_restrict]\n'
+        'tenant_uid_ranges = acme:%s,globex:%s\n'
+        'device_model_syntax = runas\n'
+        'lease_db = %s\n'
+        'chroot_base_dir = %s\n'
+        'reap_device_models = false\n'
+        'allowed_host_paths = %s\n'
+        'allowed_bridges = xenbr0,br-ten1\n'
+        'allowed_networks = default\n'
+        % (ONE_UID['acme'], ONE_UID['globex'], db(tmp_path),
+           tmp_path / 'chroots', base.images_dir()))
+    return str(path)
+
+
+def _one_uid_connect(tmp_path, uri) -> virt.HookedConnection:
+    conf = base.make_conf(tmp_path, domain_hooks=['dm_restrict'],
+                          tenant_uid_ranges=ONE_UID)
+    return virt.HookedConnection.open(uri, loader.HookManager(conf))
+
+
+def test_undefine_keeps_the_lease_of_a_domain_started_before_release(
+        tmp_path, private_libvirtd):
+    """libvirt said "no such domain" to undefine; before the release,
+    another client (checked by the daemon hook, without the instance
+    lock) starts the saved definition.  The release asks libvirt again
+    inside the lease database's write transaction, which the hook's start
+    check shares: the running domain keeps its lease, and the tenant's
+    next boot is refused rather than handed the same uid.
+    """
+    conf_file = _one_uid_conf_file(tmp_path)
+    conn = _one_uid_connect(tmp_path, private_libvirtd.uri)
+    victim, other = vm(31), vm(32)
+    sent = []
+    real_conn = conn.conn
+
+    class _Recording:
+        def __getattr__(self, name):
+            return getattr(real_conn, name)
+
+        def defineXML(self, text):
+            sent.append(text)
+            return real_conn.defineXML(text)
+
+    conn.conn = _Recording()
+    dom = conn.define(xml(victim), victim)
+    conn.conn = real_conn
+    # What libvirt holds ("virsh dumpxml"; the test driver drops the xen
+    # namespace from its own dump).
+    saved = sent[0]
+    uid = record_uid(dom.dom)
+    real_is_gone = conn.is_gone
+    started = {}
+
+    def is_gone(instance):
+        gone = real_is_gone(instance)
+        if gone and not started:
+            path = tmp_path / 'saved.xml'
+            path.write_text(saved)
+            started['proc'] = subprocess.run(
+                [sys.executable, '-c', _OUTSIDER, conf_file,
+                 private_libvirtd.uri, str(path)],
+                capture_output=True, text=True, cwd=ROOT,
+                env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
+        return gone
+
+    conn.is_gone = is_gone
+    dom.undefine()
+    conn.is_gone = real_is_gone
+    assert started['proc'].returncode == 0, started['proc'].stderr
+    raw = libvirt.open(private_libvirtd.uri)
+    assert raw.lookupByUUIDString(victim.uuid).isActive()
+    assert lease_of(tmp_path, victim).uid == uid
+    with pytest.raises(exception.RangeExhausted):
+        conn.define_and_start(xml(other), other)
+    live = [d.UUIDString() for d in raw.listAllDomains(
+        libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+        if restrict.record_in_domain_xml(d.XMLDesc(0)) is not None and
+        restrict.record_in_domain_xml(d.XMLDesc(0)).uid == uid]
+    assert live == [victim.uuid]
+
+
+# -- two reconciles: one never lifts the hold the other just placed ------
+class _ListThen:
+    """A libvirt connection that runs ``after`` right after listing."""
+
+    def __init__(self, conn, after):
+        self._conn, self._after = conn, after
+
+    def __getattr__(self, name):
+        real = getattr(self._conn, name)
+        if name != 'listAllDomains':
+            return real
+
+        def call(*args):
+            listed = real(*args)
+            if self._after is not None:
+                after, self._after = self._after, None
+                after()
+            return listed
+        return call
+
+
+def test_reconcile_never_lifts_a_hold_placed_after_its_listing(
+        tmp_path, private_libvirtd):
+    """Reconcile A lists libvirt; then a rendered domain X is defined on
+    the uid of a running domain Y that lost its lease, and reconcile B
+    holds X.  A's older listing shows no conflict for X, but A lifts a
+    hold only after listing libvirt again under the instance lock and the
+    write transaction: X stays held and cannot start beside Y.
+    """
+    conf_file = _one_uid_conf_file(tmp_path)
+    conn = _one_uid_connect(tmp_path, private_libvirtd.uri)
+    hook = conn.hooks.hooks[0][1]
+    y, x = vm(34), vm(35)
+    conn.define_and_start(xml(y), y)                  # running on U
+    with leases.LeaseStore(db(tmp_path)) as store:
+        store.release(y.uuid)        # lease lost: a restored database
+    rendered_x = hook.prepare(xml(x), x)              # render: leased U
+    assert lease_of(tmp_path, x).uid == 200000
+    raw = libvirt.open(private_libvirtd.uri)
+    out = {}
+
+    def meanwhile():
+        raw.defineXML(rendered_x)                     # virsh define
+        out['b'] = subprocess.run(
+            [sys.executable, '-m', 'xen_dm_restrict_plugin.cmd.cli',
+             'leases', 'reconcile', '--config-file', conf_file,
+             '--connect', private_libvirtd.uri, '--apply', '--grace', '0'],
+            capture_output=True, text=True, cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
+        with leases.LeaseStore(db(tmp_path)) as store:
+            out['held'] = store.holds()
+
+    settings = conf_mod.load(base.make_conf(tmp_path,
+                                            tenant_uid_ranges=ONE_UID))
+    with leases.LeaseStore(db(tmp_path)) as store:
+        findings = reconcile.Reconciler(settings, store, grace=0).run(
+            _ListThen(libvirt.open(private_libvirtd.uri), meanwhile),
+            apply=True)
+    assert x.uuid in out['held'], out['b'].stdout + out['b'].stderr
+    stale = [f for f in findings if f.kind == reconcile.STALE_HOLD and
+             f.uuid == x.uuid]
+    assert stale and not stale[0].resolved and 'kept' in stale[0].action
+    with leases.LeaseStore(db(tmp_path)) as store:
+        assert x.uuid in store.holds()
+    with pytest.raises(exception.OperationRefused, match='held'):
+        conn.lookup(x).create()
+    live = [d.UUIDString() for d in raw.listAllDomains(
+        libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)]
+    assert x.uuid not in live and y.uuid in live
+
+
+def test_reconcile_lifts_a_hold_whose_conflict_is_gone(tmp_path,
+                                                       private_libvirtd):
+    """The fresh look does not keep holds forever: once the conflict is
+    gone, the next reconcile lifts the hold.
+    """
+    conn = _one_uid_connect(tmp_path, private_libvirtd.uri)
+    x = vm(36)
+    conn.define(xml(x), x)
+    with leases.LeaseStore(db(tmp_path)) as store:
+        store.hold(x.uuid, 'a conflict since resolved')
+    settings = conf_mod.load(base.make_conf(tmp_path,
+                                            tenant_uid_ranges=ONE_UID))
+    with leases.LeaseStore(db(tmp_path)) as store:
+        findings = reconcile.Reconciler(settings, store, grace=0).run(
+            libvirt.open(private_libvirtd.uri), apply=True)
+        assert store.holds() == {}
+    assert [(f.kind, f.resolved, f.action) for f in findings] == [
+        (reconcile.STALE_HOLD, True, 'hold lifted')]

@@ -26,8 +26,11 @@ hook's included), after libvirt answered again, there, that the domain
 does not exist.  A domain defined and started between the listing and
 the repair keeps its lease; one started without the wrapper in that
 moment is refused at start instead.  A domain is leased its recorded
-uid only while libvirt still shows it.  A lease dated in the future (the
-clock stepped back) is dated now, so its grace period ends.
+uid only while libvirt still shows it.  A hold is lifted only under the
+same lock and transaction, after libvirt is listed again there and the
+conflict is gone: another reconcile may have placed it after this run's
+listing.  A lease dated in the future (the clock stepped back) is dated
+now, so its grace period ends.
 """
 
 import dataclasses
@@ -144,15 +147,26 @@ class Reconciler:
                                                apply))
         for uuid, reason in sorted(self.store.holds().items()):
             if uuid not in conflicts:
-                findings.append(self._stale_hold(uuid, reason, apply))
+                findings.append(self._stale_hold(conn, uuid, reason,
+                                                 apply))
         for finding in findings:
             LOG.warning('reconcile: %s instance %s uid %s tenant %s: %s; %s',
                         finding.kind, finding.uuid, finding.uid,
                         finding.tenant, finding.detail, finding.action)
         return findings
 
-    def _conflicts(self, domains) -> typing.Dict[str, str]:
-        """uuid -> reason, for every domain whose uid is in conflict."""
+    def _conflicts(self, domains,
+                   every: typing.Optional[typing.Sequence[leases.Lease]]
+                   = None) -> typing.Dict[str, str]:
+        """uuid -> reason, for every domain whose uid is in conflict.
+
+        :param every: the leases to judge against (read inside a write
+            transaction); the store's current leases when None.
+        """
+        if every is None:
+            every = self.store.list()
+        by_uuid = {lease.uuid: lease for lease in every}
+        by_lease_uid = {lease.uid: lease for lease in every}
         by_uid: typing.Dict[int, typing.List[str]] = {}
         for uuid, (_, record) in domains.items():
             by_uid.setdefault(record.uid, []).append(uuid)
@@ -165,12 +179,12 @@ class Reconciler:
                                        % (uid, names))
                 continue
             [uuid] = uuids
-            holder = self.store.get_by_uid(uid)
+            holder = by_lease_uid.get(uid)
             if holder is not None and holder.uuid != uuid:
                 conflicts[uuid] = ('its recorded uid %d is leased to '
                                    'instance %s' % (uid, holder.uuid))
                 continue
-            own = self.store.get(uuid)
+            own = by_uuid.get(uuid)
             if own is not None and own.uid != uid:
                 conflicts[uuid] = ('its recorded uid %d differs from its '
                                    'leased uid %d' % (uid, own.uid))
@@ -276,12 +290,43 @@ class Reconciler:
         finding.resolved = True
         return finding
 
-    def _stale_hold(self, uuid: str, reason: str, apply: bool) -> Finding:
+    def _stale_hold(self, conn: libvirt.virConnect, uuid: str, reason: str,
+                    apply: bool) -> Finding:
+        """Lift a hold whose conflict this run's listing no longer shows.
+
+        That listing may be older than the hold (another reconcile held
+        the domain after it), so the hold is lifted only under the
+        instance's lock and inside the lease database's write
+        transaction, after libvirt is listed again there and the
+        conflict is still gone.  Every start reads its hold under that
+        same lock, and a hold placed meanwhile is judged on a listing at
+        least as new as the one that placed it, so no run lifts a hold
+        it has not seen to be stale.
+        """
         finding = Finding(STALE_HOLD, uuid, None, None,
                           'held for "%s", which no longer holds' % reason,
                           'lift the hold')
-        if apply:
-            self.store.unhold(uuid)
+        if not apply:
+            return finding
+
+        def still_clear(every: typing.List[leases.Lease]) -> bool:
+            fresh = restricted_domains(conn.listAllDomains(0))
+            return uuid not in self._conflicts(fresh, every)
+
+        try:
+            with self._lock(uuid):
+                lifted = self.store.unhold_if(uuid, still_clear)
+        except libvirt.libvirtError as err:
+            finding.action = ('kept: libvirt could not list the domains '
+                              'again (%s)' % err)
+            return finding
+        except exception.DmRestrictError as err:
+            finding.action = 'kept: %s' % err
+            return finding
+        if lifted:
             finding.action = 'hold lifted'
             finding.resolved = True
+        else:
+            finding.action = ('kept: the conflict is back (or the hold is '
+                              'gone) on a fresh look')
         return finding

@@ -24,6 +24,7 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 import struct
 import time
 import typing
@@ -57,8 +58,8 @@ class InstanceLock:
     """Hold the lifecycle lock of one instance, as a context manager.
 
     :param lease_db: the lease database path; the lock file is
-        :func:`lock_path` of it, created (owned like the database) if
-        missing.
+        :func:`lock_path` of it, created (owned like the database, or
+        its directory) if missing; see :func:`open_lock_file`.
     :param uuid: the instance uuid.
     :param timeout: seconds to wait for another holder.
     :raises LeaseError: the lock file cannot be opened, or another
@@ -108,19 +109,7 @@ class InstanceLock:
             os.close(fd)          # drops the lock
 
     def _open(self) -> int:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                         0o600)
-        except OSError as err:
-            raise self._error('it cannot be opened (%s)' % err.strerror,
-                              'make the directory of lease_db writable '
-                              'by this process') from None
-        try:
-            _own_like_database(fd, self.lease_db)
-        except OSError:
-            os.close(fd)
-            raise
-        return fd
+        return open_lock_file(self.path, self.lease_db)
 
     def _error(self, reason: str,
                remedy: str = 'check the file and its directory'
@@ -129,19 +118,118 @@ class InstanceLock:
                                     reason, remedy)
 
 
-def _own_like_database(fd: int, lease_db: str) -> None:
-    """A lock file root created must stay usable by the service user who
-    owns the database.
+#: Opened never through a symlink, never as a controlling terminal,
+#: never blocking (a FIFO planted there).
+_OPEN_FLAGS = (os.O_RDWR | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
+               | os.O_NONBLOCK)
+
+
+def open_lock_file(path: str, lease_db: str) -> int:
+    """Open (or create) the lock file of a lease database, safely as root.
+
+    The lock file's directory belongs to the service user, who could put
+    anything there: a symlink to ``/etc/shadow``, a hard link, a FIFO.
+    So the file is never followed through a symlink, must be a regular
+    file with one link, owned by this process or by the owner of the
+    database (or, before there is one, of its directory) and writable by
+    nobody else; a file that is not is refused, never "repaired".  Only
+    a file this call just created (``O_EXCL``) is given to the
+    database's owner (or the directory's, before there is a database),
+    so that a lock file root creates first never locks the service user
+    out.
+
+    :returns: the open descriptor.
+    :raises LeaseError: naming the file, why, and what to do.
     """
+    created = True
+    try:
+        fd = os.open(path, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        created = False
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except OSError as err:
+            raise _refused(path, _open_reason(err),
+                           _open_remedy(err, path, lease_db)) from None
+    except OSError as err:
+        raise _refused(path, 'it cannot be created (%s)' % err.strerror,
+                       'make the directory of lease_db writable by this '
+                       'process') from None
+    try:
+        if created:
+            _give_to_owner(fd, lease_db)
+        else:
+            _check_existing(fd, path, lease_db)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _owner(lease_db: str) -> os.stat_result:
+    """Who the lock file should belong to: the database's owner, or its
+    directory's before there is a database.
+    """
+    try:
+        return os.stat(lease_db)
+    except FileNotFoundError:
+        return os.stat(os.path.dirname(os.path.abspath(lease_db)))
+
+
+def _give_to_owner(fd: int, lease_db: str) -> None:
     if os.geteuid() != 0:
         return
-    try:
-        want = os.stat(lease_db)
-    except FileNotFoundError:
-        return
+    want = _owner(lease_db)
     have = os.fstat(fd)
     if (have.st_uid, have.st_gid) != (want.st_uid, want.st_gid):
         os.fchown(fd, want.st_uid, want.st_gid)
+        LOG.info('created lock file %s for uid %d gid %d, the owner of '
+                 'the lease database (or of its directory)',
+                 lock_path(lease_db), want.st_uid, want.st_gid)
+
+
+def _check_existing(fd: int, path: str, lease_db: str) -> None:
+    have = os.fstat(fd)
+    if not stat.S_ISREG(have.st_mode):
+        raise _refused(path, 'it is not a regular file',
+                       'remove it (nothing else belongs there); it is '
+                       'created again when needed')
+    if have.st_nlink != 1:
+        raise _refused(path, 'it has %d hard links, so it is another file '
+                       'too' % have.st_nlink,
+                       'remove it; it is created again when needed')
+    owners = {os.geteuid(), _owner(lease_db).st_uid}
+    if have.st_uid not in owners:
+        raise _refused(path, 'it belongs to uid %d, neither this process '
+                       'nor the owner of the lease database'
+                       % have.st_uid,
+                       'chown it to the user that owns the lease database, '
+                       'or remove it while no process uses it')
+    if have.st_mode & 0o022:
+        raise _refused(path, 'its mode %04o lets others write it'
+                       % stat.S_IMODE(have.st_mode),
+                       'chmod 0600 %s' % path)
+
+
+def _open_reason(err: OSError) -> str:
+    if err.errno == errno.ELOOP:
+        return 'it is a symbolic link'
+    return 'it cannot be opened (%s)' % err.strerror
+
+
+def _open_remedy(err: OSError, path: str, lease_db: str) -> str:
+    if err.errno == errno.ELOOP:
+        return 'remove the link; the lock file is created again when needed'
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return ('chown %s to the user that owns the lease database %s, or '
+                'remove it while no process uses it' % (path, lease_db))
+    return 'check the file and its directory'
+
+
+def _refused(path: str, reason: str, remedy: str) -> exception.LeaseError:
+    LOG.error('instance lock file %s refused: %s', path, reason)
+    return exception.LeaseError('instance lock file %s' % path, reason,
+                                remedy)
 
 
 class NoLock:

@@ -27,6 +27,7 @@ import logging
 import os
 import pwd
 import sqlite3
+import stat
 import threading
 import time
 import typing
@@ -187,6 +188,7 @@ class LeaseStore:
                 'its directory %s does not exist' % parent,
                 'create %s (mode 0700, owned by the service user) or set '
                 'lease_db to a path in an existing directory' % parent)
+        self._check_not_planted(path)
         with self._guard():
             if create:
                 conn = sqlite3.connect(path, timeout=timeout,
@@ -205,6 +207,31 @@ class LeaseStore:
                 conn.close()
                 raise
             self._conn = conn
+
+    @staticmethod
+    def _check_not_planted(path: str) -> None:
+        """As root, refuse a database that is a symbolic link or a hard
+        link: its directory belongs to the service user, and SQLite
+        would follow it and write to whatever it names.  (SQLite itself
+        refuses a ``-wal`` or ``-shm`` that is a link, and gives the ones
+        root creates to the database's owner.)
+        """
+        if os.geteuid() != 0:
+            return
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode) or \
+                st.st_nlink != 1:
+            LOG.error('lease database %s refused: not a regular file with '
+                      'one link', path)
+            raise exception.LeaseError(
+                'lease database %s' % path,
+                'it is a symbolic link, a hard link or not a regular file, '
+                'and root does not follow it',
+                'set lease_db to the real file (in a directory of its own, '
+                'owned by the service user)')
 
     @classmethod
     def open_existing(cls, path: str, timeout: float = 10.0
@@ -414,6 +441,92 @@ class LeaseStore:
         LOG.info('released uid %d of instance %s of tenant %s',
                  lease.uid, lease.uuid, lease.tenant)
         return lease
+
+    #: Outcomes of :meth:`give_back`.
+    GAVE_CLAIM = 'gave back one claim'
+    RELEASED = 'released'
+    KEPT = 'kept: libvirt still has the domain (or cannot tell)'
+    NO_LEASE = 'no lease'
+    NOT_ITS_OWN = 'kept: the lease changed meanwhile'
+    FOREIGN = 'kept: the lease belongs to another tenant'
+
+    def give_back(self, uuid: str, still_gone: typing.Callable[[], bool],
+                  reap: typing.Callable[[int], typing.Any],
+                  claim: typing.Optional[Lease] = None,
+                  tenant: typing.Optional[str] = None) -> str:
+        """Give back an instance's lease (or one ``claim`` on it),
+        deciding under the database's write lock.
+
+        In one ``BEGIN IMMEDIATE`` transaction: the lease must still be
+        the claimed one (same uid) and belong to ``tenant``; a claim
+        among several is only counted down; otherwise ``still_gone()``
+        must answer again, here, that libvirt has no domain of the
+        instance, then ``reap(uid)`` runs and the lease and its hold go.
+        Every start reads the lease under the same lock
+        (:meth:`start_state`, the libvirt daemon hook's included), so a
+        start from another client either comes before (and
+        ``still_gone`` sees the domain) or after (and finds no lease).
+
+        :param claim: the lease one prepare claimed, for giving back
+            that claim only; None to release the lease whatever its
+            claims (the domain was undefined).
+        :param tenant: the tenant the caller acts for; a lease of
+            another tenant is kept.
+        :returns: one of the outcome constants of this class.
+        :raises LeaseError: the database failed.
+        :raises DmRestrictError: ``reap`` failed; nothing was released.
+        """
+        uuid = _canonical_uuid(uuid)
+        with self._write() as conn:
+            current = self._find(conn, 'WHERE uuid = ?', uuid)
+            if current is None:
+                if claim is not None:
+                    return self.NOT_ITS_OWN
+                # No lease; a hold goes with a domain that is gone.
+                if conn.execute('SELECT 1 FROM holds WHERE uuid = ?',
+                                (uuid,)).fetchone() and still_gone():
+                    conn.execute('DELETE FROM holds WHERE uuid = ?',
+                                 (uuid,))
+                return self.NO_LEASE
+            if tenant is not None and current.tenant != tenant:
+                return self.FOREIGN
+            if claim is not None and current.uid != claim.uid:
+                return self.NOT_ITS_OWN
+            if claim is not None and current.claims > 1:
+                conn.execute('UPDATE leases SET claims = claims - 1 '
+                             'WHERE uuid = ?', (uuid,))
+                outcome = self.GAVE_CLAIM
+            elif not still_gone():
+                return self.KEPT
+            else:
+                reap(current.uid)
+                conn.execute('DELETE FROM leases WHERE uuid = ?', (uuid,))
+                conn.execute('DELETE FROM holds WHERE uuid = ?', (uuid,))
+                outcome = self.RELEASED
+        LOG.info('instance %s of tenant %s, uid %d: %s', uuid,
+                 current.tenant, current.uid, outcome)
+        return outcome
+
+    def unhold_if(self, uuid: str,
+                  still_clear: typing.Callable[[typing.List[Lease]], bool]
+                  ) -> bool:
+        """Lift a hold only if ``still_clear(leases)`` (given every lease,
+        read inside the transaction) confirms, under the write lock, that
+        its conflict is gone.
+
+        :returns: whether a hold was lifted.
+        """
+        uuid = _canonical_uuid(uuid)
+        with self._write() as conn:
+            if not conn.execute('SELECT 1 FROM holds WHERE uuid = ?',
+                                (uuid,)).fetchone():
+                return False
+            every = [Lease(*row) for row in conn.execute(_COLUMNS)]
+            if not still_clear(every):
+                return False
+            conn.execute('DELETE FROM holds WHERE uuid = ?', (uuid,))
+        LOG.info('instance %s no longer held: its conflict is gone', uuid)
+        return True
 
     def release_orphan(self, lease: Lease,
                        still_orphan: typing.Callable[[], bool],

@@ -105,9 +105,22 @@ class DmRestrictHook(hooks.DomainHook):
             self.settings.lease_db, instance.uuid,
             max(locks.DEFAULT_TIMEOUT, self.settings.lease_db_timeout))
 
-    def _prepare(self, xml: str, instance: hooks.Instance,
-                 finish: typing.Optional[typing.Callable[[str], None]]
-                 ) -> typing.Tuple[str, hooks.Undo]:
+    def validate(self, xml: str, instance: hooks.Instance) -> None:
+        """Run every check of :meth:`prepare` that needs no lease, before
+        the wrapper takes any lock: a refused domain creates no file.
+        """
+        try:
+            self._validated(xml, instance)
+        except exception.DmRestrictError as err:
+            LOG.warning('refused domain for instance %s of tenant %s: %s',
+                        instance.uuid, instance.tenant, err)
+            raise
+
+    def _validated(self, xml: str, instance: hooks.Instance):
+        """(dom, foreign args, uid range, syntax) of a domain that passes
+        every check; range and syntax are None for a domain with no dom0
+        device model.
+        """
         dom = self.settings.parse_domain(xml)
         if dom.uuid is not None and dom.uuid != instance.uuid:
             raise exception.InvalidDomainXML(
@@ -119,8 +132,29 @@ class DmRestrictHook(hooks.DomainHook):
         # Checked again, strictly, by libvirtd's hook at prepare.
         policy.check_domain(dom, foreign, self.settings,
                             netfacts.HostNetwork(self.settings))
+        if not dom.kind.has_dom0_device_model:
+            return dom, foreign, None, None
+        if record is not None and record.tenant != instance.tenant:
+            raise exception.InvalidDomainXML(
+                'dm_restrict metadata record',
+                'it belongs to tenant %r, not %r'
+                % (record.tenant, instance.tenant),
+                'remove the stale <metadata> record before defining the '
+                'domain for another tenant')
+        uid_range = self.settings.range_for(instance.tenant)
+        syntax = capabilities.syntax_for(self.settings, dom.emulator)
+        if self.settings.reap_device_models:
+            # A uid that cannot be reaped must not be leased: its next
+            # start would be refused anyway.
+            self.reaper.check_available()
+        return dom, foreign, uid_range, syntax
+
+    def _prepare(self, xml: str, instance: hooks.Instance,
+                 finish: typing.Optional[typing.Callable[[str], None]]
+                 ) -> typing.Tuple[str, hooks.Undo]:
+        dom, foreign, uid_range, syntax = self._validated(xml, instance)
         kind = dom.kind
-        if not kind.has_dom0_device_model:
+        if uid_range is None:
             reasons = policy.pv_dom0_qemu_reasons(dom)
             if reasons:
                 LOG.warning('instance %s of tenant %s: libxl serves %s of '
@@ -135,19 +169,6 @@ class DmRestrictHook(hooks.DomainHook):
             if finish is not None:
                 finish(out)
             return out, hooks.nothing_to_undo
-        if record is not None and record.tenant != instance.tenant:
-            raise exception.InvalidDomainXML(
-                'dm_restrict metadata record',
-                'it belongs to tenant %r, not %r'
-                % (record.tenant, instance.tenant),
-                'remove the stale <metadata> record before defining the '
-                'domain for another tenant')
-        uid_range = self.settings.range_for(instance.tenant)
-        syntax = capabilities.syntax_for(self.settings, dom.emulator)
-        if self.settings.reap_device_models:
-            # A uid that cannot be reaped must not be leased: its next
-            # start would be refused anyway.
-            self.reaper.check_available()
 
         rendered: typing.Dict[str, typing.Any] = {}
 
@@ -173,27 +194,31 @@ class DmRestrictHook(hooks.DomainHook):
                  instance.uuid, instance.tenant, restriction.uid,
                  restriction.gid, 'new' if created else 'existing',
                  restriction.chroot, ' '.join(restriction.args()))
-        return rendered['out'], lambda: self.give_back(lease, instance)
 
-    def give_back(self, lease: leases.Lease,
-                  instance: hooks.Instance) -> None:
+        def undo(still_gone: hooks.Evidence = hooks.no_domain_yet) -> None:
+            self.give_back(lease, instance, still_gone)
+        return rendered['out'], undo
+
+    def give_back(self, lease: leases.Lease, instance: hooks.Instance,
+                  still_gone: hooks.Evidence = hooks.no_domain_yet
+                  ) -> None:
         """Give back one claim a prepare took, for a domain that was not
-        defined after all (libvirt said so).
+        defined after all.
 
-        Its last claim releases the lease, after reaping the uid; the
-        caller holds :meth:`lifecycle_lock`, so no boot of the instance
-        starts in between.
+        A claim among several is only counted down.  The last claim
+        releases the lease (after reaping the uid) only when
+        ``still_gone``, asked inside the lease database's write
+        transaction, answers that libvirt has no domain of the instance.
         """
-        current = self.store.get(instance.uuid)
-        if current is None or current.uid != lease.uid:
-            LOG.info('instance %s of tenant %s: uid %d is no longer leased '
-                     'to it; nothing to give back', instance.uuid,
-                     instance.tenant, lease.uid)
-            return
-        if current.claims <= 1:
-            self._reap(lease.uid, instance, 'before giving back its lease',
-                       releasing=True)
-        self.store.release_claim(lease)
+        outcome = self.store.give_back(
+            instance.uuid, still_gone,
+            lambda uid: self._reap(uid, instance,
+                                   'before giving back its lease',
+                                   releasing=True),
+            claim=lease, tenant=instance.tenant)
+        LOG.info('instance %s of tenant %s: giving back the claim on uid '
+                 '%d: %s', instance.uuid, instance.tenant, lease.uid,
+                 outcome)
 
     # -- lifecycle --------------------------------------------------------
     def _reap(self, uid: int, instance: hooks.Instance, why: str,
@@ -236,7 +261,21 @@ class DmRestrictHook(hooks.DomainHook):
                 'the domain carries no dm_restrict record, so its device '
                 'model would run as root', 'define it through the '
                 'dm_restrict hook')
+        self._check_tenant(record, instance, operation, dom.name)
         return record
+
+    @staticmethod
+    def _check_tenant(record: typing.Optional[restrict.Record],
+                      instance: hooks.Instance, operation: str,
+                      name: typing.Optional[str]) -> None:
+        """Refuse a handle that names another tenant than the record."""
+        if record is not None and record.tenant != instance.tenant:
+            raise operations.refuse(
+                operation, name or instance.uuid,
+                'the domain belongs to tenant %s, not to tenant %s the '
+                'instance handle names' % (record.tenant, instance.tenant),
+                'act on the instance with the handle of the tenant that '
+                'owns it')
 
     def before_start(self, xml: str, instance: hooks.Instance) -> None:
         """Refuse a held, unleased or unrestricted domain; reap its uid.
@@ -295,8 +334,10 @@ class DmRestrictHook(hooks.DomainHook):
                     operation, name, operations.parse_device(device_xml),
                     live, self.settings, dom)
                 return
-            if restrict.read_record(dom) is None:
+            record = restrict.read_record(dom)
+            if record is None:
                 return
+            self._check_tenant(record, instance, operation, name)
             if operation not in _ALLOWED:
                 raise operations.refuse(operation, name)
         except exception.DmRestrictError as err:
@@ -304,27 +345,54 @@ class DmRestrictHook(hooks.DomainHook):
                         operation, instance.uuid, instance.tenant, err)
             raise
 
-    def release(self, instance: hooks.Instance) -> None:
+    def release(self, instance: hooks.Instance,
+                still_gone: hooks.Evidence) -> None:
         """Reap the instance's uid, then give its lease back.
 
-        The caller has positive evidence that the instance has no domain
-        (libvirt answered "no such domain") and holds
-        :meth:`lifecycle_lock`.
+        The caller saw libvirt answer "no such domain" and holds
+        :meth:`lifecycle_lock`; ``still_gone`` is asked again inside the
+        lease database's write transaction, which every start check
+        shares, so a start by another client in between keeps the lease.
+
+        :raises OperationRefused: the lease belongs to another tenant
+            than the instance handle names; nothing is released.
         """
         if self._store is None and not os.path.exists(
                 self.settings.lease_db):
             # No database, so no lease and no hold: do not create one.
             return
         lease = self.store.get(instance.uuid)
-        if lease is None:
-            self.store.unhold(instance.uuid)
-            LOG.info('instance %s of tenant %s had no uid lease to release',
-                     instance.uuid, instance.tenant)
-            return
-        self._reap(lease.uid, instance, 'before release', releasing=True)
-        self.store.release(instance.uuid)
-        LOG.info('instance %s of tenant %s: released uid %d',
-                 instance.uuid, instance.tenant, lease.uid)
+        if lease is not None and lease.tenant != instance.tenant:
+            raise self._foreign(instance, lease)
+        outcome = self.store.give_back(
+            instance.uuid, still_gone,
+            lambda uid: self._reap(uid, instance, 'before release',
+                                   releasing=True),
+            tenant=instance.tenant)
+        if outcome == leases.LeaseStore.FOREIGN:
+            raise self._foreign(instance, self.store.get(instance.uuid))
+        if outcome == leases.LeaseStore.KEPT:
+            LOG.warning('instance %s of tenant %s: libvirt shows its domain '
+                        'again (started meanwhile by another client?); its '
+                        'uid lease is kept', instance.uuid, instance.tenant)
+        else:
+            LOG.info('instance %s of tenant %s: %s', instance.uuid,
+                     instance.tenant, outcome)
+
+    @staticmethod
+    def _foreign(instance: hooks.Instance,
+                 lease: typing.Optional[leases.Lease]
+                 ) -> exception.OperationRefused:
+        owner = lease.tenant if lease is not None else 'another tenant'
+        LOG.warning('refused release of instance %s of tenant %s: its '
+                    'lease belongs to tenant %s', instance.uuid,
+                    instance.tenant, owner)
+        return exception.OperationRefused(
+            'release of the uid lease of instance %s for tenant %s'
+            % (instance.uuid, instance.tenant),
+            'the lease belongs to tenant %s' % owner,
+            'act on the instance with the handle of the tenant that owns '
+            'it')
 
 
 #: What a restricted domain may do; anything else (migration, save,

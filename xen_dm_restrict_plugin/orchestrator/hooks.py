@@ -20,11 +20,26 @@ from xen_dm_restrict_plugin import exception
 #: The stevedore entry point group domain hooks register in.
 NAMESPACE = 'libvirt.domain_hooks'
 
-#: Gives back exactly what one ``prepare`` took.
-Undo = typing.Callable[[], None]
+#: Asks libvirt, when called, whether the instance has no domain; True
+#: only when libvirt answered "no such domain".  A hook calls it inside
+#: its own write transaction, right before giving anything back, so no
+#: start can slip in between the answer and the release.
+Evidence = typing.Callable[[], bool]
+
+#: Gives back exactly what one ``prepare`` took; what would free the
+#: instance's last claim is given back only when the evidence says the
+#: domain does not exist.
+Undo = typing.Callable[[Evidence], None]
 
 
-def nothing_to_undo() -> None:
+def no_domain_yet() -> bool:
+    """The :data:`Evidence` where nothing was defined and nothing is
+    asked of libvirt (a ``render``): the claim was never used.
+    """
+    return True
+
+
+def nothing_to_undo(still_gone: Evidence = no_domain_yet) -> None:
     """The :data:`Undo` of a prepare that took nothing."""
 
 
@@ -103,8 +118,21 @@ class DomainHook(abc.ABC):
         """
         return contextlib.nullcontext()
 
-    def release(self, instance: Instance) -> None:
-        """Forget ``instance``: its domain has been undefined for good."""
+    def validate(self, xml: str, instance: Instance) -> None:
+        """Refuse, before anything is locked or written, a domain that
+        :meth:`prepare` would refuse anyway (a refusal changes nothing).
+
+        :raises DmRestrictError: the domain must not be defined.
+        """
+
+    def release(self, instance: Instance, still_gone: Evidence) -> None:
+        """Forget ``instance``: its domain has been undefined for good.
+
+        :param still_gone: asked again right before anything is given
+            back; when it says False, keep everything.
+        :raises OperationRefused: the instance handle does not own what
+            it would release (e.g. another tenant's).
+        """
 
     def check_operation(self, xml: str, instance: Instance,
                         operation: str,

@@ -113,19 +113,21 @@ class HookManager:
             xml = self._call(name, hook.prepare, xml, instance)
         return xml
 
-    def prepare_with_undo(self, xml: str, instance: hooks.Instance
+    def prepare_with_undo(self, xml: str, instance: hooks.Instance,
+                          still_gone: hooks.Evidence = hooks.no_domain_yet
                           ) -> typing.Tuple[str, hooks.Undo]:
         """Like :meth:`prepare`; also return how to give back what these
         calls took.  A hook that fails gives back what the earlier ones
-        took before the error is raised.
+        took before the error is raised, asking ``still_gone`` first.
         """
         undos: typing.List[typing.Tuple[str, hooks.Undo]] = []
 
-        def undo_all() -> None:
+        def undo_all(still_gone: hooks.Evidence = hooks.no_domain_yet
+                     ) -> None:
             while undos:
                 name, undo = undos.pop()
                 try:
-                    self._call(name, undo)
+                    self._call(name, undo, still_gone)
                 except exception.DmRestrictError as err:
                     LOG.error('instance %s of tenant %s: domain hook %s '
                               'could not give back what it took: %s',
@@ -137,7 +139,7 @@ class HookManager:
                                        instance)
                 undos.append((name, undo))
         except BaseException:
-            undo_all()
+            undo_all(still_gone)
             raise
         return xml, undo_all
 
@@ -150,10 +152,20 @@ class HookManager:
                                                instance))
             yield
 
-    def release(self, instance: hooks.Instance) -> None:
-        """Tell every hook, in reverse order, that the instance is gone."""
+    def validate(self, xml: str, instance: hooks.Instance) -> None:
+        """Ask every hook whether it would refuse ``xml`` outright; called
+        before any lock is taken, so a refusal creates nothing.
+        """
+        for name, hook in self.hooks:
+            self._call(name, hook.validate, xml, instance)
+
+    def release(self, instance: hooks.Instance,
+                still_gone: hooks.Evidence) -> None:
+        """Tell every hook, in reverse order, that the instance is gone;
+        each asks ``still_gone`` again before it gives anything back.
+        """
         for name, hook in reversed(self.hooks):
-            self._call(name, hook.release, instance)
+            self._call(name, hook.release, instance, still_gone)
 
     def check_operation(self, xml: str, instance: hooks.Instance,
                         operation: str,

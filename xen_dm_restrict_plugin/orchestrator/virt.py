@@ -112,34 +112,29 @@ class HookedConnection:
                         'present', instance.uuid, instance.tenant, err)
             return False
 
-    def give_back(self, instance: hooks.Instance, undo: hooks.Undo,
-                  existed: bool, why: str) -> None:
-        """Give back a prepare's claim after a define or start that did
-        not take effect, unless that cannot be known.
+    def still_gone(self, instance: hooks.Instance) -> hooks.Evidence:
+        """The evidence the hooks ask, inside their own write transaction,
+        right before they give a lease back: libvirt answers again.
+        """
+        return lambda: self.is_gone(instance)
 
-        A domain that existed before keeps its own lease (the claim is
-        one of several); a domain this call tried to create keeps the
-        claim if libvirt shows it or cannot tell.  Never raises.
+    def give_back(self, instance: hooks.Instance, undo: hooks.Undo,
+                  why: str) -> None:
+        """Give back a prepare's claim after a define or start that did
+        not take effect.
+
+        A claim among several is only counted down; the last one frees
+        the lease only when libvirt answers, inside the lease database's
+        write transaction, that the instance has no domain (a domain
+        that exists, or a libvirt that cannot tell, keeps it until
+        reconcile can tell).  Never raises.
         """
         try:
-            now = self.lookup(instance)
-        except libvirt.libvirtError as err:
-            LOG.error('instance %s of tenant %s: %s, and libvirt cannot '
-                      'tell whether its domain exists (%s): its uid lease '
-                      'is kept until reconcile can tell', instance.uuid,
-                      instance.tenant, why, err)
-            return
-        if now is not None and not existed:
-            LOG.error('instance %s of tenant %s: %s, but libvirt shows '
-                      'its domain: its uid lease is kept', instance.uuid,
-                      instance.tenant, why)
-            return
-        try:
-            undo()
+            undo(self.still_gone(instance))
         except Exception as err:   # a hook's own error, logged by it
-            LOG.error('instance %s of tenant %s: could not give back its '
-                      'claim (%s): reconcile releases it', instance.uuid,
-                      instance.tenant, err)
+            LOG.error('instance %s of tenant %s: %s, and its claim could '
+                      'not be given back (%s): reconcile releases it',
+                      instance.uuid, instance.tenant, why, err)
 
     def define(self, xml: str, instance: hooks.Instance) -> 'HookedDomain':
         """Run the hooks on ``xml`` and define the result.
@@ -150,20 +145,21 @@ class HookedConnection:
 
         :raises DmRestrictError: a hook refused; nothing was defined.
         """
+        self.hooks.validate(xml, instance)
         with self.hooks.locked(instance):
             return self._define(xml, instance)[0]
 
     def _define(self, xml: str, instance: hooks.Instance
                 ) -> typing.Tuple['HookedDomain', hooks.Undo]:
         existing = self.lookup(instance)
-        prepared, undo = self.hooks.prepare_with_undo(xml, instance)
+        prepared, undo = self.hooks.prepare_with_undo(
+            xml, instance, self.still_gone(instance))
         try:
             if existing is not None:
                 self._check_redefine(existing, prepared, instance)
             dom = self.conn.defineXML(prepared)
         except BaseException:
-            self.give_back(instance, undo, existing is not None,
-                           'its define failed')
+            self.give_back(instance, undo, 'its define failed')
             raise
         return HookedDomain(self, dom, instance), undo
 
@@ -189,6 +185,7 @@ class HookedConnection:
         :raises libvirt.libvirtError: libvirt failed; a domain this call
             defined was undefined again and its claim given back.
         """
+        self.hooks.validate(xml, instance)
         with self.hooks.locked(instance):
             existed = self.lookup(instance) is not None
             dom, undo = self._define(xml, instance)
@@ -196,8 +193,7 @@ class HookedConnection:
                 dom._create()
             except BaseException:
                 if existed:
-                    self.give_back(instance, undo, True,
-                                   'its start failed')
+                    self.give_back(instance, undo, 'its start failed')
                     raise
                 LOG.warning('instance %s of tenant %s failed to start; '
                             'undefining the domain this boot defined',
@@ -231,9 +227,10 @@ class HookedConnection:
     def _create_transient(self, xml: str, instance: hooks.Instance,
                           files: typing.Optional[typing.List[int]],
                           flags: int) -> 'HookedDomain':
+        self.hooks.validate(xml, instance)
         with self.hooks.locked(instance):
-            existed = self.lookup(instance) is not None
-            prepared, undo = self.hooks.prepare_with_undo(xml, instance)
+            prepared, undo = self.hooks.prepare_with_undo(
+                xml, instance, self.still_gone(instance))
             try:
                 self.hooks.before_start(prepared, instance)
                 if files is None:
@@ -242,7 +239,7 @@ class HookedConnection:
                     dom = self.conn.createXMLWithFiles(prepared, files,
                                                        flags)
             except BaseException:
-                self.give_back(instance, undo, existed, 'its start failed')
+                self.give_back(instance, undo, 'its start failed')
                 raise
             return HookedDomain(self, dom, instance)
 
@@ -368,12 +365,14 @@ class HookedDomain:
         """Stop the domain; a transient one is gone after it, and so is
         its lease.
         """
+        xml = self.xml()
+        self._check(operations.DESTROY)
         with self.hooks.locked(self.instance):
-            xml = self.xml()
             result = self.dom.destroyFlags(flags)
             self.hooks.after_stop(xml, self.instance)
             if self.conn.is_gone(self.instance):
-                self.hooks.release(self.instance)
+                self.hooks.release(self.instance,
+                                   self.conn.still_gone(self.instance))
             return result
 
     destroyFlags = destroy
@@ -406,6 +405,7 @@ class HookedDomain:
         :raises OperationRefused: the domain is running; destroy it first
             (its uid must not be released while its QEMU may run).
         """
+        self._check(operations.UNDEFINE)
         with self.hooks.locked(self.instance):
             if self.dom.isActive():
                 record = restrict.record_from_xml(
@@ -418,7 +418,10 @@ class HookedDomain:
                         'destroy or shut down the domain first')
             result = self.dom.undefineFlags(flags)
             if self.conn.is_gone(self.instance):
-                self.hooks.release(self.instance)
+                # Asked again inside the lease database's transaction:
+                # a start by another client now keeps the lease.
+                self.hooks.release(self.instance,
+                                   self.conn.still_gone(self.instance))
             else:
                 LOG.warning('instance %s of tenant %s: undefined, but '
                             'libvirt still has its domain (started '
@@ -442,7 +445,7 @@ class HookedDomain:
                       '(%s); its uid lease is kept', self.instance.uuid,
                       self.instance.tenant, self.instance.uuid, err)
             return
-        self.conn.give_back(self.instance, undo, False, 'its boot failed')
+        self.conn.give_back(self.instance, undo, 'its boot failed')
 
     # -- refused on restricted domains -----------------------------------
     migrate = _checked('migrate', operations.MIGRATE)
