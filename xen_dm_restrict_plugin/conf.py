@@ -282,9 +282,10 @@ dm_restrict_opts = [
     cfg.StrOpt(
         'console_relay_user', default='xen-dm-console',
         help='The user (name or uid) the VNC console relay runs as under '
-             'network_namespace = required: libvirtd\'s hook starts socat '
-             'as this user at the address and port libvirt reports for '
-             'the console, forwarding to the unix socket the device model '
+             'network_namespace = required: libvirtd\'s hook binds the '
+             'address and port libvirt reports for the console and hands '
+             'the listening socket to systemd-socket-proxyd, run as this '
+             'user, forwarding to the unix socket the device model '
              'listens on inside its chroot. A dedicated system user, never '
              'root, the reaper or a device-model uid.'),
     cfg.StrOpt(
