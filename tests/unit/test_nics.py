@@ -137,8 +137,7 @@ def test_names_that_are_no_linux_name_are_refused(settings, name):
 
 @pytest.mark.parametrize('name', ['if2', 'if0', 'if-4294967294', 'if-2',
                                   'if12x', 'if2-emu'])
-def test_names_iproute2_reads_as_an_interface_index_are_refused(settings,
-                                                               name):
+def test_names_iproute2_reads_as_an_index_are_refused(settings, name):
     # Whatever the host has: ip link set dev ifN-emu down at removal acts
     # on dom0's interface N once the tap is gone.
     for facts in (None, Facts(), Facts(at_start=True)):

@@ -193,28 +193,33 @@ def start(settings: settings_mod.Settings, uid: int, address: str,
         raise exception.CapabilityMissing(
             'VNC console relay', '%s is missing' % PROXYD,
             'install systemd (Debian\'s package ships it)')
-    path = socket_path(settings, uid)
-    _wait_for_socket(path, timeout)
-    groups = _groups(settings, uid)
-    if not groups:
-        raise exception.CapabilityMissing(
-            'VNC console relay', 'no cgroup hierarchy with the pids '
-            'controller is mounted', 'mount cgroup v2')
-    group = groups[0]
-    unix_fd = _open_socket(path)
+    # First, so that a port someone else holds is refused before
+    # anything changes.
+    listener = listen(address, port, context)
     try:
-        # Through the descriptor: the inode just checked, not the path.
-        inode = '/proc/self/fd/%d' % unix_fd
-        os.chown(inode, user.pw_uid, user.pw_gid)
-        os.chmod(inode, 0o600)
-        listener = listen(address, port, context)
+        path = socket_path(settings, uid)
+        _wait_for_socket(path, timeout)
+        groups = _groups(settings, uid)
+        if not groups:
+            raise exception.CapabilityMissing(
+                'VNC console relay', 'no cgroup hierarchy with the pids '
+                'controller is mounted', 'mount cgroup v2')
+        group = groups[0]
+        unix_fd = _open_socket(path)
         try:
+            # Through the descriptor: the inode just checked, not the path.
+            inode = '/proc/self/fd/%d' % unix_fd
+            os.chown(inode, user.pw_uid, user.pw_gid)
+            os.chmod(inode, 0o600)
             proc = _spawn(group, user, listener, unix_fd)
             ready = _taken(listener, proc, timeout)
         finally:
-            listener.close()
+            os.close(unix_fd)
+    except exception.CapabilityMissing:
+        stop(settings, uid, context)
+        raise
     finally:
-        os.close(unix_fd)
+        listener.close()
     if not ready:
         stop(settings, uid, context)
         raise exception.CapabilityMissing(
