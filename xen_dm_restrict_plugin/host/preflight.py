@@ -225,8 +225,7 @@ def check_console_user(settings: conf_mod.Settings) -> Check:
         return Check(name, FAIL, 'the relay %s is missing: install '
                      'systemd' % relay.PROXYD)
     return Check(name, OK, '%s = uid %d, not root, the reaper or a '
-                 'device-model uid; relay %s' % (
-                     entry.pw_name, entry.pw_uid, relay.PROXYD))
+                 'device-model uid' % (entry.pw_name, entry.pw_uid))
 
 
 def check_accounts(settings: conf_mod.Settings) -> Check:
