@@ -13,6 +13,7 @@ import grp
 import logging
 import os
 import pwd
+import re
 import typing
 
 from oslo_config import cfg
@@ -282,11 +283,23 @@ dm_restrict_opts = [
     cfg.StrOpt(
         'console_relay_user', default='xen-dm-console',
         help='The user (name or uid) the VNC console relay runs as under '
-             'network_namespace = required: libvirtd\'s hook starts socat '
-             'as this user at the address and port libvirt reports for '
-             'the console, forwarding to the unix socket the device model '
+             'network_namespace = required: libvirtd\'s hook binds the '
+             'address and port libvirt reports for the console and hands '
+             'the listening socket to systemd-socket-proxyd, run as this '
+             'user, forwarding to the unix socket the device model '
              'listens on inside its chroot. A dedicated system user, never '
              'root, the reaper or a device-model uid.'),
+    cfg.ListOpt(
+        'vnc_fixed_ports', default=[],
+        help='TCP ports (PORT or FIRST-LAST, e.g. 5900-5999) a domain\'s '
+             '<graphics type="vnc"> may name as a fixed port (autoport="no", '
+             'or a port other than -1 without autoport). None by default: '
+             'libvirt then picks a free port (autoport="yes", what Nova '
+             'and virt-install write). A fixed port is taken as given '
+             '(libvirt\'s libxlMakeVfb does not check it), so a tenant '
+             'could name a port a dom0 service or another domain needs; '
+             'when the domain starts, a port anything else already holds '
+             'is refused either way.'),
     cfg.StrOpt(
         'cgroup_limits', default=CGROUPS_REQUIRED,
         choices=[(CGROUPS_REQUIRED, 'Every restricted device model runs in '
@@ -644,6 +657,8 @@ def load(conf: cfg.ConfigOpts, check_files: bool = True) -> Settings:
                                 nics.NETWORK_RE),
         launcher_test_mode=group.launcher_test_mode,
         console_relay_user=group.console_relay_user,
+        vnc_fixed_ports=_port_ranges('vnc_fixed_ports',
+                                     group.vnc_fixed_ports),
         launcher_seccomp=group.launcher_seccomp,
         network_namespace=group.network_namespace,
         cgroup_limits=group.cgroup_limits,
@@ -730,6 +745,25 @@ def _names(option: str, names: typing.Sequence[str],
                 'and networks)')
         found.add(name)
     return frozenset(found)
+
+
+def _port_ranges(option: str, items: typing.Sequence[str]
+                 ) -> typing.Tuple[typing.Tuple[int, int], ...]:
+    found = []
+    for item in items:
+        item = item.strip()
+        if not item:
+            continue
+        first, _, last = item.partition('-')
+        last = last or first
+        if not (re.fullmatch('[0-9]{1,5}', first.strip())
+                and re.fullmatch('[0-9]{1,5}', last.strip())
+                and 1 <= int(first) <= int(last) <= 65535):
+            raise exception.ConfigError(
+                option, '%r is not a TCP port or range of ports' % item,
+                'write PORT or FIRST-LAST, e.g. 5900-5999')
+        found.append((int(first), int(last)))
+    return tuple(found)
 
 
 def _allowed_options(names: typing.Sequence[str]) -> typing.FrozenSet[str]:

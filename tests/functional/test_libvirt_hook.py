@@ -9,6 +9,7 @@ root; the refusals do not.
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 
@@ -340,6 +341,33 @@ def test_vnc_console_relay_failure_stops_the_start(env):
     assert proc.returncode == 2, proc.stderr
     assert b'VNC console cannot be relayed' in proc.stderr
     assert b'useradd' in proc.stderr
+
+
+def test_a_console_port_someone_else_listens_on_stops_the_start(env):
+    # Root binds the port libvirt reports before anything else: a
+    # listener already there (a local user's, another domain's console
+    # named as a fixed port, a dom0 service) is a clear refusal at
+    # "started begin", and libvirtd destroys the domain.
+    hostenv.require_root()
+    xml = restricted_xml(env)
+    relay_user = hostenv.unique_name('xdr-con-')
+    env.add_user(relay_user, env.first + 600)
+    env.write_config(launcher='/usr/local/bin/xen-dm-restrict-launch',
+                     console_relay_user=relay_user)
+    squatter = socket.socket()
+    squatter.bind(('127.0.0.1', 0))
+    squatter.listen(1)
+    port = squatter.getsockname()[1]
+    live = base.edit(xml, lambda root: root.find('devices/graphics').set(
+        'port', str(port)))
+    try:
+        proc = call_hook(env, 'started', 'begin', live)
+    finally:
+        squatter.close()
+    assert proc.returncode == 2, proc.stderr
+    assert b'VNC console cannot be relayed' in proc.stderr
+    assert b'another process already listens' in proc.stderr
+    assert b'autoport' in proc.stderr
 
 
 def test_sandbox_required_when_configured(env):

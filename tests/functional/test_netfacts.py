@@ -92,3 +92,96 @@ def test_nothing_is_left_in_the_hosts_namespace():
     names = os.listdir('/sys/class/net')
     assert 'brt' not in names and 'web-emu' not in names
     assert base.HVM_UUID  # the fixture stayed untouched
+
+
+ALTNAME_CHECK = '''
+import pathlib, subprocess, tempfile
+from tests import base
+from xen_dm_restrict_plugin.core import domain, policy
+from xen_dm_restrict_plugin.host import netfacts
+settings = base.make_settings(pathlib.Path(tempfile.mkdtemp()),
+                              allowed_bridges=['brt'])
+name = %(name)r
+if name is None:  # dom0's uplink by index, as iproute2 reads "ifN"
+    name = 'if%%d' %% int(open('/sys/class/net/uplink0/ifindex').read())
+xml = base.add_device(base.edit(base.fixture('hvm.xml'), lambda root:
+    root.find('devices').remove(root.find('devices/interface'))),
+    "<interface type='bridge'><source bridge='brt'/>"
+    "<target dev='%%s'/>%(model)s</interface>" %% name)
+dom = domain.parse(xml, 1 << 20)
+for at_start in (False, True):
+    facts = netfacts.HostNetwork(settings, at_start=at_start)
+    problems = policy.Checker(settings, facts).problems(dom, [])
+    print('refused', at_start, [p.subject for p in problems])
+    for problem in problems:
+        print('reason', problem.reason)
+'''
+
+ALTNAME_SETUP = (
+    'ip link add mgmt0main type bridge && '
+    'ip link property add dev mgmt0main altname enp0s31f6 && '
+    'ip link add uplink0 type veth peer name uplink0p && '
+    'ip link set uplink0 master mgmt0main && ip link set uplink0 up && '
+    'ip tuntap add dev emuhost mode tap && '
+    'ip link property add dev emuhost altname web2-emu && '
+    'ip link add brt type bridge')
+
+
+def _altname_run(name, model=''):
+    proc = _in_netns(ALTNAME_SETUP, ALTNAME_CHECK % dict(name=name,
+                                                         model=model))
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def _refused_at_define_and_prepare(out, name):
+    subject = "<interface type='bridge'> <target dev='%s'>" % name
+    assert "refused False [\"%s\"]" % subject in out, out
+    assert "refused True [\"%s\"]" % subject in out, out
+
+
+def test_an_alternative_name_of_a_dom0_interface_is_refused():
+    """``ip link show enp0s31f6`` finds mgmt0main by its altname, so the
+    hotplug script's offline step would take it down: refused at define
+    and at prepare, the reason naming the interface it resolves to.
+    """
+    out = _altname_run('enp0s31f6', "<model type='netfront'/>")
+    _refused_at_define_and_prepare(out, 'enp0s31f6')
+    assert 'iproute2 resolves to mgmt0main' in out
+
+
+def test_a_name_whose_emu_tap_is_a_dom0_altname_is_refused():
+    out = _altname_run('web2')  # an emulated NIC: web2-emu is emuhost
+    _refused_at_define_and_prepare(out, 'web2')
+    assert 'dom0 has an interface web2-emu' in out
+
+
+def test_ifN_names_that_iproute2_reads_as_an_index_are_refused():
+    """``ip link set dev ifN-emu down`` acts on dom0's interface index N
+    when no interface has the name: refused whatever exists.
+    """
+    out = _altname_run(None)
+    assert out.count("<target dev='if") == 2, out
+    assert 'interface index' in out
+    for name in ('if2', 'if-4294967294', 'if+3x', 'if0'):
+        out = _altname_run(name, "<model type='netfront'/>")
+        _refused_at_define_and_prepare(out, name)
+
+
+def test_iproute2_index_resolves_like_ll_name_to_index():
+    proc = _in_netns(ALTNAME_SETUP, '''
+        import socket
+        from xen_dm_restrict_plugin.host import netfacts
+        idx = socket.if_nametoindex('uplink0')
+        for name in ('uplink0', 'enp0s31f6', 'if%d' % idx,
+                     'if%d-emu' % idx, 'if-%d' % ((1 << 32) - idx),
+                     'if999', 'ifx', 'nothere'):
+            print(name.replace(str(idx), 'N'), netfacts.iproute2_index(name)
+                  == (None if name in ('if999', 'ifx', 'nothere')
+                      else socket.if_nametoindex('mgmt0main')
+                      if name == 'enp0s31f6' else idx))
+    ''')
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 8 and all(
+        line.endswith(' True') for line in lines), proc.stdout

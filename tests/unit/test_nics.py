@@ -135,6 +135,44 @@ def test_names_that_are_no_linux_name_are_refused(settings, name):
         settings, _nic(extra="<target dev='%s'/>" % name), Facts())
 
 
+@pytest.mark.parametrize('name', ['if2', 'if0', 'if-4294967294', 'if-2',
+                                  'if12x', 'if2-emu'])
+def test_names_iproute2_reads_as_an_index_are_refused(settings, name):
+    # Whatever the host has: ip link set dev ifN-emu down at removal acts
+    # on dom0's interface N once the tap is gone.
+    for facts in (None, Facts(), Facts(at_start=True)):
+        message = refused(settings, _nic(extra="<model type='netfront'/>"
+                                         "<target dev='%s'/>" % name), facts)
+        assert 'interface index' in message and 'll_name_to_index' \
+            in message
+
+
+@pytest.mark.parametrize('name', ['ifb0', 'iface', 'if_a1', 'wif2'])
+def test_names_that_merely_start_with_if_pass(settings, name):
+    assert problems(settings, _nic(extra="<target dev='%s'/>" % name),
+                    Facts()) == []
+
+
+@pytest.mark.parametrize('name', ['lo&#10;', 'eth0&#10;', 'web&#10;'])
+def test_a_trailing_newline_is_no_part_of_a_valid_name(settings, name):
+    # The hotplug script reads vifname with $(...), which drops the
+    # newline: "lo\n" would be lo.
+    message = refused(settings, _nic(extra="<target dev='%s'/>" % name),
+                      Facts(interfaces={'eth0', 'lo'}))
+    assert 'Linux interface name' in message
+
+
+@pytest.mark.parametrize('nic', [
+    _nic("<source bridge='xenbr0&#10;'/>"),
+    _nic("<source network='default&#10;'/>", kind='network'),
+    _nic("<source bridge='br-int&#10;'/>",
+         "<virtualport type='openvswitch'/>"),
+])
+def test_a_trailing_newline_is_no_part_of_a_bridge_or_network(settings,
+                                                              nic):
+    assert refused(settings, nic)
+
+
 # -- bridges ----------------------------------------------------------------
 def test_only_listed_bridges(settings):
     message = refused(settings, _nic("<source bridge='mgmtbr'/>"))
@@ -179,6 +217,12 @@ def test_ovs_port_with_neutron_name_and_vlan(settings):
 
 @pytest.mark.parametrize('extra,words', [
     ("<vlan><tag id='4096'/></vlan>", ['0 to 4095']),
+    # Unicode digits: str.isdigit() is true, int() fails or reads them.
+    ("<vlan><tag id='\u00b2'/></vlan>", ['0 to 4095']),
+    ("<vlan><tag id='\u0663'/></vlan>", ['0 to 4095']),
+    ("<vlan><tag id='\uff11\uff12'/></vlan>", ['0 to 4095']),
+    ("<vlan><tag id='00042'/></vlan>", ['0 to 4095']),
+    ("<vlan><tag id='42&#10;'/></vlan>", ['0 to 4095']),
     ("<vlan><tag id='1' nativeMode='untagged'/></vlan>", ['nativeMode']),
     ("<vlan><tag id='1'/><tag id='2'/></vlan>", ['trunk="yes"']),
     ("<script path='vif-bridge'/>", ['vif-openvswitch']),

@@ -393,3 +393,52 @@ def test_every_refused_feature_is_named_at_once(settings):
     message = _refused(settings, xml, ['-runas', '0:0'])
     assert '3 refused features' in message
     assert '(1)' in message and '(3)' in message
+
+
+# -- fixed VNC ports --------------------------------------------------------
+@pytest.mark.parametrize('graphics', [
+    "<graphics type='vnc' port='-1' autoport='yes'/>",
+    "<graphics type='vnc'/>",
+    "<graphics type='vnc' port='-1'/>",
+    "<graphics type='vnc' port='6640' autoport='yes'/>",
+])
+def test_vnc_ports_libvirt_allocates_pass(settings, graphics):
+    _check(settings, _vnc(graphics))
+
+
+def _vnc(graphics):
+    return base.edit(base.fixture('hvm.xml'), lambda root: root.find(
+        'devices').remove(root.find('devices/graphics'))).replace(
+            '</devices>', graphics + '</devices>')
+
+
+@pytest.mark.parametrize('graphics', [
+    "<graphics type='vnc' port='6640' autoport='no'/>",
+    "<graphics type='vnc' port='5901'/>",
+    "<graphics type='vnc' autoport='no'/>",
+    "<graphics type='vnc' port='5901' autoport='maybe'/>",
+    "<graphics type='vnc' port='\u0665901' autoport='no'/>",
+])
+def test_a_fixed_vnc_port_is_refused_by_default(settings, graphics):
+    message = _refused(settings, _vnc(graphics))
+    assert 'fixed port' in message and 'vnc_fixed_ports' in message
+    assert 'autoport="yes"' in message
+
+
+def test_a_fixed_vnc_port_in_the_operators_range_passes(tmp_path):
+    settings = base.make_settings(tmp_path,
+                                  vnc_fixed_ports=['5900-5999', '7000'])
+    assert settings.vnc_fixed_ports == ((5900, 5999), (7000, 7000))
+    _check(settings, _vnc("<graphics type='vnc' port='5901' "
+                          "autoport='no'/>"))
+    _check(settings, _vnc("<graphics type='vnc' port='7000'/>"))
+    assert '5900-5999, 7000-7000' in _refused(
+        settings, _vnc("<graphics type='vnc' port='6640' autoport='no'/>"))
+
+
+@pytest.mark.parametrize('value', ['0', '5999-5900', 'a-b', '65536',
+                                   '5900-\u0665'])
+def test_bad_vnc_fixed_ports_are_refused(tmp_path, value):
+    with pytest.raises(exception.ConfigError) as err:
+        base.make_settings(tmp_path, vnc_fixed_ports=[value])
+    assert 'vnc_fixed_ports' in str(err.value)

@@ -1019,7 +1019,7 @@ def s6_isolation(s):
         r = virsh('destroy', name)
         s.check(r.rc == 0, 'vnc: destroy exit %d' % r.rc)
         time.sleep(2)
-        relays = run(['pgrep', '-f', 'socat.*vnc']).out.split()
+        relays = run(['pgrep', '-x', 'systemd-socket-']).out.split()
         s.check(not relays, 'vnc: after destroy, relay processes: %s'
                 % (relays or 'none'))
         library('undefine', uuid_of(10))
@@ -1059,7 +1059,7 @@ def vnc_console(s, name, rec):
         s.check(not routes and 'lo:' in links and links.count(': ') <= 2,
                 'vnc: QEMU\'s network namespace: routes %r, links %s' % (
                     routes, ' '.join(links.split())[:200]))
-    relay = run(['pgrep', '-a', 'socat']).out.strip()
+    relay = run(['pgrep', '-a', '-x', 'systemd-socket-']).out.strip()
     s.info('vnc: relay %s' % relay[:300])
     for line in relay.splitlines():
         st = os.stat('/proc/%s' % line.split()[0])

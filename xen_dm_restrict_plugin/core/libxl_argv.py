@@ -30,9 +30,9 @@ _MAC = r'(?:[0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}'
 _IFNAME = r'[A-Za-z0-9_.-]{1,15}'
 #: Value shapes the policy holds the domain to, so that what libxl
 #: writes from them has the shape this module accepts.
-IFNAME_RE = re.compile('^%s$' % _IFNAME)
-NAME_RE = re.compile(r'^[^,\x00-\x1f\x7f/]{1,64}$')
-KEYMAP_RE = re.compile(r'^[a-z]{2}(?:-[a-z]{2,3})?$')
+IFNAME_RE = re.compile(r'^%s\Z' % _IFNAME)
+NAME_RE = re.compile(r'^[^,\x00-\x1f\x7f/]{1,64}\Z')
+KEYMAP_RE = re.compile(r'^[a-z]{2}(?:-[a-z]{2,3})?\Z')
 #: NIC models libxl passes to QEMU as -device names.
 EMULATED_NIC_MODELS = ('e1000', 'rtl8139', 'ne2k_pci', 'pcnet')
 _SERVER = r'(?:server=on,wait=off|server,nowait)'
@@ -44,19 +44,19 @@ TAP_IFNAME = r'vif(?P<domid>[0-9]+)\.(?P<devid>[0-9]+)-emu'
 TAP_NETDEV_RE = re.compile(
     r'^type=tap,id=(?P<netdev>net(?P<netid>%s)),ifname=(?P<ifname>%s),'
     r'(?:br=%s,)?'
-    r'script=no,downscript=no$' % (_ID, TAP_IFNAME, _IFNAME))
+    r'script=no,downscript=no\Z' % (_ID, TAP_IFNAME, _IFNAME))
 
 _CHARDEVS = (
-    re.compile(r'^socket,id=libxl-cmd,path=%s/qmp-libxl-%s,%s$'
+    re.compile(r'^socket,id=libxl-cmd,path=%s/qmp-libxl-%s,%s\Z'
                % (_RUN_DIR, _ID, _SERVER)),
-    re.compile(r'^socket,id=libxl-cmd,fd=%s,%s$' % (_ID, _SERVER)),
-    re.compile(r'^socket,id=libxenstat-cmd,path=%s/qmp-libxenstat-%s,%s$'
+    re.compile(r'^socket,id=libxl-cmd,fd=%s,%s\Z' % (_ID, _SERVER)),
+    re.compile(r'^socket,id=libxenstat-cmd,path=%s/qmp-libxenstat-%s,%s\Z'
                % (_RUN_DIR, _ID, _SERVER)),
-    re.compile(r'^pty,id=libxl-channel%s$' % _ID),
+    re.compile(r'^pty,id=libxl-channel%s\Z' % _ID),
 )
-_UNIX_CHANNEL = re.compile(r'^socket,id=libxl-channel%s,path=([^,]+),%s$'
+_UNIX_CHANNEL = re.compile(r'^socket,id=libxl-channel%s,path=([^,]+),%s\Z'
                            % (_ID, _SERVER))
-_DEVICES = tuple(re.compile('^%s$' % pattern) for pattern in (
+_DEVICES = tuple(re.compile(r'^%s\Z' % pattern) for pattern in (
     r'lsi53c895a', r'ahci,id=ahci0', r'intel-hda', r'hda-duplex',
     r'ac97', r'es1370', r'sb16', r'xen-pvdevice,device-id=0xc000',
     r'(?:VGA|cirrus-vga),vgamem_mb=[0-9]+',
@@ -69,20 +69,20 @@ _DEVICES = tuple(re.compile('^%s$' % pattern) for pattern in (
 ))
 _FIXED = {
     'mon': re.compile(r'^chardev=(?:libxl-cmd|libxenstat-cmd),'
-                      r'mode=control$'),
-    'xen-domid': re.compile(r'^[0-9]+$'),
-    'display': re.compile(r'^none$'),
+                      r'mode=control\Z'),
+    'xen-domid': re.compile(r'^[0-9]+\Z'),
+    'display': re.compile(r'^none\Z'),
     'vnc': re.compile(r'^(?:none|[0-9.]+:[0-9]+|\[[0-9a-fA-F:.]+\]:[0-9]+)'
-                      r'(?:,password=on)?(?:,to=99)?$'),
+                      r'(?:,password=on)?(?:,to=99)?\Z'),
     'k': KEYMAP_RE,
-    'boot': re.compile(r'^order=[acdn]+$'),
-    'usbdevice': re.compile(r'^(?:tablet|mouse|keyboard)$'),
-    'smp': re.compile(r'^[0-9]+(?:,maxcpus=[0-9]+)?$'),
+    'boot': re.compile(r'^order=[acdn]+\Z'),
+    'usbdevice': re.compile(r'^(?:tablet|mouse|keyboard)\Z'),
+    'smp': re.compile(r'^[0-9]+(?:,maxcpus=[0-9]+)?\Z'),
     'netdev': TAP_NETDEV_RE,
-    'net': re.compile(r'^none$'),
+    'net': re.compile(r'^none\Z'),
     'machine': re.compile(r'^(?:xenfv|pc,accel=xen)(?:,suppress-vmdesc=on)?'
-                          r'(?:,max-ram-below-4g=[0-9]+)?$'),
-    'm': re.compile(r'^[0-9]+$'),
+                          r'(?:,max-ram-below-4g=[0-9]+)?\Z'),
+    'm': re.compile(r'^[0-9]+\Z'),
     'name': NAME_RE,
 }
 #: Options with no value libxl writes.
@@ -102,8 +102,8 @@ _ONCE = frozenset(('xen-domid', 'machine', 'm', 'name', 'vnc', 'display',
                    'xen-domid-restrict'))
 _DRIVE_VALUES = {'if': ('ide', 'scsi', 'none'), 'media': ('disk', 'cdrom'),
                  'cache': ('writeback',), 'readonly': ('on',)}
-_TEST_MODE = {'machine': re.compile(r'^none$'), 'qmp': re.compile(
-    r'^stdio$')}
+_TEST_MODE = {'machine': re.compile(r'^none\Z'), 'qmp': re.compile(
+    r'^stdio\Z')}
 
 
 class Checker:

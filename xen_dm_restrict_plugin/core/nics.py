@@ -22,6 +22,14 @@ The policy's reading of ``<interface>``, from the sources:
   NAME as root (``ip link set dev NAME down``, removal from the bridge):
   a NAME that is one of dom0's interfaces takes it down.  A NAME in
   libxl's ``vifD.N`` space squats the name a later domain's netback gets.
+- "One of dom0's interfaces" is what ``ip`` resolves a name to: the
+  kernel looks names up among alternative names too (``ip link property
+  add dev eno1 altname enp0s31f6``; systemd gives most NICs one), and
+  iproute2's ``ll_name_to_index`` reads a name it cannot find that
+  starts with ``if`` and a number as an interface index.  The hotplug
+  scripts run ``ip link set dev NAME-emu down`` at removal, after the
+  tap is gone, so ``ifN`` would take down dom0's interface N: such names
+  are refused outright.
 - ``<interface type='network'>`` is resolved by libvirt at start
   (``libxlNetworkPrepareDevices``, after the daemon hook's ``prepare``):
   forward mode none, nat, route or open gives the network's bridge;
@@ -53,16 +61,23 @@ import typing
 IFNAME_MAX = 15
 #: What vif-common.sh appends to the emulated NIC's tap name.
 EMU_SUFFIX = '-emu'
-_IFNAME_RE = re.compile(r'^[A-Za-z0-9_.-]{1,%d}$' % IFNAME_MAX)
+_IFNAME_RE = re.compile(r'^[A-Za-z0-9_.-]{1,%d}\Z' % IFNAME_MAX)
 #: libxl's own names (libxl__device_nic_devname), and what the hotplug
 #: script makes of a name inside them.
-LIBXL_NAME_RE = re.compile(r'^vif[0-9]+\.[0-9]+(?:-emu)?$')
+LIBXL_NAME_RE = re.compile(r'^vif[0-9]+\.[0-9]+(?:-emu)?\Z')
 #: Neutron's port names (nova.network.model.NIC_NAME_LEN = 14).
-NEUTRON_NAME_RE = re.compile(r'^tap[0-9a-f]{8}-[0-9a-f]{2}$')
+NEUTRON_NAME_RE = re.compile(r'^tap[0-9a-f]{8}-[0-9a-f]{2}\Z')
+#: What iproute2 reads as an interface *index* when no interface has the
+#: name (lib/ll_map.c ``ll_name_to_index`` falls back to ``ll_idx_a2n``,
+#: ``sscanf(name, "if%u")``: an optional sign, then digits, the rest
+#: ignored), so ``ip link set dev if2-emu down`` takes dom0's interface 2.
+IFINDEX_NAME_RE = re.compile(r'^if[-+]?[0-9]')
+#: A VLAN id as vif-openvswitch's pattern reads it: ASCII digits only.
+VLAN_RE = re.compile(r'[0-9]{1,4}')
 #: A bridge name vif-openvswitch can split back out of BRIDGE.TAG:TRUNK.
-OVS_BRIDGE_RE = re.compile(r'^[A-Za-z0-9_-]{1,%d}$' % IFNAME_MAX)
+OVS_BRIDGE_RE = re.compile(r'^[A-Za-z0-9_-]{1,%d}\Z' % IFNAME_MAX)
 #: A libvirt network name as the policy accepts it.
-NETWORK_RE = re.compile(r'^[A-Za-z0-9_.-]{1,64}$')
+NETWORK_RE = re.compile(r'^[A-Za-z0-9_.-]{1,64}\Z')
 #: Forward modes whose NIC libxl serves on the network's bridge.
 BRIDGED_FORWARDS = ('none', 'nat', 'route', 'open', 'bridge')
 VLAN_MAX = 4095
@@ -98,7 +113,14 @@ class NetworkFacts:
     at_start = False
 
     def interface_exists(self, name: str) -> typing.Optional[bool]:
-        """Whether dom0 has an interface ``name``; None if unknown."""
+        """Whether ``name`` names an interface of dom0 as iproute2 and
+        the hotplug scripts resolve it (its name or an alternative name,
+        ``ip link property add ... altname``); None if unknown.
+        """
+        return None
+
+    def primary_name(self, name: str) -> typing.Optional[str]:
+        """The interface's own name, if ``name`` resolves to one."""
         return None
 
     def is_guest_interface(self, name: str) -> bool:
@@ -153,6 +175,16 @@ def name_problems(nic, hvm: bool, facts: NetworkFacts
             '"ip link set ... name"; it must be a Linux interface name',
             'remove <target>, or use up to %d letters, digits and "_.-"'
             % (IFNAME_MAX - len(EMU_SUFFIX) if emulated else IFNAME_MAX))]
+    if IFINDEX_NAME_RE.match(name):
+        return [Problem(
+            subject, 'the hotplug script passes it (and %s-emu) to "ip link '
+            'set dev", and iproute2 reads a name no interface has that '
+            'starts with "if" and a number as that interface index '
+            '(ll_name_to_index): "ip link set dev %s down" at the '
+            'domain\'s removal takes down whichever of dom0\'s interfaces '
+            'has that index' % (name, name),
+            'remove <target> or choose a name that does not start with '
+            '"if" and a digit')]
     if LIBXL_NAME_RE.match(name):
         return [Problem(
             subject, 'it is in libxl\'s own name space (vifDOMID.DEVID, '
@@ -182,13 +214,17 @@ def name_problems(nic, hvm: bool, facts: NetworkFacts
             # A running guest's (this one's, if it is redefined while it
             # runs); the daemon hook's prepare refuses it if another's.
             continue
+        primary = facts.primary_name(each)
         found.append(Problem(
-            subject, 'dom0 has an interface %s%s: the hotplug script '
+            subject, 'dom0 has an interface %s%s%s: the hotplug script '
             'refuses to rename the guest\'s interface onto it, the start '
             'fails, and libxl\'s cleanup then runs the script "offline" '
             'on %s as root (ip link set dev %s down, removal from its '
-            'bridge)' % (each, '' if facts.at_start else
-                         ' that is not a guest\'s', each, each),
+            'bridge)' % (
+                each, ' (a name iproute2 resolves to %s)' % primary
+                if primary not in (None, each) else '',
+                '' if facts.at_start else ' that is not a guest\'s',
+                each, each),
             'remove <target> or choose a name no interface of dom0 has'))
         break
     return found
@@ -241,7 +277,7 @@ def _vlan_problems(nic, subject: str) -> typing.List[Problem]:
                 'give the trunk its <tag id=...> elements'))
         return found
     for tag in nic.vlan_tags:
-        if not (tag.isdigit() and int(tag) <= VLAN_MAX):
+        if not (VLAN_RE.fullmatch(tag) and int(tag) <= VLAN_MAX):
             found.append(Problem(
                 '%s <vlan><tag id=%r>' % (subject, tag),
                 'vif-openvswitch passes it to ovs-vsctl as a VLAN id, '

@@ -66,7 +66,7 @@ LIFECYCLE_ACTIONS = ('destroy', 'restart', 'preserve', 'rename-restart')
 _BRIDGE_RE = libxl_argv.IFNAME_RE
 _NETWORK_RE = nics_mod.NETWORK_RE
 _KEYMAP_RE = libxl_argv.KEYMAP_RE
-_VDEV_RE = re.compile(r'^(hd|sd|xvd)[a-z]{1,3}[0-9]{0,3}$')
+_VDEV_RE = re.compile(r'^(hd|sd|xvd)[a-z]{1,3}[0-9]{0,3}\Z')
 _NAME_RE = libxl_argv.NAME_RE
 
 
@@ -420,6 +420,23 @@ class Checker:
                         'hold commas, and QEMU misreads an IPv6 address '
                         'without brackets)', 'listen on an IPv4 address, '
                         'e.g. 127.0.0.1'))
+            port = fixed_vnc_port(display.node)
+            if port is not None and not any(
+                    first <= port <= last
+                    for first, last in self.settings.vnc_fixed_ports):
+                found.append(_refusal(
+                    '%s port %r (a fixed port)' % (
+                        subject, display.node.get('port')),
+                    'libvirt\'s libxlMakeVfb takes a fixed port as given, '
+                    'without its port allocator, and the console is '
+                    'listened on there in dom0: a tenant could take a port '
+                    'a dom0 service or another domain needs; [dm_restrict] '
+                    'vnc_fixed_ports allows %s' % (', '.join(
+                        '%d-%d' % pair for pair in
+                        self.settings.vnc_fixed_ports) or 'none'),
+                    'use autoport="yes" (libvirt picks a free port), or ask '
+                    'the operator to allow the port in [dm_restrict] '
+                    'vnc_fixed_ports'))
             if display.keymap is not None and not _KEYMAP_RE.match(
                     display.keymap):
                 found.append(_refusal(
@@ -479,7 +496,26 @@ class Checker:
 _VERSIONED_FIRMWARE_RE = re.compile(r'^/usr/lib/xen-[0-9.]+/boot(?=/)')
 
 
-_IPV4_RE = re.compile(r'^[0-9]{1,3}(\.[0-9]{1,3}){3}$')
+def fixed_vnc_port(node) -> typing.Optional[int]:
+    """The fixed port of a ``<graphics type='vnc'>``, or None when
+    libvirt allocates one.
+
+    As ``virDomainGraphicsDefParseXMLVNC`` reads it: no port or port -1
+    means autoport, and ``autoport='yes'``/``'no'`` overrides that (a
+    value it cannot parse changes nothing; here it counts as fixed).  A
+    fixed port that is no number answers -1, which no range holds.
+    """
+    port, autoport = node.get('port'), node.get('autoport')
+    if autoport == 'yes':
+        return None
+    if autoport is None and port in (None, '-1'):
+        return None
+    if port is None:
+        return 0
+    return int(port) if re.fullmatch('[0-9]{1,5}', port) else -1
+
+
+_IPV4_RE = re.compile(r'^[0-9]{1,3}(\.[0-9]{1,3}){3}\Z')
 
 
 def _is_ipv4(address: str) -> bool:

@@ -53,6 +53,8 @@ class Settings:
     libvirt_network_state_dir: str = '/run/libvirt/network'
     libvirt_network_config_dir: str = '/etc/libvirt/qemu/networks'
     console_relay_user: str = 'xen-dm-console'
+    #: TCP port ranges (first, last) a fixed VNC port may be in.
+    vnc_fixed_ports: typing.Tuple[typing.Tuple[int, int], ...] = ()
     launcher_test_mode: bool = False
     launcher_seccomp: bool = True
     network_namespace: str = constants.NETNS_REQUIRED

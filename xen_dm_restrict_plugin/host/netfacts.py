@@ -16,6 +16,7 @@ not started yet.
 
 import logging
 import os
+import re
 import socket
 import typing
 
@@ -32,8 +33,31 @@ MAX_NETWORK_XML = 1 << 20
 
 
 def interface_names() -> typing.FrozenSet[str]:
-    """Every interface of this network namespace."""
+    """Every interface of this network namespace (own names only)."""
     return frozenset(name for _, name in socket.if_nameindex())
+
+
+def iproute2_index(name: str) -> typing.Optional[int]:
+    """The interface ``ip link set dev NAME`` acts on, if any.
+
+    iproute2's ``ll_name_to_index`` asks the kernel (``if_nametoindex``,
+    which since Linux 5.5 finds alternative names as well as names) and,
+    for a name it does not know, reads ``if%u`` as an index
+    (``ll_idx_a2n``).
+    """
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        pass
+    match = re.match(r'if([-+]?[0-9]+)', name)
+    if match is None:
+        return None
+    index = int(match.group(1)) % (1 << 32)  # sscanf %u into unsigned
+    try:
+        socket.if_indextoname(index)
+    except OSError:
+        return None
+    return index
 
 
 def _sys(name: str, *parts: str) -> str:
@@ -61,12 +85,24 @@ class HostNetwork(nics.NetworkFacts):
     def interface_exists(self, name: str) -> bool:
         if self._names is None:
             self._names = interface_names()
-        return name in self._names
+        return name in self._names or iproute2_index(name) is not None
+
+    def primary_name(self, name: str) -> typing.Optional[str]:
+        index = iproute2_index(name)
+        if index is None:
+            return None
+        try:
+            return socket.if_indextoname(index)
+        except OSError:
+            return None
 
     def is_guest_interface(self, name: str) -> bool:
         # netback's interfaces are devices of the xen-backend bus
         # (vif-DOMID-DEVID); an emulated NIC's tap is a tun device named
-        # by the hotplug script with -emu.
+        # by the hotplug script with -emu.  By its own name: sysfs knows
+        # no alternative names.
+        if name != self.primary_name(name):
+            return False
         try:
             device = os.path.basename(os.path.realpath(_sys(name,
                                                             'device')))

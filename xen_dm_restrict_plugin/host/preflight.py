@@ -221,6 +221,9 @@ def check_console_user(settings: conf_mod.Settings) -> Check:
     except exception.CapabilityMissing as err:
         return Check(name, FAIL, '%s: %s; %s' % (
             err.subject, err.reason, err.remedy))
+    if not os.access(relay.PROXYD, os.X_OK):
+        return Check(name, FAIL, 'the relay %s is missing: install '
+                     'systemd' % relay.PROXYD)
     return Check(name, OK, '%s = uid %d, not root, the reaper or a '
                  'device-model uid' % (entry.pw_name, entry.pw_uid))
 
