@@ -50,6 +50,7 @@ from xen_dm_restrict_plugin import conf as conf_mod
 from xen_dm_restrict_plugin.console import relay
 from xen_dm_restrict_plugin.core import dm_argv
 from xen_dm_restrict_plugin.core import domain as domain_mod
+from xen_dm_restrict_plugin.core import pathscope
 from xen_dm_restrict_plugin.core import policy
 from xen_dm_restrict_plugin.core import restrict
 from xen_dm_restrict_plugin.daemon_hook import operations as hook_operations
@@ -185,7 +186,9 @@ class LibxlHook:
                          'as its value)')
         try:
             policy.check_domain(dom, args[len(record.args):], self.settings,
-                                self.network_facts())
+                                self.network_facts(),
+                                scope=pathscope.Scope(record.tenant,
+                                                      dom.uuid or ''))
         except exception.FeatureRefused as err:
             raise refuse(str(err), err.remedy) from None
         parsed = dm_argv.parse_argv(args)
