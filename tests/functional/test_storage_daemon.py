@@ -158,3 +158,34 @@ def test_another_instances_disk_and_a_loop_are_refused(env, tmp_path):
     with pytest.raises(imageformat.ImageProblem) as err:
         disks.chain_for(str(first), settings, scope)
     assert 'loops back' in str(err.value)
+
+
+def test_the_hook_service_leaves_nothing_when_nbd_is_missing(env, tmp_path):
+    """Here the kernel has no nbd module: the start is refused and the
+    daemon, its directory and the image's ownership are undone.
+    """
+    from lxml import etree
+
+    from xen_dm_restrict_plugin.core import domain
+    from xen_dm_restrict_plugin import exception
+    from xen_dm_restrict_plugin.storage import nbd
+    from xen_dm_restrict_plugin.storage import service
+
+    if nbd.module_loaded():
+        pytest.skip('this kernel has nbd devices; the lab covers them')
+    settings = env.settings()
+    overlay, _ = _nova_images(tmp_path)
+    before = os.stat(overlay)
+    root = etree.fromstring(
+        b'<domain type="xen"><name>n</name><uuid>%s</uuid><os><type>hvm'
+        b'</type></os><devices/></domain>' % INSTANCE.encode())
+    dom = domain.Domain(root)
+    dom.set_metadata(disks._record([disks.DaemonDisk('xvda', overlay,
+                                                     'qcow2')]))
+    with pytest.raises(exception.OperationRefused) as err:
+        service.start(settings, dom, 'acme', env.first, env.first)
+    assert 'nbd' in str(err.value)
+    assert daemon.running(settings.storage_dir) == []
+    assert not os.path.exists(os.path.join(settings.storage_dir, INSTANCE))
+    after = os.stat(overlay)
+    assert (after.st_uid, after.st_mode) == (before.st_uid, before.st_mode)

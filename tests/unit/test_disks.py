@@ -364,3 +364,60 @@ def test_the_hook_renders_and_scopes(scoped, tmp_path):
         assert UUID_B in str(err.value)
     finally:
         hook.close()
+
+
+# -- qcow2 through the storage daemon -----------------------------------------
+def _qcow2_settings(tmp_path, **extra):
+    instances = tmp_path / 'instances'
+    return base.make_settings(
+        tmp_path, allowed_host_paths=[str(instances / '{instance}'),
+                                      str(instances / '_base')],
+        storage_daemon='enabled', storage_dir=str(tmp_path / 'storage'),
+        **extra)
+
+
+def _nova_qcow2(tmp_path, backing=None):
+    base_file = _write(tmp_path / 'instances' / '_base' / 'abc')
+    return _qcow2(tmp_path / 'instances' / UUID_A / 'disk',
+                  backing or base_file, 'raw')
+
+
+def test_a_qcow2_overlay_renders_to_the_instances_stable_path(tmp_path):
+    settings = _qcow2_settings(tmp_path)
+    overlay = _nova_qcow2(tmp_path)
+    xml = _domain(_file_disk(overlay, "<driver name='qemu' type='qcow2' "
+                             "cache='none'/>")).to_string()
+    xml = base.edit(xml, lambda root: root.remove(root.find('uuid')))
+    hook = extension.DmRestrictHook(None, settings)
+    try:
+        out = hook.prepare(xml, hooks.Instance(UUID_A, 'acme'))
+        again = hook.prepare(out, hooks.Instance(UUID_A, 'acme'))
+    finally:
+        hook.close()
+    assert again == out
+    dom = domain.parse(out, 1 << 20)
+    disk = dom.root.find('devices/disk')
+    assert disk.get('type') == 'block'
+    assert disk.find('driver').get('name') == 'phy'
+    assert disk.find('source').get('dev') == disks.stable_path(
+        settings.storage_dir, UUID_A, 'xvda')
+    assert disks.daemon_disks(dom) == [
+        disks.DaemonDisk('xvda', overlay, 'qcow2')]
+    base.assert_schema_valid(out)
+    policy.check_domain(dom, [], settings, pathscope.Scope('acme', UUID_A))
+
+
+def test_a_qcow2_whose_backing_file_points_outside_is_refused(tmp_path):
+    settings = _qcow2_settings(tmp_path)
+    overlay = _nova_qcow2(tmp_path, backing='/etc/shadow')
+    xml = base.edit(_domain(_file_disk(
+        overlay, "<driver name='qemu' type='qcow2'/>")).to_string(),
+        lambda root: root.remove(root.find('uuid')))
+    hook = extension.DmRestrictHook(None, settings)
+    try:
+        with pytest.raises(exception.FeatureRefused) as err:
+            hook.prepare(xml, hooks.Instance(UUID_A, 'acme'))
+    finally:
+        hook.close()
+    assert '/etc/shadow' in str(err.value)
+    assert not os.path.exists(settings.lease_db) or not hook.store.list()

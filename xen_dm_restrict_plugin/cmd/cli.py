@@ -265,6 +265,7 @@ def cmd_leases_reconcile(args) -> int:
             reconciler = reconcile.Reconciler(settings, store,
                                               grace=args.grace)
             findings = reconciler.run(conn, apply=args.apply)
+        findings += _storage_findings(settings, conn, libvirt, args.apply)
     finally:
         conn.close()
     skipped = reconciler.skipped_young
@@ -290,6 +291,17 @@ def cmd_leases_reconcile(args) -> int:
     if any(not f.resolved for f in findings):
         return EXIT_UNRESOLVED
     return EXIT_OK
+
+
+def _storage_findings(settings, conn, libvirt, apply: bool) -> list:
+    """Storage daemons of domains that no longer run (storage.service).
+    """
+    from xen_dm_restrict_plugin.host import reconcile
+    from xen_dm_restrict_plugin.storage import service
+    active = [dom.UUIDString() for dom in conn.listAllDomains(
+        libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)]
+    return [reconcile.Finding(**item)
+            for item in service.reconcile(settings, active, apply)]
 
 
 def _quiet_libvirt():
