@@ -413,8 +413,10 @@ def check_host_paths(settings: conf_mod.Settings) -> Check:
                      'a disk, CD-ROM, kernel or initrd is refused; set '
                      '[dm_restrict] allowed_host_paths to the directories '
                      'of your images (e.g. /var/lib/nova/instances)')
+    # An entry with {tenant} or {instance}: its fixed leading directories.
     missing = [path for path in settings.allowed_host_paths
-               if not os.path.isdir(path)]
+               if not os.path.isdir(path.split('{', 1)[0].rsplit('/', 1)[0]
+                                    if '{' in path else path)]
     if missing:
         return Check('allowed host paths', WARN, 'not directories here: %s'
                      % ', '.join(missing))
