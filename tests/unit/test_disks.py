@@ -88,7 +88,7 @@ def _block_disk(path, target='xvdb'):
 def _problems(settings, dom, scope=None):
     """The refusals of ``dom`` once rendered, as the hook does."""
     disks.render(dom, settings, scope)
-    return policy.Checker(settings, scope).problems(dom, [])
+    return policy.Checker(settings, scope=scope).problems(dom, [])
 
 
 def _text(problems):
@@ -404,7 +404,8 @@ def test_a_qcow2_overlay_renders_to_the_instances_stable_path(tmp_path):
     assert disks.daemon_disks(dom) == [
         disks.DaemonDisk('xvda', overlay, 'qcow2')]
     base.assert_schema_valid(out)
-    policy.check_domain(dom, [], settings, pathscope.Scope('acme', UUID_A))
+    policy.check_domain(dom, [], settings,
+                        scope=pathscope.Scope('acme', UUID_A))
 
 
 def test_a_qcow2_whose_backing_file_points_outside_is_refused(tmp_path):

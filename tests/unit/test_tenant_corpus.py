@@ -31,6 +31,9 @@ UUID = '0d6c3c52-7a41-4a53-9a11-5a0c1d6a0aa1'
 #: test_nova_vif_names_are_refused_for_their_length).
 TAP = 'tap4a5b6c7d'
 OTHER = '7f1e9d40-1b2c-4d3e-8f4a-5b6c7d8e9fb2'
+#: The bridges the corpus' NICs attach to (Neutron's Linux bridge agent,
+#: Eucalyptus, virt-manager's default).
+BRIDGES = ['brq4a5b6c7d-8e', 'eucabr0', 'xenbr0']
 
 pytestmark = pytest.mark.skipif(not shutil.which('qemu-img'),
                                 reason='qemu-img is not installed '
@@ -48,7 +51,8 @@ def _nova_settings(tmp_path, **extra):
     values = dict(
         allowed_host_paths=[str(instances / '{instance}'),
                             str(instances / '_base')],
-        storage_daemon='enabled', storage_dir=str(tmp_path / 'storage'))
+        storage_daemon='enabled', storage_dir=str(tmp_path / 'storage'),
+        allowed_bridges=BRIDGES)
     values.update(extra)
     return base.make_settings(tmp_path, **values)
 
@@ -169,7 +173,8 @@ def test_nova_lvm_and_a_cinder_iscsi_volume(tmp_path):
 def test_eucalyptus(tmp_path):
     settings = base.make_settings(
         tmp_path, allowed_host_paths=[str(tmp_path / 'instances' /
-                                          '{instance}')])
+                                          '{instance}')],
+        allowed_bridges=BRIDGES)
     _accepted(settings, corpus.eucalyptus(str(tmp_path), UUID))
 
 
@@ -179,7 +184,8 @@ def _pool_settings(tmp_path, **extra):
                                       str(pools / 'default'),
                                       str(pools / 'iso')],
                   storage_daemon='enabled',
-                  storage_dir=str(tmp_path / 'storage'))
+                  storage_dir=str(tmp_path / 'storage'),
+                  allowed_bridges=BRIDGES)
     values.update(extra)
     return base.make_settings(tmp_path, **values)
 
