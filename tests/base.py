@@ -85,6 +85,10 @@ def make_conf(tmp_path, **overrides) -> cfg.ConfigOpts:
         allowed_bridges=['xenbr0', 'br-ten1'],
         allowed_networks=['default'],
     )
+    if 'allowed_host_paths' not in overrides:
+        # The fixtures' images are shared by every test tenant, and their
+        # disks are writable.
+        defaults['writable_shared_host_paths'] = [images_dir()]
     defaults.update(overrides)
     for key, value in defaults.items():
         group = conf_mod.GROUP

@@ -19,6 +19,7 @@ import typing
 from oslo_config import cfg
 
 from xen_dm_restrict_plugin.core import constants
+from xen_dm_restrict_plugin.core import hostpaths
 from xen_dm_restrict_plugin.core import libxl_argv
 from xen_dm_restrict_plugin.core import nics
 from xen_dm_restrict_plugin.core import qemu_args
@@ -47,6 +48,8 @@ NETNS_REQUIRED = constants.NETNS_REQUIRED
 NETNS_EXCEPT_VNC = constants.NETNS_EXCEPT_VNC
 NETNS_OFF = constants.NETNS_OFF
 CGROUPS_REQUIRED = constants.CGROUPS_REQUIRED
+STORAGE_DAEMON_ON = constants.STORAGE_DAEMON_ON
+STORAGE_DAEMON_OFF = constants.STORAGE_DAEMON_OFF
 CGROUPS_OFF = constants.CGROUPS_OFF
 
 dm_restrict_opts = [
@@ -179,7 +182,49 @@ dm_restrict_opts = [
              'form, and be of the right type (block device or regular '
              'file). Firmware in libxl\'s own directories (e.g. '
              '/usr/lib/xen/boot) is allowed as <loader> anyway. Empty (the '
-             'default) refuses every domain that has a disk.'),
+             'default) refuses every domain that has a disk. An entry may '
+             'hold {tenant} (the tenant id) and {instance} (the instance '
+             'uuid), e.g. /var/lib/nova/instances/{instance}: for a domain '
+             'it then names that instance\'s own directory only, which it '
+             'may read and write. An entry without them is shared by all '
+             'tenants and may only be read (read-only disks and CD-ROMs, '
+             'backing files, kernels, firmware) unless it is also listed in '
+             'writable_shared_host_paths. A disk may be named by a udev '
+             'symlink in an allowed directory (/dev/VG/LV, '
+             '/dev/disk/by-path/...) that resolves to a block device node '
+             'in /dev, never one dom0 uses.'),
+    cfg.ListOpt(
+        'writable_shared_host_paths', default=[],
+        help='Entries of allowed_host_paths without {tenant} or {instance} '
+             'that every tenant may also write: where the orchestrator '
+             'names each instance\'s writable disks itself, e.g. a volume '
+             'group (/dev/nova-vg) for Nova\'s LVM backend, or '
+             '/dev/disk/by-path for Cinder iSCSI volumes. Each must also be '
+             'in allowed_host_paths.'),
+    cfg.StrOpt(
+        'storage_daemon', default=STORAGE_DAEMON_OFF,
+        choices=[(STORAGE_DAEMON_ON, 'Serve each qcow2 disk of a restricted '
+                  'guest from a qemu-storage-daemon of its own instance: '
+                  'run as the instance\'s uid, in a mount namespace holding '
+                  'only the image\'s backing chain, in the instance\'s '
+                  'cgroup, under seccomp, exporting NBD on a unix socket '
+                  'to the kernel\'s nbd device, which the guest gets as a '
+                  'phy disk.'),
+                 (STORAGE_DAEMON_OFF, 'Refuse qcow2 disks (convert them to '
+                  'raw).')],
+        help='How qcow2 disks of restricted guests are served. libxl would '
+             'serve them with a QEMU qdisk backend, which does not work '
+             'under -xen-domid-restrict (Xen\'s feature page lists it as '
+             'not implemented).'),
+    cfg.StrOpt(
+        'storage_dir', default='/run/xen-dm-restrict/storage',
+        help='Directory of the storage daemons: STORAGE_DIR/UUID/TARGET is '
+             'the stable block device path a daemon-served disk names in '
+             'the domain (a symlink to its nbd device while the domain '
+             'runs), beside the daemon\'s socket directory.'),
+    cfg.StrOpt(
+        'storage_daemon_binary', default='/usr/bin/qemu-storage-daemon',
+        help='The qemu-storage-daemon binary (Debian: qemu-system-common).'),
     cfg.ListOpt(
         'allowed_chardev_types', default=['pty'],
         item_type=cfg.types.String(choices=['pty', 'null', 'dev']),
@@ -672,7 +717,13 @@ def load(conf: cfg.ConfigOpts, check_files: bool = True) -> Settings:
         allow_cputune=group.allow_cputune,
         allow_nested_hvm=group.allow_nested_hvm,
         max_devices=_device_limits(group.max_devices),
-        max_devices_other=group.max_devices_other)
+        max_devices_other=group.max_devices_other,
+        writable_shared_host_paths=_writable_shared(
+            group.writable_shared_host_paths, group.allowed_host_paths),
+        storage_daemon=group.storage_daemon,
+        storage_dir=_absolute('storage_dir', group.storage_dir),
+        storage_daemon_binary=_absolute('storage_daemon_binary',
+                                        group.storage_daemon_binary))
 
 
 def _device_limits(given: typing.Mapping[str, str]
@@ -688,6 +739,28 @@ def _device_limits(given: typing.Mapping[str, str]
                 'write entries like disk:16,interface:8')
         limits[kind.strip()] = int(count)
     return limits
+
+
+def _absolute(name: str, path: str) -> str:
+    if not path.startswith('/') or os.path.normpath(path) != path:
+        raise exception.ConfigError(
+            name, '%r is not an absolute path in normal form' % path,
+            'use an absolute path')
+    return path
+
+
+def _writable_shared(paths: typing.Sequence[str],
+                     allowed: typing.Sequence[str]) -> typing.Tuple[str, ...]:
+    found = _prefixes(paths)
+    listed = _prefixes(allowed)
+    for path in found:
+        if hostpaths.PLACEHOLDER_RE.search(path) or path not in listed:
+            raise exception.ConfigError(
+                'writable_shared_host_paths',
+                '%r is not an entry of allowed_host_paths without {tenant} '
+                'or {instance}' % path,
+                'list only shared entries of allowed_host_paths')
+    return found
 
 
 def _cgroup_parent(name: str) -> str:
@@ -791,5 +864,11 @@ def _prefixes(paths: typing.Sequence[str]) -> typing.Tuple[str, ...]:
             raise exception.ConfigError(
                 'allowed_host_paths', '%r is not an absolute path in '
                 'normal form' % path, 'write it like /srv/xen/images')
+        rest = hostpaths.PLACEHOLDER_RE.sub('', path)
+        if '{' in rest or '}' in rest:
+            raise exception.ConfigError(
+                'allowed_host_paths', '%r holds a placeholder other than '
+                '{tenant} and {instance}' % path,
+                'write it like /var/lib/nova/instances/{instance}')
         found.append(path.rstrip('/') or '/')
     return tuple(found)

@@ -7,7 +7,8 @@
 import os
 import sys
 
-# cli_help: the ``program-help`` directive of the command reference.
+# cli_help: the ``program-help`` directive of the command reference;
+# vocabulary_table: the ``vocabulary-table`` directive (core.vocabulary).
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 '_ext'))
 
@@ -19,6 +20,7 @@ extensions = [
     'oslo_config.sphinxext',
     'stevedore.sphinxext',
     'cli_help',
+    'vocabulary_table',
 ]
 
 project = 'xen-dm-restrict'

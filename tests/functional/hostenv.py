@@ -126,12 +126,17 @@ class HostEnv:
             'allowed_host_paths': base.images_dir(),
             'allowed_bridges': 'xenbr0,br-ten1',
             'allowed_networks': 'default',
+            # The fixtures' images are shared, and their disks writable.
+            'writable_shared_host_paths': base.images_dir(),
             # Debian's TCG QEMU has no Xen: no -xen-domid-restrict, and the
             # test command lines use "-machine none" and "-qmp stdio".
             'launcher_test_mode': 'true',
             'cgroup_parent': self.cgroup_parent,
         }
         values.update(options)
+        if 'allowed_host_paths' in options and \
+                'writable_shared_host_paths' not in options:
+            del values['writable_shared_host_paths']
         self.config = os.path.join(self.tmp, 'xen-dm-restrict.conf')
         with open(self.config, 'w') as handle:
             handle.write('[dm_restrict]\n')

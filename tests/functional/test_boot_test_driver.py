@@ -84,6 +84,7 @@ def _write_conf(tmp_path, extra=''):
         'reap_device_models = false\n'
         'allowed_host_paths = %s\n' % base.images_dir() +
         'allowed_bridges = xenbr0\n' +
+        'writable_shared_host_paths = %s\n' % base.images_dir() +
         'lease_db = %s\n' % (tmp_path / 'leases.sqlite') + extra)
     return str(path)
 

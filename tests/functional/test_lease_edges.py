@@ -259,8 +259,9 @@ def test_render_to_a_full_disk_keeps_no_lease(tmp_path, tiny_fs):
         '[dm_restrict]\ntenant_uid_ranges = acme:200000-200099\n'
         'device_model_syntax = runas\nlease_db = %s\nchroot_base_dir = %s\n'
         'reap_device_models = false\nallowed_host_paths = %s\n'
+        'writable_shared_host_paths = %s\n'
         'allowed_bridges = xenbr0\n'
-        % (db, tmp_path / 'chroots', base.images_dir()))
+        % (db, tmp_path / 'chroots', base.images_dir(), base.images_dir()))
     source = tmp_path / 'domain.xml'
     source.write_text(xml(80))
     first = _cli('render', '--config-file', str(conf), '--tenant', 'acme',

@@ -188,7 +188,8 @@ def test_a_block_device_under_an_allowed_prefix_passes(tmp_path):
     if not blocks:
         pytest.skip('no block device node in /dev on this machine')
     settings = base.make_settings(
-        tmp_path, allowed_host_paths=[blocks[0], base.images_dir()])
+        tmp_path, allowed_host_paths=[blocks[0], base.images_dir()],
+        writable_shared_host_paths=[blocks[0], base.images_dir()])
     _check(settings, _hvm_with(_disk(source="dev='%s'" % blocks[0],
                                      disk_type='block')))
 

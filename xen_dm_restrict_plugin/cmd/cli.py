@@ -27,6 +27,7 @@ from oslo_config import cfg
 from xen_dm_restrict_plugin.cmd import host
 from xen_dm_restrict_plugin import conf as conf_mod
 from xen_dm_restrict_plugin.core import domain as domain_mod
+from xen_dm_restrict_plugin.core import pathscope
 from xen_dm_restrict_plugin.core import policy
 from xen_dm_restrict_plugin.core import restrict
 from xen_dm_restrict_plugin import exception
@@ -150,8 +151,11 @@ def cmd_validate(args) -> int:
     dom = settings.parse_domain(data)
     kind = dom.kind
     record = restrict.read_record(dom)
+    tenant = args.tenant or (record.tenant if record else None)
+    scope = (pathscope.Scope(tenant, dom.uuid)
+             if tenant and dom.uuid else None)
     policy.check_domain(dom, restrict.foreign_args(dom, record), settings,
-                        netfacts.HostNetwork(settings))
+                        netfacts.HostNetwork(settings), scope=scope)
     if not kind.has_dom0_device_model:
         print('%s: %s guest, no dom0 device model to restrict; allowed'
               % (args.xml, kind.value))
@@ -261,6 +265,7 @@ def cmd_leases_reconcile(args) -> int:
             reconciler = reconcile.Reconciler(settings, store,
                                               grace=args.grace)
             findings = reconciler.run(conn, apply=args.apply)
+        findings += _storage_findings(settings, conn, libvirt, args.apply)
     finally:
         conn.close()
     skipped = reconciler.skipped_young
@@ -286,6 +291,17 @@ def cmd_leases_reconcile(args) -> int:
     if any(not f.resolved for f in findings):
         return EXIT_UNRESOLVED
     return EXIT_OK
+
+
+def _storage_findings(settings, conn, libvirt, apply: bool) -> list:
+    """Storage daemons of domains that no longer run (storage.service).
+    """
+    from xen_dm_restrict_plugin.host import reconcile
+    from xen_dm_restrict_plugin.storage import service
+    active = [dom.UUIDString() for dom in conn.listAllDomains(
+        libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)]
+    return [reconcile.Finding(**item)
+            for item in service.reconcile(settings, active, apply)]
 
 
 def _quiet_libvirt():

@@ -35,6 +35,9 @@ MAX_DEVICES = {
     'controller': 8, 'memballoon': 1, 'rng': 1, 'watchdog': 1,
 }
 
+STORAGE_DAEMON_ON = 'enabled'
+STORAGE_DAEMON_OFF = 'disabled'
+
 #: The seccomp policy libxl's design asks for; spawning, privilege and
 #: resource-control syscalls denied, obsolete ones too.  The only
 #: ``-sandbox`` value the launcher lets through.

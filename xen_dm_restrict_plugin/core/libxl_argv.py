@@ -171,8 +171,12 @@ class Checker:
                 return 'its %s=%s is not what libxl writes' % (
                     key, values[key])
         if 'file' in values:
-            return self._path(values['file'],
-                              hostpaths.Expect.BLOCK_OR_FILE)
+            # A disk may be a udev symlink to a device node (LVM, iSCSI)
+            # or the stable path of a storage daemon's nbd device.
+            return hostpaths.problem(
+                values['file'], tuple(self.settings.allowed_host_paths)
+                + (self.settings.storage_dir,),
+                hostpaths.Expect.BLOCK_OR_FILE, disk=True)
         return None
 
     def _value(self, item: qemu_args.Item) -> typing.Optional[str]:

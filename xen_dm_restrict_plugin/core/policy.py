@@ -16,11 +16,13 @@ import re
 import typing
 
 from xen_dm_restrict_plugin.core import constants
+from xen_dm_restrict_plugin.core import disks
 from xen_dm_restrict_plugin.core import domain as domain_mod
 from xen_dm_restrict_plugin.core import hostpaths
 from xen_dm_restrict_plugin.core import libxl_argv
 from xen_dm_restrict_plugin.core import model as model_mod
 from xen_dm_restrict_plugin.core import nics as nics_mod
+from xen_dm_restrict_plugin.core import pathscope
 from xen_dm_restrict_plugin.core import qemu_args
 from xen_dm_restrict_plugin.core import resources
 from xen_dm_restrict_plugin.core import schema
@@ -88,12 +90,17 @@ class Checker:
     :param facts: what the host says about its interfaces and libvirt's
         networks (:mod:`xen_dm_restrict_plugin.host.netfacts`); without
         them only the XML itself is checked.
+    :param scope: the tenant and instance whose paths the domain may name
+        (:mod:`xen_dm_restrict_plugin.core.pathscope`); without one a
+        ``{tenant}``/``{instance}`` entry matches any.
     """
 
     def __init__(self, settings: settings_mod.Settings,
-                 facts: typing.Optional[nics_mod.NetworkFacts] = None):
+                 facts: typing.Optional[nics_mod.NetworkFacts] = None,
+                 scope: typing.Optional[pathscope.Scope] = None):
         self.settings = settings
         self.facts = facts if facts is not None else nics_mod.NetworkFacts()
+        self.scope = scope
 
     def problems(self, dom: domain_mod.Domain,
                  foreign_args: typing.Sequence[str]) -> typing.List[
@@ -168,18 +175,18 @@ class Checker:
 
     def _os(self, dm: model_mod.DomainModel) -> typing.List[Refusal]:
         found = []
-        prefixes = self.settings.allowed_host_paths
         for item in dm.host_files:
-            reason = hostpaths.problem(item.path, prefixes,
-                                       hostpaths.Expect.FILE)
+            reason = disks.path_problem(item.path, self.settings, self.scope,
+                                        hostpaths.Expect.FILE, False)
             if reason:
                 found.append(_path_refusal(
                     '<%s> %s' % (item.what, item.path), reason))
         if dm.loader:
             reason = None
             if not _is_firmware(dm.loader):
-                reason = hostpaths.problem(dm.loader, prefixes,
-                                           hostpaths.Expect.FILE)
+                reason = disks.path_problem(dm.loader, self.settings,
+                                            self.scope,
+                                            hostpaths.Expect.FILE, False)
             if reason:
                 found.append(_path_refusal('<loader>%s' % dm.loader, reason))
         for tag in ('on_poweroff', 'on_reboot', 'on_crash'):
@@ -227,85 +234,8 @@ class Checker:
 
     # -- devices ----------------------------------------------------------
     def _disks(self, dm: model_mod.DomainModel) -> typing.List[Refusal]:
-        found = []
-        hvm = dm.kind.has_dom0_device_model
-        qdisk_ok = (not hvm and self.settings.pv_dom0_qemu
-                    == constants.PV_DOM0_QEMU_ALLOW)
-        for disk in dm.disks:
-            subject = disk.describe()
-            if disk.source_type not in ('file', 'block'):
-                found.append(_refusal(
-                    subject, 'only file and block disks are known to be '
-                    'safe; a %r disk is served by a QEMU qdisk backend or '
-                    'opens what the host names' % disk.source_type,
-                    'use <disk type="block"> with <driver name="phy"/>'))
-                continue
-            if disk.device not in ('disk', 'cdrom'):
-                found.append(_refusal(
-                    subject, 'only disk and cdrom devices are known to be '
-                    'safe', 'use device="disk"'))
-                continue
-            if disk.backend is model_mod.Backend.QDISK and not qdisk_ok:
-                found.append(_refusal(
-                    'qdisk backend %s (driver %r, format %r)' % (
-                        subject, disk.driver, disk.format),
-                    'libvirt gives this disk a QEMU-served (qdisk) backend, '
-                    'which does not work with a restricted device model and '
-                    'runs as root for PV guests',
-                    'use a raw image or block device with <driver '
-                    'name="phy"/>, or omit the driver element'))
-                continue
-            if disk.backend is model_mod.Backend.TAP:
-                found.append(_refusal(
-                    'blktap backend %s' % subject,
-                    'a tap/tap2 driver asks libxl for blktap, which this '
-                    'product does not support', 'use <driver name="phy"/>'))
-                continue
-            if disk.format not in (None, 'raw') and not (
-                    qdisk_ok and disk.backend is model_mod.Backend.QDISK):
-                found.append(_refusal(
-                    '%s format %r' % (subject, disk.format),
-                    'libxl serves disks without qdisk as raw only',
-                    'convert the image to raw'))
-            if disk.device == 'cdrom' and hvm and disk.driver is not None:
-                found.append(_refusal(
-                    '%s driver %r' % (subject, disk.driver),
-                    'libxl gives every CD-ROM of an HVM guest the backend '
-                    'it chooses itself', 'omit the <driver> element'))
-            if disk.target is None or not _VDEV_RE.match(disk.target):
-                found.append(_refusal(
-                    '%s target dev' % subject,
-                    'libxl derives the emulated disk from the target name; '
-                    'it must be hdX, sdX or xvdX', 'use e.g. <target '
-                    'dev="hda"/>'))
-            if disk.stray_source is not None:
-                found.append(_refusal(
-                    '%s <source %s=...>' % (subject, disk.stray_source),
-                    'libvirt ignores it for a %s disk, so it does not say '
-                    'what the guest gets' % disk.source_type,
-                    'give only the %s attribute' % (
-                        'file' if disk.source_type == 'file' else 'dev')))
-            if disk.path is None:
-                if disk.device == 'cdrom':
-                    found.append(_refusal(
-                        'empty CD-ROM drive %s' % subject,
-                        'media cannot be inserted into a CD-ROM drive of a '
-                        'restricted device model once the guest runs, so '
-                        'an empty drive is useless',
-                        'give the drive its ISO at boot (<source file=...>) '
-                        'or remove it'))
-                else:
-                    found.append(_refusal(
-                        subject, 'it has no source', 'give it a source'))
-                continue
-            expect = (hostpaths.Expect.BLOCK if disk.source_type == 'block'
-                      else hostpaths.Expect.FILE)
-            reason = hostpaths.problem(
-                disk.path, self.settings.allowed_host_paths, expect)
-            if reason:
-                found.append(_path_refusal(
-                    '%s source %s' % (subject, disk.path), reason))
-        return found
+        # How each disk is served, and the storage rules: core.disks.
+        return disks.problems(dm, self.settings, self.scope)
 
     def _chardevs(self, dm: model_mod.DomainModel) -> typing.List[Refusal]:
         found = []
@@ -328,8 +258,8 @@ class Checker:
             expect = CHARDEV_PATHS[dev.type]
             if expect is None:
                 continue
-            reason = hostpaths.problem(
-                dev.path, self.settings.allowed_host_paths, expect)
+            reason = disks.path_problem(dev.path, self.settings,
+                                        self.scope, expect, True)
             if reason:
                 found.append(_path_refusal(
                     '%s source %s' % (dev.describe(), dev.path), reason))
@@ -559,18 +489,19 @@ def raise_all(problems: typing.Sequence[Refusal]) -> None:
 
 def check_domain(dom: domain_mod.Domain, foreign_args: typing.Sequence[str],
                  settings: settings_mod.Settings,
-                 facts: typing.Optional[nics_mod.NetworkFacts] = None
-                 ) -> None:
+                 facts: typing.Optional[nics_mod.NetworkFacts] = None,
+                 scope: typing.Optional[pathscope.Scope] = None) -> None:
     """Refuse every part of ``dom`` not known to be safe.
 
     :param dom: the parsed domain.
     :param foreign_args: ``<xen:commandline>`` values not set by us.
     :param settings: the ``[dm_restrict]`` settings.
     :param facts: the host's interfaces and libvirt's networks, if known.
+    :param scope: the tenant and instance the domain is for.
     :raises FeatureRefused: naming every refused part, the reasons and the
         remedies.
     """
-    Checker(settings, facts).check(dom, foreign_args)
+    Checker(settings, facts, scope).check(dom, foreign_args)
 
 
 def pv_dom0_qemu_reasons(dom: domain_mod.Domain) -> typing.List[str]:

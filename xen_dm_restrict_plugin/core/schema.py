@@ -2,15 +2,17 @@
 
 libvirt's libxl driver turns many elements into things libxl or QEMU do
 on the host as root.  Rather than list what is dangerous, this module
-lists what is known: every element, in its place, with the attributes it
-may carry and whether it may hold text.  Anything else -- an unknown
-element or attribute, a namespaced attribute (libvirt's ``xmlGetProp``
-matches attributes by local name whatever their namespace), an element of
-a foreign namespace outside ``<metadata>``, text where libvirt would read
-none, a second copy of an element libvirt reads once -- is refused,
-naming it.  What the known parts mean (paths, backends, arguments) is
-checked by :mod:`xen_dm_restrict_plugin.core.policy` on the reading of
-:mod:`xen_dm_restrict_plugin.core.model`.
+lists what is known (the accepted rows of
+:mod:`xen_dm_restrict_plugin.core.vocabulary`): every element, in its
+place, with the attributes it may carry and whether it may hold text.
+Anything else -- an unknown element or attribute, a namespaced attribute
+(libvirt's ``xmlGetProp`` matches attributes by local name whatever their
+namespace), an element of a foreign namespace outside ``<metadata>``,
+text where libvirt would read none, a second copy of an element libvirt
+reads once -- is refused, naming it (with the vocabulary's reason when a
+row refuses it by name).  What the known parts mean (paths, backends,
+arguments) is checked by :mod:`xen_dm_restrict_plugin.core.policy` on the
+reading of :mod:`xen_dm_restrict_plugin.core.model`.
 """
 
 import dataclasses
@@ -19,6 +21,7 @@ import typing
 from lxml import etree
 
 from xen_dm_restrict_plugin.core import domain as domain_mod
+from xen_dm_restrict_plugin.core import vocabulary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,87 +45,26 @@ class Node:
     opaque: bool = False
 
 
-def _n(attrs: str = '', text: bool = False, many: bool = False,
-       opaque: bool = False, **children: Node) -> Node:
-    return Node(frozenset(attrs.split()), dict(children), text, many,
-                opaque)
+def _tree(rows: typing.Sequence[vocabulary.Row]) -> Node:
+    """The known vocabulary as a tree, built from the accepted rows of
+    :mod:`xen_dm_restrict_plugin.core.vocabulary`.
+    """
+    children: typing.Dict[str, typing.Dict[str, vocabulary.Row]] = {}
+    for item in rows:
+        parent = item.path.rpartition('/')[0] if item.path else None
+        if parent is not None:
+            children.setdefault(parent, {})[item.name] = item
+
+    def build(item: vocabulary.Row) -> Node:
+        return Node(item.attrs,
+                    {name: build(child) for name, child in
+                     children.get(item.path, {}).items()},
+                    item.text, item.many,
+                    item.path in ('metadata', 'description'))
+    return build(vocabulary.row(''))
 
 
-_ALIAS = _n('name')
-_ADDRESS = _n('type domain bus slot function multifunction controller '
-              'target unit port')
-_TIMER = _n('name present mode tickpolicy track frequency', many=True)
-_HYPERV_FLAG = _n('state retries value')
-
-CHARDEV_SOURCE = _n('path mode host service')
-_CHARDEV = dict(source=CHARDEV_SOURCE, alias=_ALIAS,
-                protocol=_n('type'))
-
-DOMAIN = _n(
-    'type id',
-    name=_n(text=True), uuid=_n(text=True), title=_n(text=True),
-    description=_n(text=True, opaque=True),
-    metadata=_n(opaque=True),
-    memory=_n('unit', text=True), currentMemory=_n('unit', text=True),
-    vcpu=_n('placement cpuset current', text=True),
-    cputune=_n(shares=_n(text=True)),
-    cpu=_n('mode match check',
-           model=_n('fallback', text=True), vendor=_n(text=True),
-           topology=_n('sockets dies clusters cores threads'),
-           feature=_n('name policy', many=True),
-           numa=_n(cell=_n('id cpus memory unit memAccess discard',
-                           many=True,
-                           distances=_n(sibling=_n('id value',
-                                                   many=True))))),
-    os=_n(type=_n('arch machine', text=True),
-          loader=_n('readonly type', text=True),
-          kernel=_n(text=True), initrd=_n(text=True),
-          cmdline=_n(text=True),
-          boot=_n('dev', many=True),
-          acpi=_n(table=_n('type', text=True, many=True))),
-    bootloader=_n(text=True),
-    bootloader_args=_n(text=True),
-    features=_n(acpi=_n(), apic=_n(), pae=_n(), hap=_n('state'),
-                viridian=_n(),
-                hyperv=_n('mode', **{name: _HYPERV_FLAG for name in (
-                    'relaxed', 'vapic', 'spinlocks', 'vpindex', 'runtime',
-                    'synic', 'stimer', 'reset', 'vendor_id', 'frequencies',
-                    'reenlightenment', 'tlbflush', 'ipi', 'evmcs')})),
-    clock=_n('offset adjustment basis sync timezone', timer=_TIMER),
-    on_poweroff=_n(text=True), on_reboot=_n(text=True),
-    on_crash=_n(text=True),
-    devices=_n(
-        emulator=_n(text=True),
-        disk=_n('type device', many=True,
-                driver=_n('name type discard cache'),
-                source=_n('file dev'),
-                target=_n('dev bus'),
-                readonly=_n(), shareable=_n(), alias=_ALIAS,
-                address=_ADDRESS),
-        controller=_n('type index model maxGrantFrames maxEventChannels',
-                      many=True, alias=_ALIAS, address=_ADDRESS),
-        interface=_n('type managed', many=True,
-                     mac=_n('address'),
-                     source=_n('bridge network', address=_ADDRESS),
-                     model=_n('type'), script=_n('path'),
-                     ip=_n('address family prefix', many=True),
-                     target=_n('dev'), alias=_ALIAS, address=_ADDRESS,
-                     virtualport=_n('type', parameters=_n(
-                         'interfaceid profileid')),
-                     vlan=_n('trunk', tag=_n('id nativeMode', many=True))),
-        input=_n('type bus', many=True, alias=_ALIAS, address=_ADDRESS),
-        graphics=_n('type port autoport listen keymap passwd', many=True,
-                    listen=_n('type address')),
-        video=_n(many=True, model=_n('type vram heads primary'),
-                 alias=_ALIAS, address=_ADDRESS),
-        serial=_n('type', many=True,
-                  target=_n('type port', model=_n('name')), **_CHARDEV),
-        console=_n('type', many=True, target=_n('type port'), **_CHARDEV),
-        channel=_n('type', many=True, target=_n('type name'), **_CHARDEV),
-        sound=_n('model', many=True, alias=_ALIAS, address=_ADDRESS),
-        memballoon=_n('model', alias=_ALIAS, address=_ADDRESS),
-    ),
-)
+DOMAIN = _tree(vocabulary.accepted())
 
 #: Elements this product refuses by name, with a reason and remedy more
 #: useful than "unknown" (matched by element name under ``<devices>``).
@@ -165,6 +107,13 @@ def _where(node: etree._Element) -> str:
             node.tag, str) else '?')
         node = node.getparent()
     return '/'.join(reversed(path))
+
+
+def _path(node: etree._Element) -> str:
+    """The path of ``node`` under ``<domain>``, as the vocabulary writes
+    it (``devices/disk/driver``).
+    """
+    return _where(node).partition('/')[2]
 
 
 def _check(node: etree._Element, spec: Node,
@@ -215,6 +164,11 @@ def _check(node: etree._Element, spec: Node,
         name = qname.localname
         child_spec = spec.children.get(name)
         if child_spec is None:
+            named = vocabulary.row(_path(child))
+            if named is not None and named.reason:
+                found.append(Unknown('<%s> under <%s>' % (name, where),
+                                     named.reason, named.remedy))
+                continue
             reason, remedy = KNOWN_REFUSED.get(name, (
                 'this element is not known to be safe under dm_restrict '
                 '(libvirt\'s libxl driver may hand it to libxl or QEMU, '

@@ -71,6 +71,10 @@ class Settings:
     max_devices: typing.Mapping[str, int] = dataclasses.field(
         default_factory=lambda: dict(constants.MAX_DEVICES))
     max_devices_other: int = 4
+    writable_shared_host_paths: typing.Tuple[str, ...] = ()
+    storage_daemon: str = constants.STORAGE_DAEMON_OFF
+    storage_dir: str = '/run/xen-dm-restrict/storage'
+    storage_daemon_binary: str = '/usr/bin/qemu-storage-daemon'
 
     def all_ranges(self) -> typing.List[ranges.UidRange]:
         found = list(self.tenant_ranges.values())

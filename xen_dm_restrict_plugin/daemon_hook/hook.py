@@ -50,6 +50,7 @@ from xen_dm_restrict_plugin import conf as conf_mod
 from xen_dm_restrict_plugin.console import relay
 from xen_dm_restrict_plugin.core import dm_argv
 from xen_dm_restrict_plugin.core import domain as domain_mod
+from xen_dm_restrict_plugin.core import pathscope
 from xen_dm_restrict_plugin.core import policy
 from xen_dm_restrict_plugin.core import restrict
 from xen_dm_restrict_plugin.daemon_hook import operations as hook_operations
@@ -59,6 +60,7 @@ from xen_dm_restrict_plugin.host import netfacts
 from xen_dm_restrict_plugin.host import reaper
 from xen_dm_restrict_plugin.launcher import chroot
 from xen_dm_restrict_plugin.leases import store as leases
+from xen_dm_restrict_plugin.storage import service as storage_service
 
 LOG = logging.getLogger(__name__)
 
@@ -185,7 +187,9 @@ class LibxlHook:
                          'as its value)')
         try:
             policy.check_domain(dom, args[len(record.args):], self.settings,
-                                self.network_facts())
+                                self.network_facts(),
+                                scope=pathscope.Scope(record.tenant,
+                                                      dom.uuid or ''))
         except exception.FeatureRefused as err:
             raise refuse(str(err), err.remedy) from None
         parsed = dm_argv.parse_argv(args)
@@ -253,8 +257,13 @@ class LibxlHook:
         relay.stop(self.settings, record.uid, _describe(name, dom, record))
         chroot.prepare(self.settings, record.uid)
         self.reaper.reap(record.uid, _describe(name, dom, record))
-        LOG.info('start of %s allowed: restricted, chroot ready, uid reaped',
-                 _describe(name, dom, record))
+        # After the reap: the storage daemons run as the domain's uid.
+        served = storage_service.start(self.settings, dom, record.tenant,
+                                       record.uid, record.gid)
+        LOG.info('start of %s allowed: restricted, chroot ready, uid '
+                 'reaped%s', _describe(name, dom, record),
+                 ', %d disk(s) served by storage daemons' % len(served)
+                 if served else '')
 
     def relays_console(self) -> bool:
         """Whether restricted VNC consoles are relayed from dom0."""
@@ -287,6 +296,7 @@ class LibxlHook:
         """``stopped end`` / ``release end``: reap the domain's uid."""
         if record is None:
             return
+        storage_service.stop(self.settings, dom.uuid)
         lease = None
         store = self._store() if dom.uuid is not None else None
         if store is not None:

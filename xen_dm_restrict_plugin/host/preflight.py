@@ -22,6 +22,7 @@ import time
 import typing
 
 from xen_dm_restrict_plugin import conf as conf_mod
+from xen_dm_restrict_plugin.core import constants
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin.host import capabilities
 from xen_dm_restrict_plugin.host import reaper
@@ -415,8 +416,10 @@ def check_host_paths(settings: conf_mod.Settings) -> Check:
                      'a disk, CD-ROM, kernel or initrd is refused; set '
                      '[dm_restrict] allowed_host_paths to the directories '
                      'of your images (e.g. /var/lib/nova/instances)')
+    # An entry with {tenant} or {instance}: its fixed leading directories.
     missing = [path for path in settings.allowed_host_paths
-               if not os.path.isdir(path)]
+               if not os.path.isdir(path.split('{', 1)[0].rsplit('/', 1)[0]
+                                    if '{' in path else path)]
     if missing:
         return Check('allowed host paths', WARN, 'not directories here: %s'
                      % ', '.join(missing))
@@ -465,6 +468,37 @@ def check_names(unknown: typing.Sequence[str]) -> Check:
                  'xen-dm-restrict is known')
 
 
+def check_storage(settings: conf_mod.Settings) -> typing.List[Check]:
+    """What the storage daemon of qcow2 disks needs (storage_daemon =
+    enabled): its binary, nbd-client, the kernel's nbd devices, and a
+    storage_dir short enough for a unix socket path.
+    """
+    name = 'storage daemon'
+    if settings.storage_daemon != constants.STORAGE_DAEMON_ON:
+        return [Check(name, SKIP, 'storage_daemon = disabled (qcow2 disks '
+                      'are refused)')]
+    checks = []
+    binary = settings.storage_daemon_binary
+    checks.append(Check(name, OK, binary) if os.access(binary, os.X_OK)
+                  else Check(name, FAIL, '%s is missing: apt-get install '
+                             'qemu-system-common' % binary))
+    client = shutil.which('nbd-client')
+    checks.append(Check('nbd-client', OK, client) if client else Check(
+        'nbd-client', FAIL, 'missing: apt-get install nbd-client'))
+    checks.append(Check('nbd module', OK, '/sys/block/nbd0 exists')
+                  if os.path.exists('/sys/block/nbd0') else Check(
+                      'nbd module', FAIL, 'the kernel has no nbd devices: '
+                      'modprobe nbd (and list it in /etc/modules)',
+                      needs_xen=True))
+    longest = os.path.join(settings.storage_dir, 'x' * 36, 'xvdzz.d', 'sock',
+                           'nbd.sock')
+    checks.append(Check('storage directory', OK, settings.storage_dir)
+                  if len(longest) < 108 else Check(
+                      'storage directory', FAIL, '%s is too long for the '
+                      'daemons\' unix socket paths' % settings.storage_dir))
+    return checks
+
+
 def run(settings: conf_mod.Settings,
         hooks_dir: typing.Optional[str] = None,
         unknown_names: typing.Sequence[str] = ()) -> Report:
@@ -490,6 +524,7 @@ def run(settings: conf_mod.Settings,
                check_launcher(settings), check_launcher_speed(settings),
                check_test_mode(settings), check_host_paths(settings)]
     checks += check_isolation(settings)
+    checks += check_storage(settings)
     checks.append(check_hook(hooks_dir or DEFAULT_HOOKS_DIR))
     return Report(tuple(checks), xen_host)
 

@@ -50,14 +50,15 @@ DEFAULT_SOCKET = '/run/xen-dm-restrict/launcher.sock'
 #: Environment variable naming another socket (tests, the benchmark).
 SOCKET_ENV = 'XEN_DM_RESTRICT_LAUNCHER_SOCKET'
 #: Bumped whenever the snapshot's fields change.
-FORMAT = 2
+FORMAT = 3
 
 #: The settings the launcher reads, as stored (tuples become lists).
 FIELDS = ('qemu_binary', 'sandbox', 'launcher_test_mode', 'chroot_base_dir',
           'gid', 'allowed_qemu_options', 'allowed_host_paths',
           'allowed_chardev_types', 'launcher_seccomp', 'network_namespace',
           'cgroup_limits', 'cgroup_parent', 'device_model_max_processes',
-          'device_model_memory_mib', 'device_model_cpu_weight')
+          'device_model_memory_mib', 'device_model_cpu_weight',
+          'storage_dir')
 
 
 class LaunchSettings:

@@ -17,6 +17,8 @@ import typing
 from oslo_config import cfg
 
 from xen_dm_restrict_plugin import conf as conf_mod
+from xen_dm_restrict_plugin.core import disks
+from xen_dm_restrict_plugin.core import pathscope
 from xen_dm_restrict_plugin.core import policy
 from xen_dm_restrict_plugin.core import restrict
 from xen_dm_restrict_plugin import exception
@@ -129,9 +131,15 @@ class DmRestrictHook(hooks.DomainHook):
                 'define the domain with the instance uuid')
         record = restrict.read_record(dom)
         foreign = restrict.foreign_args(dom, record)
+        scope = pathscope.Scope(instance.tenant, instance.uuid)
+        if dom.uuid is None:
+            dom.set_uuid(instance.uuid)
+        for change in disks.render(dom, self.settings, scope):
+            LOG.info('instance %s of tenant %s: %s', instance.uuid,
+                     instance.tenant, change)
         # Checked again, strictly, by libvirtd's hook at prepare.
         policy.check_domain(dom, foreign, self.settings,
-                            netfacts.HostNetwork(self.settings))
+                            netfacts.HostNetwork(self.settings), scope=scope)
         if not dom.kind.has_dom0_device_model:
             return dom, foreign, None, None
         if record is not None and record.tenant != instance.tenant:

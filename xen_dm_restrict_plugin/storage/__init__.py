@@ -1,6 +1,7 @@
-"""Disk backends served to restricted guests without a root parser.
+"""Disks served beyond libxl: the deprivileged storage daemon (layer 3).
 
-Reserved for the deprivileged storage daemon (qcow2 and other image
-formats exported to the kernel backend), which runs per instance beside
-its device model.
+:mod:`.daemon` runs one ``qemu-storage-daemon`` per qcow2 disk as the
+instance's uid; :mod:`.nbd` joins it to the guest through the kernel's
+nbd device; :mod:`.service` is what the libvirt daemon hook calls at
+``prepare`` and ``stopped``.
 """

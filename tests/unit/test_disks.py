@@ -1,0 +1,424 @@
+"""Disks as clouds write them, and host paths scoped per instance.
+
+Real files with real headers; block devices are loop devices the test
+creates as root (skipped with the reason elsewhere), named through
+udev-style symlinks in a temporary directory.
+"""
+
+import contextlib
+import os
+import subprocess
+
+from lxml import etree
+import pytest
+
+from tests import base
+from xen_dm_restrict_plugin.core import blockdev
+from xen_dm_restrict_plugin.core import disks
+from xen_dm_restrict_plugin.core import domain
+from xen_dm_restrict_plugin.core import imageformat
+from xen_dm_restrict_plugin.core import pathscope
+from xen_dm_restrict_plugin.core import policy
+from xen_dm_restrict_plugin import exception
+from xen_dm_restrict_plugin.orchestrator import extension
+from xen_dm_restrict_plugin.orchestrator import hooks
+
+UUID_A = '0d6c3c52-7a41-4a53-9a11-5a0c1d6a0aa1'
+UUID_B = '7f1e9d40-1b2c-4d3e-8f4a-5b6c7d8e9fb2'
+
+#: Headers of the formats QEMU probes, as their first bytes.
+HEADERS = {
+    'qcow2': b'QFI\xfb\x00\x00\x00\x03' + b'\x00' * 96,
+    'qed': b'QED\x00' + b'\x00' * 60,
+    'vmdk': b'KDMV' + b'\x00' * 60,
+    'vpc': b'conectix' + b'\x00' * 56,
+    'vdi': b'<<< Oracle VM VirtualBox Disk Image >>>\n'.ljust(0x40, b'\x00')
+    + b'\x7f\x10\xda\xbe',
+    'vhdx': b'vhdxfile' + b'\x00' * 56,
+    'luks': b'LUKS\xba\xbe' + b'\x00' * 58,
+}
+
+
+def _write(path, data=b'', size=1 << 20):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'wb') as handle:
+        handle.write(data)
+        handle.truncate(max(size, len(data)))
+    return str(path)
+
+
+def _qcow2(path, backing=None, backing_fmt=None, size=1 << 20):
+    """A qcow2 image made by qemu-img (the real thing), or by hand when
+    qemu-img is missing.
+    """
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    cmd = ['qemu-img', 'create', '-q', '-f', 'qcow2']
+    if backing:
+        cmd += ['-u', '-b', backing, '-F', backing_fmt or 'raw']
+    cmd += [str(path), str(size)]
+    subprocess.run(cmd, check=True)
+    return str(path)
+
+
+def _domain(*devices, os_extra=''):
+    xml = base.fixture('hvm.xml')
+    root = etree.fromstring(xml.encode())
+    for disk in root.findall('devices/disk'):
+        disk.getparent().remove(disk)
+    for device in devices:
+        root.find('devices').append(etree.fromstring(device))
+    for element in os_extra and [os_extra] or []:
+        root.find('os').append(etree.fromstring(element))
+    return domain.parse(etree.tostring(root), 1 << 20)
+
+
+def _file_disk(path, driver="<driver name='qemu' type='raw' cache='none'/>",
+               target='xvda', device='disk', extra=''):
+    return ("<disk type='file' device='%s'>%s<source file='%s'/>"
+            "<target dev='%s' bus='xen'/>%s</disk>"
+            % (device, driver, path, target, extra))
+
+
+def _block_disk(path, target='xvdb'):
+    return ("<disk type='block' device='disk'><driver name='phy' type='raw' "
+            "cache='none' io='native'/><source dev='%s'/><target dev='%s' "
+            "bus='xen'/><serial>volume-1</serial></disk>" % (path, target))
+
+
+def _problems(settings, dom, scope=None):
+    """The refusals of ``dom`` once rendered, as the hook does."""
+    disks.render(dom, settings, scope)
+    return policy.Checker(settings, scope=scope).problems(dom, [])
+
+
+def _text(problems):
+    return ' | '.join('%s: %s' % (p.subject, p.reason) for p in problems)
+
+
+# -- formats ------------------------------------------------------------------
+@pytest.mark.parametrize('fmt', sorted(HEADERS))
+def test_the_format_comes_from_the_header(tmp_path, fmt):
+    path = _write(tmp_path / 'disk', HEADERS[fmt])
+    assert imageformat.sniff(path) == fmt
+
+
+def test_an_iso_and_zeros_are_raw(tmp_path):
+    iso = _write(tmp_path / 'cd.iso', b'\x00' * 0x8001 + b'CD001')
+    assert imageformat.sniff(iso) == 'raw'
+    assert imageformat.sniff(_write(tmp_path / 'zero')) == 'raw'
+
+
+@pytest.fixture
+def settings(tmp_path):
+    images = str(tmp_path / 'images')
+    os.makedirs(images)
+    return base.make_settings(
+        tmp_path, allowed_host_paths=[images],
+        writable_shared_host_paths=[images])
+
+
+# -- raw files, whatever the driver -------------------------------------------
+@pytest.mark.parametrize('driver', [
+    "<driver name='qemu' type='raw' cache='none' io='native'/>",
+    "<driver name='file' type='raw'/>",
+    "<driver name='qemu'/>",
+    '',
+])
+def test_a_raw_file_is_served_by_the_kernel_backend(settings, tmp_path,
+                                                    driver):
+    path = _write(tmp_path / 'images' / 'disk')
+    dom = _domain(_file_disk(path, driver))
+    changed = disks.render(dom, settings, None)
+    node = dom.root.find('devices/disk/driver')
+    if driver and "'phy'" not in driver:
+        assert node.get('name') == 'phy' and changed
+    assert _problems(settings, dom) == []
+    base.assert_schema_valid(dom.to_string())
+
+
+@pytest.mark.parametrize('fmt', sorted(HEADERS))
+def test_a_file_declared_raw_with_another_header_is_refused(settings,
+                                                            tmp_path, fmt):
+    path = _write(tmp_path / 'images' / 'disk', HEADERS[fmt])
+    dom = _domain(_file_disk(path))
+    assert disks.render(dom, settings, None) == []
+    text = _text(_problems(settings, dom))
+    assert "declared raw but its header says %s" % fmt in text
+
+
+def test_a_qcow2_disk_without_the_storage_daemon_is_refused(
+        settings, tmp_path):
+    path = _qcow2(tmp_path / 'images' / 'disk.qcow2')
+    dom = _domain(_file_disk(path, "<driver name='qemu' type='qcow2'/>"))
+    assert disks.render(dom, settings, None) == []
+    text = _text(_problems(settings, dom))
+    assert 'storage_daemon is disabled' in text
+
+
+# -- CD-ROMs ------------------------------------------------------------------
+@pytest.mark.parametrize('driver', [
+    "<driver name='qemu' type='raw' cache='none'/>", "<driver name='qemu'/>",
+    '',
+])
+def test_a_config_drive_is_accepted_as_libxl_decides(settings, tmp_path,
+                                                     driver):
+    iso = _write(tmp_path / 'images' / 'disk.config', b'\x00' * 0x8001
+                 + b'CD001')
+    dom = _domain(_file_disk(iso, driver, 'hdd', 'cdrom', '<readonly/>'))
+    assert _problems(settings, dom) == []
+
+
+@pytest.mark.parametrize('driver,words', [
+    ("<driver name='qemu' type='qcow2'/>", "format 'qcow2'"),
+    ("<driver name='phy'/>", "driver 'phy'"),
+])
+def test_other_cdrom_drivers_are_refused(settings, tmp_path, driver, words):
+    iso = _write(tmp_path / 'images' / 'cd.iso')
+    dom = _domain(_file_disk(iso, driver, 'hdc', 'cdrom'))
+    assert words in _text(_problems(settings, dom))
+
+
+def test_a_cdrom_image_with_a_qcow2_header_is_refused(settings, tmp_path):
+    iso = _write(tmp_path / 'images' / 'cd.iso', HEADERS['qcow2'])
+    dom = _domain(_file_disk(iso, '', 'hdc', 'cdrom'))
+    assert 'header says qcow2' in _text(_problems(settings, dom))
+
+
+# -- colons, rbd --------------------------------------------------------------
+def test_a_colon_is_allowed_in_a_disk_path_only(settings, tmp_path):
+    path = _write(tmp_path / 'images' / 'ip-10.0.0.2:3260-lun-1')
+    assert _problems(settings, _domain(_file_disk(path))) == []
+    dom = _domain(os_extra='<kernel>%s</kernel>' % path)
+    assert 'letters, digits' in _text(_problems(settings, dom))
+
+
+def test_rbd_is_refused_with_the_kernel_mapping_as_remedy(settings):
+    dom = _domain(
+        "<disk type='network' device='disk'><driver name='qemu' type='raw'/>"
+        "<source protocol='rbd' name='vms/disk'><host name='10.0.0.1' "
+        "port='6789'/></source><target dev='xvda' bus='xen'/></disk>")
+    problems = _problems(settings, dom)
+    rbd = [p for p in problems if p.subject.startswith('rbd disk')]
+    assert rbd and 'cephx key' in rbd[0].reason
+    assert 'rbd map' in rbd[0].remedy
+
+
+# -- block devices by identity ------------------------------------------------
+@contextlib.contextmanager
+def loop_device(tmp_path, data=b''):
+    if os.geteuid() != 0:
+        pytest.skip('creating a loop device needs root')
+    backing = _write(tmp_path / 'loop-backing', data, 4 << 20)
+    try:
+        dev = subprocess.run(['losetup', '--find', '--show', backing],
+                             check=True, capture_output=True,
+                             text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as err:
+        pytest.skip('no loop device here: %s' % err)
+    try:
+        yield dev
+    finally:
+        subprocess.run(['losetup', '-d', dev], check=False)
+
+
+def test_a_lun_through_an_allowed_by_path_directory(tmp_path):
+    with loop_device(tmp_path) as dev:
+        by_path = tmp_path / 'disk' / 'by-path'
+        by_path.mkdir(parents=True)
+        link = by_path / ('ip-10.0.0.2:3260-iscsi-iqn.2010-10.org.openstack:'
+                          'volume-1-lun-1')
+        link.symlink_to(dev)
+        other = tmp_path / 'elsewhere'
+        other.mkdir()
+        (other / 'lun').symlink_to(dev)
+        settings = base.make_settings(
+            tmp_path, allowed_host_paths=[str(by_path)],
+            writable_shared_host_paths=[str(by_path)])
+        assert _problems(settings, _domain(_block_disk(str(link)))) == []
+        text = _text(_problems(settings, _domain(_block_disk(
+            str(other / 'lun')))))
+        assert 'not under' in text
+
+
+def test_a_device_dom0_uses_is_refused(tmp_path):
+    with loop_device(tmp_path) as dev:
+        major, minor = blockdev._devnum(dev)
+        proc = tmp_path / 'proc'
+        (proc / 'self').mkdir(parents=True)
+        (proc / 'self' / 'mountinfo').write_text(
+            '29 1 %d:%d / /srv rw - ext4 %s rw\n' % (major, minor, dev))
+        (proc / 'swaps').write_text('Filename Type Size Used Priority\n')
+        assert 'mounted in dom0' in blockdev.dom0_use(dev, str(proc))
+        (proc / 'self' / 'mountinfo').write_text('')
+        (proc / 'swaps').write_text(
+            'Filename Type Size Used Priority\n%s partition 4092 0 -2\n'
+            % dev)
+        assert 'swap' in blockdev.dom0_use(dev, str(proc))
+        (proc / 'swaps').write_text('Filename Type Size Used Priority\n')
+        sys_root = tmp_path / 'sys'
+        holders = sys_root / 'dev' / 'block' / ('%d:%d' % (major, minor)) \
+            / 'holders'
+        holders.mkdir(parents=True)
+        assert blockdev.dom0_use(dev, str(proc), str(sys_root)) is None
+        (holders / 'dm-3').mkdir()
+        assert 'held by dm-3' in blockdev.dom0_use(dev, str(proc),
+                                                   str(sys_root))
+        # The real /proc and /sys: a fresh loop device is nobody's.
+        assert blockdev.dom0_use(dev) is None
+
+
+def test_an_lvm_name_must_reach_that_volume(tmp_path):
+    with loop_device(tmp_path) as dev:
+        major, minor = blockdev._devnum(dev)
+        dm = tmp_path / 'sys' / 'dev' / 'block' / ('%d:%d' % (major, minor)) \
+            / 'dm'
+        dm.mkdir(parents=True)
+        (dm / 'name').write_text('nova--vg-inst_disk\n')
+        sys_root = str(tmp_path / 'sys')
+        assert blockdev.identity_problem('/dev/nova-vg/inst_disk', dev,
+                                         sys_root) is None
+        assert 'not the device-mapper device' in blockdev.identity_problem(
+            '/dev/nova-vg/other_disk', dev, sys_root)
+        assert blockdev.identity_problem('/dev/disk/by-id/x', dev,
+                                         sys_root) is None
+
+
+# -- scoped paths -------------------------------------------------------------
+@pytest.fixture
+def scoped(tmp_path):
+    instances = tmp_path / 'instances'
+    base_dir = instances / '_base'
+    settings = base.make_settings(
+        tmp_path, allowed_host_paths=[str(instances / '{instance}'),
+                                      str(base_dir),
+                                      str(tmp_path / 'tenants' / '{tenant}')])
+    return settings, instances, base_dir
+
+
+def test_an_instance_may_use_its_own_disk_and_not_anothers(scoped):
+    settings, instances, _ = scoped
+    own = _write(instances / UUID_A / 'disk')
+    other = _write(instances / UUID_B / 'disk')
+    scope = pathscope.Scope('acme', UUID_A)
+    assert _problems(settings, _domain(_file_disk(own)), scope) == []
+    text = _text(_problems(settings, _domain(_file_disk(other)), scope))
+    assert 'not under' in text and UUID_B in text
+
+
+def test_a_tenant_may_use_its_own_files_and_not_anothers(scoped, tmp_path):
+    settings, _, _ = scoped
+    own = _write(tmp_path / 'tenants' / 'acme' / 'vmlinuz')
+    other = _write(tmp_path / 'tenants' / 'globex' / 'vmlinuz')
+    scope = pathscope.Scope('acme', UUID_A)
+    assert _problems(settings, _domain(os_extra='<kernel>%s</kernel>' % own),
+                     scope) == []
+    assert 'not under' in _text(_problems(settings, _domain(
+        os_extra='<kernel>%s</kernel>' % other), scope))
+
+
+def test_a_shared_entry_is_read_only(scoped):
+    settings, _, base_dir = scoped
+    image = _write(base_dir / 'image')
+    scope = pathscope.Scope('acme', UUID_A)
+    text = _text(_problems(settings, _domain(_file_disk(image)), scope))
+    assert 'may only read' in text
+    assert _problems(settings, _domain(_file_disk(
+        image, extra='<readonly/>')), scope) == []
+    assert _problems(settings, _domain(
+        os_extra='<kernel>%s</kernel>' % image), scope) == []
+
+
+def test_writable_shared_paths_must_be_shared_entries(tmp_path):
+    with pytest.raises(exception.ConfigError):
+        base.make_settings(tmp_path, allowed_host_paths=['/srv/a'],
+                           writable_shared_host_paths=['/srv/b'])
+    with pytest.raises(exception.ConfigError):
+        base.make_settings(
+            tmp_path, allowed_host_paths=['/srv/{instance}'],
+            writable_shared_host_paths=['/srv/{instance}'])
+    with pytest.raises(exception.ConfigError):
+        base.make_settings(tmp_path, allowed_host_paths=['/srv/{user}'])
+
+
+def test_without_a_scope_a_placeholder_stands_for_one_component(scoped):
+    settings, instances, _ = scoped
+    other = _write(instances / UUID_B / 'disk')
+    assert _problems(settings, _domain(_file_disk(other))) == []
+
+
+def test_the_hook_renders_and_scopes(scoped, tmp_path):
+    settings, instances, _ = scoped
+    own = _write(instances / UUID_A / 'disk')
+    other = _write(instances / UUID_B / 'disk')
+    hook = extension.DmRestrictHook(None, settings)
+    try:
+        xml = base.edit(_domain(_file_disk(own)).to_string(),
+                        lambda root: root.find('uuid').set('x', 'y') or
+                        root.remove(root.find('uuid')))
+        out = hook.prepare(xml, hooks.Instance(UUID_A, 'acme'))
+        assert "name=\"phy\"" in out or "name='phy'" in out
+        xml = base.edit(_domain(_file_disk(other)).to_string(),
+                        lambda root: root.remove(root.find('uuid')))
+        with pytest.raises(exception.FeatureRefused) as err:
+            hook.prepare(xml, hooks.Instance(UUID_A, 'acme'))
+        assert UUID_B in str(err.value)
+    finally:
+        hook.close()
+
+
+# -- qcow2 through the storage daemon -----------------------------------------
+def _qcow2_settings(tmp_path, **extra):
+    instances = tmp_path / 'instances'
+    return base.make_settings(
+        tmp_path, allowed_host_paths=[str(instances / '{instance}'),
+                                      str(instances / '_base')],
+        storage_daemon='enabled', storage_dir=str(tmp_path / 'storage'),
+        **extra)
+
+
+def _nova_qcow2(tmp_path, backing=None):
+    base_file = _write(tmp_path / 'instances' / '_base' / 'abc')
+    return _qcow2(tmp_path / 'instances' / UUID_A / 'disk',
+                  backing or base_file, 'raw')
+
+
+def test_a_qcow2_overlay_renders_to_the_instances_stable_path(tmp_path):
+    settings = _qcow2_settings(tmp_path)
+    overlay = _nova_qcow2(tmp_path)
+    xml = _domain(_file_disk(overlay, "<driver name='qemu' type='qcow2' "
+                             "cache='none'/>")).to_string()
+    xml = base.edit(xml, lambda root: root.remove(root.find('uuid')))
+    hook = extension.DmRestrictHook(None, settings)
+    try:
+        out = hook.prepare(xml, hooks.Instance(UUID_A, 'acme'))
+        again = hook.prepare(out, hooks.Instance(UUID_A, 'acme'))
+    finally:
+        hook.close()
+    assert again == out
+    dom = domain.parse(out, 1 << 20)
+    disk = dom.root.find('devices/disk')
+    assert disk.get('type') == 'block'
+    assert disk.find('driver').get('name') == 'phy'
+    assert disk.find('source').get('dev') == disks.stable_path(
+        settings.storage_dir, UUID_A, 'xvda')
+    assert disks.daemon_disks(dom) == [
+        disks.DaemonDisk('xvda', overlay, 'qcow2')]
+    base.assert_schema_valid(out)
+    policy.check_domain(dom, [], settings,
+                        scope=pathscope.Scope('acme', UUID_A))
+
+
+def test_a_qcow2_whose_backing_file_points_outside_is_refused(tmp_path):
+    settings = _qcow2_settings(tmp_path)
+    overlay = _nova_qcow2(tmp_path, backing='/etc/shadow')
+    xml = base.edit(_domain(_file_disk(
+        overlay, "<driver name='qemu' type='qcow2'/>")).to_string(),
+        lambda root: root.remove(root.find('uuid')))
+    hook = extension.DmRestrictHook(None, settings)
+    try:
+        with pytest.raises(exception.FeatureRefused) as err:
+            hook.prepare(xml, hooks.Instance(UUID_A, 'acme'))
+    finally:
+        hook.close()
+    assert '/etc/shadow' in str(err.value)
+    assert not os.path.exists(settings.lease_db) or not hook.store.list()

@@ -1,0 +1,415 @@
+"""A deprivileged qemu-storage-daemon serving one qcow2 disk of one guest.
+
+libxl would serve a qcow2 disk with a QEMU qdisk backend in dom0, which
+does not work under ``-xen-domid-restrict`` and, for PV guests, runs as
+root.  Instead each such disk gets a ``qemu-storage-daemon`` (Debian:
+``qemu-system-common``) of its own, started by the daemon hook at
+``prepare``:
+
+* as the instance's uid and gid (the device model's lease: never root,
+  never another instance's), with no supplementary groups;
+* in a mount namespace of its own whose root is an empty tmpfs holding
+  only the program and the libraries it links, the files of the image's
+  backing chain (bind-mounted at their own paths, backing files
+  read-only) and the directory of its socket; nothing else of dom0's
+  file system is reachable;
+* in a cgroup of the instance (``CGROUP_PARENT/storage/dm-UID``) with the
+  device model's limits, and under the launcher's seccomp filter;
+* handed the whole chain explicitly, one ``--blockdev`` per file in JSON
+  with ``backing`` set (``null`` at the bottom), so that it never opens a
+  file by a name found in an image; the chain was checked by root reading
+  only the fixed qcow2 headers
+  (:func:`xen_dm_restrict_plugin.core.disks.chain_for`);
+* exporting the top node over NBD on a unix socket in
+  ``STORAGE_DIR/UUID/TARGET.d/sock``.
+
+The kernel's nbd device is connected to that socket
+(:mod:`xen_dm_restrict_plugin.storage.nbd`) and the guest gets it as a
+``phy`` disk at the domain's stable path.  Ownership of the top image is
+handled as libvirt's DAC driver does on KVM: given to the instance's uid
+while the daemon runs, restored when it stops (the original owner and
+mode are kept in ``state.json``); backing files are opened read-only and
+must be readable by the instance's uid (Nova's ``_base`` files are
+0644).  The daemon dies with the domain: the reaper kills every process
+of the uid at ``stopped``, and :func:`stop` removes what is left.
+"""
+
+import ctypes
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import time
+import typing
+
+from xen_dm_restrict_plugin.core import imageformat
+from xen_dm_restrict_plugin.launcher import cgroup
+from xen_dm_restrict_plugin.launcher import seccomp
+
+LOG = logging.getLogger(__name__)
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+
+EXPORT = 'disk'
+STATE = 'state.json'
+#: How long the daemon has to open the chain and listen.
+START_TIMEOUT = 10.0
+
+
+class StorageError(Exception):
+    """The storage daemon could not be started or stopped."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Served:
+    """One running daemon, as recorded in its ``state.json``."""
+
+    instance: str
+    target: str
+    uid: int
+    gid: int
+    pid: int
+    socket: str
+    image: str
+    owner: typing.Tuple[int, int, int]
+    device: typing.Optional[str] = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def disk_dir(storage_dir: str, instance: str, target: str) -> str:
+    """The run directory of one daemon-served disk."""
+    return os.path.join(storage_dir, instance, target + '.d')
+
+
+def blockdevs(chain: typing.Sequence[imageformat.Layer],
+              top_writable: bool = True) -> typing.List[dict]:
+    """The ``--blockdev`` options for ``chain`` (top first), bottom up.
+
+    Every layer is named explicitly: a qcow2 node gets ``backing`` set to
+    the node below it (``None`` at the bottom), so QEMU never opens a
+    backing file by the name in the image.
+    """
+    out = []
+    below: typing.Optional[str] = None
+    for index in reversed(range(len(chain))):
+        layer = chain[index]
+        read_only = index != 0 or not top_writable
+        out.append({'driver': 'file', 'node-name': 'file%d' % index,
+                    'filename': layer.path, 'read-only': read_only})
+        fmt = {'driver': layer.format, 'node-name': 'fmt%d' % index,
+               'file': 'file%d' % index, 'read-only': read_only}
+        if layer.format == imageformat.QCOW2:
+            fmt['backing'] = below
+        out.append(fmt)
+        below = 'fmt%d' % index
+    return out
+
+
+def argv(binary: str, chain: typing.Sequence[imageformat.Layer],
+         socket: str, top_writable: bool = True) -> typing.List[str]:
+    """The daemon's command line."""
+    args = [binary]
+    for node in blockdevs(chain, top_writable):
+        args += ['--blockdev', json.dumps(node, sort_keys=True)]
+    args += ['--nbd-server', 'addr.type=unix,addr.path=%s' % socket,
+             '--export', 'type=nbd,id=export0,node-name=fmt0,name=%s,'
+             'writable=%s' % (EXPORT, 'on' if top_writable else 'off')]
+    return args
+
+
+def libraries(binary: str) -> typing.List[str]:
+    """The program and the shared objects it links, resolved (ldd)."""
+    out = subprocess.run(['ldd', binary], check=True, capture_output=True,
+                         text=True, timeout=10).stdout
+    found = [os.path.realpath(binary)]
+    for line in out.splitlines():
+        for word in line.split():
+            if word.startswith('/') and os.path.exists(word):
+                found.append(word)
+                found.append(os.path.realpath(word))
+    return sorted(set(found))
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _call(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, '%s: %s' % (what, os.strerror(err)))
+
+
+def _mount(source: typing.Optional[str], target: str,
+           fstype: typing.Optional[str], flags: int,
+           data: typing.Optional[str] = None) -> None:
+    libc = _libc()
+    _call(libc.mount(source and source.encode(), target.encode(),
+                     fstype and fstype.encode(), ctypes.c_ulong(flags),
+                     data and data.encode()), 'mount %s' % target)
+
+
+def _bind(root: str, path: str, read_only: bool) -> None:
+    inside = root + path
+    os.makedirs(os.path.dirname(inside), mode=0o755, exist_ok=True)
+    if os.path.isdir(path):
+        os.makedirs(inside, mode=0o755, exist_ok=True)
+    elif not os.path.exists(inside):
+        os.close(os.open(inside, os.O_CREAT | os.O_WRONLY, 0o600))
+    _mount(path, inside, None, MS_BIND)
+    if read_only:
+        _mount(None, inside, None,
+               MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _child(settings, served_uid: int, gid: int, root: str,
+           files: typing.Sequence[typing.Tuple[str, bool]], sock_dir: str,
+           args: typing.Sequence[str], log_fd: int) -> None:
+    """In the forked child: namespace, root, cgroup, identity, filter,
+    exec.  Never returns.
+    """
+    try:
+        os.setsid()
+        libc = _libc()
+        _call(libc.unshare(ctypes.c_int(CLONE_NEWNS | CLONE_NEWIPC)),
+              'unshare')
+        _mount(None, '/', None, MS_REC | MS_PRIVATE)
+        _mount('tmpfs', root, 'tmpfs', MS_NOSUID | MS_NODEV,
+               'mode=0755,size=1m')
+        for path, read_only in files:
+            _bind(root, path, read_only)
+        _bind(root, sock_dir, False)
+        _bind(root, '/dev/null', False)
+        _mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID
+               | MS_NODEV)
+        if settings.cgroup_limits == 'required':
+            cgroup.enter(settings.cgroup_parent + '/storage', served_uid,
+                         cgroup.Limits(
+                             pids_max=settings.device_model_max_processes,
+                             memory_max_bytes=settings.device_model_memory_mib
+                             << 20,
+                             cpu_weight=settings.device_model_cpu_weight))
+        if settings.launcher_seccomp:
+            # Loaded while the library is still reachable; the filter is
+            # installed once the uid is dropped (it kills setresuid).
+            ctypes.CDLL(seccomp.LIBRARY, use_errno=True)
+        os.chroot(root)
+        os.chdir('/')
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        null = os.open('/dev/null', os.O_RDONLY)
+        os.dup2(null, 0)
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(served_uid, served_uid, served_uid)
+        if settings.launcher_seccomp:
+            seccomp.install(served_uid, gid)
+        os.execv(args[0], list(args))
+    except BaseException as err:  # noqa: B902 - report, then die
+        try:
+            os.write(2, ('storage daemon set-up failed: %s\n' % err).encode())
+        finally:
+            os._exit(127)
+
+
+def _readable_by(path: str, uid: int, gid: int) -> bool:
+    st = os.stat(path)
+    return bool(st.st_uid == uid and st.st_mode & stat.S_IRUSR
+                or st.st_gid == gid and st.st_mode & stat.S_IRGRP
+                or st.st_mode & stat.S_IROTH)
+
+
+def start(settings, instance: str, target: str, uid: int, gid: int,
+          chain: typing.Sequence[imageformat.Layer]) -> Served:
+    """Start the daemon for one disk; return once it listens.
+
+    :raises StorageError: it could not be started (nothing is left).
+    """
+    if uid == 0 or gid == 0:
+        raise StorageError('the storage daemon never runs as root')
+    for layer in chain[1:]:
+        if not _readable_by(layer.path, uid, gid):
+            raise StorageError(
+                'backing file %s is not readable by uid %d (backing files '
+                'are opened read-only by the instance\'s uid; make them '
+                'world-readable, as Nova\'s _base files are)'
+                % (layer.path, uid))
+    directory = disk_dir(settings.storage_dir, instance, target)
+    if len(os.path.join(directory, 'sock', 'nbd.sock')) >= 108:
+        raise StorageError('the socket path under [dm_restrict] storage_dir '
+                           '%s is longer than a unix socket path may be; '
+                           'use a shorter storage_dir' % settings.storage_dir)
+    stop_disk(settings, directory)
+    os.makedirs(directory, mode=0o711)
+    sock_dir = os.path.join(directory, 'sock')
+    os.mkdir(sock_dir, 0o700)
+    os.chown(sock_dir, uid, gid)
+    root = os.path.join(directory, 'root')
+    os.mkdir(root, 0o755)
+    socket = os.path.join(sock_dir, 'nbd.sock')
+    top = chain[0].path
+    st = os.stat(top)
+    owner = (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
+    files = [(path, True) for path in libraries(
+        settings.storage_daemon_binary)]
+    files += [(layer.path, index != 0) for index, layer in enumerate(chain)]
+    args = argv(settings.storage_daemon_binary, chain, socket)
+    log_fd = os.open(os.path.join(directory, 'daemon.log'),
+                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                     0o600)
+    # As libvirt's DAC driver does: the image is the instance's while
+    # it runs.
+    os.chown(top, uid, gid)
+    os.chmod(top, 0o600)
+    pid = os.fork()
+    if pid == 0:
+        _child(settings, uid, gid, root, files, sock_dir, args, log_fd)
+    os.close(log_fd)
+    served = Served(instance, target, uid, gid, pid, socket, top, owner)
+    _write_state(directory, served)
+    deadline = time.monotonic() + START_TIMEOUT
+    while not os.path.exists(socket):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done or time.monotonic() > deadline:
+            log = _read_log(directory)
+            stop_disk(settings, directory)
+            raise StorageError('the storage daemon for %s of %s did not '
+                               'start: %s' % (target, instance, log))
+        time.sleep(0.01)
+    LOG.info('instance %s: storage daemon pid %d serves %s (%d layers) as '
+             'uid %d on %s', instance, pid, top, len(chain), uid, socket)
+    return served
+
+
+def _read_log(directory: str) -> str:
+    try:
+        with open(os.path.join(directory, 'daemon.log'), errors='replace'
+                  ) as handle:
+            return handle.read()[-2000:].strip() or 'no output'
+    except OSError:
+        return 'no log'
+
+
+def _write_state(directory: str, served: Served) -> None:
+    tmp = os.path.join(directory, STATE + '.tmp')
+    with open(tmp, 'w', encoding='utf-8') as handle:
+        json.dump(served.to_dict(), handle)
+    os.replace(tmp, os.path.join(directory, STATE))
+
+
+def read_state(directory: str) -> typing.Optional[Served]:
+    try:
+        with open(os.path.join(directory, STATE), encoding='utf-8') as handle:
+            data = json.load(handle)
+        data['owner'] = tuple(data['owner'])
+        return Served(**data)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def set_device(directory: str, device: str) -> None:
+    served = read_state(directory)
+    if served is not None:
+        _write_state(directory, dataclasses.replace(served, device=device))
+
+
+def _is_ours(pid: int, uid: int) -> bool:
+    try:
+        with open('/proc/%d/status' % pid) as handle:
+            for line in handle:
+                if line.startswith('Uid:'):
+                    return int(line.split()[1]) == uid
+    except OSError:
+        return False
+    return False
+
+
+def stop_disk(settings, directory: str) -> None:
+    """Stop one daemon (if it runs), give the image back, remove its
+    directory.
+    """
+    served = read_state(directory)
+    if served is not None:
+        if _is_ours(served.pid, served.uid):
+            try:
+                os.kill(served.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + 5
+            while _is_ours(served.pid, served.uid) and \
+                    time.monotonic() < deadline:
+                time.sleep(0.01)
+            if _is_ours(served.pid, served.uid):
+                os.kill(served.pid, signal.SIGKILL)
+        try:
+            os.waitpid(served.pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        _restore(served)
+        try:
+            cgroup.remove(settings.cgroup_parent + '/storage', served.uid)
+        except OSError as err:
+            LOG.warning('instance %s: storage cgroup of uid %d not removed: '
+                        '%s', served.instance, served.uid, err)
+    if os.path.isdir(directory):
+        root = os.path.join(directory, 'root')
+        if os.path.isdir(root) and os.listdir(root):
+            LOG.warning('storage root %s is not empty; leaving it', root)
+            return
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _restore(served: Served) -> None:
+    try:
+        st = os.stat(served.image)
+    except OSError:
+        return
+    if st.st_uid == served.uid:
+        uid, gid, mode = served.owner
+        os.chown(served.image, uid, gid)
+        os.chmod(served.image, mode)
+        LOG.info('instance %s: %s given back to %d:%d mode %o',
+                 served.instance, served.image, uid, gid, mode)
+
+
+def instance_dirs(storage_dir: str, instance: str) -> typing.List[str]:
+    base = os.path.join(storage_dir, instance)
+    try:
+        names = sorted(os.listdir(base))
+    except OSError:
+        return []
+    return [os.path.join(base, name) for name in names
+            if name.endswith('.d')]
+
+
+def running(storage_dir: str) -> typing.List[Served]:
+    """Every daemon recorded under ``storage_dir`` (for reconcile)."""
+    found = []
+    try:
+        instances = sorted(os.listdir(storage_dir))
+    except OSError:
+        return found
+    for instance in instances:
+        for directory in instance_dirs(storage_dir, instance):
+            served = read_state(directory)
+            if served is not None:
+                found.append(served)
+    return found
+
+
+def alive(served: Served) -> bool:
+    return _is_ours(served.pid, served.uid)
