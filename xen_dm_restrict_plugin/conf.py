@@ -410,6 +410,16 @@ dm_restrict_opts = [
     cfg.IntOpt(
         'max_devices_other', default=4, min=0,
         help='Most devices of a kind max_devices does not list.'),
+    cfg.IntOpt(
+        'max_event_channels', default=1023, min=1,
+        help='Most event channels a tenant domain may ask for '
+             '(<controller type="xenbus" maxEventChannels>; libxl\'s '
+             'default is 1023). Each is hypervisor memory.'),
+    cfg.IntOpt(
+        'max_grant_frames', default=64, min=1,
+        help='Most grant-table frames a tenant domain may ask for '
+             '(<controller type="xenbus" maxGrantFrames>). Each is '
+             'hypervisor memory.'),
     cfg.BoolOpt(
         'launcher_test_mode', default=False,
         help='For tests on machines without Xen only: the launcher also '
@@ -718,6 +728,8 @@ def load(conf: cfg.ConfigOpts, check_files: bool = True) -> Settings:
         allow_nested_hvm=group.allow_nested_hvm,
         max_devices=_device_limits(group.max_devices),
         max_devices_other=group.max_devices_other,
+        max_event_channels=group.max_event_channels,
+        max_grant_frames=group.max_grant_frames,
         writable_shared_host_paths=_writable_shared(
             group.writable_shared_host_paths, group.allowed_host_paths),
         storage_daemon=group.storage_daemon,

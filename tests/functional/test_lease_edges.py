@@ -60,8 +60,9 @@ def _conf_file(tmp_path, acme='200000-200099') -> str:
         'chroot_base_dir = %s\n'
         'reap_device_models = false\n'
         'allowed_host_paths = %s\n'
+        'writable_shared_host_paths = %s\n'
         % (acme, tmp_path / 'leases.sqlite', tmp_path / 'chroots',
-           base.images_dir()))
+           base.images_dir(), base.images_dir()))
     return str(path)
 
 

@@ -175,7 +175,9 @@ def _write_conf(tmp_path) -> str:
         'chroot_base_dir = %s\n'
         'reap_device_models = false\n'
         'allowed_host_paths = %s\n'
-        % (db(tmp_path), tmp_path / 'chroots', base.images_dir()))
+        'writable_shared_host_paths = %s\n'
+        % (db(tmp_path), tmp_path / 'chroots', base.images_dir(),
+           base.images_dir()))
     return str(path)
 
 
@@ -371,10 +373,11 @@ def _one_uid_conf_file(tmp_path) -> str:
         'chroot_base_dir = %s\n'
         'reap_device_models = false\n'
         'allowed_host_paths = %s\n'
+        'writable_shared_host_paths = %s\n'
         'allowed_bridges = xenbr0,br-ten1\n'
         'allowed_networks = default\n'
         % (ONE_UID['acme'], ONE_UID['globex'], db(tmp_path),
-           tmp_path / 'chroots', base.images_dir()))
+           tmp_path / 'chroots', base.images_dir(), base.images_dir()))
     return str(path)
 
 

@@ -25,6 +25,7 @@ def env(tmp_path):
     made.write_config(reap_device_models='true')
     yield made
     hostenv.kill_uid(made.first + 1, rounds=2)
+    hostenv.kill_uid(made.first + 300, rounds=2)
     made.remove_users()
 
 
@@ -76,3 +77,76 @@ def test_the_daemon_refuses_a_configuration_the_orchestrator_can_change(
         os.chown(env.config, 0, 0)
         victim.kill()
         victim.wait()
+
+
+def test_a_config_dir_the_orchestrator_owns_is_not_obeyed(env, tmp_path):
+    orch = env.first + 600
+    outside = env.first + 300   # in no range of the root-owned file
+    conf_d = tmp_path / 'orch.conf.d'
+    conf_d.mkdir()
+    (conf_d / 'evil.conf').write_text(
+        '[dm_restrict]\ntenant_uid_ranges = acme:%d-%d,globex:%d-%d,'
+        'evil:%d-%d\n' % (env.first, env.first + 99, env.first + 100,
+                          env.first + 199, outside, outside))
+    os.chown(conf_d, orch, orch)
+    os.chown(conf_d / 'evil.conf', orch, orch)
+    # tmp_path's parents must let the orchestrator's user in.
+    victim = subprocess.Popen(['sleep', '300'], user=outside, group=outside)
+    try:
+        proc = subprocess.run(
+            [sys.executable, os.path.join(os.path.dirname(__file__),
+                                          'privsep_dir_client.py'),
+             env.config, str(conf_d), str(orch), str(outside)],
+            capture_output=True, text=True, env=env.environ(), timeout=60)
+        killed = victim.wait(timeout=5) == -9 if proc.returncode == 0 \
+            else victim.poll() is not None
+    except subprocess.TimeoutExpired:
+        killed = False
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+    # Root must not kill a process of a uid outside every range of its
+    # own configuration on the orchestrator's say-so.
+    assert not killed, proc.stdout
+    assert 'not root' in proc.stdout, proc.stdout
+
+
+def test_a_link_the_orchestrator_swaps_after_start_is_not_obeyed(env,
+                                                                 tmp_path):
+    """The daemon parses its files when it starts, but checks them again
+    by path only when asked to reap: a link the orchestrator owns can
+    point at its own file first and at root's file afterwards.
+    """
+    orch = env.first + 600
+    outside = env.first + 300
+    home = tmp_path / 'orch'
+    home.mkdir()
+    evil = home / 'evil.conf'
+    evil.write_text(open(env.config).read().replace(
+        'globex:%d-%d' % (env.first + 100, env.first + 199),
+        'globex:%d-%d,evil:%d-%d' % (env.first + 100, env.first + 199,
+                                     outside, outside)))
+    assert 'evil:' in evil.read_text()
+    link = home / 'dm.conf'
+    os.symlink(evil, link)
+    for path in (home, evil):
+        os.chown(path, orch, orch)
+    os.lchown(link, orch, orch)
+    victim = subprocess.Popen(['sleep', '300'], user=outside, group=outside)
+    try:
+        proc = subprocess.run(
+            [sys.executable, os.path.join(os.path.dirname(__file__),
+                                          'privsep_dir_client.py'),
+             str(link), '-', str(orch), str(outside), env.config],
+            capture_output=True, text=True, env=env.environ(), timeout=60)
+        killed = victim.wait(timeout=5) == -9 if proc.returncode == 0 \
+            else victim.poll() is not None
+    except subprocess.TimeoutExpired:
+        killed = False
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+    assert not killed, proc.stdout
+    assert 'not root' in proc.stdout, proc.stdout

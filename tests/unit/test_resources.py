@@ -143,3 +143,58 @@ def test_a_pv_guest_without_kernel_gets_pygrub_only_if_allowed(tmp_path):
     assert 'LIBXL_BOOTLOADER_PATH' in str(err.value)
     policy.check_domain(_dom(PV), [], base.make_settings(
         tmp_path, allowed_bootloaders=['pygrub']))
+
+
+def _refused_subjects(settings, func):
+    xml = base.edit(base.fixture('hvm.xml'), func)
+    return [p.subject for p in resources.problems(_dom(xml), settings)]
+
+
+def test_xenbus_limits_are_the_operators(tmp_path):
+    """libvirt copies them to libxl's event_channels and max_grant_frames
+    (an attacker review: 131071 event channels passed).
+    """
+    def xenbus(root):
+        etree.SubElement(root.find('devices'), 'controller', type='xenbus',
+                         index='0', maxEventChannels='131071',
+                         maxGrantFrames='4096')
+    assert _refused_subjects(base.make_settings(tmp_path), xenbus) == [
+        "<controller type='xenbus' maxEventChannels>",
+        "<controller type='xenbus' maxGrantFrames>"]
+
+
+@pytest.mark.parametrize('change', [
+    _set('memory', '1', unit='PiB'),
+    _set('memory', '1', unit='E'),
+    _set('memory', '+1099511627776', unit='KiB'),
+    _set('memory', ' 1099511627776\n', unit='KiB'),
+])
+def test_memory_is_read_in_every_spelling_libvirt_reads(tmp_path, change):
+    assert _refused_subjects(base.make_settings(tmp_path), change) == [
+        '<memory>']
+
+
+def test_numa_cells_count_when_there_is_no_memory_element(tmp_path):
+    def cells(root):
+        for tag in ('memory', 'currentMemory'):
+            root.remove(root.find(tag))
+        numa = etree.SubElement(etree.SubElement(root, 'cpu'), 'numa')
+        for index in range(2):
+            etree.SubElement(numa, 'cell', id=str(index), cpus=str(index),
+                             memory='100', unit='GiB')
+    assert _refused_subjects(base.make_settings(tmp_path), cells) == [
+        '<cpu><numa> cells']
+
+
+def test_a_signed_vcpu_count_is_read_as_libvirt_reads_it(tmp_path):
+    assert _refused_subjects(base.make_settings(tmp_path),
+                             _set('vcpu', '+128')) == ['<vcpu>128</vcpu>']
+
+
+def test_numbers_libvirt_would_not_read_are_refused_not_a_crash(tmp_path):
+    found = _refused_subjects(base.make_settings(tmp_path),
+                              _set('memory', '9' * 5000))
+    assert found == ['<memory>']
+    with pytest.raises(exception.FeatureRefused):
+        policy.check_domain(_dom(base.edit(base.fixture('hvm.xml'), _set(
+            'memory', '9' * 5000))), [], base.make_settings(tmp_path))

@@ -67,7 +67,7 @@ HOST_TOOLS = {
 }
 # The scenarios the runner must report; a missing one is a failure.
 SCENARIOS = ('1-start', '2-refuse', '3-lifecycle', '4-refused-ops',
-             '5-xl-anchor', '6-isolation', 'bench')
+             '5-xl-anchor', '6-isolation', '7-storage', 'bench')
 
 # LAB-ONLY WORKAROUND (SMAP): a PV dom0 under TCG crashes at once with
 # SMAP on ("d0v0 Unhandled: vec 14, #PF[0001]", create_bounce_frame);

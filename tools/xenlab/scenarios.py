@@ -841,6 +841,35 @@ def s2_refuse(s):
                     label, r.rc, first_line(r.text, 400)))
         virsh('destroy', 'acme-3')
         virsh('undefine', 'acme-3')
+    # c) a NIC naming one of dom0's interfaces, added after render: the
+    # daemon hook refuses it at prepare, and dom0's interface is untouched
+    # (libxl's failed start would run "vif-bridge offline" on it).
+    dom0_if = sorted(x for x in os.listdir('/sys/class/net')
+                     if x != 'lo' and not x.startswith(('vif', 'xenbr',
+                                                        'tap')))[:1]
+    if dom0_if:
+        name = dom0_if[0]
+        before = run(['ip', '-o', 'link', 'show', name]).out
+        src = write('/root/acme-11.xml', domain_xml('acme-11', uuid_of(11),
+                                                    vif=True))
+        r = cli('render', '--tenant', 'acme', src, '-o',
+                '/root/acme-11-r.xml')
+        s.check(r.rc == 0, 'render acme-11 (one vif) exit %d %s' % (
+            r.rc, first_line(r.text)))
+        xml = open('/root/acme-11-r.xml').read().replace(
+            '</interface>', "<target dev='%s'/></interface>" % name, 1)
+        virsh('define', write('/root/acme-11-t.xml', xml))
+        r = virsh('start', 'acme-11')
+        after = run(['ip', '-o', 'link', 'show', name]).out
+        s.check(r.rc != 0 and domid('acme-11') is None and
+                ("<target dev='%s'>" % name) in r.text,
+                'NIC named after dom0\'s %s: start exit %d, refused at '
+                'prepare: %s' % (name, r.rc, first_line(r.text, 400)))
+        s.check(before == after and 'UP' in before.split('>')[0],
+                'dom0\'s %s untouched: %s' % (
+                    name, ' '.join(after.split())[:160]))
+        virsh('undefine', 'acme-11')
+        cli('leases', 'release', uuid_of(11))
     running = [x for x in run(['ps', '-eo', 'uid=,args=']).out.splitlines()
                if x.split() and RANGE[0] <= int(x.split()[0]) <= RANGE[1]]
     s.check(not running, 'no process of a tenant uid runs (%d)'
@@ -1066,6 +1095,85 @@ def vnc_console(s, name, rec):
         s.check(st.st_uid not in (0, rec.get('uid')), 'vnc: relay pid %s '
                 'runs as uid %d (not root, not the device model)'
                 % (line.split()[0], st.st_uid))
+
+
+@scenario('7-storage', 'issue 23: a Nova-style guest whose disk is a qcow2 '
+          'overlay on a raw _base file boots restricted through the '
+          'deprivileged storage daemon; a backing file outside is refused')
+def s7_storage(s):
+    run(['modprobe', 'nbd'])
+    base = LAB + '/_base/base.raw'
+    os.makedirs(os.path.dirname(base), exist_ok=True)
+    run(['truncate', '-s', '32M', base])
+    os.chmod(base, 0o644)
+    uuid = uuid_of(12)
+    top_dir = '%s/instances/%s' % (LAB, uuid)
+    os.makedirs(top_dir, exist_ok=True)
+    top = top_dir + '/disk'
+    r = run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-F', 'raw', '-b',
+             base, top])
+    s.check(r.rc == 0, 'qemu-img create overlay: exit %d %s' % (
+        r.rc, first_line(r.text)))
+    disk = ("<disk type='file' device='disk'><driver name='qemu' "
+            "type='qcow2'/><source file='%s'/><target dev='xvda' "
+            "bus='xen'/></disk>" % top)
+    name = 'acme-12'
+    path = write('/root/%s.xml' % name, domain_xml(
+        name, uuid, memory=256, kernel=True, disk=disk))
+    r, rec = boot(name, path)
+    s.check(r.rc == 0 and rec, 'qcow2: boot exit %d in %.1f s%s' % (
+        r.rc, r.seconds, '' if r.rc == 0 else ': ' + first_line(r.text, 400)))
+    if rec:
+        t0 = time.monotonic()
+        pty = pty_of(name)
+        daemons = run(['pgrep', '-f', 'qemu-storage-daemon']).out.split()
+        s.check(len(daemons) == 1, 'qcow2: storage daemons running: %s'
+                % daemons)
+        for pid in daemons[:1]:
+            f = facts(int(pid))
+            s.info('qcow2: storage daemon pid %s: %s' % (pid, f))
+            s.check(f['Uid'].split() == [str(rec['uid'])] * 4,
+                    'qcow2: storage daemon runs as the instance\'s uid %d: '
+                    'Uid %s' % (rec['uid'], f['Uid']))
+            s.check(f['ns_mnt'] == 'own', 'qcow2: storage daemon in a mount '
+                    'namespace of its own (%s)' % f['ns_mnt'])
+            s.check(f.get('Seccomp') == '2', 'qcow2: storage daemon under '
+                    'seccomp (Seccomp %s)' % f.get('Seccomp'))
+            with open('/proc/%s/cgroup' % pid) as handle:
+                groups = handle.read()
+            s.check('storage' in groups, 'qcow2: storage daemon cgroup: %s'
+                    % ' '.join(groups.split())[:200])
+        found, text = (read_pty(pty, 'XENLAB-GUEST-USERSPACE-OK', 400)
+                       if pty else (False, 'no pty'))
+        s.check(found, 'qcow2: guest userspace reached %.0f s after start: '
+                '%s' % (time.monotonic() - t0, first_line(text)))
+        wait_state(name, 'shut off', 120)
+        virsh('destroy', name)
+        time.sleep(3)
+        left = run(['pgrep', '-f', 'qemu-storage-daemon']).out.split()
+        s.check(not left, 'qcow2: after the guest stopped, storage daemons '
+                'left: %s' % (left or 'none'))
+        library('undefine', uuid)
+    # A backing file outside the instance's paths: refused before
+    # anything runs (no lease, not defined).
+    bad_uuid = uuid_of(13)
+    bad_dir = '%s/instances/%s' % (LAB, bad_uuid)
+    os.makedirs(bad_dir, exist_ok=True)
+    run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-F', 'raw', '-u', '-b',
+         '/etc/shadow', bad_dir + '/disk', '32M'])
+    disk = ("<disk type='file' device='disk'><driver name='qemu' "
+            "type='qcow2'/><source file='%s/disk'/><target dev='xvda' "
+            "bus='xen'/></disk>" % bad_dir)
+    path = write('/root/acme-13.xml', domain_xml('acme-13', bad_uuid,
+                                                 disk=disk))
+    r, rec = boot('acme-13', path)
+    listed = virsh('list', '--all', '--name').out.split()
+    leases = cli('leases', 'list', '--format', 'json').out
+    s.check(r.rc == 2 and '/etc/shadow' in r.text and 'acme-13' not in
+            listed and bad_uuid not in leases,
+            'qcow2 backed by /etc/shadow: exit %d, defined %s, leased %s: %s'
+            % (r.rc, 'acme-13' in listed, bad_uuid in leases,
+               first_line(r.text, 300)))
 
 
 @scenario('4-refused-ops', 'migration, save, managed save, CD-ROM change, '

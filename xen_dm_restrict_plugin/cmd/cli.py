@@ -100,8 +100,10 @@ def _write_output(path: typing.Optional[str], text: str) -> None:
         with os.fdopen(fd, 'w', encoding='utf-8') as handle:
             handle.write(text + '\n')
             handle.flush()
+            # Through the descriptor: whoever owns the directory may have
+            # put a symlink at the temporary name meanwhile.
+            os.fchmod(handle.fileno(), 0o644)
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -26,10 +26,15 @@ from xen_dm_restrict_plugin import exception
 
 Refusal = exception.FeatureRefused
 
-_UNITS = {'b': 1, 'bytes': 1, 'k': 1024, 'kib': 1024, 'kb': 1000,
-          'm': 1024 ** 2, 'mib': 1024 ** 2, 'mb': 1000 ** 2,
-          'g': 1024 ** 3, 'gib': 1024 ** 3, 'gb': 1000 ** 3,
-          't': 1024 ** 4, 'tib': 1024 ** 4, 'tb': 1000 ** 4}
+#: libvirt's scaled units (virScaleInteger): powers of 1024 for the
+#: letter and its ...iB spelling, of 1000 for ...B.
+_UNITS = {'b': 1, 'bytes': 1}
+for _power, _letter in enumerate('kmgtpe', start=1):
+    _UNITS[_letter] = _UNITS[_letter + 'ib'] = 1024 ** _power
+    _UNITS[_letter + 'b'] = 1000 ** _power
+#: libvirt reads sizes and counts as unsigned long long: never more
+#: digits than that.
+_MAX_DIGITS = 20
 #: libvirt's default unit for each element it sizes.
 _DEFAULT_UNIT = {'memory': 'kib', 'currentMemory': 'kib',
                  'maxMemory': 'kib', 'vram': 'kib'}
@@ -37,20 +42,47 @@ _NESTED = ('vmx', 'svm')
 _NESTED_POLICIES = ('require', 'force')
 
 
-def _mib(text: typing.Optional[str], unit: typing.Optional[str],
-         default_unit: str) -> typing.Optional[int]:
-    """Size in MiB as libvirt reads it, or None when it cannot be read
-    (libvirt itself refuses such a domain).
+class Unreadable(ValueError):
+    """A number libvirt's parser would not read as this one."""
+
+
+def _number(text: typing.Optional[str]) -> typing.Optional[int]:
+    """An unsigned number as libvirt reads it (virStrToLong_ull: leading
+    white space and a ``+`` sign allowed), or None when absent.
+
+    :raises Unreadable: anything else.
     """
     if text is None:
         return None
-    text = text.strip()
-    if not text.isascii() or not text.isdigit():
+    text = text.strip(' \t\n\r\f\v')
+    if text.startswith('+'):
+        text = text[1:]
+    if not (text.isascii() and text.isdigit()
+            and len(text) <= _MAX_DIGITS):
+        raise Unreadable(text[:40])
+    return int(text)
+
+
+def _mib(text: typing.Optional[str], unit: typing.Optional[str],
+         default_unit: str) -> typing.Optional[int]:
+    """Size in MiB as libvirt reads it, or None when absent.
+
+    :raises Unreadable: not a size libvirt reads.
+    """
+    value = _number(text)
+    if value is None:
         return None
-    factor = _UNITS.get((unit or default_unit).lower())
+    factor = _UNITS.get((unit or default_unit).strip().lower())
     if factor is None:
-        return None
-    return -(-int(text) * factor // 1024 ** 2)
+        raise Unreadable('unit %r' % unit)
+    return -(-value * factor // 1024 ** 2)
+
+
+def _unreadable(subject: str, err: Unreadable) -> Refusal:
+    return _refusal(subject, 'the value %s is not a number in a form this '
+                    'check reads the way libvirt does' % err,
+                    'write it in plain decimal digits with a unit libvirt '
+                    'knows')
 
 
 def _refusal(subject: str, reason: str, remedy: str) -> Refusal:
@@ -70,6 +102,7 @@ def problems(dom: domain_mod.Domain,
     found += _cputune(root, settings)
     found += _nested(root, settings)
     found += _device_counts(root, settings)
+    found += _xenbus(root, settings)
     return found
 
 
@@ -78,8 +111,10 @@ def _vcpus(root, settings) -> typing.List[Refusal]:
     if node is None:
         return []
     found = []
-    text = (node.text or '').strip()
-    count = int(text) if text.isascii() and text.isdigit() else None
+    try:
+        count = _number(node.text)
+    except Unreadable as err:
+        return [_unreadable('<vcpu>', err)]
     if count is not None and count > settings.max_vcpus:
         found.append(_refusal(
             '<vcpu>%d</vcpu>' % count, 'more than [dm_restrict] max_vcpus '
@@ -92,26 +127,52 @@ def _vcpus(root, settings) -> typing.List[Refusal]:
 
 def _memory(root, settings) -> typing.List[Refusal]:
     found = []
+    sizes = []
     for tag in ('memory', 'currentMemory', 'maxMemory'):
         node = root.find(tag)
-        if node is None:
+        if node is not None:
+            sizes.append(('<%s>' % tag, node.text, node.get('unit'),
+                          _DEFAULT_UNIT[tag]))
+    # Without <memory>, libvirt sums the guest NUMA cells
+    # (virDomainDefPostParseMemory); each counts on its own anyway.
+    cells = root.findall('cpu/numa/cell')
+    for index, cell in enumerate(cells):
+        sizes.append(("<cpu><numa><cell memory> (cell %d)" % index,
+                      cell.get('memory'), cell.get('unit'), 'kib'))
+    total = 0
+    for subject, text, unit, default_unit in sizes:
+        try:
+            size = _mib(text, unit, default_unit)
+        except Unreadable as err:
+            found.append(_unreadable(subject, err))
             continue
-        size = _mib(node.text, node.get('unit'), _DEFAULT_UNIT[tag])
+        if subject.startswith('<cpu>') and size is not None:
+            total += size
+            continue
         if size is not None and size > settings.max_memory_mib:
-            found.append(_refusal(
-                '<%s>' % tag, '%d MiB is more than [dm_restrict] '
-                'max_memory_mib (%d MiB): libxl takes it from the host, '
-                'ballooning dom0 down when it has to'
-                % (size, settings.max_memory_mib),
-                'use a flavour within the limit, or ask the operator to '
-                'raise max_memory_mib'))
+            found.append(_memory_refusal(subject, size, settings))
+    if total > settings.max_memory_mib:
+        found.append(_memory_refusal('<cpu><numa> cells', total, settings))
     return found
+
+
+def _memory_refusal(subject, size, settings) -> Refusal:
+    return _refusal(
+        subject, '%d MiB is more than [dm_restrict] max_memory_mib (%d '
+        'MiB): libxl takes it from the host, ballooning dom0 down when it '
+        'has to' % (size, settings.max_memory_mib),
+        'use a flavour within the limit, or ask the operator to raise '
+        'max_memory_mib')
 
 
 def _video(root, settings) -> typing.List[Refusal]:
     found = []
     for model in root.iterfind('devices/video/model'):
-        size = _mib(model.get('vram'), None, 'kib')
+        try:
+            size = _mib(model.get('vram'), None, 'kib')
+        except Unreadable as err:
+            found.append(_unreadable("<video><model vram>", err))
+            continue
         if size is not None and size > settings.max_video_ram_mib:
             found.append(_refusal(
                 "<video><model vram='%s'>" % model.get('vram'),
@@ -182,4 +243,35 @@ def _device_counts(root, settings) -> typing.List[Refusal]:
                 '(a backend, a hotplug script under libxl\'s locks) before '
                 'the guest runs' % limit,
                 'use fewer, or ask the operator to raise max_devices'))
+    return found
+
+
+#: Xen's defaults: libxl's event channel limit and the hypervisor's
+#: grant-table frames (xl.cfg(5): max_event_channels, max_grant_frames).
+XENBUS_LIMITS = (('maxEventChannels', 'max_event_channels'),
+                 ('maxGrantFrames', 'max_grant_frames'))
+
+
+def _xenbus(root, settings) -> typing.List[Refusal]:
+    """``<controller type='xenbus'>`` limits, which libvirt copies to
+    ``b_info->event_channels`` and ``max_grant_frames``: each event
+    channel and grant frame is hypervisor memory.
+    """
+    found = []
+    for node in root.iterfind("devices/controller[@type='xenbus']"):
+        for attr, option in XENBUS_LIMITS:
+            subject = "<controller type='xenbus' %s>" % attr
+            try:
+                value = _number(node.get(attr))
+            except Unreadable as err:
+                found.append(_unreadable(subject, err))
+                continue
+            limit = getattr(settings, option)
+            if value is not None and value > limit:
+                found.append(_refusal(
+                    subject, '%d is more than [dm_restrict] %s (%d): each '
+                    'is hypervisor memory spent for the guest'
+                    % (value, option, limit),
+                    'leave it out (Xen\'s default), or ask the operator to '
+                    'raise %s' % option))
     return found

@@ -71,6 +71,8 @@ class Settings:
     max_devices: typing.Mapping[str, int] = dataclasses.field(
         default_factory=lambda: dict(constants.MAX_DEVICES))
     max_devices_other: int = 4
+    max_event_channels: int = 1023
+    max_grant_frames: int = 64
     writable_shared_host_paths: typing.Tuple[str, ...] = ()
     storage_daemon: str = constants.STORAGE_DAEMON_OFF
     storage_dir: str = '/run/xen-dm-restrict/storage'

@@ -16,7 +16,9 @@ ranges or users sent by the unprivileged side: a compromised orchestrator
 can at most ask it to reap a uid inside a configured range.
 """
 
+import glob
 import os
+import stat
 import typing
 
 from oslo_config import cfg
@@ -39,33 +41,75 @@ dm_restrict_pctxt = priv_context.PrivContext(
 
 
 def _settings() -> conf_mod.Settings:
-    """The daemon's own ``[dm_restrict]`` settings (from ``cfg.CONF``).
+    """The daemon's own ``[dm_restrict]`` settings.
 
     The daemon decides as root with them (which uids may be reaped, by
-    which reaper user), so it trusts only files root alone can change,
-    as the launcher does.
+    which reaper user), so it reads them again itself, each file through
+    the descriptor it checked (as the launcher does): the files it was
+    started with and every ``*.conf`` of its configuration directories,
+    each of them, every directory on its path and the directory it
+    resolves into root's alone.  What oslo.config parsed at the daemon's
+    start is not used: the orchestrator chose those paths.
 
-    :raises ConfigError: a configuration file others could change.
+    :raises ConfigError: a file or directory others could change.
     """
-    if conf_mod.GROUP not in cfg.CONF:
-        conf_mod.register_opts(cfg.CONF)
-    for path in cfg.CONF.config_file or ():
+    paths = list(cfg.CONF.config_file or ())
+    for directory in (cfg.CONF.config_dir or ()) if 'config_dir' in \
+            cfg.CONF else ():
+        _check_path(directory)
+        paths += sorted(glob.glob(os.path.join(glob.escape(directory),
+                                               '*.conf')))
+    fds = []
+    try:
+        for path in paths:
+            _check_path(os.path.dirname(os.path.abspath(path)))
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as err:
+                raise exception.ConfigError(
+                    'configuration file %s' % path, err.strerror,
+                    'start the privsep daemon with readable files') from None
+            fds.append(fd)
+            reason = launch_settings.untrusted(fd)
+            if reason:
+                raise exception.ConfigError(
+                    'configuration file %s' % path, '%s, and the privsep '
+                    'daemon decides as root with it' % reason,
+                    'chown root and chmod go-w the file and its directory')
+        conf = cfg.ConfigOpts()
+        conf_mod.register_opts(conf)
+        conf([], project='xen-dm-restrict', default_config_files=[
+            '/proc/self/fd/%d' % fd for fd in fds], default_config_dirs=[])
+        return conf_mod.load(conf, check_files=False)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _check_path(directory: str) -> None:
+    """Every directory ``directory``'s name passes through is root's alone
+    (a sticky one, like /tmp, may be shared).
+
+    :raises ConfigError: one is not.
+    """
+    current = '/'
+    for part in os.path.abspath(directory).split('/')[1:]:
+        current = os.path.join(current, part)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            st = os.stat(current)
         except OSError as err:
             raise exception.ConfigError(
-                'configuration file %s' % path, err.strerror,
-                'start the privsep daemon with readable files') from None
-        try:
-            reason = launch_settings.untrusted(fd)
-        finally:
-            os.close(fd)
-        if reason:
+                'configuration directory %s' % current, err.strerror,
+                'start the privsep daemon with existing files') from None
+        if st.st_uid != 0 or (st.st_mode & 0o022 and
+                              not st.st_mode & stat.S_ISVTX):
             raise exception.ConfigError(
-                'configuration file %s' % path, '%s, and the privsep '
-                'daemon decides as root with it' % reason,
-                'chown root and chmod go-w the file and its directory')
-    return conf_mod.load(cfg.CONF)
+                'configuration directory %s' % current, 'it is not root\'s '
+                'alone (owner uid %d, mode %04o), and the privsep daemon '
+                'decides as root with what it holds' % (
+                    st.st_uid, stat.S_IMODE(st.st_mode)),
+                'keep the configuration in directories only root can '
+                'write')
 
 
 @dm_restrict_pctxt.entrypoint
