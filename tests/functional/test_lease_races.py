@@ -249,8 +249,13 @@ def test_undefine_racing_a_start_never_releases_a_running_domain(
     stop = FORK.Event()
     starter = _run(_starter, private_libvirtd.uri, vm(5).uuid, stop)
     kept = released = 0
+    # Bounded in time as well as in rounds: each round may wait for the
+    # starter's instance lock, so a loaded machine makes rounds slow.
+    deadline = time.monotonic() + 20
+    rounds = 0
     try:
-        for _ in range(60):
+        while rounds < 60 and (rounds < 5 or time.monotonic() < deadline):
+            rounds += 1
             dom = conn.define(xml(vm(5)), vm(5))
             try:
                 dom.undefine()
@@ -267,7 +272,7 @@ def test_undefine_racing_a_start_never_releases_a_running_domain(
         stop.set()
         starter.join(30)
     assert lease_of(tmp_path, vm(5)) is None or conn.lookup(vm(5))
-    assert kept + released == 60
+    assert kept + released == rounds >= 5
 
 
 # -- a refused boot never touches another tenant's lease ------------------
