@@ -150,3 +150,44 @@ def test_a_link_the_orchestrator_swaps_after_start_is_not_obeyed(env,
             victim.wait()
     assert not killed, proc.stdout
     assert 'not root' in proc.stdout, proc.stdout
+
+
+def test_the_documented_helper_command_starts_the_daemon(env, tmp_path):
+    """The orchestrator guide's helper_command, as written but for sudo
+    (the test is root already) and the files' paths, starts the daemon
+    an unprivileged orchestrator reaps through.
+    """
+    guide = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), 'doc', 'source', 'configuration',
+        'orchestrator.rst')
+    with open(guide) as handle:
+        line = [x.strip() for x in handle
+                if x.strip().startswith('helper_command = ')][0]
+    command = line.split('=', 1)[1].strip()
+    assert command.startswith('sudo privsep-helper ')
+    orchestrator_conf = tmp_path / 'nova.conf'
+    orchestrator_conf.write_text('[DEFAULT]\n')
+    command = command[len('sudo '):].replace(
+        'privsep-helper', os.path.join(os.path.dirname(sys.executable),
+                                       'privsep-helper'), 1).replace(
+        '/etc/nova/nova.conf', str(orchestrator_conf)).replace(
+        '/etc/xen-dm-restrict/xen-dm-restrict.conf', env.config)
+    victim_uid = env.first + 1
+    victim = subprocess.Popen(['sleep', '300'], user=victim_uid,
+                              group=victim_uid)
+    try:
+        proc = subprocess.run(
+            [sys.executable, os.path.join(os.path.dirname(__file__),
+                                          'privsep_helper_client.py'),
+             command, str(orchestrator_conf), env.config,
+             str(env.first + 600), str(victim_uid)],
+            capture_output=True, text=True, env=env.environ(), timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout.splitlines()[-1])
+        assert victim.wait(timeout=10) == -9, out
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+    assert out['euid'] == env.first + 600
+    assert str(victim.pid) in str(out['reap'])
