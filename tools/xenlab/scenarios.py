@@ -567,8 +567,20 @@ def install():
     r = cli('install-launcher', LAUNCHER)
     s.check(r.rc == 0 and os.access(LAUNCHER, os.X_OK),
             'install-launcher: rc %d %s' % (r.rc, first_line(r.text)))
-    with open(LAUNCHER) as f:
-        s.info('launcher: ' + f.readline().strip())
+    with open(LAUNCHER, 'rb') as f:
+        head = f.read(64)
+    s.info('launcher: %s' % ('compiled front (ELF)' if head.startswith(
+        b'\x7fELF') else head.split(b'\n')[0].decode('ascii', 'replace')))
+    # The guide's systemd unit starts the launcher service; dom0 here has
+    # no service manager, so it is started the same way by hand.
+    service = VENV + '/bin/xen-dm-restrict-launch-service'
+    if os.access(service, os.X_OK):
+        log = open('/root/launch-service.log', 'ab')
+        subprocess.Popen([service], stdin=subprocess.DEVNULL, stdout=log,
+                         stderr=log, start_new_session=True)
+        time.sleep(2)
+        s.info('launcher service started: %s' % first_line(run(
+            ['pgrep', '-af', 'xen-dm-restrict-launch-service']).out))
     r = cli('validate', '--tenant', 'acme',
             write('/root/validate.xml', domain_xml('v', uuid_of(1))))
     s.check(r.rc == 0, 'validate: rc %d %s' % (r.rc, first_line(r.text)))
