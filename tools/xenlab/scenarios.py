@@ -249,18 +249,29 @@ def state(name):
 
 
 def dm_pid(dom_id):
-    """The pid of the device model of domain ``dom_id``."""
+    """The pid of the device model of domain ``dom_id``.
+
+    With the compiled launcher front on cgroup v2, the front stays QEMU's
+    parent (libxl knows its pid) and has the same command line: the
+    device model is the matching process whose parent matches too.
+    """
+    found = {}
     for path in glob.glob('/proc/[0-9]*/cmdline'):
         try:
             with open(path, 'rb') as f:
                 argv = f.read().split(b'\0')
-        except OSError:
+            with open(path[:-len('cmdline')] + 'stat', 'rb') as f:
+                ppid = int(f.read().rsplit(b')', 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
         if b'-xen-domid' in argv:
             i = argv.index(b'-xen-domid')
             if i + 1 < len(argv) and argv[i + 1] == str(dom_id).encode():
-                return int(path.split('/')[2])
-    return None
+                found[int(path.split('/')[2])] = ppid
+    children = [pid for pid, ppid in found.items() if ppid in found]
+    if children:
+        return children[0]
+    return next(iter(found), None)
 
 
 def proc_argv(pid):
