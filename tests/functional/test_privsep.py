@@ -79,6 +79,27 @@ def test_the_daemon_refuses_a_configuration_the_orchestrator_can_change(
         victim.wait()
 
 
+def _dir_client_reaps(env, outside, args):
+    """Run privsep_dir_client.py with ``args`` against a process of uid
+    ``outside``; (whether that process was killed, the client's result).
+    """
+    victim = subprocess.Popen(['sleep', '300'], user=outside, group=outside)
+    try:
+        proc = subprocess.run(
+            [sys.executable, os.path.join(os.path.dirname(__file__),
+                                          'privsep_dir_client.py')] + args,
+            capture_output=True, text=True, env=env.environ(), timeout=60)
+        killed = victim.wait(timeout=5) == -9 if proc.returncode == 0 \
+            else victim.poll() is not None
+    except subprocess.TimeoutExpired:
+        killed = False
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+    return killed, proc
+
+
 def test_a_config_dir_the_orchestrator_owns_is_not_obeyed(env, tmp_path):
     orch = env.first + 600
     outside = env.first + 300   # in no range of the root-owned file
@@ -91,21 +112,8 @@ def test_a_config_dir_the_orchestrator_owns_is_not_obeyed(env, tmp_path):
     os.chown(conf_d, orch, orch)
     os.chown(conf_d / 'evil.conf', orch, orch)
     # tmp_path's parents must let the orchestrator's user in.
-    victim = subprocess.Popen(['sleep', '300'], user=outside, group=outside)
-    try:
-        proc = subprocess.run(
-            [sys.executable, os.path.join(os.path.dirname(__file__),
-                                          'privsep_dir_client.py'),
-             env.config, str(conf_d), str(orch), str(outside)],
-            capture_output=True, text=True, env=env.environ(), timeout=60)
-        killed = victim.wait(timeout=5) == -9 if proc.returncode == 0 \
-            else victim.poll() is not None
-    except subprocess.TimeoutExpired:
-        killed = False
-    finally:
-        if victim.poll() is None:
-            victim.kill()
-            victim.wait()
+    killed, proc = _dir_client_reaps(
+        env, outside, [env.config, str(conf_d), str(orch), str(outside)])
     # Root must not kill a process of a uid outside every range of its
     # own configuration on the orchestrator's say-so.
     assert not killed, proc.stdout
@@ -133,21 +141,8 @@ def test_a_link_the_orchestrator_swaps_after_start_is_not_obeyed(env,
     for path in (home, evil):
         os.chown(path, orch, orch)
     os.lchown(link, orch, orch)
-    victim = subprocess.Popen(['sleep', '300'], user=outside, group=outside)
-    try:
-        proc = subprocess.run(
-            [sys.executable, os.path.join(os.path.dirname(__file__),
-                                          'privsep_dir_client.py'),
-             str(link), '-', str(orch), str(outside), env.config],
-            capture_output=True, text=True, env=env.environ(), timeout=60)
-        killed = victim.wait(timeout=5) == -9 if proc.returncode == 0 \
-            else victim.poll() is not None
-    except subprocess.TimeoutExpired:
-        killed = False
-    finally:
-        if victim.poll() is None:
-            victim.kill()
-            victim.wait()
+    killed, proc = _dir_client_reaps(
+        env, outside, [str(link), '-', str(orch), str(outside), env.config])
     assert not killed, proc.stdout
     assert 'not root' in proc.stdout, proc.stdout
 
