@@ -95,11 +95,34 @@ fi
 G=$ROOT/var/lib/xen-dm-restrict-lab
 mkdir -p "$G" "$ROOT/tmp/tiny/bin" "$ROOT/tmp/tiny/proc" "$ROOT/tmp/tiny/sys" "$ROOT/tmp/tiny/dev"
 cp "$ROOT/bin/busybox" "$ROOT/tmp/tiny/bin/busybox"
+# Xen's block frontend (a module in Debian's kernel) and what it needs, so
+# a guest with a disk can read it: the storage scenario checks that the
+# bytes the guest reads are the image's.
+KVER=$(ls "$ROOT/lib/modules" | head -n1)
+mkdir -p "$ROOT/tmp/tiny/lib"
+for m in $(chroot "$ROOT" modinfo -k "$KVER" -F depends xen-blkfront | tr ',' ' ') xen-blkfront; do
+    f=$(chroot "$ROOT" modinfo -k "$KVER" -n "$m")
+    case "$f" in
+        *.xz) xz -dc "$ROOT$f" > "$ROOT/tmp/tiny/lib/$m.ko" ;;
+        *.zst) zstd -qdc "$ROOT$f" > "$ROOT/tmp/tiny/lib/$m.ko" ;;
+        *.ko) cp "$ROOT$f" "$ROOT/tmp/tiny/lib/$m.ko" ;;
+        *) ;;
+    esac
+    echo "$m" >> "$ROOT/tmp/tiny/lib/order"
+done
 cat > "$ROOT/tmp/tiny/init" <<'EOI'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
 echo "XENLAB-GUEST-USERSPACE-OK kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)"
+if ls /sys/bus/xen/devices/ 2>/dev/null | grep -q '^vbd-'; then
+    for m in $(cat /lib/order); do insmod /lib/$m.ko; done
+    i=0
+    while [ ! -b /dev/xvda ] && [ $i -lt 50 ]; do sleep 0.2; i=$((i+1)); done
+    echo "XENLAB-GUEST-DISK $(dd if=/dev/xvda bs=64 count=1 2>/dev/null | tr -dc 'A-Za-z0-9-')"
+fi
 poweroff -f
 EOI
 chmod +x "$ROOT/tmp/tiny/init"

@@ -67,7 +67,7 @@ HOST_TOOLS = {
 }
 # The scenarios the runner must report; a missing one is a failure.
 SCENARIOS = ('1-start', '2-refuse', '3-lifecycle', '4-refused-ops',
-             '5-xl-anchor', '6-isolation', '7-storage', 'bench')
+             '5-xl-anchor', '6-isolation', '7-storage', '8-ovs', 'bench')
 
 # LAB-ONLY WORKAROUND (SMAP): a PV dom0 under TCG crashes at once with
 # SMAP on ("d0v0 Unhandled: vec 14, #PF[0001]", create_bounce_frame);
@@ -223,6 +223,7 @@ class Qemu(object):
 
     def __init__(self, img, run, mem, dom0_mem, cpu):
         self.run = run
+        self.last_step = None
         self.serial = os.path.join(run, 'serial.log')
         self.overlay = os.path.join(run, 'dom0.qcow2')
         # Copy-on-write: the run writes the overlay, never the cache.
@@ -290,7 +291,9 @@ def follow(qemu, timeout):
                 if name not in times and re.search(pat, line):
                     times[name] = round(el, 1)
                     log('+%5.1fs %s' % (el, name))
-            if line.startswith('XENLAB-'):
+            if line.startswith('XENLAB-STEP '):
+                qemu.last_step = '[%.0fs] %s' % (el, line[12:200])
+            elif line.startswith('XENLAB-'):
                 print('  [%6.1fs] %s' % (el, line[:300]), flush=True)
             if 'end' in times:
                 return lines, times, None
@@ -410,6 +413,7 @@ def main(argv=None):
         'boot_milestones_seconds': times,
         'qemu_seconds': round(qemu_s, 1),
         'problem': problem,
+        'last_step': qemu.last_step,
         'results': results,
         'evidence': evidence,
         'bench': bench,
@@ -451,6 +455,7 @@ def main(argv=None):
         summary['whole_run_seconds'], qemu_s))
     if problem:
         print('PROBLEM: %s' % problem)
+        print('last step the runner began: %s' % qemu.last_step)
     print('details: %s' % os.path.join(run, 'summary.json'))
     return 1 if failed else 0
 
