@@ -1648,6 +1648,16 @@ def main():
     r = run(['/lib64/ld-linux-x86-64.so.2', '--help'])
     emit('XENLAB-FACT glibc hwcaps: %s' % ', '.join(
         x.strip() for x in r.out.splitlines() if 'x86-64-v' in x))
+    # What glibc itself read from CPUID (a PV dom0's userspace executes
+    # CPUID on the emulated CPU directly, not through Xen's policy that
+    # /proc/cpuinfo shows): the leaves and the words it marks usable.
+    r = run(['/lib64/ld-linux-x86-64.so.2', '--list-diagnostics'])
+    for x in r.out.splitlines():
+        # features[0] is leaf 1 (ecx bit 28 AVX, 27 OSXSAVE), features[1]
+        # leaf 7 (ebx bit 5 AVX2, bit 16 AVX512F); "active" is usable.
+        if re.match(r'x86\.cpu_features\.(features\[0x[01]\]\.(cpuid|'
+                    r'active)\[0x[123]\]|isa_1|xsave_state)', x):
+            emit('XENLAB-FACT glibc %s' % x.strip())
     info = run(['xl', 'info'])
     caps = re.search(r'virt_caps\s*:\s*(.*)', info.out)
     ver = re.search(r'xen_version\s*:\s*(.*)', info.out)
