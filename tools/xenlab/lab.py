@@ -207,6 +207,14 @@ def build_payload(run):
         '-w', wheels, TOP], env=env)
     for name in ('scenarios.py', 'dom0.conf'):
         shutil.copy(os.path.join(HERE, name), payload)
+    # The bench's launcher step runs in dom0 too (cgroup v2 there); it
+    # needs bench/ and the tests' base module, not the test suite.
+    shutil.copytree(os.path.join(TOP, 'bench'), os.path.join(payload,
+                                                             'bench'))
+    os.makedirs(os.path.join(payload, 'tests'))
+    for name in ('__init__.py', 'base.py'):
+        shutil.copy(os.path.join(TOP, 'tests', name),
+                    os.path.join(payload, 'tests'))
     rev = subprocess.run(['git', '-C', TOP, 'describe', '--always',
                           '--dirty'], capture_output=True, text=True)
     with open(os.path.join(payload, 'checkout.txt'), 'w') as f:
