@@ -122,6 +122,11 @@ if ls /sys/bus/xen/devices/ 2>/dev/null | grep -q '^vbd-'; then
     i=0
     while [ ! -b /dev/xvda ] && [ $i -lt 50 ]; do sleep 0.2; i=$((i+1)); done
     echo "XENLAB-GUEST-DISK $(dd if=/dev/xvda bs=64 count=1 2>/dev/null | tr -dc 'A-Za-z0-9-')"
+    # The disk's read throughput as the guest sees it (the lab's bench).
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    dd if=/dev/xvda of=/dev/null bs=1M 2>/dev/null
+    t1=$(cut -d' ' -f1 /proc/uptime)
+    echo "XENLAB-GUEST-DISKREAD sectors=$(cat /sys/block/xvda/size) t0=$t0 t1=$t1"
 fi
 poweroff -f
 EOI

@@ -35,6 +35,7 @@ Run under /usr/bin/python3 (Debian's); the parts that need the plugin's
 library re-run this file under the venv's Python (``--library``).
 """
 
+import contextlib
 import glob
 import json
 import os
@@ -63,6 +64,8 @@ HVMLOADER = '/usr/lib/xen-4.17/boot/hvmloader'
 BRIDGE = 'xenbr0'
 RANGE = (200000, 200999)
 BENCH_STARTS = 3
+# The size of the bench's guest disk (MiB), read whole by the guest.
+DISK_MIB = 64
 # Crash diagnostics (lab only): the daemon hook's stderr and calls, and
 # where cores go.
 HOOK_STDERR = '/var/log/xenlab-hook.stderr'
@@ -426,8 +429,11 @@ def wait_libvirtd(timeout=120):
     return False
 
 
-def read_pty(path, marker, timeout):
-    """Read a guest's pty serial until ``marker``; return (found, tail)."""
+def read_pty(path, marker, timeout, whole=False):
+    """Read a guest's pty serial until ``marker``; return (found, text).
+
+    The text is the marker's line, or everything read with ``whole``.
+    """
     fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
     try:
         try:
@@ -449,7 +455,8 @@ def read_pty(path, marker, timeout):
                 m = re.search(re.escape(marker).encode() + rb'[^\r\n]*\r?\n',
                               buf)
                 if m:
-                    return True, m.group(0).decode('utf-8', 'replace')
+                    return True, (buf if whole else m.group(0)).decode(
+                        'utf-8', 'replace')
         return False, buf.decode('utf-8', 'replace')
     finally:
         os.close(fd)
@@ -560,6 +567,64 @@ def capture_argv():
     if loop:
         run(['losetup', '-d', loop])
     return s.done()
+
+
+def nova_image(top, marker):
+    """A Nova-style disk.
+
+    A qcow2 overlay ``top`` on a raw file in the lab's ``_base``
+    directory that starts with ``marker``.
+    """
+    base = LAB + '/_base/base.raw'
+    os.makedirs(os.path.dirname(base), exist_ok=True)
+    with open(base, 'wb') as f:
+        f.write(marker.encode())
+        f.truncate(DISK_MIB << 20)
+    os.chmod(base, 0o644)
+    os.makedirs(os.path.dirname(top), exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(top)
+    return run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-F', 'raw',
+                '-b', base, top])
+
+
+def disk_read(text):
+    """MiB/s of the guest's whole-disk read (XENLAB-GUEST-DISKREAD)."""
+    m = re.search(r'XENLAB-GUEST-DISKREAD sectors=(\d+) t0=([\d.]+) '
+                  r't1=([\d.]+)', text)
+    if not m or float(m.group(3)) <= float(m.group(2)):
+        return None
+    return round(int(m.group(1)) * 512 / (1 << 20) / (
+        float(m.group(3)) - float(m.group(2))), 1)
+
+
+def disk_unrestricted():
+    """The guest's disk read through libxl's qdisk backend.
+
+    The same guest and image, before the plugin is installed: QEMU as
+    root parses the qcow2.
+    """
+    marker = 'XENLABDISK-%s' % os.urandom(8).hex()
+    top = LAB + '/plain-instances/disk'
+    nova_image(top, marker)
+    disk = ("<disk type='file' device='disk'><driver name='qemu' "
+            "type='qcow2'/><source file='%s'/><target dev='xvda' "
+            "bus='xen'/></disk>" % top)
+    name = 'bench-qdisk'
+    path = write('/root/%s.xml' % name, domain_xml(
+        name, uuid_of(951), memory=256, kernel=True, disk=disk))
+    r = virsh('create', path, timeout=300)
+    if r.rc != 0:
+        emit('XENLAB-FACT unrestricted qdisk guest: %s' % first_line(r.text))
+        return None
+    pty = pty_of(name)
+    found, text = (read_pty(pty, 'XENLAB-GUEST-DISKREAD', 400, whole=True)
+                   if pty else (False, ''))
+    virsh('destroy', name)
+    speed = disk_read(text) if found and marker in text else None
+    emit('XENLAB-FACT unrestricted qdisk guest read its %d MiB disk: %s'
+         % (DISK_MIB, '%s MiB/s' % speed if speed else first_line(text)))
+    return speed
 
 
 def bench_unrestricted():
@@ -1168,19 +1233,10 @@ def vnc_console(s, name, rec):
           'deprivileged storage daemon; a backing file outside is refused')
 def s7_storage(s):
     run(['modprobe', 'nbd'])
-    base = LAB + '/_base/base.raw'
-    os.makedirs(os.path.dirname(base), exist_ok=True)
     marker = 'XENLABDISK-%s' % os.urandom(8).hex()
-    with open(base, 'wb') as f:
-        f.write(marker.encode())
-        f.truncate(32 << 20)
-    os.chmod(base, 0o644)
     uuid = uuid_of(12)
-    top_dir = '%s/instances/%s' % (LAB, uuid)
-    os.makedirs(top_dir, exist_ok=True)
-    top = top_dir + '/disk'
-    r = run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-F', 'raw', '-b',
-             base, top])
+    top = '%s/instances/%s/disk' % (LAB, uuid)
+    r = nova_image(top, marker)
     s.check(r.rc == 0, 'qemu-img create overlay: exit %d %s' % (
         r.rc, first_line(r.text)))
     disk = ("<disk type='file' device='disk'><driver name='qemu' "
@@ -1212,13 +1268,18 @@ def s7_storage(s):
                 groups = handle.read()
             s.check('storage' in groups, 'qcow2: storage daemon cgroup: %s'
                     % ' '.join(groups.split())[:200])
-        found, text = (read_pty(pty, 'XENLAB-GUEST-DISK', 400)
-                       if pty else (False, 'no pty'))
-        s.check(found and marker in text, 'qcow2: the guest read its disk '
-                '(blkfront, through the kernel backend and /dev/nbd) %.0f s '
-                'after start: %s (want %s, written into the raw _base file '
-                'under the overlay)' % (time.monotonic() - t0,
-                                        first_line(text), marker))
+        found, text = (read_pty(pty, 'XENLAB-GUEST-DISKREAD', 400,
+                                whole=True) if pty else (False, 'no pty'))
+        line = re.search(r'XENLAB-GUEST-DISK [^\r\n]*', text)
+        s.check(found and line and marker in line.group(0),
+                'qcow2: the guest read its disk (blkfront, through the '
+                'kernel backend and /dev/nbd) %.0f s after start: %s (want '
+                '%s, written into the raw _base file under the overlay)' % (
+                    time.monotonic() - t0, line.group(0) if line else
+                    first_line(text), marker))
+        STATE['disk_restricted_mib_s'] = disk_read(text)
+        s.info('qcow2: the guest read its %d MiB disk at %s MiB/s' % (
+            DISK_MIB, STATE['disk_restricted_mib_s']))
         wait_state(name, 'shut off', 120)
         virsh('destroy', name)
         time.sleep(3)
@@ -1681,6 +1742,7 @@ def main():
     capture_argv()
     emit('XENLAB-FACT argv capture took %.0f s' % (time.monotonic() - t))
     plain = bench_unrestricted()
+    STATE['disk_unrestricted_mib_s'] = disk_unrestricted()
     if not install():
         emit('XENLAB-FACT the install failed; the scenarios run anyway')
     s1_start()
@@ -1762,6 +1824,12 @@ def s_bench(s, plain):
                    restricted_median_s=round(mr, 2),
                    ratio=round(mr / mu, 2))
     res['hook_ms_by_operation'] = hook_times()
+    fast, slow = (STATE.get('disk_restricted_mib_s'),
+                  STATE.get('disk_unrestricted_mib_s'))
+    res['guest_disk_read_mib_s'] = {
+        'storage_daemon': fast, 'unrestricted_qdisk': slow,
+        'ratio_restricted_to_unrestricted': round(fast / slow, 2)
+        if fast and slow else None}
     res['launcher'] = launcher_bench()
     emit('XENLAB-BENCH %s' % json.dumps(res))
     s.check(len(plain) == BENCH_STARTS and len(restricted) == BENCH_STARTS,
