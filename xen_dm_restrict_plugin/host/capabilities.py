@@ -91,7 +91,8 @@ def _run_probe(binary: str, args: typing.Sequence[str]
 
 
 def probe(binary: str) -> Capabilities:
-    """Probe ``binary`` (cached by identity), all probes in parallel.
+    """Probe ``binary`` (cached by identity), as many probes at once as
+    there are CPUs.
 
     :raises CapabilityMissing: the binary cannot be stat'ed.
     """
@@ -100,7 +101,10 @@ def probe(binary: str) -> Capabilities:
         cached = _cache.get(key)
     if cached is not None:
         return cached
-    with concurrent.futures.ThreadPoolExecutor(len(PROBES)) as pool:
+    # No more probes at once than CPUs: each has its own timeout, which
+    # more QEMU starts than CPUs would share out (a loaded or slow host).
+    workers = min(len(PROBES), max(2, os.cpu_count() or 2))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         futures = {name: pool.submit(_run_probe, binary, args)
                    for name, args in PROBES.items()}
         answers = {name: fut.result() for name, fut in futures.items()}
