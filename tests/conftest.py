@@ -1,5 +1,8 @@
 """pytest configuration shared by unit and functional tests."""
 
+import os
+import tempfile
+
 import pytest
 
 from xen_dm_restrict_plugin.host import capabilities
@@ -10,3 +13,20 @@ def _fresh_probe_cache():
     capabilities.clear_cache()
     yield
     capabilities.clear_cache()
+
+
+@pytest.fixture(autouse=True, scope='session')
+def _no_hosts_ovsdb():
+    """Point ovs-vsctl (the NIC name check) at an empty directory of the
+    tests' own, never at a database the host's Open vSwitch may run:
+    tests that want one start their own ovsdb-server and set OVS_RUNDIR
+    (tests/functional/ovsdbenv.py).
+    """
+    saved = os.environ.get('OVS_RUNDIR')
+    with tempfile.TemporaryDirectory(prefix='xdr-no-ovsdb-') as empty:
+        os.environ['OVS_RUNDIR'] = empty
+        yield
+    if saved is None:
+        os.environ.pop('OVS_RUNDIR', None)
+    else:
+        os.environ['OVS_RUNDIR'] = saved

@@ -21,7 +21,8 @@ class Facts(nics.NetworkFacts):
     known = True
 
     def __init__(self, interfaces=(), guests=(), bridges=None,
-                 networks=None, at_start=False):
+                 networks=None, at_start=False, ovs=None):
+        self.ovs = ovs or {}
         self.interfaces = set(interfaces)
         self.guests = set(guests)
         self.bridges = bridges or {'xenbr0': 'linux', 'br-ten1': 'linux'}
@@ -41,6 +42,9 @@ class Facts(nics.NetworkFacts):
 
     def network(self, name):
         return self.networks.get(name)
+
+    def ovs_port(self, name):
+        return self.ovs.get(name)
 
 
 @pytest.fixture
@@ -301,3 +305,97 @@ def test_unlisted_network_refused_without_facts(settings):
     assert 'allowed_networks' in refused(settings, _net('elsewhere'))
     # Listed but unresolved: checked where facts are known.
     assert problems(settings, _net('sriov')) == []
+
+
+# -- names Open vSwitch holds -----------------------------------------------
+#: What tests/functional/test_ovs_names.py builds in a real database.
+OVS_DB = {
+    'patch-tun': nics.OvsPort('patch-tun', 'port', 'br-int', 'patch',
+                              'patch-tun'),
+    'vxlan-0a000001': nics.OvsPort('vxlan-0a000001', 'port', 'br-tun',
+                                   'vxlan', 'vxlan-0a000001'),
+    'br-ex': nics.OvsPort('br-ex', 'port', 'br-ex', 'internal', 'br-ex'),
+    'ethx1': nics.OvsPort('ethx1', 'interface', 'br-ex', '', 'bond0'),
+    NEUTRON: nics.OvsPort(NEUTRON, 'port', 'br-int', '', NEUTRON,
+                          frozenset([base.HVM_UUID])),
+    'tapother-01': nics.OvsPort('tapother-01', 'port', 'br-int', '',
+                                'tapother-01', frozenset(['another'])),
+    'pbi-own': nics.OvsPort('pbi-own', 'port', 'br-int', 'patch', 'pbi-own',
+                            frozenset([base.HVM_UUID])),
+}
+OVS_NIC = ("<source bridge='br-int'/><virtualport type='openvswitch'/>"
+           "<model type='netfront'/>")
+
+
+@pytest.mark.parametrize('name, where', [
+    ('patch-tun', 'port patch-tun (type patch) on bridge br-int'),
+    ('vxlan-0a000001', 'port vxlan-0a000001 (type vxlan) on bridge br-tun'),
+    ('br-ex', 'port br-ex (type internal) on bridge br-ex'),
+    ('tapother-01', 'port tapother-01 on bridge br-int'),
+])
+def test_an_ovs_port_of_another_is_refused_on_an_ovs_nic(settings, name,
+                                                         where):
+    text = refused(settings, _nic(OVS_NIC, "<target dev='%s'/>" % name),
+                   Facts(ovs=OVS_DB))
+    assert "<target dev='%s'>" % name in text
+    assert "Open vSwitch's database has a %s" % where in text
+    assert '--if-exists del-port %s' % name in text
+    assert ('every tenant network' in text) == (name in (
+        'patch-tun', 'vxlan-0a000001'))
+
+
+@pytest.mark.parametrize('name, effect', [
+    ('patch-tun', 'deletes the port from bridge br-int'),
+    ('br-ex', "creates an internal port's interface"),
+    ('tapother-01', 'putting the guest on bridge br-int'),
+    ('ethx1', 'putting the guest on bridge br-ex'),
+])
+def test_an_ovs_name_is_refused_on_a_linux_bridge_nic_too(settings, name,
+                                                          effect):
+    text = refused(settings, _nic(extra="<model type='netfront'/>"
+                                  "<target dev='%s'/>" % name),
+                   Facts(ovs=OVS_DB))
+    assert effect in text
+
+
+def test_an_emulated_nics_tap_name_is_checked_in_ovs(settings):
+    ovs = {'web-emu': nics.OvsPort('web-emu', 'port', 'br-int', '',
+                                   'web-emu')}
+    text = refused(settings, _nic(extra="<target dev='web'/>"),
+                   Facts(ovs=ovs))
+    assert 'port web-emu on bridge br-int' in text
+
+
+def test_a_bond_member_is_refused_by_its_interface_name(settings):
+    text = refused(settings, _nic(OVS_NIC, "<target dev='ethx1'/>"),
+                   Facts(ovs=OVS_DB))
+    assert 'interface ethx1 of port bond0 on bridge br-ex' in text
+    assert 'add-port" fails' in text
+
+
+@pytest.mark.parametrize('at_start', [False, True])
+def test_this_domains_own_guest_port_is_its_own(settings, at_start):
+    # os-vif (vm-uuid) or vif-openvswitch (xen-vm-uuid) made it for this
+    # domain: vif-openvswitch replaces it.
+    assert problems(settings, _nic(OVS_NIC, "<target dev='%s'/>" % NEUTRON),
+                    Facts(ovs=OVS_DB, at_start=at_start)) == []
+
+
+def test_an_own_port_that_is_no_guest_port_is_refused(settings):
+    text = refused(settings, _nic(OVS_NIC, "<target dev='pbi-own'/>"),
+                   Facts(ovs=OVS_DB))
+    assert 'port pbi-own (type patch)' in text
+
+
+def test_a_fresh_neutron_name_passes_the_ovs_check(settings):
+    assert problems(settings, _nic(OVS_NIC, "<target dev='tap0f0e0d0c-0b'/>"),
+                    Facts(ovs=OVS_DB)) == []
+
+
+def test_owned_by_wants_the_uuid_and_a_guest_type():
+    port = nics.OvsPort('tapx', 'port', 'br-int', '', 'tapx',
+                        frozenset(['abc']))
+    assert port.owned_by('ABC') and not port.owned_by(None)
+    assert not port.owned_by('abd')
+    assert not nics.OvsPort('b', 'port', 'b', 'internal', 'b',
+                            frozenset(['abc'])).owned_by('abc')

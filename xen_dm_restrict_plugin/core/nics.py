@@ -43,6 +43,20 @@ The policy's reading of ``<interface>``, from the sources:
   (``^([^.:]+)(\\.([0-9]+))?(:([0-9]+(:[0-9]+)*))?$``) and runs
   ``ovs-vsctl add-port BRIDGE DEV tag=TAG trunks=...``.  A bridge name
   with a dot or colon is misparsed; ``nativeMode`` cannot be written.
+- A name is not only the kernel's: Open vSwitch's database holds ports
+  that are no kernel interface (Neutron's patch ports ``patch-tun`` and
+  ``int-br-ex``, tunnel ports ``vxlan-0a000001``, the ports of a bridge
+  while ``ovs-vswitchd`` is down).  ``rename_vif`` asks only ``ip link
+  show``, so the rename succeeds, and ``vif-openvswitch`` then plugs the
+  guest with ``ovs-vsctl -- --if-exists del-port NAME -- add-port BRIDGE
+  NAME`` and unplugs it (``remove``/``offline``, libxl's cleanup of a
+  failed start included) with ``ovs-vsctl --if-exists del-port NAME``:
+  either deletes the port of that name from whichever bridge holds it.
+  With ``vif-bridge`` the guest's interface takes the name of a port
+  ``ovs-vswitchd`` opens as that port's interface.  Such a name is
+  refused unless the port is this domain's own (its interface's
+  ``external_ids`` name the domain's uuid, as ``vif-openvswitch``
+  (``xen-vm-uuid``), os-vif (``vm-uuid``) and libvirt (``vm-id``) write).
 
 Where a NIC may attach is the operator's to say: ``allowed_bridges``
 (Linux bridges, ``vif-bridge``), ``allowed_ovs_bridges``
@@ -101,6 +115,52 @@ class ResolvedNetwork:
     virtualport: typing.Optional[str] = None
 
 
+#: external_ids keys of an Open vSwitch interface that name the VM it
+#: serves: vif-openvswitch's, os-vif's (Nova) and libvirt's.
+OVS_OWNER_KEYS = ('xen-vm-uuid', 'vm-uuid', 'vm-id')
+#: Interface types of a guest's own port (a netdev of the kernel); a
+#: patch, tunnel or internal port is never a guest's.
+OVS_GUEST_TYPES = ('', 'system')
+
+
+@dataclasses.dataclass(frozen=True)
+class OvsPort:
+    """A name Open vSwitch's database holds.
+
+    :param name: the name.
+    :param kind: ``port``, ``interface`` (of the port ``port``, a bond
+        member) or ``bridge``.
+    :param bridge: the bridge it is on, if any.
+    :param type: the interface's type (``''`` a system port, ``internal``,
+        ``patch``, ``vxlan``...), ``+``-joined for a bond.
+    :param port: the port an interface belongs to.
+    :param owners: the VM uuids its interfaces' ``external_ids`` name
+        (:data:`OVS_OWNER_KEYS`), lower case.
+    """
+
+    name: str
+    kind: str
+    bridge: typing.Optional[str] = None
+    type: str = ''
+    port: typing.Optional[str] = None
+    owners: typing.FrozenSet[str] = frozenset()
+
+    def describe(self) -> str:
+        text = '%s %s' % (self.kind, self.name)
+        if self.type:
+            text += ' (type %s)' % self.type
+        if self.port and self.port != self.name:
+            text += ' of port %s' % self.port
+        if self.bridge and self.kind != 'bridge':
+            text += ' on bridge %s' % self.bridge
+        return text
+
+    def owned_by(self, uuid: typing.Optional[str]) -> bool:
+        """Whether this is the guest port of the domain ``uuid``."""
+        return bool(uuid) and uuid.lower() in self.owners and all(
+            kind in OVS_GUEST_TYPES for kind in self.type.split('+'))
+
+
 class NetworkFacts:
     """What the host says about interfaces and networks; the default
     knows nothing (define-time checks of the XML alone).
@@ -135,6 +195,15 @@ class NetworkFacts:
         """
         return None
 
+    def ovs_port(self, name: str) -> typing.Optional[OvsPort]:
+        """What Open vSwitch's database holds of ``name`` (None: nothing,
+        or no Open vSwitch on the host).
+
+        :raises Unavailable: Open vSwitch is configured but its database
+            cannot be read (the check fails closed).
+        """
+        return None
+
     def network(self, name: str) -> typing.Optional[ResolvedNetwork]:
         """The network ``name`` as libvirt resolves it; None if libvirt
         has no such network (or, when :attr:`known` is false, if
@@ -160,9 +229,14 @@ def _emulated(nic, hvm: bool) -> bool:
     return hvm and nic.model != 'netfront'
 
 
-def name_problems(nic, hvm: bool, facts: NetworkFacts
+def name_problems(nic, hvm: bool, facts: NetworkFacts,
+                  owner: typing.Optional[str] = None
                   ) -> typing.List[Problem]:
-    """What libxl would do with ``<target dev>``, where that is harm."""
+    """What libxl would do with ``<target dev>``, where that is harm.
+
+    :param owner: the domain's uuid: an Open vSwitch port of that name
+        that is this domain's own is not another's.
+    """
     name = nic.ifname
     if name is None:
         return []
@@ -207,27 +281,86 @@ def name_problems(nic, hvm: bool, facts: NetworkFacts
             % (IFNAME_MAX - len(EMU_SUFFIX), IFNAME_MAX)))
     names = [name] + ([name + EMU_SUFFIX] if emulated else [])
     for each in names:
-        exists = facts.interface_exists(each)
-        if not exists:
-            continue
-        if not facts.at_start and facts.is_guest_interface(each):
-            # A running guest's (this one's, if it is redefined while it
-            # runs); the daemon hook's prepare refuses it if another's.
-            continue
-        primary = facts.primary_name(each)
-        found.append(Problem(
-            subject, 'dom0 has an interface %s%s%s: the hotplug script '
-            'refuses to rename the guest\'s interface onto it, the start '
-            'fails, and libxl\'s cleanup then runs the script "offline" '
-            'on %s as root (ip link set dev %s down, removal from its '
-            'bridge)' % (
-                each, ' (a name iproute2 resolves to %s)' % primary
-                if primary not in (None, each) else '',
-                '' if facts.at_start else ' that is not a guest\'s',
-                each, each),
-            'remove <target> or choose a name no interface of dom0 has'))
-        break
+        problem = _kernel_name_problem(subject, each, facts) or \
+            _ovs_name_problem(nic, subject, each, facts, owner)
+        if problem is not None:
+            found.append(problem)
+            break
     return found
+
+
+def _kernel_name_problem(subject: str, each: str, facts: NetworkFacts
+                         ) -> typing.Optional[Problem]:
+    if not facts.interface_exists(each):
+        return None
+    if not facts.at_start and facts.is_guest_interface(each):
+        # A running guest's (this one's, if it is redefined while it
+        # runs); the daemon hook's prepare refuses it if another's.
+        return None
+    primary = facts.primary_name(each)
+    return Problem(
+        subject, 'dom0 has an interface %s%s%s: the hotplug script '
+        'refuses to rename the guest\'s interface onto it, the start '
+        'fails, and libxl\'s cleanup then runs the script "offline" '
+        'on %s as root (ip link set dev %s down, removal from its '
+        'bridge)' % (
+            each, ' (a name iproute2 resolves to %s)' % primary
+            if primary not in (None, each) else '',
+            '' if facts.at_start else ' that is not a guest\'s',
+            each, each),
+        'remove <target> or choose a name no interface of dom0 has')
+
+
+def _ovs_name_problem(nic, subject: str, each: str, facts: NetworkFacts,
+                      owner: typing.Optional[str]
+                      ) -> typing.Optional[Problem]:
+    port = facts.ovs_port(each)
+    if port is None or port.owned_by(owner):
+        return None
+    where = 'bridge %s' % port.bridge if port.bridge else 'its bridge'
+    types = set(port.type.split('+'))
+    system = types <= set(OVS_GUEST_TYPES)
+    rename = ('the hotplug script renames the guest\'s interface to it (it '
+              'asks only "ip link show", and an Open vSwitch port need not '
+              'be a kernel interface), and ')
+    if port.kind == 'interface':
+        # del-port takes port names: a bond member's name stays.
+        what = rename + (
+            'vif-openvswitch\'s "ovs-vsctl add-port" fails on a second '
+            'interface of the name' if nic.virtualport == VIRTUALPORT_OVS
+            else 'ovs-vswitchd opens a kernel interface of a system '
+            'interface\'s name as that interface, putting the guest on %s'
+            % where if system else 'the port loses its interface')
+    elif nic.virtualport == VIRTUALPORT_OVS:
+        what = rename + (
+            'vif-openvswitch plugs it with "ovs-vsctl -- --if-exists '
+            'del-port %s -- add-port BRIDGE %s" and unplugs it (at removal, '
+            'and in libxl\'s cleanup of a failed start) with "ovs-vsctl '
+            '--if-exists del-port %s": either deletes that port from %s'
+            % (each, each, each, where))
+    elif system:
+        what = rename + (
+            'ovs-vswitchd opens the kernel interface of a system port\'s '
+            'name as that port, putting the guest on %s with the port\'s '
+            'VLAN and flows' % where)
+    elif 'internal' in types:
+        what = rename + (
+            'ovs-vswitchd creates an internal port\'s interface under that '
+            'name, which it cannot while the guest holds it')
+    else:
+        what = rename + (
+            'a vif-openvswitch plug or unplug of the name ("ovs-vsctl '
+            '--if-exists del-port %s") deletes the port from %s'
+            % (each, where))
+    if types - set(OVS_GUEST_TYPES + ('internal',)):
+        what += (' (a patch or tunnel port: with Neutron\'s patch-tun or '
+                 'a vxlan port gone, every tenant network of the host '
+                 'is cut)')
+    return Problem(
+        subject, 'Open vSwitch\'s database has a %s that is not this '
+        'domain\'s: %s' % (port.describe(), what),
+        'remove <target> or choose a name that is no port or interface of '
+        'Open vSwitch (ovs-vsctl --columns=name list Interface)')
 
 
 def _bridge_problems(subject: str, bridge: str, ovs: bool, settings,

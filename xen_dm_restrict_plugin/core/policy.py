@@ -315,7 +315,8 @@ class Checker:
                     'where a comma adds properties (romfile= reads a host '
                     'file)', 'use one of %s' % ', '.join(NIC_MODELS)))
             found += [_refusal(p.subject, p.reason, p.remedy)
-                      for p in nics_mod.name_problems(nic, hvm, self.facts)]
+                      for p in nics_mod.name_problems(
+                          nic, hvm, self.facts, owner=dm.dom.uuid)]
             found += [_refusal(p.subject, p.reason, p.remedy)
                       for p in nics_mod.attach_problems(
                           nic, self.settings, self.facts)]

@@ -40,7 +40,11 @@ must pass the policy at ``prepare begin`` and ``migrate begin`` (a PV
 guest that needs a dom0 QEMU is refused unless ``pv_dom0_qemu = allow``).
 Exit codes: 0 allowed, 2 refused, 1 error; the message is on stderr.  The
 hook never calls back into libvirt (libvirtd would deadlock): everything
-it needs is in its argv, its stdin and the lease database.
+it needs is in its argv, its stdin, the lease database and the host's
+own records (interfaces in sysfs, libvirt's network files, Open
+vSwitch's database through ``ovs-vsctl``, which it reads, never
+changes).  When ``allowed_ovs_bridges`` is set and that database cannot
+be read, a domain naming a ``<target dev>`` is not started (exit 1).
 """
 
 import logging
@@ -145,6 +149,10 @@ class LibxlHook:
             raise exception.OperationRefused(
                 'start of %s' % _describe(name, dom), err.reason,
                 err.remedy) from None
+        except exception.Unavailable as err:
+            LOG.error('start of %s cannot be checked: %s',
+                      _describe(name, dom), err)
+            raise
 
     def _unrestricted(self, name: str, dom: domain_mod.Domain,
                       what: str) -> None:
@@ -192,6 +200,10 @@ class LibxlHook:
                                                       dom.uuid or ''))
         except exception.FeatureRefused as err:
             raise refuse(str(err), err.remedy) from None
+        except exception.Unavailable as err:
+            # Fails closed: the start stops (exit 1) until it can be read.
+            LOG.error('%s cannot be checked: %s', subject, err)
+            raise
         parsed = dm_argv.parse_argv(args)
         if not parsed.domid_restrict:
             raise refuse('its <xen:commandline> has no -xen-domid-restrict')

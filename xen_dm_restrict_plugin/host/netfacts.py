@@ -4,7 +4,9 @@ The NIC policy (:mod:`xen_dm_restrict_plugin.core.nics`) needs facts of
 the host: which interface names exist (a ``<target dev>`` naming one
 would have libxl's cleanup take it down), what kind of bridge a name is
 (``vif-bridge`` needs a Linux bridge, ``vif-openvswitch`` an Open vSwitch
-one), and what a libvirt network resolves to.  They are read where the
+one), which names Open vSwitch's database holds
+(:mod:`xen_dm_restrict_plugin.host.ovsdb`), and what a libvirt network
+resolves to.  They are read where the
 checks run: in the orchestrator at define, and in libvirtd's hook at
 ``prepare``, which must not call back into libvirt (libvirtd would
 deadlock), so networks are read from libvirt's own records: the live
@@ -24,6 +26,7 @@ from lxml import etree
 
 from xen_dm_restrict_plugin.core import nics
 from xen_dm_restrict_plugin.core import settings as settings_mod
+from xen_dm_restrict_plugin.host import ovsdb
 
 LOG = logging.getLogger(__name__)
 
@@ -81,6 +84,7 @@ class HostNetwork(nics.NetworkFacts):
         self.settings = settings
         self.at_start = at_start
         self._names: typing.Optional[typing.FrozenSet[str]] = None
+        self._ovs = ovsdb.OvsPorts(settings.allowed_ovs_bridges)
 
     def interface_exists(self, name: str) -> bool:
         if self._names is None:
@@ -125,6 +129,9 @@ class HostNetwork(nics.NetworkFacts):
                 os.path.realpath(master)) == 'ovs-system':
             return 'openvswitch'
         return 'other'
+
+    def ovs_port(self, name: str) -> typing.Optional[nics.OvsPort]:
+        return self._ovs.get(name)
 
     def network(self, name: str) -> typing.Optional[nics.ResolvedNetwork]:
         dirs = [self.settings.libvirt_network_state_dir]
