@@ -263,7 +263,12 @@ dm_restrict_opts = [
         help='Open vSwitch bridges a tenant\'s <interface type="bridge"> '
              'with <virtualport type="openvswitch"> may name (libxl\'s '
              'vif-openvswitch adds the port, with the <vlan> tag or trunk '
-             'of the interface). None by default.'),
+             'of the interface). None by default. When any is listed, '
+             'Open vSwitch is in use: a domain with a <target dev> name is '
+             'refused (at define and when it starts) while Open vSwitch\'s '
+             'database cannot be read with ovs-vsctl (its default '
+             'database, $OVS_RUNDIR/db.sock), since a name the database '
+             'holds would have vif-openvswitch delete that port.'),
     cfg.ListOpt(
         'allowed_networks', default=[],
         help='libvirt networks a tenant\'s <interface type="network"> may '
