@@ -163,6 +163,20 @@ def test_a_fresh_or_own_neutron_name_is_accepted_at_define(
     assert _lease(ovs_conn) is not None
 
 
+def test_a_hot_attached_nic_is_checked_against_the_database_too(
+        use_ovsdb, ovs_conn):
+    dom = ovs_conn.define_and_start(_xml(FRESH), ACME)
+    with pytest.raises(exception.OperationRefused) as caught:
+        dom.attachDeviceFlags(_nic('patch-tun'),
+                              libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    assert 'port patch-tun (type patch)' in str(caught.value)
+    # The domain's own port passes the policy and reaches libvirt, whose
+    # test driver has no device hotplug.
+    with pytest.raises(libvirt.libvirtError) as err:
+        dom.attachDeviceFlags(_nic(OWN), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    assert 'not supported by the connection driver' in str(err.value)
+
+
 def test_an_unreadable_database_refuses_at_define_when_ovs_is_configured(
         ovs_conn, tmp_path, monkeypatch):
     monkeypatch.setenv('OVS_RUNDIR', str(tmp_path / 'no-ovsdb'))

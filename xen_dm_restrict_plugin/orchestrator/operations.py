@@ -140,6 +140,9 @@ def check_device(operation: str, name: str, device: etree._Element,
         probe.root.find('os/type').text = kind.xpath('string()')
         if kind.get('machine') is not None:
             probe.root.find('os/type').set('machine', kind.get('machine'))
+    if dom is not None and dom.uuid:
+        # Whose Open vSwitch port a <target dev> may name (core/nics.py).
+        probe.set_uuid(dom.uuid)
     probe.devices().append(device)
     try:
         policy.check_domain(probe, [], settings,
