@@ -95,8 +95,8 @@ class OvsDb:
             env=dict(os.environ, **self.environ), capture_output=True,
             text=True, timeout=30)
         if check and proc.returncode != 0:
-            raise RuntimeError('ovs-vsctl %s: %s' % (' '.join(args),
-                                                      proc.stderr))
+            raise RuntimeError('ovs-vsctl %s: %s'
+                               % (' '.join(args), proc.stderr))
         return proc
 
     def names(self) -> typing.Tuple[typing.List[str], typing.List[str]]:

@@ -285,8 +285,8 @@ def test_a_fresh_or_own_neutron_name_is_accepted_at_prepare(
     assert os.path.isdir(_chroot(env, xml))
 
 
-def test_an_unreadable_database_stops_the_start_at_prepare(use_ovsdb, env,
-                                                          tmp_path):
+def test_an_unreadable_database_stops_the_start_at_prepare(
+        use_ovsdb, env, tmp_path):
     xml = _rendered(env, FRESH)
     proc = _prepare(env, xml, {'OVS_RUNDIR': str(tmp_path / 'no-ovsdb')})
     assert proc.returncode == 1, proc.stderr
