@@ -1366,6 +1366,49 @@ def s8_ovs(s):
         OVS_BRIDGE, ports or 'none'))
     cgroup_gone(s, 'ovs', rec['uid'])
     library('undefine', uuid)
+    s8_ovs_port_names(s, nic, tap)
+
+
+def s8_ovs_port_names(s, nic, tap):
+    """A NIC named after a port only Open vSwitch's database holds (a
+    patch port, as Neutron's patch-tun): refused at define and at
+    prepare, and the port stays (vif-openvswitch would del-port it).
+    """
+    patch = 'patch-tun'
+    r = run(['ovs-vsctl', '--timeout=60', '--may-exist', 'add-port',
+             OVS_BRIDGE, patch, '--', 'set', 'Interface', patch,
+             'type=patch', 'options:peer=patch-int'], timeout=90)
+    s.check(r.rc == 0, 'ovs: add patch port %s: exit %d %s' % (
+        patch, r.rc, first_line(r.text)))
+    name, uuid = 'acme-15', uuid_of(15)
+    bad = nic.replace("<target dev='%s'/>" % tap,
+                      "<target dev='%s'/>" % patch)
+    src = write('/root/%s-bad.xml' % name, domain_xml(name, uuid, nics=bad))
+    r = cli('render', '--tenant', 'acme', src, '-o', '/root/%s-r.xml' % name)
+    leases = cli('leases', 'list', '--format', 'json').out
+    s.check(r.rc == 2 and ("<target dev='%s'>" % patch) in r.text
+            and uuid not in leases,
+            'ovs: NIC named %s refused at define: exit %d, leased %s: %s'
+            % (patch, r.rc, uuid in leases, first_line(r.text, 400)))
+    src = write('/root/%s.xml' % name, domain_xml(name, uuid, nics=nic))
+    r = cli('render', '--tenant', 'acme', src, '-o', '/root/%s-r.xml' % name)
+    s.check(r.rc == 0, 'ovs: render %s exit %d %s' % (name, r.rc,
+                                                      first_line(r.text)))
+    if r.rc == 0:
+        xml = open('/root/%s-r.xml' % name).read().replace(
+            "<target dev='%s'/>" % tap, "<target dev='%s'/>" % patch, 1)
+        virsh('define', write('/root/%s-t.xml' % name, xml))
+        r = virsh('start', name)
+        ports = run(['ovs-vsctl', 'list-ports', OVS_BRIDGE]).out.split()
+        s.check(r.rc != 0 and domid(name) is None
+                and ("<target dev='%s'>" % patch) in r.text,
+                'ovs: NIC named %s refused at prepare: start exit %d: %s'
+                % (patch, r.rc, first_line(r.text, 400)))
+        s.check(patch in ports, 'ovs: %s still on %s: %s' % (
+            patch, OVS_BRIDGE, ports))
+        virsh('undefine', name)
+    cli('leases', 'release', uuid)
+    run(['ovs-vsctl', '--timeout=60', '--if-exists', 'del-port', patch])
 
 
 @scenario('4-refused-ops', 'migration, save, managed save, CD-ROM change, '
