@@ -179,6 +179,7 @@ def test_a_hot_attached_nic_is_checked_against_the_database_too(
 
 def test_an_unreadable_database_refuses_at_define_when_ovs_is_configured(
         ovs_conn, tmp_path, monkeypatch):
+    hostenv.require_tool(ovsdbenv.OVS_VSCTL)
     monkeypatch.setenv('OVS_RUNDIR', str(tmp_path / 'no-ovsdb'))
     with pytest.raises(exception.Unavailable) as caught:
         ovs_conn.define_and_start(_xml(FRESH), ACME)
