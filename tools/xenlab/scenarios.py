@@ -1748,20 +1748,23 @@ def main():
     emit('XENLAB-FACT dom0 cpu flags: %s' % ' '.join(sorted(
         x for x in flags if re.match(r'(avx|fma|f16c|xsave|vaes|vpclmul|'
                                      r'svm|npt|sse4|bmi)', x))))
-    # x86-64-v3 "supported" means glibc uses its AVX2 string routines.
-    r = run(['/lib64/ld-linux-x86-64.so.2', '--help'])
-    emit('XENLAB-FACT glibc hwcaps: %s' % ', '.join(
-        x.strip() for x in r.out.splitlines() if 'x86-64-v' in x))
-    # What glibc itself read from CPUID (a PV dom0's userspace executes
-    # CPUID on the emulated CPU directly, not through Xen's policy that
-    # /proc/cpuinfo shows): the leaves and the words it marks usable.
+    # Which string routines glibc picks in dom0: what it read from CPUID
+    # (a PV dom0's userspace executes CPUID on the emulated CPU directly)
+    # and marks usable. ``ld.so --help`` lists every hwcaps level and
+    # marks only the last ones "supported": read the diagnostics instead.
     r = run(['/lib64/ld-linux-x86-64.so.2', '--list-diagnostics'])
-    for x in r.out.splitlines():
-        # features[0] is leaf 1 (ecx bit 28 AVX, 27 OSXSAVE), features[1]
-        # leaf 7 (ebx bit 5 AVX2, bit 16 AVX512F); "active" is usable.
-        if re.match(r'x86\.cpu_features\.(features\[0x[01]\]\.(cpuid|'
-                    r'active)\[0x[123]\]|isa_1|xsave_state)', x):
-            emit('XENLAB-FACT glibc %s' % x.strip())
+    diag = dict(x.split('=', 1) for x in r.out.splitlines() if '=' in x)
+
+    def usable(word, bit):
+        value = diag.get('x86.cpu_features.features[%s].active[%s]' % word)
+        return 'yes' if value and int(value, 16) >> bit & 1 else 'no'
+    isa = int(diag.get('x86.cpu_features.isa_1', '0'), 16)
+    emit('XENLAB-FACT glibc in dom0: ISA level x86-64-v%d (isa_1=%#x); '
+         'usable AVX %s, AVX2 %s, AVX512F %s; xsave state %s bytes' % (
+             max([1] + [n + 1 for n in range(1, 4) if isa >> n & 1]), isa,
+             usable(('0x0', '0x2'), 28), usable(('0x1', '0x1'), 5),
+             usable(('0x1', '0x1'), 16),
+             int(diag.get('x86.cpu_features.xsave_state_size', '0'), 16)))
     info = run(['xl', 'info'])
     caps = re.search(r'virt_caps\s*:\s*(.*)', info.out)
     ver = re.search(r'xen_version\s*:\s*(.*)', info.out)
