@@ -139,6 +139,49 @@ def test_names_that_are_no_linux_name_are_refused(settings, name):
         settings, _nic(extra="<target dev='%s'/>" % name), Facts())
 
 
+@pytest.mark.parametrize('name', ['5.0', '5.0-x', 'vif5.0x', 'web.1',
+                                  'a.b'])
+def test_names_with_a_dot_are_refused(settings, name):
+    # vif-bridge's set_mtu splits DOMID.DEVID out of the renamed interface
+    # and writes /local/domain/DOMID/device/vif/DEVID/mtu: "5.0" is
+    # domain 5's first NIC.
+    message = refused(settings, _nic(extra="<target dev='%s'/>" % name),
+                      Facts())
+    assert 'set_mtu' in message and '/local/domain/DOMID' in message
+
+
+def _named(name):
+    xml = base.edit(_domain(_nic("<source bridge='br-int'/>",
+                                 "<virtualport type='openvswitch'/>"))
+                    .to_string(),
+                    lambda root: setattr(root.find('name'), 'text', name))
+    return domain.parse(xml, 1 << 20)
+
+
+@pytest.mark.parametrize('name', [
+    # vif-openvswitch puts the name unquoted on ovs-vsctl's command line:
+    # this one deletes Neutron's patch port and the external bridge.
+    '" -- del-port patch-tun -- del-br br-ex -- comment x',
+    'web 1', "it's", 'a*', 'a?', 'a[1]', 'a\\b', 'a=b', 'a,b', 'a/b',
+    'x' * 65, ''])
+def test_domain_names_ovs_vsctl_or_qemu_would_split_are_refused(settings,
+                                                                name):
+    facts = Facts(bridges={'br-int': 'openvswitch'})
+    found = [str(p) for p in policy.Checker(settings, facts).problems(
+        _named(name), [])]
+    assert any('vif-openvswitch' in text and '<name>' in text
+               for text in found), found
+
+
+@pytest.mark.parametrize('name', ['instance-0000000a', 'i-3f2a9c1b',
+                                  'debian12.home', 'win10_pro+sp1',
+                                  'vm@host:1', 'x' * 64])
+def test_names_orchestrators_write_are_accepted(settings, name):
+    facts = Facts(bridges={'br-int': 'openvswitch'})
+    assert [str(p) for p in policy.Checker(settings, facts).problems(
+        _named(name), [])] == []
+
+
 @pytest.mark.parametrize('name', ['if2', 'if0', 'if-4294967294', 'if-2',
                                   'if12x', 'if2-emu'])
 def test_names_iproute2_reads_as_an_index_are_refused(settings, name):

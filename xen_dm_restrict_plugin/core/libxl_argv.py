@@ -31,7 +31,11 @@ _IFNAME = r'[A-Za-z0-9_.-]{1,15}'
 #: Value shapes the policy holds the domain to, so that what libxl
 #: writes from them has the shape this module accepts.
 IFNAME_RE = re.compile(r'^%s\Z' % _IFNAME)
-NAME_RE = re.compile(r'^[^,\x00-\x1f\x7f/]{1,64}\Z')
+#: Domain names: libxl passes the name to QEMU as -name (a comma adds
+#: options) and writes it to xenstore, from where Xen's vif-openvswitch
+#: puts it unquoted on ovs-vsctl's command line (a space or a quote adds
+#: commands). virt-manager's and Nova's names fit.
+NAME_RE = re.compile(r'^[A-Za-z0-9_.+:@-]{1,64}\Z')
 KEYMAP_RE = re.compile(r'^[a-z]{2}(?:-[a-z]{2,3})?\Z')
 #: NIC models libxl passes to QEMU as -device names.
 EMULATED_NIC_MODELS = ('e1000', 'rtl8139', 'ne2k_pci', 'pcnet')

@@ -247,7 +247,7 @@ def name_problems(nic, hvm: bool, facts: NetworkFacts,
             subject, 'libxl writes it to xenstore as vifname and the '
             'hotplug script renames the guest\'s interface to it with '
             '"ip link set ... name"; it must be a Linux interface name',
-            'remove <target>, or use up to %d letters, digits and "_.-"'
+            'remove <target>, or use up to %d letters, digits and "_-"'
             % (IFNAME_MAX - len(EMU_SUFFIX) if emulated else IFNAME_MAX))]
     if IFINDEX_NAME_RE.match(name):
         return [Problem(
@@ -259,6 +259,14 @@ def name_problems(nic, hvm: bool, facts: NetworkFacts,
             'has that index' % (name, name),
             'remove <target> or choose a name that does not start with '
             '"if" and a digit')]
+    if '.' in name and not LIBXL_NAME_RE.match(name):
+        return [Problem(
+            subject, 'vif-bridge\'s set_mtu (xen-network-common.sh) reads '
+            'DOMID.DEVID out of a renamed interface\'s name (after an '
+            'optional "vif") and writes the bridge\'s MTU to '
+            '/local/domain/DOMID/device/vif/DEVID/mtu: a name such as '
+            '"5.0" writes into domain 5\'s NIC configuration',
+            'remove <target> or choose a name without "."')]
     if LIBXL_NAME_RE.match(name):
         return [Problem(
             subject, 'it is in libxl\'s own name space (vifDOMID.DEVID, '

@@ -170,8 +170,11 @@ class Checker:
         return [_refusal(
             '<name>%r</name>' % dm.name,
             'libxl passes the name to QEMU as -name, where a comma adds '
-            'options; names must be 1 to 64 characters without comma, '
-            'slash or control characters', 'rename the domain')]
+            'options, and writes it to xenstore, from where Xen\'s '
+            'vif-openvswitch puts it unquoted on ovs-vsctl\'s command line '
+            'as root, where a space or a quote adds commands',
+            'rename the domain: 1 to 64 letters, digits and "_.+:@-" (as '
+            'virt-manager and Nova name domains)')]
 
     def _os(self, dm: model_mod.DomainModel) -> typing.List[Refusal]:
         found = []
