@@ -286,6 +286,21 @@ def test_a_fresh_or_own_neutron_name_is_accepted_at_prepare(
     assert os.path.isdir(_chroot(env, xml))
 
 
+def test_a_name_vif_openvswitch_would_split_is_refused_at_prepare(
+        use_ovsdb, env):
+    # Renamed in libvirt after define: vif-openvswitch would put the name
+    # unquoted on ovs-vsctl's command line, deleting patch-tun and br-ex.
+    evil = '" -- del-port patch-tun -- del-br br-ex -- comment x'
+    xml = base.edit(_rendered(env, FRESH), lambda root: setattr(
+        root.find('name'), 'text', evil))
+    before = use_ovsdb.names()
+    proc = _prepare(env, xml, use_ovsdb.environ)
+    assert proc.returncode == 2, proc.stderr
+    assert b'vif-openvswitch' in proc.stderr and b'<name>' in proc.stderr
+    assert not os.path.lexists(_chroot(env, xml))
+    assert use_ovsdb.names() == before
+
+
 def test_an_unreadable_database_stops_the_start_at_prepare(
         use_ovsdb, env, tmp_path):
     xml = _rendered(env, FRESH)
