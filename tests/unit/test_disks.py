@@ -422,3 +422,120 @@ def test_a_qcow2_whose_backing_file_points_outside_is_refused(tmp_path):
         hook.close()
     assert '/etc/shadow' in str(err.value)
     assert not os.path.exists(settings.lease_db) or not hook.store.list()
+
+
+# -- the storage record is the product's, never the tenant's -----------------
+def _with_record(dom, *entries):
+    dom.set_metadata(disks._record([disks.DaemonDisk(*entry)
+                                    for entry in entries]))
+    return dom
+
+
+def _storage_nodes(xml):
+    return etree.fromstring(xml.encode()).findall(
+        'metadata/{%s}*' % disks.STORAGE_NS)
+
+
+def _prepare(settings, xml):
+    xml = base.edit(xml, lambda root: root.remove(root.find('uuid')))
+    hook = extension.DmRestrictHook(None, settings)
+    try:
+        return hook.prepare(xml, hooks.Instance(UUID_A, 'acme'))
+    finally:
+        hook.close()
+
+
+@pytest.mark.parametrize('target', [
+    '/etc/pam', '../%s/xvda' % UUID_B, 'xvda/../../x', '..', 'xvdb'])
+def test_a_storage_record_the_tenant_wrote_is_dropped(tmp_path, target):
+    settings = _qcow2_settings(tmp_path)
+    image = _qcow2(tmp_path / 'instances' / UUID_A / 'disk')
+    out = _prepare(settings, _with_record(
+        _domain(), (target, image, 'qcow2')).to_string())
+    assert _storage_nodes(out) == []
+
+
+def test_a_rendered_domain_keeps_only_its_own_storage_entries(tmp_path):
+    settings = _qcow2_settings(tmp_path)
+    overlay = _nova_qcow2(tmp_path)
+    out = _prepare(settings, _domain(_file_disk(
+        overlay, "<driver name='qemu' type='qcow2'/>")).to_string())
+    dom = domain.parse(out, 1 << 20)
+    forged = _with_record(dom, ('xvda', overlay, 'qcow2'),
+                          ('/etc/pam', overlay, 'qcow2'),
+                          ('xvdc', overlay, 'qcow2'))
+    again = _prepare(settings, forged.to_string())
+    assert again == out
+    assert disks.daemon_disks(domain.parse(again, 1 << 20)) == [
+        disks.DaemonDisk('xvda', overlay, 'qcow2')]
+
+
+@pytest.mark.parametrize('entries,words', [
+    ([('/etc/pam', 'IMAGE', 'qcow2')], 'not a disk target name'),
+    ([('../%s/xvda' % UUID_B, 'IMAGE', 'qcow2')], 'not a disk target name'),
+    ([('xvda', 'IMAGE', 'qcow2'), ('xvda', 'IMAGE', 'qcow2')],
+     'more than once'),
+    ([('xvda', 'IMAGE', 'qcow2'), ('xvdc', 'IMAGE', 'qcow2')],
+     'names the stable path'),
+])
+def test_the_libvirt_hooks_policy_refuses_a_forged_storage_record(
+        tmp_path, entries, words):
+    """The daemon hook checks a domain defined in libvirt directly: every
+    entry of its storage record needs a disk target name, once, and a
+    ``<disk type='block'>`` at the instance's stable path.
+    """
+    settings = _qcow2_settings(tmp_path)
+    overlay = _nova_qcow2(tmp_path)
+    stable = disks.stable_path(settings.storage_dir, _domain().uuid,
+                               'xvda')
+    dom = _domain(_block_disk(stable, target='xvda'))
+    _with_record(dom, *[(target, overlay, fmt)
+                        for target, _, fmt in entries])
+    scope = pathscope.Scope('acme', dom.uuid)
+    found = policy.Checker(settings, scope=scope).problems(dom, [])
+    assert words in _text([p for p in found
+                           if 'storage record' in p.subject])
+
+
+def test_a_second_element_of_the_storage_namespace_is_refused(tmp_path):
+    settings = _qcow2_settings(tmp_path)
+    dom = _domain()
+    _with_record(dom, ('xvda', '/x', 'qcow2'))
+    dom.root.find('metadata').append(etree.Element(disks.STORAGE + 'other'))
+    found = policy.Checker(settings, scope=None).problems(dom, [])
+    assert 'exactly one' in _text(found)
+
+
+@pytest.mark.parametrize('instance,target', [
+    (UUID_A, '/etc/pam'), (UUID_A, '..'), (UUID_A, '.'), (UUID_A, ''),
+    (UUID_A, 'xvda/../../etc'), ('..', 'xvda'), ('a/b', 'xvda'),
+    (UUID_A, 'pam'),
+])
+def test_storage_paths_never_leave_the_instances_directory(tmp_path,
+                                                           instance, target):
+    from xen_dm_restrict_plugin.storage import daemon
+    storage = str(tmp_path / 'storage')
+    for func in (disks.stable_path, daemon.disk_dir, daemon.socket_path):
+        with pytest.raises(ValueError):
+            func(storage, instance, target)
+    assert daemon.disk_dir(storage, UUID_A, 'xvda') == os.path.join(
+        storage, UUID_A, 'xvda.d')
+
+
+@pytest.mark.parametrize('offset,length', [
+    ((1 << 63) + 5, 10), ((1 << 64) - 1, 1023), (1 << 40, 10), (100, 1023)])
+def test_a_backing_name_past_the_end_of_the_image_is_refused(
+        tmp_path, offset, length):
+    """The offsets come from the image: a huge one is a refusal that
+    names the image, not an OverflowError out of ``pread``.
+    """
+    import struct
+    header = bytearray(b'QFI\xfb' + struct.pack('>IQI', 3, offset, length)
+                       + b'\0' * 200)
+    struct.pack_into('>I', header, 100, 104)
+    path = tmp_path / 'crafted.qcow2'
+    path.write_bytes(bytes(header))
+    with pytest.raises(imageformat.ImageProblem) as err:
+        imageformat.read_qcow2_header(str(path))
+    assert 'past its end' in str(err.value)
+    assert str(path) in str(err.value)

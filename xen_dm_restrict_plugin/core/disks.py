@@ -88,21 +88,71 @@ class DaemonDisk:
     format: str
 
 
+def run_path(storage_dir: str, instance: str, name: str) -> str:
+    """``STORAGE_DIR/INSTANCE/NAME``, asserted to be a direct child of
+    the instance's storage directory.
+
+    Root removes, creates and chowns what lies there, so a name from a
+    domain (a target such as ``/etc/pam`` or ``../UUID2/xvda``) must not
+    lead anywhere else.
+
+    :raises ValueError: the instance or the name is not one plain path
+        component, or the result lies elsewhere.
+    """
+    top = os.path.normpath(storage_dir)
+    own = os.path.normpath(os.path.join(top, instance))
+    path = os.path.normpath(os.path.join(own, name))
+    for part in (instance, name):
+        if not part or '/' in part or '\0' in part or part in ('.', '..'):
+            raise ValueError('%r is not a plain name under the storage '
+                             'directory %s' % (part, storage_dir))
+    if os.path.dirname(own) != top or os.path.dirname(path) != own:
+        raise ValueError('%r lies outside the storage directory %s of '
+                         'instance %s' % (path, storage_dir, instance))
+    return path
+
+
 def stable_path(storage_dir: str, instance: str, target: str) -> str:
     """The block device path the domain names for a daemon-served disk;
     the daemon hook points it at the nbd device at ``prepare``.
+
+    :raises ValueError: ``target`` is not a disk target name (the policy
+        refuses such a domain first).
     """
-    return os.path.join(storage_dir, instance, target)
+    if not _VDEV_RE.match(target or ''):
+        raise ValueError('%r is not a disk target name' % target)
+    return run_path(storage_dir, instance, target)
 
 
 def daemon_disks(dom: domain_mod.Domain) -> typing.List[DaemonDisk]:
-    """The daemon-served disks recorded in ``dom``'s ``<metadata>``."""
+    """The daemon-served disks recorded in ``dom``'s ``<metadata>``.
+
+    What a domain says here is checked by :func:`record_problems` before
+    anything is served.
+    """
     node = dom.metadata(STORAGE_TAG)
     if node is None:
         return []
     return [DaemonDisk(disk.get('target') or '', disk.get('image') or '',
                        disk.get('format') or '')
             for disk in node.iterfind(STORAGE + 'disk')]
+
+
+def _record_nodes(dom: domain_mod.Domain) -> typing.List[etree._Element]:
+    """Every element of the storage namespace under ``<metadata>``."""
+    meta = dom.root.find('metadata')
+    if meta is None:
+        return []
+    return [node for node in meta if isinstance(node.tag, str)
+            and etree.QName(node).namespace == STORAGE_NS]
+
+
+def _drop_record(dom: domain_mod.Domain) -> None:
+    for node in _record_nodes(dom):
+        prev = node.getprevious()
+        if prev is not None and node.getnext() is None:
+            prev.tail = node.tail
+        node.getparent().remove(node)
 
 
 def _record(disks: typing.Sequence[DaemonDisk]) -> etree._Element:
@@ -153,14 +203,27 @@ def render(dom: domain_mod.Domain, settings,
 
     :returns: what was changed, for the log.
     """
+    # The storage record is this product's, never the tenant's: whatever
+    # the domain brings in the storage namespace is dropped and the
+    # record is rebuilt from the disks alone.
+    brought = _recoverable(dom, settings)
     if not dom.kind.has_dom0_device_model:
+        _drop_record(dom)
         return []
     changed = []
-    recorded = {disk.target: disk for disk in daemon_disks(dom)}
+    recorded: typing.Dict[str, DaemonDisk] = {}
     dm = model_mod.DomainModel(dom)
     for disk in dm.disks:
+        if disk.target in brought and disk.source_type == 'block' and \
+                disk.path == brought[disk.target][0]:
+            # A domain this hook rendered before (orchestrators read the
+            # domain back and define it again): its image is checked by
+            # problems() as a qcow2 file the domain named would be.
+            recorded[disk.target] = brought[disk.target][1]
+            continue
         if (disk.source_type != 'file' or disk.device != 'disk'
-                or disk.path is None or disk.target is None):
+                or disk.path is None or disk.target is None
+                or not _VDEV_RE.match(disk.target)):
             continue
         if disk.driver not in _QDISK_DRIVERS + (None, 'phy', 'tap', 'tap2'):
             continue
@@ -176,17 +239,49 @@ def render(dom: domain_mod.Domain, settings,
                            '(driver %s -> phy)' % (disk.target, disk.driver))
         elif (found == imageformat.QCOW2 and disk.format == 'qcow2'
               and settings.storage_daemon == constants.STORAGE_DAEMON_ON
-              and dom.uuid):
+              and dom.uuid and disk.target not in recorded):
             recorded[disk.target] = DaemonDisk(disk.target, disk.path,
                                                imageformat.QCOW2)
             _to_block(disk.node, stable_path(settings.storage_dir, dom.uuid,
                                              disk.target))
             changed.append('%s: qcow2 image %s served by the storage daemon'
                            % (disk.target, disk.path))
+    dropped = sorted(set(disk.target for disk in daemon_disks(dom))
+                     - set(recorded))
+    if dropped:
+        changed.append('storage record entries %s dropped: they name no '
+                       'disk this hook serves' % ', '.join(
+                           repr(target) for target in dropped))
     if recorded:
         dom.set_metadata(_record(sorted(recorded.values(),
                                         key=lambda d: d.target)))
+    else:
+        _drop_record(dom)
     return changed
+
+
+def _recoverable(dom: domain_mod.Domain, settings
+                 ) -> typing.Dict[str, typing.Tuple[str, DaemonDisk]]:
+    """Entries of a storage record the domain brings that a rendered
+    domain would hold: one per target, a disk target name, at the
+    instance's stable path (the caller keeps them only for a ``<disk
+    type='block'>`` at that path), keyed by target.
+    """
+    if dom.uuid is None or len(_record_nodes(dom)) != 1:
+        return {}
+    entries = daemon_disks(dom)
+    targets = [entry.target for entry in entries]
+    found = {}
+    for entry in entries:
+        if targets.count(entry.target) != 1 or \
+                entry.format != imageformat.QCOW2:
+            continue
+        try:
+            path = stable_path(settings.storage_dir, dom.uuid, entry.target)
+        except ValueError:
+            continue
+        found[entry.target] = (path, entry)
+    return found
 
 
 def _to_block(node: etree._Element, path: str) -> None:
@@ -214,6 +309,7 @@ def problems(dm: model_mod.DomainModel, settings,
     hvm = dm.kind.has_dom0_device_model
     qdisk_ok = (not hvm and settings.pv_dom0_qemu
                 == constants.PV_DOM0_QEMU_ALLOW)
+    found += record_problems(dm, settings)
     served = {disk.target: disk for disk in daemon_disks(dm.dom)}
     for disk in dm.disks:
         subject = disk.describe()
@@ -284,14 +380,76 @@ def problems(dm: model_mod.DomainModel, settings,
             continue
         if disk.source_type == 'block':
             target = served.get(disk.target)
-            if target is not None and dm.dom.uuid and disk.path == \
-                    stable_path(settings.storage_dir, dm.dom.uuid,
-                                disk.target):
+            if target is not None and _at_stable_path(disk, settings,
+                                                      dm.dom.uuid):
                 found += _daemon_disk(subject, target, settings, scope)
                 continue
             found += _block(subject, disk, settings, scope)
         else:
             found += _file(subject, disk, settings, scope)
+    return found
+
+
+def _at_stable_path(disk: model_mod.Disk, settings,
+                    uuid: typing.Optional[str]) -> bool:
+    try:
+        return bool(uuid) and disk.path == stable_path(
+            settings.storage_dir, uuid, disk.target or '')
+    except ValueError:
+        return False
+
+
+def record_problems(dm: model_mod.DomainModel, settings
+                    ) -> typing.List[Refusal]:
+    """Every entry of the domain's storage record that does not belong
+    to a ``<disk type='block'>`` at the instance's stable path.
+
+    The daemon hook serves every entry as root (creating, chowning and
+    removing ``STORAGE_DIR/UUID/TARGET.d``), and a domain defined in
+    libvirt directly carries whatever record its author wrote, so each
+    entry must name a disk target once, and that disk must be the one
+    the daemon's nbd device is given to.
+    """
+    nodes = _record_nodes(dm.dom)
+    if not nodes:
+        return []
+    subject = 'storage record <metadata><%s:disks>' % STORAGE_PREFIX
+    remedy = ('remove it: the dm_restrict hook writes it itself when it '
+              'renders a qcow2 disk (define the domain through the hook)')
+    if len(nodes) != 1 or nodes[0].tag != STORAGE_TAG:
+        return [_refusal(subject, 'the domain holds %d elements of the '
+                         'namespace %s; this product writes exactly one '
+                         '<disks>' % (len(nodes), STORAGE_NS), remedy)]
+    found: typing.List[Refusal] = []
+    entries = daemon_disks(dm.dom)
+    targets = [entry.target for entry in entries]
+    blocks = {}
+    for disk in dm.disks:
+        if disk.source_type == 'block' and disk.target:
+            blocks.setdefault(disk.target, []).append(disk.path)
+    for entry in entries:
+        what = '%s entry for target %r' % (subject, entry.target)
+        if not _VDEV_RE.match(entry.target):
+            found.append(_refusal(
+                what, 'its target is not a disk target name (hdX, sdX or '
+                'xvdX), and root makes a directory named after it',
+                remedy))
+            continue
+        if targets.count(entry.target) != 1:
+            found.append(_refusal(what, 'the record names the target more '
+                                  'than once', remedy))
+            continue
+        try:
+            path = stable_path(settings.storage_dir, dm.dom.uuid or '',
+                               entry.target)
+        except ValueError as err:
+            found.append(_refusal(what, str(err), remedy))
+            continue
+        if blocks.get(entry.target) != [path]:
+            found.append(_refusal(
+                what, 'no <disk type=\'block\'> with that target names '
+                'the stable path %s its storage daemon would serve' % path,
+                remedy))
     return found
 
 

@@ -106,6 +106,7 @@ def read_qcow2_header(path: str) -> Qcow2Header:
     """
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
     try:
+        size = os.fstat(fd).st_size
         head = os.pread(fd, 4096, 0)
         if len(head) < 72 or not head.startswith(_QCOW_MAGIC):
             raise ImageProblem('%r is not a qcow2 image' % path)
@@ -148,6 +149,13 @@ def read_qcow2_header(path: str) -> Qcow2Header:
             if backing_size > MAX_BACKING_NAME:
                 raise ImageProblem('%r has a backing-file name longer than '
                                    'QEMU allows' % path)
+            # Offsets come from the image: bounded by the file before
+            # they reach pread (2**63 and more overflow it).
+            if backing_offset > size or backing_size > size - backing_offset:
+                raise ImageProblem('%r places its backing-file name at '
+                                   'offset %d, length %d, past its end (%d '
+                                   'bytes)' % (path, backing_offset,
+                                               backing_size, size))
             raw = os.pread(fd, backing_size, backing_offset)
             if len(raw) != backing_size:
                 raise ImageProblem('%r has a truncated backing-file name'

@@ -490,7 +490,7 @@ def check_storage(settings: conf_mod.Settings) -> typing.List[Check]:
                       'nbd module', FAIL, 'the kernel has no nbd devices: '
                       'modprobe nbd (and list it in /etc/modules)',
                       needs_xen=True))
-    longest = os.path.join(settings.storage_dir, 'x' * 36, 'xvdzz.d', 'sock',
+    longest = os.path.join(settings.storage_dir, 'x' * 36, 'xvdzzz999.d',
                            'nbd.sock')
     checks.append(Check('storage directory', OK, settings.storage_dir)
                   if len(longest) < 108 else Check(

@@ -9,26 +9,33 @@ root.  Instead each such disk gets a ``qemu-storage-daemon`` (Debian:
 * as the instance's uid and gid (the device model's lease: never root,
   never another instance's), with no supplementary groups;
 * in a mount namespace of its own whose root is an empty tmpfs holding
-  only the program and the libraries it links, the files of the image's
-  backing chain (bind-mounted at their own paths, backing files
-  read-only) and the directory of its socket; nothing else of dom0's
-  file system is reachable;
-* in a cgroup of the instance (``CGROUP_PARENT/storage/dm-UID``) with the
+  only the program and the libraries it links and the files of the
+  image's backing chain (bind-mounted at their own paths, backing files
+  read-only); nothing else of dom0's file system is reachable;
+* in a cgroup of the instance's disk
+  (``CGROUP_PARENT/storage/TARGET/dm-UID``) with the
   device model's limits, and under the launcher's seccomp filter;
 * handed the whole chain explicitly, one ``--blockdev`` per file in JSON
   with ``backing`` set (``null`` at the bottom), so that it never opens a
   file by a name found in an image; the chain was checked by root reading
   only the fixed qcow2 headers
   (:func:`xen_dm_restrict_plugin.core.disks.chain_for`);
-* exporting the top node over NBD on a unix socket in
-  ``STORAGE_DIR/UUID/TARGET.d/sock``.
+* exporting the top node over NBD on a unix socket that root makes at
+  ``STORAGE_DIR/UUID/TARGET.d/nbd.sock`` (a directory only root may
+  enter) and hands over as a listening descriptor
+  (``--nbd-server addr.type=fd``): the uid never names the path root's
+  ``nbd-client`` connects to, so a daemon its image exploited cannot
+  replace it with another instance's socket.  Root knows the daemon is
+  ready when it answers an NBD handshake on that socket.
 
 The kernel's nbd device is connected to that socket
 (:mod:`xen_dm_restrict_plugin.storage.nbd`) and the guest gets it as a
 ``phy`` disk at the domain's stable path.  Ownership of the top image is
 handled as libvirt's DAC driver does on KVM: given to the instance's uid
-while the daemon runs, restored when it stops (the original owner and
-mode are kept in ``state.json``); backing files are opened read-only and
+while the daemon runs, restored when it stops (the original owner, mode
+and inode are kept in ``state.json``), both through a descriptor opened
+without following a symlink; an image with a second hard link is
+refused (it could be someone else's file); backing files are opened read-only and
 must be readable by the instance's uid (Nova's ``_base`` files are
 0644).  The daemon dies with the domain: the reaper kills every process
 of the uid at ``stopped``, and :func:`stop` removes what is left.
@@ -41,11 +48,14 @@ import logging
 import os
 import shutil
 import signal
+import socket as socket_mod
 import stat
+import struct
 import subprocess
 import time
 import typing
 
+from xen_dm_restrict_plugin.core import disks
 from xen_dm_restrict_plugin.core import imageformat
 from xen_dm_restrict_plugin.launcher import cgroup
 from xen_dm_restrict_plugin.launcher import seccomp
@@ -64,6 +74,7 @@ MS_PRIVATE = 1 << 18
 
 EXPORT = 'disk'
 STATE = 'state.json'
+SOCKET = 'nbd.sock'
 #: How long the daemon has to open the chain and listen.
 START_TIMEOUT = 10.0
 
@@ -85,14 +96,26 @@ class Served:
     image: str
     owner: typing.Tuple[int, int, int]
     device: typing.Optional[str] = None
+    #: ``(st_dev, st_ino)`` of the image given to the uid.
+    inode: typing.Optional[typing.Tuple[int, int]] = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 def disk_dir(storage_dir: str, instance: str, target: str) -> str:
-    """The run directory of one daemon-served disk."""
-    return os.path.join(storage_dir, instance, target + '.d')
+    """The run directory of one daemon-served disk, root's only.
+
+    :raises ValueError: it would not be a direct child of
+        ``STORAGE_DIR/INSTANCE`` (a target that is a path).
+    """
+    disks.stable_path(storage_dir, instance, target)
+    return disks.run_path(storage_dir, instance, target + '.d')
+
+
+def socket_path(storage_dir: str, instance: str, target: str) -> str:
+    """Where root's listening socket for one disk lies."""
+    return os.path.join(disk_dir(storage_dir, instance, target), SOCKET)
 
 
 def blockdevs(chain: typing.Sequence[imageformat.Layer],
@@ -120,12 +143,14 @@ def blockdevs(chain: typing.Sequence[imageformat.Layer],
 
 
 def argv(binary: str, chain: typing.Sequence[imageformat.Layer],
-         socket: str, top_writable: bool = True) -> typing.List[str]:
-    """The daemon's command line."""
+         listen_fd: int, top_writable: bool = True) -> typing.List[str]:
+    """The daemon's command line; it serves NBD on the listening socket
+    root made and hands it as ``listen_fd``.
+    """
     args = [binary]
     for node in blockdevs(chain, top_writable):
         args += ['--blockdev', json.dumps(node, sort_keys=True)]
-    args += ['--nbd-server', 'addr.type=unix,addr.path=%s' % socket,
+    args += ['--nbd-server', 'addr.type=fd,addr.str=%d' % listen_fd,
              '--export', 'type=nbd,id=export0,node-name=fmt0,name=%s,'
              'writable=%s' % (EXPORT, 'on' if top_writable else 'off')]
     return args
@@ -176,8 +201,15 @@ def _bind(root: str, path: str, read_only: bool) -> None:
                MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
-def _child(settings, served_uid: int, gid: int, root: str,
-           files: typing.Sequence[typing.Tuple[str, bool]], sock_dir: str,
+def cgroup_parent(settings, target: str) -> str:
+    """The cgroup parent of one disk's daemon: each disk of an instance
+    has a group of its own (all run as the instance's uid).
+    """
+    return '%s/storage/%s' % (settings.cgroup_parent, target)
+
+
+def _child(settings, target: str, served_uid: int, gid: int, root: str,
+           files: typing.Sequence[typing.Tuple[str, bool]], listen_fd: int,
            args: typing.Sequence[str], log_fd: int) -> None:
     """In the forked child: namespace, root, cgroup, identity, filter,
     exec.  Never returns.
@@ -192,12 +224,11 @@ def _child(settings, served_uid: int, gid: int, root: str,
                'mode=0755,size=1m')
         for path, read_only in files:
             _bind(root, path, read_only)
-        _bind(root, sock_dir, False)
         _bind(root, '/dev/null', False)
         _mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID
                | MS_NODEV)
         if settings.cgroup_limits == 'required':
-            cgroup.enter(settings.cgroup_parent + '/storage', served_uid,
+            cgroup.enter(cgroup_parent(settings, target), served_uid,
                          cgroup.Limits(
                              pids_max=settings.device_model_max_processes,
                              memory_max_bytes=settings.device_model_memory_mib
@@ -213,6 +244,7 @@ def _child(settings, served_uid: int, gid: int, root: str,
         os.dup2(log_fd, 2)
         null = os.open('/dev/null', os.O_RDONLY)
         os.dup2(null, 0)
+        os.set_inheritable(listen_fd, True)
         os.setgroups([])
         os.setresgid(gid, gid, gid)
         os.setresuid(served_uid, served_uid, served_uid)
@@ -235,9 +267,16 @@ def _readable_by(path: str, uid: int, gid: int) -> bool:
 
 def start(settings, instance: str, target: str, uid: int, gid: int,
           chain: typing.Sequence[imageformat.Layer]) -> Served:
-    """Start the daemon for one disk; return once it listens.
+    """Start the daemon for one disk; return once it serves NBD.
+
+    Root makes the listening unix socket, in a directory only root may
+    enter, and hands the daemon the descriptor: the instance's uid never
+    names, creates or replaces the path root's ``nbd-client`` connects
+    to (a daemon exploited by its image cannot point root at another
+    instance's socket).
 
     :raises StorageError: it could not be started (nothing is left).
+    :raises ValueError: ``target`` is not a disk target name.
     """
     if uid == 0 or gid == 0:
         raise StorageError('the storage daemon never runs as root')
@@ -249,50 +288,156 @@ def start(settings, instance: str, target: str, uid: int, gid: int,
                 'world-readable, as Nova\'s _base files are)'
                 % (layer.path, uid))
     directory = disk_dir(settings.storage_dir, instance, target)
-    if len(os.path.join(directory, 'sock', 'nbd.sock')) >= 108:
+    socket = os.path.join(directory, SOCKET)
+    if len(socket) >= 108:
         raise StorageError('the socket path under [dm_restrict] storage_dir '
                            '%s is longer than a unix socket path may be; '
                            'use a shorter storage_dir' % settings.storage_dir)
     stop_disk(settings, directory)
-    os.makedirs(directory, mode=0o711)
-    sock_dir = os.path.join(directory, 'sock')
-    os.mkdir(sock_dir, 0o700)
-    os.chown(sock_dir, uid, gid)
-    root = os.path.join(directory, 'root')
-    os.mkdir(root, 0o755)
-    socket = os.path.join(sock_dir, 'nbd.sock')
     top = chain[0].path
-    st = os.stat(top)
+    image_fd = _open_image(top)
+    st = os.fstat(image_fd)
     owner = (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
-    files = [(path, True) for path in libraries(
-        settings.storage_daemon_binary)]
-    files += [(layer.path, index != 0) for index, layer in enumerate(chain)]
-    args = argv(settings.storage_daemon_binary, chain, socket)
-    log_fd = os.open(os.path.join(directory, 'daemon.log'),
-                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-                     0o600)
-    # As libvirt's DAC driver does: the image is the instance's while
-    # it runs.
-    os.chown(top, uid, gid)
-    os.chmod(top, 0o600)
-    pid = os.fork()
-    if pid == 0:
-        _child(settings, uid, gid, root, files, sock_dir, args, log_fd)
-    os.close(log_fd)
-    served = Served(instance, target, uid, gid, pid, socket, top, owner)
-    _write_state(directory, served)
-    deadline = time.monotonic() + START_TIMEOUT
-    while not os.path.exists(socket):
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done or time.monotonic() > deadline:
-            log = _read_log(directory)
-            stop_disk(settings, directory)
+    served = Served(instance, target, uid, gid, 0, socket, top, owner,
+                    inode=(st.st_dev, st.st_ino))
+    pid = None
+    listener = None
+    given = False
+    try:
+        os.makedirs(os.path.dirname(directory), mode=0o711, exist_ok=True)
+        os.mkdir(directory, 0o700)
+        root = os.path.join(directory, 'root')
+        os.mkdir(root, 0o755)
+        listener = socket_mod.socket(socket_mod.AF_UNIX,
+                                     socket_mod.SOCK_STREAM)
+        listener.bind(socket)
+        listener.listen(16)
+        files = [(path, True) for path in libraries(
+            settings.storage_daemon_binary)]
+        files += [(layer.path, index != 0)
+                  for index, layer in enumerate(chain)]
+        args = argv(settings.storage_daemon_binary, chain,
+                    listener.fileno())
+        log_fd = os.open(os.path.join(directory, 'daemon.log'),
+                         os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                         0o600)
+        # As libvirt's DAC driver does: the image is the instance's while
+        # it runs (through the descriptor checked above, never the path).
+        given = True
+        os.fchown(image_fd, uid, gid)
+        os.fchmod(image_fd, 0o600)
+        pid = os.fork()
+        if pid == 0:
+            _child(settings, target, uid, gid, root, files, listener.fileno(), args,
+                   log_fd)
+        os.close(log_fd)
+        # Only the daemon holds the listener now: if it dies, a waiting
+        # connection is refused instead of hanging.
+        listener.close()
+        served = dataclasses.replace(served, pid=pid)
+        _write_state(directory, served)
+        problem = _wait_serving(socket, pid, time.monotonic() + START_TIMEOUT)
+        if problem:
             raise StorageError('the storage daemon for %s of %s did not '
-                               'start: %s' % (target, instance, log))
-        time.sleep(0.01)
+                               'start (%s): %s' % (target, instance, problem,
+                                                   _read_log(directory)))
+    except BaseException:
+        # Whatever failed, nothing is left: no daemon, the image given
+        # back, no directory.
+        if listener is not None:
+            listener.close()
+        if pid is not None:
+            _kill_child(pid)
+        if given:
+            _give_back(image_fd, served)
+        stop_disk(settings, directory)
+        raise
+    finally:
+        os.close(image_fd)
     LOG.info('instance %s: storage daemon pid %d serves %s (%d layers) as '
              'uid %d on %s', instance, pid, top, len(chain), uid, socket)
     return served
+
+
+def _kill_child(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+def _open_image(path: str) -> int:
+    """A descriptor of the top image, refused when it is not a regular
+    file of its own (a symlink, or a file with another hard link: root
+    gives it to the instance's uid, so it must not be someone else's
+    file under a second name).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                     | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as err:
+        raise StorageError('image %s cannot be opened without following a '
+                           'symlink: %s' % (path, err.strerror)) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        raise StorageError(
+            'image %s is %s; root gives the image to the instance\'s uid '
+            'while it runs, so it must be a regular file with a single '
+            'name' % (path, 'not a regular file' if not stat.S_ISREG(
+                st.st_mode) else 'one of %d hard links to the same file'
+                % st.st_nlink))
+    return fd
+
+
+def _wait_serving(socket: str, pid: int, deadline: float
+                  ) -> typing.Optional[str]:
+    """Wait until the daemon at ``socket`` greets an NBD client (it
+    accepts only once every image is open and the export exists); why
+    not, or None.
+    """
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return 'it did not serve within %d s' % START_TIMEOUT
+        try:
+            if _greets(socket, remaining):
+                return None
+        except OSError:
+            pass
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return 'it exited'
+        time.sleep(0.01)
+
+
+_NBD_MAGIC = b'NBDMAGICIHAVEOPT'
+_NBD_OPT_ABORT = 2
+
+
+def _greets(socket: str, timeout: float) -> bool:
+    """One NBD handshake, given up at once (``NBD_OPT_ABORT``)."""
+    with socket_mod.socket(socket_mod.AF_UNIX,
+                           socket_mod.SOCK_STREAM) as client:
+        client.settimeout(timeout)
+        client.connect(socket)
+        greeting = b''
+        while len(greeting) < 18:
+            chunk = client.recv(18 - len(greeting))
+            if not chunk:
+                return False
+            greeting += chunk
+        if not greeting.startswith(_NBD_MAGIC):
+            return False
+        flags = struct.unpack('>H', greeting[16:18])[0] & 3
+        client.sendall(struct.pack('>I', flags) + _NBD_MAGIC[8:]
+                       + struct.pack('>II', _NBD_OPT_ABORT, 0))
+        try:
+            client.recv(20)
+        except OSError:
+            pass
+        return True
 
 
 def _read_log(directory: str) -> str:
@@ -316,6 +461,8 @@ def read_state(directory: str) -> typing.Optional[Served]:
         with open(os.path.join(directory, STATE), encoding='utf-8') as handle:
             data = json.load(handle)
         data['owner'] = tuple(data['owner'])
+        if data.get('inode') is not None:
+            data['inode'] = tuple(data['inode'])
         return Served(**data)
     except (OSError, ValueError, TypeError, KeyError):
         return None
@@ -361,7 +508,8 @@ def stop_disk(settings, directory: str) -> None:
             pass
         _restore(served)
         try:
-            cgroup.remove(settings.cgroup_parent + '/storage', served.uid)
+            cgroup.remove(cgroup_parent(settings, served.target),
+                          served.uid)
         except OSError as err:
             LOG.warning('instance %s: storage cgroup of uid %d not removed: '
                         '%s', served.instance, served.uid, err)
@@ -374,16 +522,35 @@ def stop_disk(settings, directory: str) -> None:
 
 
 def _restore(served: Served) -> None:
+    """Give the image back to its owner, through a descriptor of the
+    very file that was given away.
+    """
     try:
-        st = os.stat(served.image)
+        fd = os.open(served.image, os.O_RDONLY | os.O_NOFOLLOW
+                     | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
     except OSError:
         return
-    if st.st_uid == served.uid:
-        uid, gid, mode = served.owner
-        os.chown(served.image, uid, gid)
-        os.chmod(served.image, mode)
-        LOG.info('instance %s: %s given back to %d:%d mode %o',
-                 served.instance, served.image, uid, gid, mode)
+    try:
+        _give_back(fd, served)
+    finally:
+        os.close(fd)
+
+
+def _give_back(fd: int, served: Served) -> None:
+    st = os.fstat(fd)
+    if served.inode is not None and (st.st_dev, st.st_ino) != tuple(
+            served.inode):
+        LOG.warning('instance %s: %s is no longer the file given to uid %d; '
+                    'its owner is left alone', served.instance,
+                    served.image, served.uid)
+        return
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != served.uid:
+        return
+    uid, gid, mode = served.owner
+    os.fchown(fd, uid, gid)
+    os.fchmod(fd, mode)
+    LOG.info('instance %s: %s given back to %d:%d mode %o',
+             served.instance, served.image, uid, gid, mode)
 
 
 def instance_dirs(storage_dir: str, instance: str) -> typing.List[str]:

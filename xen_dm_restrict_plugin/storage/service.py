@@ -3,7 +3,9 @@
 At ``prepare`` (after the domain passed the policy and its uid was
 reaped) every qcow2 disk recorded in the domain's ``<metadata>`` gets its
 checked chain, a storage daemon as the domain's uid, an nbd device and
-the stable path the domain names.  At ``stopped``/``release`` the nbd
+the stable path the domain names.  The record is checked again here
+(:func:`xen_dm_restrict_plugin.core.disks.record_problems`): root acts on
+``STORAGE_DIR/UUID/TARGET.d`` for every entry.  At ``stopped``/``release`` the nbd
 devices are disconnected, the daemons stopped and the images given back.
 A failure at ``prepare`` undoes what was set up and refuses the start.
 """
@@ -15,6 +17,7 @@ import typing
 from xen_dm_restrict_plugin.core import disks
 from xen_dm_restrict_plugin.core import domain as domain_mod
 from xen_dm_restrict_plugin.core import imageformat
+from xen_dm_restrict_plugin.core import model as model_mod
 from xen_dm_restrict_plugin.core import pathscope
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin.storage import daemon
@@ -27,35 +30,85 @@ def start(settings, dom: domain_mod.Domain, tenant: str, uid: int,
           gid: int) -> typing.List[daemon.Served]:
     """Serve every daemon-served disk of ``dom``.
 
+    Every entry of the storage record is checked first (a target that is
+    a disk target name, once, at its stable path; the checked chain), so
+    that a refusal starts nothing; a failure later stops every daemon
+    this call started, whatever the error.
+
     :raises OperationRefused: a disk cannot be served (nothing is left).
     """
     served: typing.List[daemon.Served] = []
     wanted = disks.daemon_disks(dom)
-    if not wanted or dom.uuid is None:
+    if not wanted:
         return served
+    subject = 'start of domain %s (uuid %s)' % (dom.name, dom.uuid)
+    if dom.uuid is None:
+        raise _refused(subject, 'it has a storage record but no uuid')
+    wrong = disks.record_problems(model_mod.DomainModel(dom), settings)
+    if wrong:
+        for problem in wrong:
+            LOG.warning('instance %s of tenant %s: %s', dom.uuid, tenant,
+                        problem)
+        raise _refused(subject, str(wrong[0]))
     scope = pathscope.Scope(tenant, dom.uuid)
     try:
-        for disk in wanted:
-            chain = disks.chain_for(disk.image, settings, scope)
-            one = daemon.start(settings, dom.uuid, disk.target, uid, gid,
-                               chain)
-            served.append(one)
+        chains = [(disk, disks.chain_for(disk.image, settings, scope))
+                  for disk in wanted]
+        for disk, chain in chains:
+            served.append(daemon.start(settings, dom.uuid, disk.target, uid,
+                                       gid, chain))
+        for one in served:
             directory = daemon.disk_dir(settings.storage_dir, dom.uuid,
-                                        disk.target)
+                                        one.target)
             device = nbd.connect(settings.storage_dir, one.socket,
                                  daemon.EXPORT)
             daemon.set_device(directory, device)
             nbd.link(disks.stable_path(settings.storage_dir, dom.uuid,
-                                       disk.target), device)
+                                       one.target), device)
     except (imageformat.ImageProblem, daemon.StorageError, nbd.NbdError,
-            OSError) as err:
-        stop(settings, dom.uuid)
-        raise exception.OperationRefused(
-            'start of domain %s (uuid %s)' % (dom.name, dom.uuid),
-            'its qcow2 disks could not be served: %s' % err,
-            'check the image and the storage daemon (xen-dm-restrict '
-            'preflight)') from None
+            OSError, ValueError) as err:
+        _undo(settings, dom.uuid, served)
+        raise _refused(subject, str(err)) from None
+    except BaseException:
+        LOG.exception('instance %s of tenant %s: serving its qcow2 disks '
+                      'failed unexpectedly; stopping what was started',
+                      dom.uuid, tenant)
+        _undo(settings, dom.uuid, served)
+        raise
     return served
+
+
+def _refused(subject: str, why: str) -> exception.OperationRefused:
+    return exception.OperationRefused(
+        subject, 'its qcow2 disks could not be served: %s' % why,
+        'check the image and the storage daemon (xen-dm-restrict '
+        'preflight)')
+
+
+def _undo(settings, instance: str,
+          served: typing.Sequence[daemon.Served]) -> None:
+    """Stop the daemons in ``served`` where they are recorded, then
+    whatever else is left under the instance's storage directory.
+    """
+    for one in served:
+        try:
+            directory = daemon.disk_dir(settings.storage_dir, one.instance,
+                                        one.target)
+        except ValueError:
+            continue
+        _stop_one(settings, instance, directory, one.target)
+    stop(settings, instance)
+
+
+def _stop_one(settings, instance: str, directory: str, target: str) -> None:
+    served = daemon.read_state(directory)
+    try:
+        nbd.unlink(disks.stable_path(settings.storage_dir, instance, target))
+    except ValueError:
+        pass
+    if served is not None and served.device:
+        nbd.disconnect(served.device)
+    daemon.stop_disk(settings, directory)
 
 
 def stop(settings, instance: typing.Optional[str]) -> None:
@@ -64,13 +117,14 @@ def stop(settings, instance: typing.Optional[str]) -> None:
     """
     if not instance:
         return
+    try:
+        disks.run_path(settings.storage_dir, instance, 'x')
+    except ValueError as err:
+        LOG.warning('no storage to stop for %r: %s', instance, err)
+        return
     for directory in daemon.instance_dirs(settings.storage_dir, instance):
-        served = daemon.read_state(directory)
-        target = os.path.basename(directory)[:-len('.d')]
-        nbd.unlink(disks.stable_path(settings.storage_dir, instance, target))
-        if served is not None and served.device:
-            nbd.disconnect(served.device)
-        daemon.stop_disk(settings, directory)
+        _stop_one(settings, instance, directory,
+                  os.path.basename(directory)[:-len('.d')])
     try:
         os.rmdir(os.path.join(settings.storage_dir, instance))
     except OSError:
