@@ -261,8 +261,8 @@ def hook_env(tmp_path):
     made.victims = tempfile.mkdtemp(prefix='xdr-victim-')
     made.uids = set()
     made.write_config(
-        allowed_host_paths='%s,%s/{instance}' % (base.images_dir(),
-                                                  instances),
+        allowed_host_paths='%s,%s/{instance}' % (
+            base.images_dir(), instances),
         writable_shared_host_paths=base.images_dir(),
         storage_daemon='enabled', storage_dir=made.storage)
     yield made
@@ -459,8 +459,8 @@ def test_the_daemons_uid_cannot_replace_the_socket_root_connects_to(
                 os.symlink(b.socket, a.socket)
             # Inside its own mount namespace the path does not exist.
             assert _as_uid(uid_a, swap, root='/proc/%d/root' % a.pid) != 0
-            assert not os.path.lexists('/proc/%d/root%s' % (a.pid,
-                                                             a.socket))
+            assert not os.path.lexists(
+                '/proc/%d/root%s' % (a.pid, a.socket))
             # On the host its uid may not enter the directory.
             assert _as_uid(uid_a, swap) != 0
             out = _io(a.socket, 'read -P 0xaa 0 4096')

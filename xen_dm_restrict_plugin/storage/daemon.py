@@ -35,10 +35,11 @@ handled as libvirt's DAC driver does on KVM: given to the instance's uid
 while the daemon runs, restored when it stops (the original owner, mode
 and inode are kept in ``state.json``), both through a descriptor opened
 without following a symlink; an image with a second hard link is
-refused (it could be someone else's file); backing files are opened read-only and
-must be readable by the instance's uid (Nova's ``_base`` files are
-0644).  The daemon dies with the domain: the reaper kills every process
-of the uid at ``stopped``, and :func:`stop` removes what is left.
+refused (it could be someone else's file); backing files are opened
+read-only and must be readable by the instance's uid (Nova's ``_base``
+files are 0644).  The daemon dies with the domain: the reaper kills
+every process of the uid at ``stopped``, and :func:`stop` removes what
+is left.
 """
 
 import ctypes
@@ -143,14 +144,21 @@ def blockdevs(chain: typing.Sequence[imageformat.Layer],
 
 
 def argv(binary: str, chain: typing.Sequence[imageformat.Layer],
-         listen_fd: int, top_writable: bool = True) -> typing.List[str]:
-    """The daemon's command line; it serves NBD on the listening socket
-    root made and hands it as ``listen_fd``.
+         listen: typing.Union[int, str], top_writable: bool = True
+         ) -> typing.List[str]:
+    """The daemon's command line.
+
+    :param listen: the descriptor of the listening socket root made (how
+        :func:`start` runs every daemon), or a socket path the daemon
+        makes itself (only for a daemon that runs as root, such as the
+        bench's baseline).
     """
     args = [binary]
     for node in blockdevs(chain, top_writable):
         args += ['--blockdev', json.dumps(node, sort_keys=True)]
-    args += ['--nbd-server', 'addr.type=fd,addr.str=%d' % listen_fd,
+    address = ('addr.type=fd,addr.str=%d' % listen if isinstance(listen, int)
+               else 'addr.type=unix,addr.path=%s' % listen)
+    args += ['--nbd-server', address,
              '--export', 'type=nbd,id=export0,node-name=fmt0,name=%s,'
              'writable=%s' % (EXPORT, 'on' if top_writable else 'off')]
     return args
@@ -328,8 +336,8 @@ def start(settings, instance: str, target: str, uid: int, gid: int,
         os.fchmod(image_fd, 0o600)
         pid = os.fork()
         if pid == 0:
-            _child(settings, target, uid, gid, root, files, listener.fileno(), args,
-                   log_fd)
+            _child(settings, target, uid, gid, root, files,
+                   listener.fileno(), args, log_fd)
         os.close(log_fd)
         # Only the daemon holds the listener now: if it dies, a waiting
         # connection is refused instead of hanging.

@@ -4,10 +4,11 @@ At ``prepare`` (after the domain passed the policy and its uid was
 reaped) every qcow2 disk recorded in the domain's ``<metadata>`` gets its
 checked chain, a storage daemon as the domain's uid, an nbd device and
 the stable path the domain names.  The record is checked again here
-(:func:`xen_dm_restrict_plugin.core.disks.record_problems`): root acts on
-``STORAGE_DIR/UUID/TARGET.d`` for every entry.  At ``stopped``/``release`` the nbd
-devices are disconnected, the daemons stopped and the images given back.
-A failure at ``prepare`` undoes what was set up and refuses the start.
+(:func:`xen_dm_restrict_plugin.core.disks.record_problems`): root acts
+on ``STORAGE_DIR/UUID/TARGET.d`` for every entry.  At
+``stopped``/``release`` the nbd devices are disconnected, the daemons
+stopped and the images given back.  A failure at ``prepare`` (or any
+error) stops every daemon the start began and refuses the start.
 """
 
 import logging
