@@ -45,6 +45,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -232,6 +233,9 @@ class Qemu(object):
     def __init__(self, img, run, mem, dom0_mem, cpu):
         self.run = run
         self.last_step = None
+        # The host's 1-minute load average, once a second: the emulated
+        # Xen host slows down (and its timeouts fire) on a busy machine.
+        self.loads = []
         self.serial = os.path.join(run, 'serial.log')
         self.overlay = os.path.join(run, 'dom0.qcow2')
         # Copy-on-write: the run writes the overlay, never the cache.
@@ -309,6 +313,7 @@ def follow(qemu, timeout):
                 return lines, times, 'fatal: ' + line.strip()
         if qemu.proc.poll() is not None:
             return lines, times, 'QEMU exited with %s' % qemu.proc.returncode
+        qemu.loads.append(os.getloadavg()[0])
         if el > timeout:
             return lines, times, 'timeout after %d s' % timeout
         time.sleep(1)
@@ -421,6 +426,11 @@ def main(argv=None):
         'boot_milestones_seconds': times,
         'qemu_seconds': round(qemu_s, 1),
         'problem': problem,
+        'host_load': {'cpus': os.cpu_count(),
+                      'median': round(statistics.median(qemu.loads), 2)
+                      if qemu.loads else None,
+                      'max': round(max(qemu.loads), 2) if qemu.loads
+                      else None},
         'last_step': qemu.last_step,
         'results': results,
         'evidence': evidence,
@@ -461,6 +471,10 @@ def main(argv=None):
     print('QEMU -cpu %s' % cpu)
     print('whole run: %.0f s; QEMU ran %.0f s' % (
         summary['whole_run_seconds'], qemu_s))
+    print('host load average during the run: median %s, max %s on %d '
+          'CPUs (the lab needs them to itself)' % (
+              summary['host_load']['median'], summary['host_load']['max'],
+              os.cpu_count()))
     if problem:
         print('PROBLEM: %s' % problem)
         print('last step the runner began: %s' % qemu.last_step)
