@@ -193,10 +193,11 @@ dm_restrict_opts = [
              'writable_shared_host_paths. A shared entry may not contain '
              'a scoped one (/var/lib/libvirt/images next to '
              '/var/lib/libvirt/images/{instance} is refused: it would '
-             'expose every instance\'s directory). A disk may be named by a udev '
-             'symlink in an allowed directory (/dev/VG/LV, '
+             'expose every instance\'s directory). A disk may be named '
+             'by a udev symlink in an allowed directory (/dev/VG/LV, '
              '/dev/disk/by-path/...) that resolves to a block device node '
-             'in /dev, never one dom0 uses.'),
+             'in /dev, never one dom0 uses or a running guest already '
+             'has.'),
     cfg.ListOpt(
         'writable_shared_host_paths', default=[],
         help='Entries of allowed_host_paths without {tenant} or {instance} '

@@ -459,11 +459,13 @@ def test_another_instances_directory_is_refused_under_a_shared_entry(
     other = _write(images / UUID_B / 'disk.img')
     scope = pathscope.Scope('acme', UUID_A)
     if as_what == 'readonly-disk':
-        make = lambda path: _domain(_file_disk(path, extra='<readonly/>'))
+        def make(path):
+            return _domain(_file_disk(path, extra='<readonly/>'))
     elif as_what == 'cdrom':
-        make = lambda path: _domain(_file_disk(
-            path, driver='', target='hdc', device='cdrom',
-            extra='<readonly/>').replace("bus='xen'", "bus='ide'"))
+        def make(path):
+            return _domain(_file_disk(
+                path, driver='', target='hdc', device='cdrom',
+                extra='<readonly/>').replace("bus='xen'", "bus='ide'"))
     else:
         def make(path):
             top = _qcow2(images / UUID_A / ('top-%s.qcow2'
