@@ -229,7 +229,7 @@ def virt_manager(root: str, uuid: str, pool: str,
     devices = S(dom, 'devices')
     images = os.path.join(root, 'pools', 'default')
     if pool == 'dir':
-        base = _raw(os.path.join(images, 'debian-base.raw'))
+        base = _raw(os.path.join(images, '_base', 'debian-base.raw'))
         _disk(devices, 'file', 'disk', dict(name='qemu', type='qcow2'),
               dict(file=_qcow2(os.path.join(images, uuid, 'debian12.qcow2'),
                                base)), 'xvda', 'xen')

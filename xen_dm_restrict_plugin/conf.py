@@ -22,6 +22,7 @@ from xen_dm_restrict_plugin.core import constants
 from xen_dm_restrict_plugin.core import hostpaths
 from xen_dm_restrict_plugin.core import libxl_argv
 from xen_dm_restrict_plugin.core import nics
+from xen_dm_restrict_plugin.core import pathscope
 from xen_dm_restrict_plugin.core import qemu_args
 from xen_dm_restrict_plugin.core import ranges
 from xen_dm_restrict_plugin.core import settings as settings_mod
@@ -189,10 +190,14 @@ dm_restrict_opts = [
              'may read and write. An entry without them is shared by all '
              'tenants and may only be read (read-only disks and CD-ROMs, '
              'backing files, kernels, firmware) unless it is also listed in '
-             'writable_shared_host_paths. A disk may be named by a udev '
-             'symlink in an allowed directory (/dev/VG/LV, '
+             'writable_shared_host_paths. A shared entry may not contain '
+             'a scoped one (/var/lib/libvirt/images next to '
+             '/var/lib/libvirt/images/{instance} is refused: it would '
+             'expose every instance\'s directory). A disk may be named '
+             'by a udev symlink in an allowed directory (/dev/VG/LV, '
              '/dev/disk/by-path/...) that resolves to a block device node '
-             'in /dev, never one dom0 uses.'),
+             'in /dev, never one dom0 uses or a running guest already '
+             'has.'),
     cfg.ListOpt(
         'writable_shared_host_paths', default=[],
         help='Entries of allowed_host_paths without {tenant} or {instance} '
@@ -700,7 +705,7 @@ def load(conf: cfg.ConfigOpts, check_files: bool = True) -> Settings:
         reap_device_models=group.reap_device_models,
         stubdom_emulators=frozenset(group.stubdom_emulators),
         allowed_qemu_options=_allowed_options(group.allowed_qemu_options),
-        allowed_host_paths=_prefixes(group.allowed_host_paths),
+        allowed_host_paths=_allowed_paths(group.allowed_host_paths),
         allowed_chardev_types=tuple(group.allowed_chardev_types),
         pv_dom0_qemu=group.pv_dom0_qemu,
         allowed_interface_scripts=frozenset(
@@ -764,6 +769,20 @@ def _absolute(name: str, path: str) -> str:
             name, '%r is not an absolute path in normal form' % path,
             'use an absolute path')
     return path
+
+
+def _allowed_paths(paths: typing.Sequence[str]) -> typing.Tuple[str, ...]:
+    found = _prefixes(paths)
+    pair = pathscope.overlap(found)
+    if pair is not None:
+        raise exception.ConfigError(
+            'allowed_host_paths',
+            'the shared entry %r contains the directories the scoped entry '
+            '%r stands for, so every instance could read every other '
+            'instance\'s (or tenant\'s) files through it' % pair,
+            'list only the shared subdirectories (e.g. %s/_base or an ISO '
+            'library beside it) instead of %r' % (pair[0], pair[0]))
+    return found
 
 
 def _writable_shared(paths: typing.Sequence[str],

@@ -311,6 +311,33 @@ def test_copied_record_is_refused(env):
     assert b'is not leased to it (no lease)' in proc.stderr
 
 
+def test_a_record_claiming_another_tenant_is_refused(env, tmp_path):
+    """{tenant} is expanded with the tenant the domain's record names,
+    which a libvirt client can edit (virsh edit): the start is refused
+    unless the lease of the record's uid is that tenant's, so acme's
+    domain cannot reach globex's files by claiming to be globex's.
+    """
+    tenants = tmp_path / 'tenants'
+    (tenants / 'globex').mkdir(parents=True)
+    data = tenants / 'globex' / 'data.img'
+    data.write_bytes(b'\0' * (1 << 20))
+    env.write_config(
+        allowed_host_paths='%s,%s/{tenant}' % (base.images_dir(), tenants),
+        writable_shared_host_paths=base.images_dir())
+    dom = domain.parse(restricted_xml(env), 1 << 20)
+    dom.root.find('devices').append(etree.fromstring(
+        "<disk type='file' device='disk'><driver name='phy'/>"
+        "<source file='%s'/><target dev='xvdc' bus='xen'/></disk>" % data))
+    proc = call_hook(env, 'prepare', 'begin', dom.to_string())
+    assert proc.returncode == 2 and b'not under' in proc.stderr, proc.stderr
+    record = dom.root.find('metadata/%s' % restrict.RECORD_TAG)
+    record.find('{%s}tenant' % restrict.META_NS).text = 'globex'
+    proc = call_hook(env, 'prepare', 'begin', dom.to_string())
+    assert proc.returncode == 2, proc.stderr
+    assert b"claims tenant 'globex'" in proc.stderr
+    assert b"leased to tenant 'acme'" in proc.stderr
+
+
 def test_held_domain_is_refused(env):
     xml = restricted_xml(env)
     with leases.LeaseStore(env.settings().lease_db) as store:

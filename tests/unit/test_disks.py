@@ -6,6 +6,7 @@ udev-style symlinks in a temporary directory.
 """
 
 import contextlib
+import dataclasses
 import os
 import subprocess
 
@@ -267,6 +268,88 @@ def test_a_device_dom0_uses_is_refused(tmp_path):
         assert blockdev.dom0_use(dev) is None
 
 
+def _root_device():
+    """The block device node dom0's / is mounted from, or skip."""
+    with open('/proc/self/mountinfo') as handle:
+        for line in handle:
+            fields = line.split()
+            if fields[4] == '/':
+                devnum = fields[2]
+                break
+        else:
+            pytest.skip('no root mount found')
+    try:
+        with open('/sys/dev/block/%s/uevent' % devnum) as handle:
+            name = dict(line.strip().split('=', 1) for line in handle
+                        if '=' in line).get('DEVNAME')
+    except OSError:
+        pytest.skip('/ is not mounted from a block device here')
+    if not name or not os.path.exists('/dev/%s' % name):
+        pytest.skip('no device node for /')
+    return '/dev/%s' % name
+
+
+@pytest.mark.parametrize('device', [
+    # Every kind of disk that may name a block device, through one check.
+    "<disk type='block' device='disk'><driver name='phy'/><source dev='%s'/>"
+    "<target dev='xvdb' bus='xen'/></disk>",
+    "<disk type='block' device='disk'><driver name='phy'/><source dev='%s'/>"
+    "<target dev='xvdb' bus='xen'/><readonly/></disk>",
+    "<disk type='block' device='cdrom'><source dev='%s'/>"
+    "<target dev='hdc' bus='ide'/><readonly/></disk>",
+    "<disk type='block' device='cdrom'><driver name='qemu' type='raw'/>"
+    "<source dev='%s'/><target dev='hdc' bus='ide'/><readonly/></disk>",
+], ids=['disk', 'readonly-disk', 'cdrom', 'cdrom-qemu-raw'])
+def test_dom0s_mounted_disk_is_refused_as_any_disk_kind(tmp_path, device):
+    """A by-path link in an allowed (shared) directory may resolve to
+    any block device node; a CD-ROM, opened by QEMU as root at start-up,
+    goes through the same identity and dom0-use checks as a disk.
+    """
+    dev = _root_device()
+    by_path = tmp_path / 'disk' / 'by-path'
+    by_path.mkdir(parents=True)
+    link = by_path / 'pci-0000:00:1f.2-ata-1'
+    link.symlink_to(dev)
+    settings = base.make_settings(
+        tmp_path, allowed_host_paths=[str(by_path)],
+        writable_shared_host_paths=[str(by_path)])
+    text = _text(_problems(settings, _domain(device % link)))
+    assert 'mounted in dom0' in text, text
+
+
+def _blkback(sys_root, name, devnum):
+    vbd = sys_root / 'bus' / 'xen-backend' / 'devices' / name
+    vbd.mkdir(parents=True)
+    # As xen-blkback's VBD_SHOW(physical_device, "%x:%x\n", ...) writes it.
+    (vbd / 'physical_device').write_text('%x:%x\n' % devnum)
+
+
+def test_a_device_a_running_guest_has_is_refused(tmp_path):
+    """blkback does not register as a holder of the device it serves, so
+    another instance's LUN in a shared by-path directory looks unused to
+    dom0; the backend's own sysfs attribute shows it.
+    """
+    with loop_device(tmp_path) as dev:
+        devnum = blockdev._devnum(dev)
+        sys_root = tmp_path / 'sys'
+        _blkback(sys_root, 'vbd-3-51712', (devnum[0], devnum[1] + 1))
+        _blkback(sys_root, 'vif-3-0', devnum)
+        assert blockdev.guest_use(dev, str(sys_root)) is None
+        _blkback(sys_root, 'vbd-7-51728', devnum)
+        reason = blockdev.guest_use(dev, str(sys_root))
+        assert 'served to a running guest' in reason
+        assert 'vbd-7-51728' in reason
+        proc = tmp_path / 'proc'
+        (proc / 'self').mkdir(parents=True)
+        (proc / 'self' / 'mountinfo').write_text('')
+        (proc / 'swaps').write_text('Filename Type Size Used Priority\n')
+        assert 'vbd-7-51728' in blockdev.problem(
+            '/dev/disk/by-path/ip-10.0.0.2:3260-iscsi-iqn.x-lun-1', dev,
+            str(proc), str(sys_root))
+        # The real /sys: no guest has a fresh loop device.
+        assert blockdev.guest_use(dev) is None
+
+
 def test_an_lvm_name_must_reach_that_volume(tmp_path):
     with loop_device(tmp_path) as dev:
         major, minor = blockdev._devnum(dev)
@@ -338,6 +421,75 @@ def test_writable_shared_paths_must_be_shared_entries(tmp_path):
             writable_shared_host_paths=['/srv/{instance}'])
     with pytest.raises(exception.ConfigError):
         base.make_settings(tmp_path, allowed_host_paths=['/srv/{user}'])
+
+
+def test_a_shared_entry_above_a_scoped_one_is_refused_at_load(tmp_path):
+    images = str(tmp_path / 'images')
+    for shared in (images, str(tmp_path)):
+        with pytest.raises(exception.ConfigError) as err:
+            base.make_settings(tmp_path, allowed_host_paths=[
+                images + '/{instance}', shared])
+        assert shared in str(err.value)
+        assert images + '/{instance}' in str(err.value)
+    with pytest.raises(exception.ConfigError):
+        base.make_settings(tmp_path, allowed_host_paths=[
+            images + '/inst-{instance}', images])
+    # Nova's _base beside the instance directories is no such pair.
+    base.make_settings(tmp_path, allowed_host_paths=[
+        images + '/{instance}', images + '/_base'])
+
+
+@pytest.fixture
+def above(tmp_path):
+    """Settings with a shared entry above a scoped one, as a
+    configuration not loaded through oslo.config could still hold.
+    """
+    images = tmp_path / 'images'
+    settings = dataclasses.replace(
+        base.make_settings(tmp_path),
+        allowed_host_paths=(str(images / '{instance}'), str(images)))
+    return settings, images
+
+
+@pytest.mark.parametrize('as_what', ['readonly-disk', 'cdrom', 'backing'])
+def test_another_instances_directory_is_refused_under_a_shared_entry(
+        above, tmp_path, as_what):
+    settings, images = above
+    own = _write(images / UUID_A / 'own.img')
+    other = _write(images / UUID_B / 'disk.img')
+    scope = pathscope.Scope('acme', UUID_A)
+    if as_what == 'readonly-disk':
+        def make(path):
+            return _domain(_file_disk(path, extra='<readonly/>'))
+    elif as_what == 'cdrom':
+        def make(path):
+            return _domain(_file_disk(
+                path, driver='', target='hdc', device='cdrom',
+                extra='<readonly/>').replace("bus='xen'", "bus='ide'"))
+    else:
+        def make(path):
+            top = _qcow2(images / UUID_A / ('top-%s.qcow2'
+                                            % os.path.basename(path)),
+                         backing=path)
+            return _domain(_file_disk(top, "<driver name='qemu' "
+                                      "type='qcow2'/>"))
+        settings = dataclasses.replace(
+            settings, storage_daemon='enabled',
+            storage_dir=str(tmp_path / 'storage'))
+    assert _problems(settings, make(own), scope) == []
+    text = _text(_problems(settings, make(other), scope))
+    assert 'another instance or tenant' in text and UUID_B in text, text
+
+
+def test_a_link_into_another_instances_directory_is_refused(above):
+    settings, images = above
+    other = _write(images / UUID_B / 'disk.img')
+    link = images / UUID_A / 'disk.img'
+    link.parent.mkdir(parents=True)
+    link.symlink_to(other)
+    text = _text(_problems(settings, _domain(_file_disk(
+        str(link), extra='<readonly/>')), pathscope.Scope('acme', UUID_A)))
+    assert 'another instance or tenant' in text and UUID_B in text, text
 
 
 def test_without_a_scope_a_placeholder_stands_for_one_component(scoped):
@@ -539,3 +691,57 @@ def test_a_backing_name_past_the_end_of_the_image_is_refused(
         imageformat.read_qcow2_header(str(path))
     assert 'past its end' in str(err.value)
     assert str(path) in str(err.value)
+
+
+# -- root reads nothing before the path is checked ---------------------------
+def _aged(path):
+    """A file whose next read would move its atime (relatime included)."""
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_mtime_ns - 10 ** 12, st.st_mtime_ns))
+    return os.stat(path).st_atime_ns
+
+
+@pytest.mark.parametrize('driver', [
+    "<driver name='qemu' type='raw'/>", "<driver name='file'/>", ''])
+def test_a_file_outside_the_allowed_paths_is_never_read(tmp_path, driver):
+    """Neither render (root, for virt-manager domains) nor the policy
+    (the libvirt hook, root) reads a file before its path is allowed:
+    /proc/kmsg would block and swallow dom0's kernel log, a hung NFS file
+    would hang libvirtd's synchronous hook.
+    """
+    (tmp_path / 'allowed').mkdir()
+    secret = _write(tmp_path / 'outside' / 'secret', b'x' * 4096, 4096)
+    before = _aged(secret)
+    settings = base.make_settings(
+        tmp_path, allowed_host_paths=[str(tmp_path / 'allowed')])
+    dom = _domain(_file_disk(secret, driver))
+    assert policy.Checker(settings, scope=None).problems(dom, [])
+    text = _text(_problems(settings, dom))
+    assert secret in text and 'allowed_host_paths' in text, text
+    assert os.stat(secret).st_atime_ns == before
+
+
+def test_only_a_regular_file_is_ever_opened_for_its_header(tmp_path):
+    fifo = str(tmp_path / 'fifo')
+    os.mkfifo(fifo)
+    # Held open with data in it, so that a regression reads (and fails
+    # here) instead of blocking the test.
+    holder = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        os.write(holder, b'QFI\xfb')
+        link = tmp_path / 'link'
+        link.symlink_to(fifo)
+        # /proc and /sys files are "regular" to stat() (never /proc/kmsg
+        # here: a regression would swallow the host's kernel log).
+        for path in (fifo, str(link), '/dev/null', '/proc/self/status',
+                     '/sys/kernel/uevent_seqnum'):
+            if not os.path.exists(path):
+                continue
+            with pytest.raises(OSError):
+                imageformat.sniff(path)
+    finally:
+        os.close(holder)
+    assert imageformat.sniff(_write(tmp_path / 'raw')) == 'raw'
+    raw_link = tmp_path / 'raw-link'
+    raw_link.symlink_to(tmp_path / 'raw')
+    assert imageformat.sniff(str(raw_link)) == 'raw'

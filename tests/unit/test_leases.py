@@ -530,3 +530,19 @@ def test_shrinking_keeps_the_cursor_inside(store):
         store.release(uuid(100 + n))
     # The wide range's cursor (200007) is past the new end: wrap.
     assert store.acquire(uuid(120), 'acme', narrow, usable).uid == 200000
+
+
+def test_a_start_is_refused_when_the_record_claims_another_tenant(store):
+    """The libvirt hook expands ``{tenant}`` with the tenant the domain's
+    record names; only the lease says whose the instance is.
+    """
+    lease = store.acquire(uuid(1), 'acme', ACME, usable)
+    blocker = leases.start_blocker(store, uuid(1), lease.uid,
+                                   tenant='globex')
+    assert blocker is not None
+    reason, remedy = blocker
+    assert "claims tenant 'globex'" in reason
+    assert "leased to tenant 'acme'" in reason
+    assert 'handle of the tenant that owns it' in remedy
+    assert leases.start_blocker(store, uuid(1), lease.uid,
+                                tenant='acme') is None

@@ -181,7 +181,7 @@ def test_eucalyptus(tmp_path):
 def _pool_settings(tmp_path, **extra):
     pools = tmp_path / 'pools'
     values = dict(allowed_host_paths=[str(pools / 'default' / '{instance}'),
-                                      str(pools / 'default'),
+                                      str(pools / 'default' / '_base'),
                                       str(pools / 'iso')],
                   storage_daemon='enabled',
                   storage_dir=str(tmp_path / 'storage'),

@@ -8,8 +8,22 @@ this module says whether the device it reaches may be given to a guest:
 an LVM name must reach the device-mapper device of that very name, and
 the device must not be in dom0's use -- mounted (itself or a partition),
 active swap, or held by another device (a PV whose LVs are active, an md
-or dm-crypt member).  It reads ``/proc`` and ``/sys`` only (the roots can
-be changed for tests).
+or dm-crypt member) -- and not already served to a running guest by the
+kernel's block backend (blkback opens the device without registering as
+a holder, so only its own sysfs attribute shows it).  It reads ``/proc``
+and ``/sys`` only (the roots can be changed for tests).
+
+:func:`problem` is the one check every block device a domain names goes
+through, whatever the disk kind (disk, CD-ROM, a character device's
+path).
+
+What this cannot tell: whose a device is.  An LV of a shared volume
+group, a LUN in a shared ``/dev/disk/by-path`` or an image in a shared
+``/dev/rbd`` directory may be named by any instance the operator lets
+write there; a device another guest uses *right now* is refused, one
+attached for a stopped instance is not.  Where that matters, scope the
+directory per instance (a udev rule or the orchestrator's own links under
+e.g. ``/dev/disk/by-instance/{instance}``); see the storage page.
 """
 
 import os
@@ -100,6 +114,59 @@ def identity_problem(written: str, real: str,
         return ('%r resolves to %r, which is not the device-mapper device '
                 '%r' % (written, real, expected))
     return None
+
+
+def _backend_users(devnum: typing.Tuple[int, int], sys_root: str
+                   ) -> typing.List[str]:
+    """The Xen block backends (``vbd-DOMID-DEVID``) serving ``devnum``.
+
+    Linux's xen-blkback shows the device it serves as the sysfs attribute
+    ``physical_device`` of its xenbus device, as ``"%x:%x"`` of major and
+    minor (``VBD_SHOW(physical_device, ...)`` in
+    drivers/block/xen-blkback/xenbus.c); a file disk is served through a
+    loop device, which then shows here.
+    """
+    found = []
+    devices = os.path.join(sys_root, 'bus/xen-backend/devices')
+    try:
+        names = sorted(os.listdir(devices))
+    except OSError:
+        return found
+    for name in names:
+        if not name.startswith('vbd'):
+            continue
+        text = _read(os.path.join(devices, name, 'physical_device'))
+        try:
+            major, minor = (int(part, 16)
+                            for part in (text or '').strip().split(':'))
+        except ValueError:
+            continue
+        if (major, minor) == devnum:
+            found.append(name)
+    return found
+
+
+def guest_use(real: str, sys_root: str = '/sys') -> typing.Optional[str]:
+    """Which running guest's block backend already serves ``real``, or
+    None.  blkback does not register as a holder of the device it serves,
+    so :func:`dom0_use` cannot see it.
+    """
+    users = _backend_users(_devnum(real), sys_root)
+    if users:
+        return ('%s is already served to a running guest by the Xen block '
+                'backend (%s; vbd-DOMID-DEVICE)' % (real, ', '.join(users)))
+    return None
+
+
+def problem(written: str, real: str, proc_root: str = '/proc',
+            sys_root: str = '/sys') -> typing.Optional[str]:
+    """Why the block device ``real`` (named ``written`` by a domain) may
+    not be given to a guest, or None: its name does not say which device
+    it is, dom0 uses it, or a running guest already has it.
+    """
+    return (identity_problem(written, real, sys_root)
+            or dom0_use(real, proc_root, sys_root)
+            or guest_use(real, sys_root))
 
 
 def dom0_use(real: str, proc_root: str = '/proc',

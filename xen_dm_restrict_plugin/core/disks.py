@@ -40,6 +40,7 @@ import dataclasses
 import logging
 import os
 import re
+import stat
 import typing
 
 from lxml import etree
@@ -174,6 +175,12 @@ def path_problem(path: str, settings, scope: typing.Optional[
                  disk: bool = False) -> typing.Optional[str]:
     """Why the instance in ``scope`` may not have root open ``path``
     (for writing when ``writable``), or None.
+
+    Every host path a domain names goes through here, whatever names it
+    (disk, CD-ROM, backing file, kernel, loader, character device): the
+    path rule (:mod:`hostpaths`), the scope (:mod:`pathscope`: not under
+    another instance's or tenant's directory), and, when it reaches a
+    block device, the device's identity and use (:mod:`blockdev`).
     """
     prefixes = _prefixes(settings, scope)
     reason = hostpaths.problem(path, prefixes.for_use(writable), expect,
@@ -184,7 +191,23 @@ def path_problem(path: str, settings, scope: typing.Optional[
                 'allowed_host_paths, which tenants may only read (an entry '
                 'without {tenant} or {instance} that is not in '
                 'writable_shared_host_paths)' % path)
+    if reason:
+        return reason
+    real = os.path.realpath(path)
+    reason = (pathscope.foreign_problem(path, settings.allowed_host_paths,
+                                        scope)
+              or pathscope.foreign_problem(real, settings.allowed_host_paths,
+                                           scope))
+    if reason is None and _is_block(real):
+        reason = blockdev.problem(path, real)
     return reason
+
+
+def _is_block(path: str) -> bool:
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _writable(disk: model_mod.Disk) -> bool:
@@ -227,11 +250,14 @@ def render(dom: domain_mod.Domain, settings,
             continue
         if disk.driver not in _QDISK_DRIVERS + (None, 'phy', 'tap', 'tap2'):
             continue
-        try:
-            found = imageformat.sniff(disk.path) if os.path.isfile(
-                disk.path) else None
-        except OSError:
-            found = None
+        found = None
+        # Root reads nothing the domain names before the path is checked.
+        if path_problem(disk.path, settings, scope, hostpaths.Expect.FILE,
+                        _writable(disk), disk=True) is None:
+            try:
+                found = imageformat.sniff(disk.path)
+            except OSError:
+                found = None
         if found == imageformat.RAW and disk.format in (None, 'raw') and (
                 disk.driver in _QDISK_DRIVERS):
             disk.node.find('driver').set('name', 'phy')
@@ -349,14 +375,23 @@ def problems(dm: model_mod.DomainModel, settings,
                 'product does not support', 'use <driver name="phy"/>'))
             continue
         if disk.backend is model_mod.Backend.QDISK and not qdisk_ok:
-            reason = None
             if (disk.source_type == 'file' and disk.path
-                    and disk.format in (None, 'raw')
-                    and os.path.isfile(disk.path)):
-                reason = _format_problem(disk.path, None)
-            found.append(_path_refusal('%s source %s' % (
-                subject, disk.path), reason) if reason else
-                _qdisk_refusal(disk, settings))
+                    and disk.format in (None, 'raw')):
+                # The path first: root reads nothing before it is checked
+                # (render left the disk as it is for either reason).
+                reason = path_problem(disk.path, settings, scope,
+                                      hostpaths.Expect.FILE, _writable(disk),
+                                      disk=True)
+                if reason:
+                    found.append(_path_refusal('%s source %s' % (
+                        subject, disk.path), reason))
+                else:
+                    reason = _format_problem(disk.path, None)
+                    if reason:
+                        found.append(_path_refusal('%s source %s' % (
+                            subject, disk.path), reason))
+                        continue
+            found.append(_qdisk_refusal(disk, settings))
             continue
         if disk.path is None:
             found.append(_refusal(
@@ -556,10 +591,6 @@ def _block(subject: str, disk: model_mod.Disk, settings,
            scope: typing.Optional[pathscope.Scope]) -> typing.List[Refusal]:
     reason = path_problem(disk.path, settings, scope,
                           hostpaths.Expect.BLOCK, _writable(disk), disk=True)
-    if reason is None:
-        real = os.path.realpath(disk.path)
-        reason = (blockdev.identity_problem(disk.path, real)
-                  or blockdev.dom0_use(real))
     if reason:
         return [_path_refusal('%s source %s' % (subject, disk.path),
                               reason)]

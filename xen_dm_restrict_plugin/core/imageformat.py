@@ -16,7 +16,9 @@ explicitly so that it never opens a file by a name found in an image.
 """
 
 import dataclasses
+import errno
 import os
+import stat
 import struct
 import typing
 
@@ -60,13 +62,55 @@ class ImageProblem(Exception):
     """Why an image or its chain may not be served."""
 
 
+def open_regular(path: str) -> int:
+    """A read-only descriptor of the regular file ``path`` resolves to.
+
+    Only a regular file is opened: the resolved path is examined first
+    (a device is never opened: opening one may act), then opened without
+    following a symlink swapped in since and without blocking, and
+    examined again through the descriptor; a file of procfs or sysfs
+    (``/proc/kmsg``, whose reads block and consume dom0's kernel log) is
+    closed again unread.
+
+    :raises OSError: it cannot be opened, or is not a regular file.
+    """
+    real = os.path.realpath(path)
+    if not stat.S_ISREG(os.lstat(real).st_mode):
+        # Opening a device may act (a tape rewinds on close): not even that.
+        raise OSError(errno.EINVAL, 'not a regular file', path)
+    fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY
+                 | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode) or _is_pseudo(fd):
+            raise OSError(errno.EINVAL, 'not a regular file', path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _is_pseudo(fd: int) -> bool:
+    """Whether ``fd`` is on procfs or sysfs, whose "regular" files
+    (``/proc/kmsg``) are the kernel's, not images.
+    """
+    dev = os.fstat(fd).st_dev
+    for mount in ('/proc', '/sys'):
+        try:
+            if os.stat(mount).st_dev == dev:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def sniff(path: str) -> str:
-    """The format of the file or device at ``path`` from its first bytes:
+    """The format of the regular file at ``path`` from its first bytes:
     ``raw`` unless it carries a header QEMU would recognise.
 
-    :raises OSError: it cannot be read.
+    :raises OSError: it cannot be read, or is not a regular file.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    fd = open_regular(path)
     try:
         head = os.pread(fd, SNIFF_BYTES, 0)
         size = os.fstat(fd).st_size

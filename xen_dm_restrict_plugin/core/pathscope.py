@@ -16,9 +16,20 @@ orchestrator gives each instance).
 Reading means a read-only disk or CD-ROM, a backing file, a kernel,
 initrd, loader or ACPI table; writing means a writable disk or a
 character device's file, device or socket.
+
+A shared entry must not contain a scoped one: with
+``/var/lib/libvirt/images/{instance}`` and ``/var/lib/libvirt/images``
+both listed, the shared entry would hand every instance the directories
+of all the others.  :func:`overlap` finds such a pair (the configuration
+is refused when it is loaded), and :func:`foreign_problem` refuses, for
+settings built any other way, a path under such a shared entry that lies
+in the directory of another instance or tenant.  A shared entry *inside*
+a scoped one's pattern (Nova's ``instances/_base`` next to
+``instances/{instance}``) is fine: no instance uuid is ``_base``.
 """
 
 import dataclasses
+import os
 import re
 import typing
 
@@ -83,3 +94,55 @@ def prefixes(allowed: typing.Sequence[str],
             shared.append(entry)
     write = own + [entry for entry in shared if entry in writable_shared]
     return Prefixes(tuple(own + shared), tuple(write))
+
+
+def _fixed_dir(entry: str) -> str:
+    """The directory above the first path component of ``entry`` that
+    holds a placeholder (``/srv/{tenant}/x`` -> ``/srv``).
+    """
+    match = hostpaths.PLACEHOLDER_RE.search(entry)
+    return os.path.dirname(entry[:match.start()] + 'x') if match else entry
+
+
+def _contains(outer: str, inner: str) -> bool:
+    outer = outer.rstrip('/') or '/'
+    return outer == '/' or inner == outer or inner.startswith(outer + '/')
+
+
+def overlap(allowed: typing.Sequence[str]
+            ) -> typing.Optional[typing.Tuple[str, str]]:
+    """A (shared, scoped) pair of entries where the shared one contains
+    the directories the scoped one stands for, or None.
+    """
+    for scoped in allowed:
+        if not is_scoped(scoped):
+            continue
+        for shared in allowed:
+            if not is_scoped(shared) and _contains(shared,
+                                                   _fixed_dir(scoped)):
+                return shared, scoped
+    return None
+
+
+def foreign_problem(path: str, allowed: typing.Sequence[str],
+                    scope: typing.Optional[Scope]) -> typing.Optional[str]:
+    """Why ``path`` (as written, or resolved) lies in another instance's
+    or tenant's directory that a shared entry above it would let the
+    domain in ``scope`` reach, or None.
+    """
+    if scope is None:
+        return None
+    for entry in allowed:
+        if not is_scoped(entry) or not any(
+                not is_scoped(shared) and _contains(shared, _fixed_dir(entry))
+                for shared in allowed):
+            continue
+        if not hostpaths.under(path, [entry]):
+            continue
+        own = expand(entry, scope) if scope.usable() else None
+        if own is None or not hostpaths.under(path, [own]):
+            return ('%r lies in the directory of another instance or tenant '
+                    '(it matches the scoped entry %r of [dm_restrict] '
+                    'allowed_host_paths, not this domain\'s %r)'
+                    % (path, entry, own))
+    return None

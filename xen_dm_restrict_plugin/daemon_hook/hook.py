@@ -241,11 +241,14 @@ class LibxlHook:
         if dom.uuid is None:
             raise refuse('it has no <uuid>, so no lease can be its own')
         # A missing database means no lease: refused, and not created.
+        # The lease's tenant must be the record's, with which {tenant}
+        # was expanded above.
         store = self._store()
         try:
             blocker = leases.start_blocker(
                 store, dom.uuid, record.uid,
-                gid_is_uid=self.settings.gid is None)
+                gid_is_uid=self.settings.gid is None,
+                tenant=record.tenant)
         finally:
             if store is not None:
                 store.close()

@@ -777,7 +777,8 @@ class LeaseStore:
 
 
 def start_blocker(store: typing.Optional[LeaseStore], uuid: str, uid: int,
-                  gid_is_uid: bool = True
+                  gid_is_uid: bool = True,
+                  tenant: typing.Optional[str] = None
                   ) -> typing.Optional[typing.Tuple[str, str]]:
     """Why a domain recording ``uid`` must not start, or None.
 
@@ -788,6 +789,8 @@ def start_blocker(store: typing.Optional[LeaseStore], uuid: str, uid: int,
 
     :param gid_is_uid: the device model's gid is its uid (no
         ``device_model_gid``), so a group with that gid blocks too.
+    :param tenant: the tenant the domain's record claims; the lease must
+        be that tenant's (whose paths the domain may name depends on it).
 
     :param store: the lease database; ``None`` when it does not exist
         (no lease, so the start is refused).
@@ -810,6 +813,13 @@ def start_blocker(store: typing.Optional[LeaseStore], uuid: str, uid: int,
                 'leases the uid (never copy a record between domains), or '
                 'run "xen-dm-restrict leases reconcile --connect '
                 'xen:///system --apply"')
+    if tenant is not None and lease.tenant != tenant:
+        return ('its dm_restrict record claims tenant %r, but its uid %d is '
+                'leased to tenant %r (a record edited to reach another '
+                'tenant\'s {tenant} paths)' % (tenant, uid, lease.tenant),
+                'define the domain again through the dm_restrict hook with '
+                'the handle of the tenant that owns it; never edit the '
+                'record')
     taken = _account_of(uid, gid_is_uid)
     if taken is not None:
         return ('its uid %d is now %s, whose files and processes the device '

@@ -296,7 +296,7 @@ class DmRestrictHook(hooks.DomainHook):
                 return
             blocker = leases.start_blocker(
                 self._existing_store(), instance.uuid, record.uid,
-                gid_is_uid=self.settings.gid is None)
+                gid_is_uid=self.settings.gid is None, tenant=record.tenant)
             if blocker is not None:
                 raise operations.refuse(operations.START, instance.uuid,
                                         *blocker)
