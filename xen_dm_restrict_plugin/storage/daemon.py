@@ -483,14 +483,20 @@ def set_device(directory: str, device: str) -> None:
 
 
 def _is_ours(pid: int, uid: int) -> bool:
+    """Whether ``pid`` is a live process of ``uid``.
+
+    A zombie is not: it has exited, and only its parent can reap it (the
+    process that started the daemon, when it is still running).
+    """
     try:
         with open('/proc/%d/status' % pid) as handle:
-            for line in handle:
-                if line.startswith('Uid:'):
-                    return int(line.split()[1]) == uid
+            fields = dict(line.split(':', 1) for line in handle
+                          if ':' in line)
     except OSError:
         return False
-    return False
+    if fields.get('State', '').split()[:1] in (['Z'], ['X']):
+        return False
+    return int(fields.get('Uid', '-1').split()[0]) == uid
 
 
 def stop_disk(settings, directory: str) -> None:
