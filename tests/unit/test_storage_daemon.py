@@ -8,6 +8,7 @@ tests/functional/test_storage_daemon.py, as root.)
 
 import os
 import subprocess
+import sys
 import time
 import types
 import uuid as uuid_mod
@@ -45,6 +46,23 @@ def test_a_daemon_that_exited_unreaped_is_not_alive(tmp_path):
         proc.kill()
         _wait_for_zombie(proc.pid)
         assert not daemon.alive(_served(proc.pid, str(tmp_path)))
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_daemon_whose_main_thread_exited_is_alive(tmp_path):
+    """The main thread a zombie, another thread still running: the
+    daemon has not stopped (a compromised daemon could look gone so).
+    """
+    proc = subprocess.Popen([
+        sys.executable, '-c',
+        'import ctypes, threading, time\n'
+        'threading.Thread(target=time.sleep, args=(60,)).start()\n'
+        'ctypes.CDLL(None).pthread_exit(None)\n'])
+    try:
+        _wait_for_zombie(proc.pid)
+        assert daemon.alive(_served(proc.pid, str(tmp_path)))
     finally:
         proc.kill()
         proc.wait()

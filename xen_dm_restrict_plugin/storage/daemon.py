@@ -482,21 +482,55 @@ def set_device(directory: str, device: str) -> None:
         _write_state(directory, dataclasses.replace(served, device=device))
 
 
-def _is_ours(pid: int, uid: int) -> bool:
-    """Whether ``pid`` is a live process of ``uid``.
+def _task_states(pid: int) -> typing.List[str]:
+    """The scheduler state letter of every thread of ``pid``."""
+    states = []
+    try:
+        tids = os.listdir('/proc/%d/task' % pid)
+    except OSError:
+        return states
+    for tid in tids:
+        try:
+            with open('/proc/%d/task/%s/stat' % (pid, tid)) as handle:
+                states.append(handle.read().rsplit(')', 1)[1].split()[0])
+        except (OSError, IndexError):
+            pass
+    return states
 
-    A zombie is not: it has exited, and only its parent can reap it (the
-    process that started the daemon, when it is still running).
+
+def _is_ours(pid: int, uid: int) -> bool:
+    """Whether ``pid`` is a process of ``uid`` that has not exited.
+
+    A zombie whose threads have all exited has (only its parent can
+    reap it: the process that started the daemon, while that runs); a
+    zombie main thread whose other threads still run has not.
     """
     try:
         with open('/proc/%d/status' % pid) as handle:
-            fields = dict(line.split(':', 1) for line in handle
-                          if ':' in line)
+            for line in handle:
+                if line.startswith('Uid:'):
+                    if int(line.split()[1]) != uid:
+                        return False
+                    break
+            else:
+                return False
     except OSError:
         return False
-    if fields.get('State', '').split()[:1] in (['Z'], ['X']):
-        return False
-    return int(fields.get('Uid', '-1').split()[0]) == uid
+    return any(state not in ('Z', 'X') for state in _task_states(pid))
+
+
+def _reap(pid: int, deadline: float) -> None:
+    """Reap ``pid`` if it is a child of this process (the caller started
+    the daemon and stops it); others are init's to reap.
+    """
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done or time.monotonic() > deadline:
+            return
+        time.sleep(0.01)
 
 
 def stop_disk(settings, directory: str) -> None:
@@ -505,21 +539,19 @@ def stop_disk(settings, directory: str) -> None:
     """
     served = read_state(directory)
     if served is not None:
-        if _is_ours(served.pid, served.uid):
+        deadline = time.monotonic() + 5
+        signalled = _is_ours(served.pid, served.uid)
+        if signalled:
             try:
                 os.kill(served.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-            deadline = time.monotonic() + 5
             while _is_ours(served.pid, served.uid) and \
                     time.monotonic() < deadline:
                 time.sleep(0.01)
             if _is_ours(served.pid, served.uid):
                 os.kill(served.pid, signal.SIGKILL)
-        try:
-            os.waitpid(served.pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
+        _reap(served.pid, deadline + 5 if signalled else 0)
         _restore(served)
         try:
             cgroup.remove(cgroup_parent(settings, served.target),
