@@ -10,6 +10,12 @@ boot         per-boot cost with a full host leased (median <= 1 ms,
 qemu         a real restricted QEMU start; the hook must cost <= 5 % of
              it, the launcher <= 15 % (needs root, else skipped with the
              reason)
+disk         disk throughput of a qcow2 overlay on a raw base through
+             the deprivileged storage daemon against the same daemon as
+             root (what qdisk would be): sequential read and write
+             MiB/s, 4 KiB random read IOPS, their ratios, and the
+             restricted daemon without seccomp, cgroup or both with
+             --disk-toggles (needs root and fio)
 hook         libvirtd's hook as libvirtd runs the installed one: prepare
              begin <= 40 ms, an ignored operation <= 2 ms (needs root)
 scale        allocation cost by active leases and by range size (must not
@@ -49,6 +55,7 @@ import lxml  # noqa: E402
 
 from bench import boot  # noqa: E402
 from bench import concurrency  # noqa: E402
+from bench import disk  # noqa: E402
 from bench import hook  # noqa: E402
 from bench import hostile  # noqa: E402
 from bench import leases_state  # noqa: E402
@@ -56,8 +63,8 @@ from bench import qemu  # noqa: E402
 from bench import scale  # noqa: E402
 from bench import xen  # noqa: E402
 
-STEPS = ('boot', 'qemu', 'hook', 'scale', 'concurrency', 'hostile', 'xen',
-         'leases_state')
+STEPS = ('boot', 'qemu', 'disk', 'hook', 'scale', 'concurrency', 'hostile',
+         'xen', 'leases_state')
 
 
 class Report:
@@ -153,6 +160,46 @@ def report_qemu(report: Report, result: dict,
         report.row('-version through the launcher', _ms(query['launcher']))
         report.row('-version of QEMU', _ms(query['bare']))
         report.row('  ratio (medians)', '%.2f x' % query['ratio'])
+
+
+def report_disk(report: Report, result: dict) -> None:
+    report.section('qcow2 disk over NBD: the deprivileged storage daemon '
+                   'against the same daemon as root (qdisk)')
+    if 'skipped' in result:
+        report.row('skipped', result['skipped'])
+        return
+    if 'failed' in result:
+        report.row('restricted daemon served, as claimed',
+                   result['failed'], 'yes', False, correctness=True)
+        return
+    report.row('checked in /proc while serving', result['verified'])
+    report.row('daemon / client', '%s / %s' % (result['version'],
+                                               result['client']))
+    report.row('image', result['image'])
+    report.row('restricted by', result['restrictions'])
+    for note in result['notes']:
+        report.row('note', note)
+    report.row('load average before / after', '%.2f / %.2f' % (
+        result['load_before'][0], result['load_after'][0]))
+    rows = (('seq_read_mib_s', 'sequential read', '%.0f MiB/s'),
+            ('seq_write_mib_s', 'sequential write', '%.0f MiB/s'),
+            ('rand_read_iops', '4 KiB random read, depth 1', '%.0f IOPS'),
+            ('seq_read_cpu_s_per_gib', 'daemon CPU, sequential read',
+             '%.2f s/GiB'),
+            ('seq_write_cpu_s_per_gib', 'daemon CPU, sequential write',
+             '%.2f s/GiB'),
+            ('rand_read_cpu_us_per_io', 'daemon CPU, random read',
+             '%.1f us/read'))
+    report.row('medians of %d paired runs' % result['runs'],
+               'restricted / root = median of the runs\' ratios')
+    for metric, what, unit in rows:
+        report.row('  ' + what, '%s / %s = %.2f' % (
+            unit % result['restricted'][metric],
+            unit % result['unrestricted'][metric],
+            result['ratio'][metric]))
+    for name, toggle in result.get('toggles', {}).items():
+        report.row('  %s / root' % name.replace('_', ' '), ', '.join(
+            '%.2f' % toggle['ratio'][metric] for metric, _, _ in rows))
 
 
 def report_hook(report: Report, result: dict) -> None:
@@ -288,6 +335,13 @@ def parse_args(argv: typing.Sequence[str]) -> argparse.Namespace:
                         help='timed boots of the per-boot step')
     parser.add_argument('--qemu-starts', type=int, default=30,
                         help='timed starts of each kind of QEMU')
+    parser.add_argument('--disk-runs', type=int, default=5,
+                        help='paired runs of the storage daemon, '
+                             'restricted and as root')
+    parser.add_argument('--disk-toggles', action='store_true',
+                        help='also pair root with the restricted storage '
+                             'daemon less its seccomp filter, its cgroup '
+                             'or both (about three times as long)')
     parser.add_argument('--hook-calls', type=int, default=30,
                         help='timed runs of the installed libvirtd hook '
                              'per operation')
@@ -324,6 +378,10 @@ def main(argv: typing.Sequence[str] = ()) -> int:
         if 'qemu' in args.steps:
             results['qemu'] = qemu.run(workdir, args.qemu_starts)
             report_qemu(report, results['qemu'], results.get('boot'))
+        if 'disk' in args.steps:
+            results['disk'] = disk.run(workdir, args.disk_runs,
+                                       args.disk_toggles)
+            report_disk(report, results['disk'])
         if 'hook' in args.steps:
             results['hook'] = hook.run(workdir, args.hook_calls)
             report_hook(report, results['hook'])
