@@ -48,6 +48,7 @@ import time
 import typing
 import uuid as uuid_mod
 
+from bench import common
 from tests.functional import hostenv
 from xen_dm_restrict_plugin.core import constants
 from xen_dm_restrict_plugin.core import disks
@@ -60,7 +61,7 @@ from xen_dm_restrict_plugin.storage import daemon
 FIO = 'fio'
 QEMU_IMG = 'qemu-img'
 IMAGE_MIB = 256
-#: Seconds of 4 KiB random reads per run and daemon.
+#: Seconds of 4 KiB random reads per run and daemon (in two halves).
 RANDOM_SECONDS = 1
 TARGET = 'xvda'
 TENANT = 'acme'
@@ -93,65 +94,92 @@ def skip_reason(binary: str) -> typing.Optional[str]:
     return None
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system time of process ``pid``, its threads included."""
-    with open('/proc/%d/stat' % pid) as handle:
-        fields = handle.read().rsplit(')', 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
-
-
 @dataclasses.dataclass
 class Served:
-    """A daemon serving a disk to the bench."""
+    """A daemon serving a disk to the bench, and its figures."""
 
+    name: str
     socket: str
     pid: int
     figures: typing.Dict[str, float] = dataclasses.field(
         default_factory=dict)
 
-    def fio(self, scratch: str, name: str, *options: str) -> None:
-        """Run one fio job on this daemon's export; record its figures.
-        """
-        output = os.path.join(scratch, name + '.json')
-        before = cpu_seconds(self.pid)
-        subprocess.run(
-            [FIO, '--name=' + name, '--ioengine=nbd',
-             '--uri=nbd+unix:///%s?socket=%s' % (daemon.EXPORT, self.socket),
-             '--size=%dM' % IMAGE_MIB, '--output-format=json',
-             '--output=' + output] + list(options),
-            check=True, capture_output=True, timeout=60)
-        spent = cpu_seconds(self.pid) - before
-        with open(output) as handle:
-            job = json.load(handle)['jobs'][0]
-        if job['error']:
-            raise RuntimeError('fio %s failed: error %d' % (name,
-                                                             job['error']))
-        done = job['write' if name.endswith('write') else 'read']
-        if name == 'rand-read':
-            self.figures['rand_read_iops'] = done['iops']
-            self.figures['rand_read_cpu_us_per_io'] = \
-                spent * 1e6 / done['total_ios']
-        else:
-            self.figures[name.replace('-', '_') + '_mib_s'] = \
-                done['bw_bytes'] / 2 ** 20
-            self.figures[name.replace('-', '_') + '_cpu_s_per_gib'] = \
-                spent / (done['io_bytes'] / 2 ** 30)
+    @property
+    def uri(self) -> str:
+        return 'nbd+unix:///%s?socket=%s' % (daemon.EXPORT, self.socket)
 
 
-#: The jobs of a run, in order: name, fio options.
-JOBS = (
-    ('seq-read', ('--rw=read', '--bs=1M', '--iodepth=4', '--loops=2')),
-    ('rand-read', ('--rw=randread', '--bs=4k', '--iodepth=1',
-                   '--time_based', '--runtime=%d' % RANDOM_SECONDS)),
-    ('seq-write', ('--rw=write', '--bs=1M', '--iodepth=4')),
-)
+def fio_jobs() -> typing.Tuple[typing.Tuple[str, str, tuple], ...]:
+    """The jobs of a run, in order: name, what fio reports it under, and
+    the fio options of each of its two halves.
+    """
+    return (
+        ('seq-read', 'read', (
+            ('--rw=read', '--bs=1M', '--iodepth=4'),) * 2),
+        ('rand-read', 'read', (
+            ('--rw=randread', '--bs=4k', '--iodepth=1', '--time_based',
+             '--runtime=%dms' % (RANDOM_SECONDS * 500)),) * 2),
+        ('seq-write', 'write', tuple(
+            ('--rw=write', '--bs=1M', '--iodepth=4',
+             '--offset=%dM' % (half * IMAGE_MIB // 2),
+             '--size=%dM' % (IMAGE_MIB // 2)) for half in (0, 1))),
+    )
+
+
+def _cpu_file(scratch: str, job: str, when: str) -> float:
+    """The daemon's CPU seconds fio's exec_prerun/postrun recorded."""
+    with open(os.path.join(scratch, '%s.%s.txt' % (job, when))) as handle:
+        fields = handle.read().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
 
 
 def measure_pair(first: Served, second: Served, scratch: str) -> None:
-    """Every job on both daemons, one right after the other."""
-    for name, options in JOBS:
-        for served in (first, second):
-            served.fio(scratch, name, *options)
+    """Every job on both daemons, in one fio run, in halves ordered
+    first, second, second, first: what one leaves behind for the next
+    (page cache, memory to allocate) falls on both alike.  The daemon's
+    CPU time around each job is read by fio itself (exec_prerun and
+    exec_postrun write ``/proc/PID/stat`` to ``JOB.prerun.txt``).
+    """
+    argv = [FIO, '--ioengine=nbd', '--size=%dM' % IMAGE_MIB,
+            '--output-format=json', '--output=fio.json']
+    names = []
+    for job, _, halves in fio_jobs():
+        for half, served in ((0, first), (0, second), (1, second),
+                             (1, first)):
+            name = '%s-%s-%d' % (served.name, job, half)
+            names.append(name)
+            stat = 'cat /proc/%d/stat' % served.pid
+            argv += ['--name=' + name, '--uri=' + served.uri, '--stonewall',
+                     '--exec_prerun=' + stat, '--exec_postrun=' + stat]
+            argv += list(halves[half])
+    subprocess.run(argv, cwd=scratch, check=True, capture_output=True,
+                   timeout=120)
+    with open(os.path.join(scratch, 'fio.json')) as handle:
+        jobs = {job['jobname']: job for job in json.load(handle)['jobs']}
+    for name in names:
+        if jobs[name]['error']:
+            raise RuntimeError('fio job %s failed: error %d'
+                               % (name, jobs[name]['error']))
+    for served in (first, second):
+        for job, direction, _ in fio_jobs():
+            done = [jobs['%s-%s-%d' % (served.name, job, half)][direction]
+                    for half in (0, 1)]
+            seconds = sum(part['runtime'] for part in done) / 1e3
+            cpu = sum(_cpu_file(scratch, '%s-%s-%d' % (served.name, job,
+                                                       half), 'postrun')
+                      - _cpu_file(scratch, '%s-%s-%d' % (served.name, job,
+                                                         half), 'prerun')
+                      for half in (0, 1))
+            ios = sum(part['total_ios'] for part in done)
+            data = sum(part['io_bytes'] for part in done)
+            if job == 'rand-read':
+                served.figures['rand_read_iops'] = ios / seconds
+                served.figures['rand_read_cpu_us_per_io'] = cpu * 1e6 / ios
+            else:
+                key = job.replace('-', '_')
+                served.figures[key + '_mib_s'] = data / 2 ** 20 / seconds
+                served.figures[key + '_cpu_s_per_gib'] = cpu / (
+                    data / 2 ** 30)
 
 
 class Images:
@@ -195,7 +223,7 @@ def unrestricted(settings, chain, scratch: str
                 raise RuntimeError('the daemon as root did not start: %s'
                                    % proc.communicate(timeout=10)[1])
             time.sleep(0.01)
-        yield Served(socket, proc.pid)
+        yield Served('root', socket, proc.pid)
     finally:
         proc.terminate()
         proc.communicate(timeout=10)
@@ -209,7 +237,7 @@ def restricted(settings, instance: str, uid: int, chain
     """The daemon as the storage service starts it for the guest."""
     served = daemon.start(settings, instance, TARGET, uid, uid, chain)
     try:
-        yield Served(served.socket, served.pid)
+        yield Served('restricted', served.socket, served.pid)
     finally:
         daemon.stop_disk(settings, daemon.disk_dir(settings.storage_dir,
                                                    instance, TARGET))
@@ -229,8 +257,6 @@ def check(ours: Served, root: Served, uid: int, settings) -> str:
     :returns: what was checked.
     :raises NotAsClaimed: either is not as its figures would claim.
     """
-    from bench import common
-
     def fail(what: str) -> typing.NoReturn:
         raise NotAsClaimed(what)
 
@@ -272,6 +298,22 @@ def summarise(pairs: typing.List[typing.Tuple[dict, dict]]
         pair[0][metric] / pair[1][metric] for pair in pairs)
         for metric in METRICS}
     return out
+
+
+def image_parent(workdir: str) -> str:
+    """Where the images go: a tmpfs when there is room (``/dev/shm``),
+    so that no disk, journal or writeback of other work on the machine
+    shows in the figures, else ``workdir``.
+    """
+    shm = '/dev/shm'
+    try:
+        room = os.statvfs(shm)
+    except OSError:
+        return workdir
+    if common.filesystem(shm) == 'tmpfs' and \
+            room.f_bavail * room.f_frsize > 4 * IMAGE_MIB << 20:
+        return shm
+    return workdir
 
 
 def _restrictions(settings) -> str:
@@ -318,17 +360,20 @@ def run(workdir: str, runs: int = 5, toggles: bool = False
     if reason:
         return {'skipped': reason}
     scratch = tempfile.mkdtemp(prefix='disk-', dir=workdir)
+    images_dir = tempfile.mkdtemp(prefix='xdr-bench-disk-',
+                                  dir=image_parent(workdir))
     # A unix socket path must stay under 108 bytes.
     storage = tempfile.mkdtemp(prefix='xdr-bench-')
     guest, other = str(uuid_mod.uuid4()), str(uuid_mod.uuid4())
     env = hostenv.HostEnv(scratch, hostenv.free_block())
     uid = env.first
+    filesystem = common.filesystem(images_dir)
     load = os.getloadavg()
     kinds = [RESTRICTED] + (list(TOGGLES) if toggles else [])
     pairs: typing.Dict[str, list] = {kind: [] for kind in kinds}
     try:
         env.add_user(hostenv.unique_name('xdr-bench-'), uid)
-        instances = os.path.join(scratch, 'instances')
+        instances = os.path.join(images_dir, 'instances')
         settings, notes = _settings(env, instances, storage, binary)
         images = Images(instances)
 
@@ -364,14 +409,15 @@ def run(workdir: str, runs: int = 5, toggles: bool = False
         hostenv.remove_cgroup_parents()
         shutil.rmtree(storage, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(images_dir, ignore_errors=True)
     result: typing.Dict[str, typing.Any] = {
         'binary': binary,
         'version': subprocess.run([binary, '--version'], capture_output=True,
                                   text=True).stdout.split('\n')[0],
         'client': subprocess.run([FIO, '--version'], capture_output=True,
                                  text=True).stdout.strip() + ' nbd engine',
-        'image': '%d MiB raw _base file with data, qcow2 overlay'
-                 % IMAGE_MIB,
+        'image': '%d MiB raw _base file with data, qcow2 overlay, on %s'
+                 % (IMAGE_MIB, filesystem),
         'restrictions': _restrictions(settings), 'notes': notes,
         'verified': verified, 'uid': uid,
         'runs': runs, 'load_before': load, 'load_after': os.getloadavg()}
