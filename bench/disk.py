@@ -12,28 +12,34 @@ with none of that.
 
 The images are Nova's layout: a raw file with data in the instances'
 ``_base`` directory, and per instance a qcow2 overlay on it, made afresh
-for every run so that every run's writes allocate.  The client is
-``fio``'s ``nbd`` engine (libnbd) on the daemon's unix socket, since
-this kind of machine has no nbd module (the guest's kernel path is the
-Xen lab's).  Per run, in this order: sequential 1 MiB reads (depth 4)
-of the whole disk, twice, through the empty overlay into the base; 4 KiB
-random reads at depth 1 (the per-request cost, where a syscall filter
-would show); sequential 1 MiB writes (depth 4) of the whole disk,
-allocating the overlay.  The images sit in dom0's page cache and nothing
-is flushed: what is measured is the serving path, not the disk under
-it.  Beside the throughput, the daemon's own CPU time (user and system,
-all threads, from ``/proc``) per GiB and per random read.
+for every run so that every run's writes allocate.  They lie on a tmpfs
+(``/dev/shm``) when there is room: nothing is flushed anyway, and so
+neither the disk, nor its journal, nor other work's writeback shows in
+the figures; what is measured is the serving path, not the disk under
+it, and the restrictions' share of it is the largest it can be.  The
+client is ``fio``'s ``nbd`` engine (libnbd) on the daemon's unix
+socket, since this kind of machine has no nbd module (the guest's kernel
+path is the Xen lab's).  Per run: sequential 1 MiB reads (depth 4) of
+the whole disk, through the empty overlay into the base; 4 KiB random
+reads at depth 1 (the per-request cost, where a syscall filter would
+show); sequential 1 MiB writes (depth 4) of the whole disk, allocating
+the overlay.  Beside the throughput, the daemon's own CPU time (user
+and system, all threads, read from ``/proc`` by fio around each job)
+per GiB and per random read.
 
 Other work on the machine moves the figures by more than the
 restrictions do, so every run pairs the two daemons: both serve at once
-(each its own overlay), and every job runs on one and then the other,
-which goes first alternating.  A ratio is the median of the runs' own
-ratios (restricted / root: above 1 the restricted daemon is faster or,
-for CPU time, costlier).  With ``toggles``, the restricted daemon also
-runs without the seccomp filter, without the cgroup, and without both
-(uid and namespace only), each paired with root the same way, to say
-where an overhead comes from.  Needs root, ``qemu-storage-daemon``,
-``qemu-img`` and ``fio``; otherwise the step is skipped with the reason.
+(each its own overlay) and one fio run does every job in two halves,
+ordered restricted, root, root, restricted (or the reverse, alternating
+by run): what one job leaves behind for the next (memory to allocate
+again after a write) falls on both alike.  A ratio is the median of the
+runs' own ratios (restricted / root: above 1 the restricted daemon is
+faster or, for CPU time, costlier).  With ``toggles``, the restricted
+daemon also runs without the seccomp filter, without the cgroup, and
+without both (uid and namespace only), each paired with root the same
+way, to say where an overhead comes from.  Needs root,
+``qemu-storage-daemon``, ``qemu-img`` and ``fio``; otherwise the step
+is skipped with the reason.
 """
 
 import contextlib
@@ -60,6 +66,9 @@ from xen_dm_restrict_plugin.storage import daemon
 
 FIO = 'fio'
 QEMU_IMG = 'qemu-img'
+#: The disk's size; on a tmpfs the overlay's pages are charged to the
+#: restricted daemon's cgroup and cannot be reclaimed, so it stays well
+#: under device_model_memory_mib.
 IMAGE_MIB = 256
 #: Seconds of 4 KiB random reads per run and daemon (in two halves).
 RANDOM_SECONDS = 1

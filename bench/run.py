@@ -10,12 +10,12 @@ boot         per-boot cost with a full host leased (median <= 1 ms,
 qemu         a real restricted QEMU start; the hook must cost <= 5 % of
              it, the launcher <= 15 % (needs root, else skipped with the
              reason)
-disk         disk throughput of a qcow2 overlay on a raw base through
-             the deprivileged storage daemon against the same daemon as
-             root (what qdisk would be): sequential read and write
-             MiB/s, 4 KiB random read IOPS, their ratios, and the
-             restricted daemon without seccomp, cgroup or both with
-             --disk-toggles (needs root and fio)
+disk         a qcow2 overlay on a raw base served by the deprivileged
+             storage daemon against the same daemon as root (what
+             qdisk would be): sequential read and write MiB/s, 4 KiB
+             random read IOPS, their ratios (>= 0.8), with
+             --disk-toggles also without seccomp, cgroup or both
+             (needs root and fio)
 hook         libvirtd's hook as libvirtd runs the installed one: prepare
              begin <= 40 ms, an ignored operation <= 2 ms (needs root)
 scale        allocation cost by active leases and by range size (must not
@@ -193,10 +193,13 @@ def report_disk(report: Report, result: dict) -> None:
     report.row('medians of %d paired runs' % result['runs'],
                'restricted / root = median of the runs\' ratios')
     for metric, what, unit in rows:
+        ratio = result['ratio'][metric]
+        throughput = metric in disk.THROUGHPUT
         report.row('  ' + what, '%s / %s = %.2f' % (
             unit % result['restricted'][metric],
-            unit % result['unrestricted'][metric],
-            result['ratio'][metric]))
+            unit % result['unrestricted'][metric], ratio),
+            '>= 0.80' if throughput else '',
+            ratio >= 0.80 if throughput else None)
     for name, toggle in result.get('toggles', {}).items():
         report.row('  %s / root' % name.replace('_', ' '), ', '.join(
             '%.2f' % toggle['ratio'][metric] for metric, _, _ in rows))
