@@ -183,7 +183,8 @@ def report_disk(report: Report, result: dict) -> None:
         result['load_before'][0], result['load_after'][0]))
     rows = (('seq_read_mib_s', 'sequential read', '%.0f MiB/s'),
             ('seq_write_mib_s', 'sequential write', '%.0f MiB/s'),
-            ('rand_read_iops', '4 KiB random read, depth 1', '%.0f IOPS'),
+            ('rand_read_iops', '4 KiB random read, depth %d'
+             % result['random_depth'], '%.0f IOPS'),
             ('seq_read_cpu_s_per_gib', 'daemon CPU, sequential read',
              '%.2f s/GiB'),
             ('seq_write_cpu_s_per_gib', 'daemon CPU, sequential write',
