@@ -224,12 +224,18 @@ class Images:
 @contextlib.contextmanager
 def unrestricted(settings, chain, scratch: str
                  ) -> typing.Iterator[Served]:
-    """The daemon as root, as qdisk would serve the disk."""
+    """The daemon as root, as qdisk would serve the disk.
+
+    In a session of its own, as the restricted one (and as libxl starts
+    its device models, ``libxl__spawn_local_dm``): with the kernel's
+    autogroups a session is a scheduling group, and a daemon sharing
+    fio's would wait on the run queue less than the restricted one.
+    """
     socket = os.path.join(scratch, 'root.sock')
     proc = subprocess.Popen(
         daemon.argv(settings.storage_daemon_binary, chain, socket),
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True)
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + daemon.START_TIMEOUT
         while not os.path.exists(socket):
