@@ -288,9 +288,11 @@ def check(ours: Served, root: Served, uid: int, settings) -> str:
     checked = ['restricted: uid %d, own mount namespace' % uid]
     if settings.cgroup_limits == constants.CGROUPS_REQUIRED:
         with open('/proc/%d/cgroup' % ours.pid) as handle:
-            if '/storage/dm-%d' % uid not in handle.read():
+            group = '%s/dm-%d' % (daemon.cgroup_parent(settings, TARGET),
+                                  uid)
+            if '/%s\n' % group not in handle.read():
                 fail('the restricted daemon is not in its cgroup')
-        checked.append('cgroup storage/dm-%d' % uid)
+        checked.append('cgroup %s' % group)
     if settings.launcher_seccomp:
         if common.proc_status('Seccomp', ours.pid) != '2':
             fail('the restricted daemon runs without its seccomp filter')

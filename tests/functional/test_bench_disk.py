@@ -85,8 +85,8 @@ def test_fio_runs_on_the_restricted_daemon_and_on_root(small_image,
             assert status['Seccomp'] == ['2']
             assert os.readlink('/proc/%d/ns/mnt' % ours.pid) != mine
             with open('/proc/%d/cgroup' % ours.pid) as handle:
-                assert '%s/storage/dm-%d' % (settings.cgroup_parent,
-                                             uid) in handle.read()
+                assert '/%s/storage/%s/dm-%d\n' % (
+                    settings.cgroup_parent, disk.TARGET, uid) in handle.read()
             assert os.stat(overlay).st_uid == uid
             status = _status(root.pid)
             assert status['Uid'] == ['0'] * 4
@@ -109,9 +109,11 @@ def test_the_step_leaves_nothing_behind(small_image, tmp_path):
     result = disk.run(str(tmp_path), runs=1)
     assert 'failed' not in result and 'skipped' not in result, result
     uid = result['uid']
-    assert result['verified'] == (
-        'restricted: uid %d, own mount namespace, cgroup storage/dm-%d, '
-        'Seccomp 2; root: uid 0, Seccomp 0, dom0\'s mounts' % (uid, uid))
+    assert result['verified'].startswith(
+        'restricted: uid %d, own mount namespace, cgroup ' % uid)
+    assert result['verified'].endswith(
+        '/storage/%s/dm-%d, Seccomp 2; root: uid 0, Seccomp 0, dom0\'s '
+        'mounts' % (disk.TARGET, uid))
     assert set(result['ratio']) == set(disk.METRICS)
     with pytest.raises(KeyError):
         pwd.getpwuid(uid)
