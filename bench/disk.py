@@ -428,7 +428,7 @@ def run(workdir: str, runs: int = 5, toggles: bool = False
     finally:
         hostenv.kill_uid(uid)
         env.remove_users()
-        hostenv.remove_cgroup_parents()
+        hostenv.remove_cgroup_parent(env.cgroup_parent)
         shutil.rmtree(storage, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(images_dir, ignore_errors=True)

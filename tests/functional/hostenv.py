@@ -183,18 +183,26 @@ def remove_cgroup_parents() -> None:
     processes are gone (innermost first).
     """
     while CGROUP_PARENTS:
-        name = CGROUP_PARENTS.pop()
-        for mount in cgroup_mounts():
-            top = os.path.join(mount, name)
-            if not os.path.isdir(top):
-                continue
-            for path, dirs, _ in sorted(os.walk(top), reverse=True):
-                for attempt in range(50):
-                    try:
-                        os.rmdir(path)
-                        break
-                    except OSError:
-                        time.sleep(0.05)
+        remove_cgroup_parent(CGROUP_PARENTS[-1])
+
+
+def remove_cgroup_parent(name: str) -> None:
+    """Remove one parent the launcher or storage daemons created (as
+    :func:`remove_cgroup_parents`), and forget it.
+    """
+    if name in CGROUP_PARENTS:
+        CGROUP_PARENTS.remove(name)
+    for mount in cgroup_mounts():
+        top = os.path.join(mount, name)
+        if not os.path.isdir(top):
+            continue
+        for path, dirs, _ in sorted(os.walk(top), reverse=True):
+            for attempt in range(50):
+                try:
+                    os.rmdir(path)
+                    break
+                except OSError:
+                    time.sleep(0.05)
 
 
 def unique_name(prefix: str) -> str:

@@ -10,6 +10,7 @@ bench.  Needs root, qemu-storage-daemon, qemu-img and fio (with its nbd
 engine); skipped with the reason elsewhere.
 """
 
+import glob
 import os
 import pwd
 import shutil
@@ -101,7 +102,7 @@ def test_fio_runs_on_the_restricted_daemon_and_on_root(small_image,
     finally:
         hostenv.kill_uid(uid)
         env.remove_users()
-        hostenv.remove_cgroup_parents()
+        hostenv.remove_cgroup_parent(env.cgroup_parent)
         shutil.rmtree(storage, ignore_errors=True)
 
 
@@ -119,3 +120,6 @@ def test_the_step_leaves_nothing_behind(small_image, tmp_path):
         pwd.getpwuid(uid)
     assert _processes_of(uid) == []
     assert os.listdir(str(tmp_path)) == []
+    assert [group for mount in hostenv.cgroup_mounts() for group in
+            glob.glob(os.path.join(mount, '*', 'storage', '*',
+                                   'dm-%d' % uid))] == []
