@@ -209,3 +209,15 @@ def test_known_names_with_dashes_and_continuations_pass(tmp_path):
     assert conf.unknown_names([bad]) == [
         '%s line 4: alowed_chardev_types is not an option of [dm_restrict] '
         '(did you mean allowed_chardev_types?)' % bad]
+
+
+def test_the_xen_labs_configuration_is_valid():
+    # The lab installs it as the guide's step 5; a rule that refuses it
+    # would fail the whole lab run at install-launcher.
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), 'tools', 'xenlab', 'dom0.conf')
+    assert conf.unknown_names([path]) == []
+    from xen_dm_restrict_plugin.cmd import host
+    settings = host.load_settings([path])
+    assert '/var/lib/xen-dm-restrict-instances/{instance}' in \
+        settings.allowed_host_paths

@@ -59,6 +59,8 @@ VENV = '/opt/xen-dm-restrict'
 CONF = '/etc/xen-dm-restrict/xen-dm-restrict.conf'
 LAUNCHER = '/usr/local/sbin/xen-dm-restrict-launch'
 LAB = '/var/lib/xen-dm-restrict-lab'
+# Nova's layout: an instance directory each, the base images in _base.
+INSTANCES = '/var/lib/xen-dm-restrict-instances'
 QEMU = '/usr/libexec/xen-qemu-system-i386'
 HVMLOADER = '/usr/lib/xen-4.17/boot/hvmloader'
 BRIDGE = 'xenbr0'
@@ -575,7 +577,7 @@ def nova_image(top, marker):
     A qcow2 overlay ``top`` on a raw file in the lab's ``_base``
     directory that starts with ``marker``.
     """
-    base = LAB + '/_base/base.raw'
+    base = INSTANCES + '/_base/base.raw'
     os.makedirs(os.path.dirname(base), exist_ok=True)
     with open(base, 'wb') as f:
         f.write(marker.encode())
@@ -1235,7 +1237,7 @@ def s7_storage(s):
     run(['modprobe', 'nbd'])
     marker = 'XENLABDISK-%s' % os.urandom(8).hex()
     uuid = uuid_of(12)
-    top = '%s/instances/%s/disk' % (LAB, uuid)
+    top = '%s/%s/disk' % (INSTANCES, uuid)
     r = nova_image(top, marker)
     s.check(r.rc == 0, 'qemu-img create overlay: exit %d %s' % (
         r.rc, first_line(r.text)))
@@ -1290,7 +1292,7 @@ def s7_storage(s):
     # A backing file outside the instance's paths: refused before
     # anything runs (no lease, not defined).
     bad_uuid = uuid_of(13)
-    bad_dir = '%s/instances/%s' % (LAB, bad_uuid)
+    bad_dir = '%s/%s' % (INSTANCES, bad_uuid)
     os.makedirs(bad_dir, exist_ok=True)
     run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-F', 'raw', '-u', '-b',
          '/etc/shadow', bad_dir + '/disk', '32M'])
