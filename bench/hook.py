@@ -85,11 +85,13 @@ def run(workdir: str, calls: int) -> typing.Dict[str, typing.Any]:
                          'reaper_user = %s\n'
                          'reaper_lock_file = %s\n'
                          'allowed_host_paths = %s\n'
+                         'writable_shared_host_paths = %s\n'
                          'allowed_bridges = xenbr0\n'
                          % (common.tenant(0), first, first + 999,
                             os.path.join(scratch, 'chroots'),
                             os.path.join(scratch, 'leases.sqlite'),
                             reaper, os.path.join(scratch, 'reaper.lock'),
+                            common.base.images_dir(),
                             common.base.images_dir()))
         settings = host.load_settings([config])
         instance = common.new_instance()
