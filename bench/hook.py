@@ -7,7 +7,11 @@ install-hook`` writes is run exactly so (the environment holds only the
 scratch configuration's path, which a host has at the default place),
 for ``prepare begin`` of a restricted domain of a leased uid (the whole
 check, the chroot, the reap as a real reaper user) and for an operation
-the hook ignores (``start begin``).  Needs root (the reap, the
+the hook ignores (``start begin``).  ``prepare begin`` is timed with a
+current settings snapshot, and (every fifth call) without one: the first
+call after the configuration changed loads it in full and writes the
+snapshot again.  The snapshot is the scratch one (the environment names
+it; a host has it at the default place).  Needs root (the reap, the
 chroot); elsewhere skipped.
 """
 
@@ -25,6 +29,7 @@ from bench import common
 from xen_dm_restrict_plugin.core import domain as domain_mod
 from xen_dm_restrict_plugin.core import restrict
 from xen_dm_restrict_plugin import exception
+from xen_dm_restrict_plugin.launcher import settings as launch_settings
 
 UID_BASE = 3990000
 #: Operations libvirtd runs that the hook may ignore; the first it does
@@ -41,6 +46,23 @@ def _free_uid(start: int) -> int:
         except KeyError:
             return uid
         uid += 1
+
+
+@contextlib.contextmanager
+def _environ(values: typing.Dict[str, str]) -> typing.Iterator[None]:
+    """This process's environment with ``values`` set, for the hook's
+    settings snapshot written in process.
+    """
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _timed(argv: typing.List[str], xml: bytes, env: dict) -> float:
@@ -102,9 +124,10 @@ def run(workdir: str, calls: int) -> typing.Dict[str, typing.Any]:
             hook.close()
         record = restrict.read_record(domain_mod.parse(xml, 1 << 20))
         path = os.path.join(scratch, 'libxl')
-        with contextlib.redirect_stdout(None):
+        snapshot = os.path.join(scratch, 'run', 'settings.marshal')
+        env = {host.CONFIG_ENV: config, launch_settings.PATH_ENV: snapshot}
+        with _environ(env), contextlib.redirect_stdout(None):
             host.install_hook(argparse.Namespace(path=path))
-        env = {host.CONFIG_ENV: config}
         data = xml.encode()
         name = 'bench-hook'
         prepare = [path, name, 'prepare', 'begin', '-']
@@ -115,10 +138,15 @@ def run(workdir: str, calls: int) -> typing.Dict[str, typing.Any]:
         ignored = [path, name, skipped_op[0], skipped_op[1], '-']
         _timed(prepare, data, env)
         _timed(ignored, data, env)
-        prepared, skipped = [], []
-        for _ in range(calls):
+        prepared, skipped, refreshed = [], [], []
+        for n in range(calls):
             prepared.append(_timed(prepare, data, env))
             skipped.append(_timed(ignored, data, env))
+            if n % 5 == 0:
+                # The first call after the configuration changed: the
+                # whole configuration is loaded, and the snapshot written.
+                os.unlink(snapshot)
+                refreshed.append(_timed(prepare, data, env))
     except (OSError, RuntimeError, subprocess.SubprocessError,
             exception.DmRestrictError) as err:
         return {'skipped': 'the hook failed: %s' % err}
@@ -130,4 +158,5 @@ def run(workdir: str, calls: int) -> typing.Dict[str, typing.Any]:
             'uid': record.uid,
             'ignored_operation': ' '.join(skipped_op),
             'prepare': common.summary(prepared),
+            'prepare_without_snapshot': common.summary(refreshed),
             'ignored': common.summary(skipped)}

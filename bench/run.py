@@ -216,6 +216,8 @@ def report_hook(report: Report, result: dict) -> None:
     report.row('prepare begin (check, chroot, reap)',
                _ms(result['prepare']), '<= 40 ms',
                result['prepare']['median_ms'] <= 40)
+    report.row('  without a current settings snapshot (full load)',
+               _ms(result['prepare_without_snapshot']))
     report.row('%s (ignored)' % result['ignored_operation'],
                _ms(result['ignored']),
                '<= 2 ms', result['ignored']['median_ms'] <= 2)

@@ -9,10 +9,8 @@ Sphinx option reference.
 """
 
 import difflib
-import grp
 import logging
 import os
-import pwd
 import re
 import typing
 
@@ -610,15 +608,6 @@ def check_names(files: typing.Sequence[str],
             'the line')
 
 
-def _resolve_user(name: str) -> typing.Optional[int]:
-    if name.isdigit():
-        return int(name)
-    try:
-        return pwd.getpwnam(name).pw_uid
-    except KeyError:
-        return None
-
-
 def load(conf: cfg.ConfigOpts, check_files: bool = True) -> Settings:
     """Validate the ``[dm_restrict]`` options and return :class:`Settings`.
 
@@ -659,27 +648,9 @@ def load(conf: cfg.ConfigOpts, check_files: bool = True) -> Settings:
         raise exception.ConfigError(
             'device_model_gid', 'gid %d is reserved' % gid,
             'choose a dedicated group id for device models')
-    if gid is not None:
-        _check_dedicated_gid(gid)
-
-    reaper_uid = _resolve_user(group.reaper_user)
-    if reaper_uid in ranges.FORBIDDEN_UIDS - {0}:
-        raise exception.ConfigError(
-            'reaper_user', 'uid %d is reserved (nobody or invalid); every '
-            'reap would kill its processes too' % reaper_uid,
-            'create a dedicated user, e.g. useradd --system xen-dm-reaper')
-    if reaper_uid == 0:
-        raise exception.ConfigError(
-            'reaper_user', 'the reaper must not be root: kill(-1) as root '
-            'kills every process on the host', 'create a dedicated user, '
-            'e.g. useradd --system xen-dm-reaper')
-    for rng in all_ranges:
-        if reaper_uid is not None and reaper_uid in rng:
-            raise exception.ConfigError(
-                'reaper_user', 'reaper uid %d is inside range %s of %s, so '
-                'a device model could kill the reaper' % (
-                    reaper_uid, rng, rng.owner or 'the shared pool'),
-                'use a reaper uid outside every range')
+    # What the host's accounts say, checked again whenever the settings
+    # are read from the snapshot (launcher.settings).
+    reaper_uid = settings_mod.host_ids(group.reaper_user, gid, all_ranges)
 
     if group.stubdom_emulators:
         raise exception.ConfigError(
@@ -810,33 +781,6 @@ def _cgroup_parent(name: str) -> str:
             'cgroup_parent', '%r is not a relative cgroup path of letters, '
             'digits and "_.-"' % name, 'write it like xen-dm-restrict')
     return '/'.join(parts)
-
-
-#: Debian's statically allocated groups (base-passwd): 0-99, and users.
-STATIC_GID_LIMIT = 101
-
-
-def _check_dedicated_gid(gid: int) -> None:
-    """Refuse a gid that grants something: a static system group (shadow,
-    disk, kmem, ...), a group with members, or a user's primary group.
-    """
-    remedy = ('create a dedicated group (groupadd --system xen-dm) and use '
-              'its gid, or unset device_model_gid')
-    if gid < STATIC_GID_LIMIT:
-        raise exception.ConfigError(
-            'device_model_gid', 'gid %d is a statically allocated system '
-            'group (e.g. shadow, disk, kmem) whose files every device '
-            'model could read' % gid, remedy)
-    try:
-        entry = grp.getgrgid(gid)
-    except KeyError:
-        return
-    owners = sorted(set(entry.gr_mem) | {
-        user.pw_name for user in pwd.getpwall() if user.pw_gid == gid})
-    if owners:
-        raise exception.ConfigError(
-            'device_model_gid', 'group %s (gid %d) is not dedicated: %s '
-            'belong to it' % (entry.gr_name, gid, ', '.join(owners)), remedy)
 
 
 def _names(option: str, names: typing.Sequence[str],

@@ -424,7 +424,7 @@ def cmd_preflight(args) -> int:
 
 
 def cmd_install_hook(args) -> int:
-    return host.install_hook(args)
+    return host.install_hook(args, args.config_file)
 
 
 def cmd_install_launcher(args) -> int:

@@ -18,6 +18,7 @@ import typing
 
 from oslo_config import cfg
 
+from xen_dm_restrict_plugin.cmd import common
 from xen_dm_restrict_plugin import conf as conf_mod
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin.launcher import settings as launch_settings
@@ -29,11 +30,10 @@ DEFAULT_CONFIG = launch_settings.DEFAULT_CONFIG
 #: Environment variable naming the configuration file to use instead.
 CONFIG_ENV = launch_settings.CONFIG_ENV
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_REFUSED = 2
-#: ``leases reconcile`` left discrepancies for an operator.
-EXIT_UNRESOLVED = 3
+EXIT_OK = common.EXIT_OK
+EXIT_ERROR = common.EXIT_ERROR
+EXIT_REFUSED = common.EXIT_REFUSED
+EXIT_UNRESOLVED = common.EXIT_UNRESOLVED
 
 
 def config_files() -> typing.List[str]:
@@ -123,6 +123,35 @@ def load_settings(files: typing.Optional[typing.Sequence[str]] = None
     return settings_of(load_conf(files))
 
 
+def refresh_snapshot(config: typing.Optional[str]) -> conf_mod.Settings:
+    """Load the configuration the launcher and libvirtd's hook read, in
+    full (the names checked for misspellings, every option validated),
+    and write its settings snapshot when root.
+
+    :param config: :func:`launch_settings.config_file
+        <xen_dm_restrict_plugin.launcher.settings.config_file>`.
+    :raises ConfigError: the configuration is invalid: no snapshot is
+        written.
+    """
+    try:
+        made_from = launch_settings.source(config)
+    except OSError:
+        made_from = False  # the full load below says why it is unreadable
+    settings = load_settings()
+    if os.geteuid() != 0 or made_from is False:
+        return settings
+    try:
+        if launch_settings.source(config) == made_from:
+            launch_settings.write(settings, config, made_from)
+        else:
+            LOG.warning('%s changed while it was read: its settings '
+                        'snapshot is made again next time', config)
+    except OSError as err:
+        LOG.warning('cannot write the settings snapshot %s: %s',
+                    launch_settings.path(), err)
+    return settings
+
+
 def _open_trusted(path: str) -> int:
     """Open ``path`` for root, who reads only a file root alone can
     change.
@@ -160,43 +189,9 @@ def _config_errors(files: typing.Sequence[str],
             message, 'fix the configuration file') from None
 
 
-def setup_logging(prog: str, verbose: bool = False,
-                  quiet_level: int = logging.WARNING) -> None:
-    """Log to stderr, prefixed with the program name.
-
-    :param verbose: log INFO and above, else ``quiet_level`` and above.
-    """
-    logging.basicConfig(
-        level=logging.INFO if verbose else quiet_level,
-        format=prog + ': %(levelname)s %(name)s: %(message)s')
-    if not verbose:
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(_not_a_refusal)
-
-
-def _not_a_refusal(record: logging.LogRecord) -> bool:
-    """Drop the log line of a refusal: :func:`run` prints it once."""
-    return not str(record.msg).startswith('refused')
-
-
-def run(prog: str, func: typing.Callable[[], int]) -> int:
-    """Call ``func`` and turn our errors into a message and exit code.
-
-    :returns: ``func``'s exit code, 2 for a refusal, 1 for an error.
-    """
-    try:
-        return func()
-    except exception.Refused as err:
-        print('%s: refused: %s' % (prog, err), file=sys.stderr)
-        return EXIT_REFUSED
-    except exception.DmRestrictError as err:
-        print('%s: error: %s' % (prog, err), file=sys.stderr)
-        return EXIT_ERROR
-    except Exception as err:  # noqa: BLE001 - the last line of defence
-        LOG.debug('unexpected failure', exc_info=True)
-        print('%s: error: %s: %s' % (prog, type(err).__name__, err),
-              file=sys.stderr)
-        return EXIT_ERROR
+#: Shared with the commands that must not import this module.
+setup_logging = common.setup_logging
+run = common.run
 
 
 def preflight(args, settings: conf_mod.Settings,
@@ -317,14 +312,20 @@ def _replace(target: str, data: bytes) -> None:
 
 
 #: The hook ``install-hook`` writes: a shell script that starts Python
-#: only for the operations the hook acts on.
+#: only for the operations the hook acts on.  Every other call exits 0
+#: at once, leaving the domain XML unread: libvirtd ignores the EPIPE of
+#: a hook that closed its stdin early (``virCommandProcessIO`` in
+#: libvirt's ``src/util/vircommand.c``; the daemon ignores SIGPIPE,
+#: ``virNetDaemonNew``), and a shell loop reading it would cost more
+#: than the whole call.
 HOOK_SCRIPT = """\
 #!/bin/sh
 # Written by "xen-dm-restrict install-hook": libvirtd's libxl hook.
 # libvirtd runs it for every operation of every domain; only those the
 # hook acts on start Python, isolated (-I) and without site start-up
 # code (-S): %(acted)s.
-# Every other call drains the domain XML and exits 0.
+# Every other call exits 0 without reading the domain XML (libvirtd
+# ignores a hook that does not read its stdin).
 case "$2 $3" in
     %(cases)s)
         exec %(python)s -IS -c 'import sys
@@ -333,7 +334,6 @@ from xen_dm_restrict_plugin.cmd.libvirt_hook import main
 sys.argv[0] = "xen-dm-restrict-libvirt-hook"
 sys.exit(main())' "$@" ;;
 esac
-exec cat >/dev/null
 """
 
 
@@ -358,11 +358,18 @@ def _module_path() -> typing.List[str]:
     return path
 
 
-def install_hook(args) -> int:
+def install_hook(args, files: typing.Optional[typing.Sequence[str]] = None
+                 ) -> int:
     """``xen-dm-restrict install-hook PATH``: write libvirtd's libxl hook
-    as a shell script that runs Python only when the hook acts.
+    as a shell script that runs Python only when the hook acts, and the
+    settings snapshot it reads.
 
-    :raises CapabilityMissing: not root, or the file cannot be written.
+    :param files: the configuration files given on the command line; the
+        hook reads :data:`DEFAULT_CONFIG` (or ``$XEN_DM_RESTRICT_CONFIG``)
+        and nothing else.
+    :raises ConfigError: the configuration is invalid (nothing is
+        written), or other files were given.
+    :raises CapabilityMissing: not root, or a file cannot be written.
     """
     from xen_dm_restrict_plugin.daemon_hook import operations
 
@@ -375,6 +382,14 @@ def install_hook(args) -> int:
             raise exception.ConfigError(
                 'install-hook', 'operation %r is not a plain word' % (
                     operation,), 'fix daemon_hook/operations.py')
+    config = launch_settings.config_file()
+    if files and list(files) != [config]:
+        raise exception.ConfigError(
+            'install-hook', 'the hook reads %s (or the file named by $%s), '
+            'not %s' % (config or DEFAULT_CONFIG, CONFIG_ENV,
+                        ', '.join(files)),
+            'write the configuration there and run install-hook without '
+            '--config-file')
     import json
     import shlex
 
@@ -383,6 +398,8 @@ def install_hook(args) -> int:
         raise exception.CapabilityMissing(
             'install-hook', 'a directory of the import path has a quote '
             'in its name: %s' % path, 'install the plugin elsewhere')
+    # The whole configuration is checked first: a bad one writes nothing.
+    refresh_snapshot(config)
     text = HOOK_SCRIPT % {
         'acted': ', '.join(' '.join(op) for op in operations.ACTED_ON),
         'cases': '|'.join('"%s %s"' % op for op in operations.ACTED_ON),
@@ -395,8 +412,9 @@ def install_hook(args) -> int:
             'install-hook', 'cannot write %s: %s' % (
                 target, err.strerror or err),
             'check the directory exists and is root\'s') from None
-    print('wrote %s (libvirtd reads its hooks when it starts: restart '
-          'libvirtd)' % target)
+    print('wrote %s and the settings snapshot %s of %s (libvirtd reads '
+          'its hooks when it starts: restart libvirtd)' % (
+              target, launch_settings.path(), config or 'the defaults'))
     return EXIT_OK
 
 

@@ -5,9 +5,17 @@ the oslo.config options; the launcher builds its look-alike from a
 snapshot without oslo.config.  The dataclass lives in the policy core so
 that the core, the launcher and the host tools can take settings without
 importing the configuration layer.
+
+:func:`host_ids` checks what the settings name of the host's accounts
+(the reaper user, the device models' group).  The accounts change
+without the configuration file changing, so it runs on every load: the
+full one and the one from the snapshot
+(:mod:`xen_dm_restrict_plugin.launcher.settings`).
 """
 
 import dataclasses
+import grp
+import pwd
 import typing
 
 from xen_dm_restrict_plugin.core import constants
@@ -114,3 +122,75 @@ class Settings:
 
     def gid_for(self, uid: int) -> int:
         return self.gid if self.gid is not None else uid
+
+
+#: Debian's statically allocated groups (base-passwd): 0-99, and users.
+STATIC_GID_LIMIT = 101
+
+
+def resolve_user(name: str) -> typing.Optional[int]:
+    """The uid of a user name (or a number), None when there is none."""
+    if name.isdigit():
+        return int(name)
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
+
+
+def host_ids(reaper_user: str, gid: typing.Optional[int],
+             uid_ranges: typing.Sequence[ranges.UidRange]
+             ) -> typing.Optional[int]:
+    """Check the accounts the settings name, as the host has them now.
+
+    :param reaper_user: ``[dm_restrict] reaper_user``.
+    :param gid: ``[dm_restrict] device_model_gid``, or None.
+    :param uid_ranges: every configured uid range.
+    :returns: the reaper's uid, None when the user does not exist.
+    :raises ConfigError: the group is not dedicated, or the reaper uid
+        is reserved, root, or inside a range.
+    """
+    if gid is not None:
+        check_dedicated_gid(gid)
+    reaper_uid = resolve_user(reaper_user)
+    if reaper_uid in ranges.FORBIDDEN_UIDS - {0}:
+        raise exception.ConfigError(
+            'reaper_user', 'uid %d is reserved (nobody or invalid); every '
+            'reap would kill its processes too' % reaper_uid,
+            'create a dedicated user, e.g. useradd --system xen-dm-reaper')
+    if reaper_uid == 0:
+        raise exception.ConfigError(
+            'reaper_user', 'the reaper must not be root: kill(-1) as root '
+            'kills every process on the host', 'create a dedicated user, '
+            'e.g. useradd --system xen-dm-reaper')
+    for rng in uid_ranges:
+        if reaper_uid is not None and reaper_uid in rng:
+            raise exception.ConfigError(
+                'reaper_user', 'reaper uid %d is inside range %s of %s, so '
+                'a device model could kill the reaper' % (
+                    reaper_uid, rng, rng.owner or 'the shared pool'),
+                'use a reaper uid outside every range')
+    return reaper_uid
+
+
+def check_dedicated_gid(gid: int) -> None:
+    """Refuse a gid that grants something: a static system group (shadow,
+    disk, kmem, ...), a group with members, or a user's primary group.
+    """
+    remedy = ('create a dedicated group (groupadd --system xen-dm) and use '
+              'its gid, or unset device_model_gid')
+    if gid < STATIC_GID_LIMIT:
+        raise exception.ConfigError(
+            'device_model_gid', 'gid %d is a statically allocated system '
+            'group (e.g. shadow, disk, kmem) whose files every device '
+            'model could read' % gid, remedy)
+    try:
+        entry = grp.getgrgid(gid)
+    except KeyError:
+        return
+    owners = sorted(set(entry.gr_mem) | {
+        user.pw_name for user in pwd.getpwall() if user.pw_gid == gid})
+    if owners:
+        raise exception.ConfigError(
+            'device_model_gid', 'group %s (gid %d) is not dedicated: %s '
+            'belong to it' % (entry.gr_name, gid, ', '.join(owners)), remedy)

@@ -50,16 +50,16 @@ be read, a domain naming a ``<target dev>`` is not started (exit 1).
 import logging
 import typing
 
-from xen_dm_restrict_plugin import conf as conf_mod
 from xen_dm_restrict_plugin.console import relay
+from xen_dm_restrict_plugin.core import constants
 from xen_dm_restrict_plugin.core import dm_argv
 from xen_dm_restrict_plugin.core import domain as domain_mod
 from xen_dm_restrict_plugin.core import pathscope
 from xen_dm_restrict_plugin.core import policy
 from xen_dm_restrict_plugin.core import restrict
+from xen_dm_restrict_plugin.core import settings as settings_mod
 from xen_dm_restrict_plugin.daemon_hook import operations as hook_operations
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin.host import capabilities
 from xen_dm_restrict_plugin.host import netfacts
 from xen_dm_restrict_plugin.host import reaper
 from xen_dm_restrict_plugin.launcher import chroot
@@ -94,7 +94,7 @@ class LibxlHook:
     :param settings: the host's ``[dm_restrict]`` settings.
     """
 
-    def __init__(self, settings: conf_mod.Settings):
+    def __init__(self, settings: settings_mod.Settings):
         self.settings = settings
         self.reaper = reaper.Reaper(settings)
 
@@ -216,14 +216,16 @@ class LibxlHook:
             dm_argv.check_identity(self.settings, parsed)
         except exception.Refused as err:
             raise refuse(str(err)) from None
-        if (self.settings.sandbox == conf_mod.SANDBOX_REQUIRED
+        if (self.settings.sandbox == constants.SANDBOX_REQUIRED
                 and parsed.sandbox != restrict.SANDBOX_POLICY):
             raise refuse('it has no -sandbox and [dm_restrict] sandbox is '
                          '"required"')
-        if (self.settings.sandbox == conf_mod.SANDBOX_WHEN_SUPPORTED
+        if (self.settings.sandbox == constants.SANDBOX_WHEN_SUPPORTED
                 and parsed.sandbox is None):
             # The hook writes -sandbox whenever the device model has it; a
             # client that edited the domain must not drop it.
+            from xen_dm_restrict_plugin.host import capabilities
+
             try:
                 wanted = capabilities.syntax_for(self.settings,
                                                  dom.emulator).sandbox
@@ -283,7 +285,7 @@ class LibxlHook:
     def relays_console(self) -> bool:
         """Whether restricted VNC consoles are relayed from dom0."""
         return bool(self.settings.launcher) and \
-            self.settings.network_namespace == conf_mod.NETNS_REQUIRED
+            self.settings.network_namespace == constants.NETNS_REQUIRED
 
     def after_start(self, name: str, dom: domain_mod.Domain,
                     record: typing.Optional[restrict.Record]) -> None:

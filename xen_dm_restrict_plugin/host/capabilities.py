@@ -19,8 +19,9 @@ import subprocess
 import threading
 import typing
 
-from xen_dm_restrict_plugin import conf as conf_mod
+from xen_dm_restrict_plugin.core import constants
 from xen_dm_restrict_plugin.core import restrict
+from xen_dm_restrict_plugin.core import settings as settings_mod
 from xen_dm_restrict_plugin import exception
 
 LOG = logging.getLogger(__name__)
@@ -174,9 +175,9 @@ def syntax_from_capabilities(caps: Capabilities,
     else:
         raise _missing(caps.binary, '-chroot or -run-with chroot=', upgrade)
     sandbox = False
-    if sandbox_policy != conf_mod.SANDBOX_OFF:
+    if sandbox_policy != constants.SANDBOX_OFF:
         sandbox = caps.has('sandbox')
-        if not sandbox and sandbox_policy == conf_mod.SANDBOX_REQUIRED:
+        if not sandbox and sandbox_policy == constants.SANDBOX_REQUIRED:
             raise _missing(
                 caps.binary, '-sandbox (seccomp)',
                 'use a QEMU built with seccomp, or set [dm_restrict] '
@@ -187,7 +188,7 @@ def syntax_from_capabilities(caps: Capabilities,
     return restrict.DeviceModelSyntax(user_form, chroot_form, sandbox)
 
 
-def device_model_binary(settings: conf_mod.Settings,
+def device_model_binary(settings: settings_mod.Settings,
                         emulator: typing.Optional[str]) -> str:
     """The QEMU that will really run for a domain with this emulator."""
     if settings.launcher or not emulator:
@@ -195,18 +196,18 @@ def device_model_binary(settings: conf_mod.Settings,
     return emulator
 
 
-def syntax_for(settings: conf_mod.Settings,
+def syntax_for(settings: settings_mod.Settings,
                emulator: typing.Optional[str]
                ) -> restrict.DeviceModelSyntax:
     """The syntax for a domain, from configuration or by probing.
 
     :raises CapabilityMissing: the device model cannot restrict.
     """
-    sandbox = settings.sandbox != conf_mod.SANDBOX_OFF
-    if settings.syntax == conf_mod.SYNTAX_RUNAS:
+    sandbox = settings.sandbox != constants.SANDBOX_OFF
+    if settings.syntax == constants.SYNTAX_RUNAS:
         return restrict.DeviceModelSyntax(
             restrict.FORM_LEGACY, restrict.FORM_LEGACY, sandbox)
-    if settings.syntax == conf_mod.SYNTAX_RUN_WITH:
+    if settings.syntax == constants.SYNTAX_RUN_WITH:
         return restrict.DeviceModelSyntax(
             restrict.FORM_RUN_WITH, restrict.FORM_RUN_WITH, sandbox)
     caps = probe(device_model_binary(settings, emulator))

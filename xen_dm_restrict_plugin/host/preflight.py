@@ -445,6 +445,29 @@ def check_hook(hooks_dir: str) -> Check:
                                                       hooks_dir))
 
 
+def check_settings_snapshot() -> Check:
+    """libvirtd's hook (and the launcher) start fast only from a current
+    settings snapshot; an untrusted one makes the hook refuse every start.
+    """
+    from xen_dm_restrict_plugin.launcher import settings as launch_settings
+
+    name = 'settings snapshot'
+    config = launch_settings.config_file()
+    try:
+        values = launch_settings.read(config)
+    except launch_settings.Untrusted as err:
+        return Check(name, FAIL, '%s: libvirtd\'s hook refuses every '
+                     'start: %s' % (err.subject, err.reason))
+    if values is None:
+        return Check(name, WARN, 'no current snapshot of %s at %s: the '
+                     'next hook call or device-model start loads the '
+                     'configuration in full (and writes one); run '
+                     'xen-dm-restrict install-hook' % (
+                         config or 'the defaults', launch_settings.path()))
+    return Check(name, OK, '%s, current for %s' % (
+        launch_settings.path(), config or 'the defaults'))
+
+
 def hook_command() -> str:
     """The path of this installation's ``xen-dm-restrict-libvirt-hook``.
 
@@ -526,6 +549,7 @@ def run(settings: conf_mod.Settings,
     checks += check_isolation(settings)
     checks += check_storage(settings)
     checks.append(check_hook(hooks_dir or DEFAULT_HOOKS_DIR))
+    checks.append(check_settings_snapshot())
     return Report(tuple(checks), xen_host)
 
 

@@ -34,8 +34,9 @@ import signal
 import time
 import typing
 
-from xen_dm_restrict_plugin import conf as conf_mod
+from xen_dm_restrict_plugin.core import constants
 from xen_dm_restrict_plugin.core import ranges
+from xen_dm_restrict_plugin.core import settings as settings_mod
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin.launcher import network as dm_network
 
@@ -98,14 +99,36 @@ class ReapResult:
         return text
 
 
-def _uids_and_state(status: str) -> typing.Tuple[tuple, str]:
-    uids, state = (), '?'
-    for line in status.splitlines():
-        if line.startswith('Uid:'):
-            uids = tuple(int(v) for v in line.split()[1:4])
-        elif line.startswith('State:'):
-            state = line.split()[1]
-    return uids, state
+_UID_LINE = b'\nUid:\t'
+_STATE_LINE = b'\nState:\t'
+
+
+def _status(name: str) -> bytes:
+    """The head of ``/proc/NAME/status``, where Uid and State are (empty
+    when the process is gone).
+
+    Read as bytes through a descriptor: a scan reads one for every
+    process of the host, twice per reap.
+    """
+    try:
+        fd = os.open('/proc/%s/status' % name, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return b''
+    try:
+        return os.read(fd, 4096)
+    except OSError:
+        return b''
+    finally:
+        os.close(fd)
+
+
+def _field(status: bytes, line: bytes) -> bytes:
+    start = status.find(line)
+    if start < 0:
+        return b''
+    start += len(line)
+    end = status.find(b'\n', start)
+    return status[start:end if end >= 0 else len(status)]
 
 
 def scan(uid: int) -> typing.Tuple[typing.List[int], typing.List[int]]:
@@ -116,19 +139,16 @@ def scan(uid: int) -> typing.Tuple[typing.List[int], typing.List[int]]:
     :returns: (pids alive, pids of zombies).
     """
     alive, zombies = [], []
+    wanted = b'%d' % uid
     for name in os.listdir('/proc'):
         if not name.isdigit():
             continue
-        try:
-            with open('/proc/%s/status' % name, encoding='ascii',
-                      errors='replace') as handle:
-                status = handle.read()
-        except OSError:
+        status = _status(name)
+        # Uid: real, effective, saved, filesystem.
+        if wanted not in _field(status, _UID_LINE).split()[:3]:
             continue
-        uids, state = _uids_and_state(status)
-        if uid not in uids:
-            continue
-        (zombies if state in ('Z', 'X') else alive).append(int(name))
+        state = _field(status, _STATE_LINE)[:1]
+        (zombies if state in (b'Z', b'X') else alive).append(int(name))
     return alive, zombies
 
 
@@ -141,7 +161,7 @@ class Reaper:
         die.
     """
 
-    def __init__(self, settings: conf_mod.Settings,
+    def __init__(self, settings: settings_mod.Settings,
                  timeout: float = DEFAULT_TIMEOUT):
         self.settings = settings
         self.timeout = timeout
@@ -252,7 +272,7 @@ class Reaper:
     def _remove_cgroup(self, uid: int, where: str) -> None:
         """Remove the cgroup the launcher made for ``uid``, now empty."""
         if getattr(self.settings, 'cgroup_limits', None) != \
-                conf_mod.CGROUPS_REQUIRED:
+                constants.CGROUPS_REQUIRED:
             return
         from xen_dm_restrict_plugin.launcher import cgroup as dm_cgroup
 

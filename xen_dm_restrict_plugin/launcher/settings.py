@@ -1,26 +1,40 @@
-"""What the device-model launcher needs of the configuration, read cheaply.
+"""The settings snapshot: the configuration, validated once, read cheaply.
 
-libvirt runs the domain's ``<emulator>`` at every define and start, and
-libxl runs it at every device-model start, so the launcher's own start-up
-is paid on every one of them.  Loading oslo.config (and validating every
-option) costs far more than QEMU's own start, so the launcher reads a
-small JSON snapshot instead: the few settings it uses, written by a
-process that did load and validate the configuration (``preflight``, or
-the launcher itself the first time), together with the identity of the
-configuration file it was made from.
+libvirt runs the domain's ``<emulator>`` at every define and start, libxl
+runs it at every device-model start, and libvirtd runs its hook at every
+operation of every domain, so the start-up of the launcher and of the
+hook is paid on every one of them.  Loading oslo.config (its imports, the
+validation of every option, the second reading of the file that finds
+misspelled names) costs far more than their own work, so both read a
+snapshot instead: every validated setting, written by a process that did
+load and check the configuration in full (``install-launcher``,
+``install-hook``, or the launcher or hook itself when the snapshot was
+missing or stale), together with the configuration file it was made from.
 
 The snapshot is written with :mod:`marshal`, which is built into the
 interpreter: even :mod:`json` would cost the launcher the import of
 :mod:`re`, more than a query of QEMU's version costs.
 
-The snapshot is used only while it is provably current and trusted: the
-configuration file still has the recorded device, inode, size, mtime and
-ctime (a change to the file changes its ctime, which no one can set
-back), and the snapshot and its directory are owned by root and writable
-by no one else.  Otherwise the launcher loads the configuration in full,
-as before, and rewrites the snapshot.  This module imports nothing but
-the literals of :mod:`~xen_dm_restrict_plugin.core.constants` and the
-standard library's cheapest modules.
+The snapshot is used only while it is provably current and trusted:
+
+- it records the path and the bytes of the configuration file it was
+  made from, and the file must hold the same bytes now (a comparison of
+  a few kilobytes; a file's size and times can stay the same across an
+  edit made within one tick of the kernel's clock);
+- root reads the configuration file only when root alone can change it
+  and its directory (:func:`untrusted`), as the full load does;
+- the snapshot must be a regular file owned by root and writable by no
+  one else, in a directory that is root's alone.  A snapshot that is not
+  (:class:`Untrusted`) is never read: the launcher then loads the
+  configuration in full, libvirtd's hook refuses with the remedy.
+
+What the settings name of the host's accounts (the reaper user, the
+device models' group) is checked again at every read
+(:func:`~xen_dm_restrict_plugin.core.settings.host_ids`): accounts change
+without the file changing.  This module imports nothing but the literals
+of :mod:`~xen_dm_restrict_plugin.core.constants`, the exceptions and the
+standard library's cheapest modules; the full settings
+(:func:`full_settings`) import the policy core when asked for.
 """
 
 from __future__ import annotations
@@ -30,6 +44,7 @@ import os
 import stat
 
 from xen_dm_restrict_plugin.core import constants
+from xen_dm_restrict_plugin import exception
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,7 +65,9 @@ DEFAULT_SOCKET = '/run/xen-dm-restrict/launcher.sock'
 #: Environment variable naming another socket (tests, the benchmark).
 SOCKET_ENV = 'XEN_DM_RESTRICT_LAUNCHER_SOCKET'
 #: Bumped whenever the snapshot's fields change.
-FORMAT = 3
+FORMAT = 4
+#: The most a snapshot may hold.
+MAX_BYTES = 1 << 20
 
 #: The settings the launcher reads, as stored (tuples become lists).
 FIELDS = ('qemu_binary', 'sandbox', 'launcher_test_mode', 'chroot_base_dir',
@@ -59,6 +76,16 @@ FIELDS = ('qemu_binary', 'sandbox', 'launcher_test_mode', 'chroot_base_dir',
           'cgroup_limits', 'cgroup_parent', 'device_model_max_processes',
           'device_model_memory_mib', 'device_model_cpu_weight',
           'storage_dir')
+
+#: What a process that finds the snapshot untrusted tells root to do.
+UNTRUSTED_REMEDY = ('remove it (and its directory, if root did not make '
+                    'it) and run "xen-dm-restrict install-hook" as root, '
+                    'which writes a new one: only a snapshot root alone '
+                    'can change is read')
+
+
+class Untrusted(exception.ConfigError):
+    """The snapshot, or its directory, is not root's alone."""
 
 
 class LaunchSettings:
@@ -89,7 +116,7 @@ class LaunchSettings:
 
 
 def config_file() -> typing.Optional[str]:
-    """The configuration file the launcher reads (as
+    """The configuration file the launcher and the hook read (as
     :func:`xen_dm_restrict_plugin.cmd.host.config_files`), or None.
     """
     name = os.environ.get(CONFIG_ENV)
@@ -108,16 +135,37 @@ def socket_path() -> str:
     return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
 
 
-def _identity(config: typing.Optional[str]) -> typing.Optional[list]:
+def source(config: typing.Optional[str]) -> typing.Optional[list]:
+    """What a snapshot records of the configuration file ``config``: its
+    path and its bytes (None when the defaults are read).
+
+    :raises OSError: it cannot be read, or root must not read it
+        (:func:`untrusted`; the full load says why).
+    """
     if config is None:
         return None
-    st = os.stat(config)
-    return [config, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
-            st.st_ctime_ns]
+    fd = os.open(config, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if os.geteuid() == 0 and untrusted(fd):
+            raise PermissionError('%s is not root\'s alone' % config)
+        chunks = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return [config, b''.join(chunks)]
 
 
-def _trusted(st: os.stat_result) -> bool:
-    return st.st_uid == 0 and not st.st_mode & 0o022
+def _not_roots(what: str, st: os.stat_result) -> str:
+    if st.st_uid != 0:
+        return '%s is owned by uid %d, not root' % (what, st.st_uid)
+    if st.st_mode & 0o022:
+        return '%s is writable by others than root (mode %04o)' % (
+            what, stat.S_IMODE(st.st_mode))
+    return ''
 
 
 def untrusted(fd: int) -> str:
@@ -145,30 +193,52 @@ def untrusted(fd: int) -> str:
     return ''
 
 
-def load(config: typing.Optional[str]) -> typing.Optional[LaunchSettings]:
-    """The snapshot's settings if it was made from ``config`` as it is now.
+def _untrusted(name: str, reason: str) -> Untrusted:
+    return Untrusted('settings snapshot %s' % name, reason, UNTRUSTED_REMEDY)
 
-    :param config: the configuration file the launcher would read, or
+
+def read(config: typing.Optional[str]
+         ) -> typing.Optional[typing.Dict[str, typing.Any]]:
+    """The stored settings if the snapshot was made from ``config`` as it
+    is now.
+
+    :param config: the configuration file this process would read, or
         None when it would read none.
-    :returns: None when there is no snapshot, or it is stale, foreign
-        (another file, format or owner) or unreadable: the caller then
-        loads the configuration in full.
+    :returns: the settings as :func:`dump` wrote them; None when there
+        is no snapshot, or it is stale, foreign (another file or format)
+        or unreadable: the caller then loads the configuration in full.
+    :raises Untrusted: the snapshot or its directory is there but not
+        root's alone.
     """
     name = path()
+    directory = os.path.dirname(name) or '.'
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
+        reason = _not_roots('its directory %s' % directory,
+                            os.stat(directory))
+    except FileNotFoundError:
         return None
+    if reason:
+        raise _untrusted(name, reason)
     try:
-        if not (_trusted(os.fstat(fd)) and _trusted(
-                os.stat(os.path.dirname(name) or '.'))):
-            return None
-        with os.fdopen(os.dup(fd), 'rb') as handle:
-            data = marshal.loads(handle.read(65536))
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                     | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise _untrusted(name, 'it cannot be opened as a file (%s): a '
+                         'symbolic link, or not root\'s' % (
+                             err.strerror or err)) from None
+    try:
+        st = os.fstat(fd)
+        reason = ('it is not a regular file' if not stat.S_ISREG(st.st_mode)
+                  else _not_roots('it', st))
+        if reason:
+            raise _untrusted(name, reason)
+        data = marshal.loads(os.read(fd, MAX_BYTES))
         if data.get('format') != FORMAT or \
-                data.get('config') != _identity(config):
+                data.get('config') != source(config):
             return None
-        return LaunchSettings(data['settings'])
+        return data['settings']
     except (OSError, ValueError, KeyError, TypeError, EOFError,
             AttributeError):
         return None
@@ -176,31 +246,93 @@ def load(config: typing.Optional[str]) -> typing.Optional[LaunchSettings]:
         os.close(fd)
 
 
+def load(config: typing.Optional[str]) -> typing.Optional[LaunchSettings]:
+    """The launcher's settings from the snapshot if it was made from
+    ``config`` as it is now.
+
+    :returns: None when :func:`read` finds none, or an untrusted one: the
+        launcher then loads the configuration in full.
+    """
+    try:
+        values = read(config)
+        return LaunchSettings(values) if values is not None else None
+    except (Untrusted, KeyError, TypeError, ValueError):
+        return None
+
+
+def full_settings(values: typing.Mapping[str, typing.Any]
+                  ) -> settings_mod.Settings:
+    """The full settings stored by :func:`dump`, with the host's accounts
+    checked as they are now.
+
+    :raises ConfigError: the accounts no longer pass
+        (:func:`~xen_dm_restrict_plugin.core.settings.host_ids`).
+    :raises KeyError, TypeError: the values are not those of a snapshot
+        of this version.
+    """
+    import dataclasses
+
+    from xen_dm_restrict_plugin.core import ranges
+    from xen_dm_restrict_plugin.core import settings as settings_mod
+
+    given = {field.name: values[field.name]
+             for field in dataclasses.fields(settings_mod.Settings)}
+    given['tenant_ranges'] = {
+        tenant: ranges.UidRange(tenant, first, last)
+        for tenant, (first, last) in values['tenant_ranges'].items()}
+    if values['shared_range'] is not None:
+        first, last = values['shared_range']
+        given['shared_range'] = ranges.UidRange(None, first, last)
+    uid_ranges = list(given['tenant_ranges'].values()) + (
+        [given['shared_range']] if given['shared_range'] else [])
+    given['reaper_uid'] = settings_mod.host_ids(
+        given['reaper_user'], given['gid'], uid_ranges)
+    return settings_mod.Settings(**given)
+
+
 def dump(settings: settings_mod.Settings) -> dict:
-    """The snapshot fields of full settings."""
-    values = {name: getattr(settings, name) for name in FIELDS}
-    values['allowed_qemu_options'] = sorted(values['allowed_qemu_options'])
-    values['allowed_host_paths'] = list(values['allowed_host_paths'])
-    values['allowed_chardev_types'] = list(values['allowed_chardev_types'])
+    """Every field of full settings, as the snapshot stores them (the
+    launcher's :data:`FIELDS` and ``ranges`` among them).
+    """
+    import dataclasses
+
+    values = {field.name: getattr(settings, field.name)
+              for field in dataclasses.fields(settings)}
+    values['tenant_ranges'] = {
+        tenant: [rng.first, rng.last]
+        for tenant, rng in settings.tenant_ranges.items()}
+    shared = settings.shared_range
+    values['shared_range'] = None if shared is None else [shared.first,
+                                                          shared.last]
+    values['max_devices'] = dict(settings.max_devices)
     values['ranges'] = [[rng.first, rng.last]
                         for rng in settings.all_ranges()]
     return values
 
 
-def write(settings: settings_mod.Settings,
-          config: typing.Optional[str]) -> str:
+def write(settings: settings_mod.Settings, config: typing.Optional[str],
+          made_from: typing.Any = False) -> str:
     """Write the snapshot of ``settings``, made from ``config``.
 
-    Only root writes it (the launcher trusts a root-owned file only); the
+    Only root writes it (a snapshot is trusted only when root's); the
     file is replaced atomically.
 
+    :param made_from: :func:`source` of ``config`` taken before the
+        settings were loaded (default: read now).  A file changed while
+        it was being loaded then leaves the snapshot stale, never wrong.
     :returns: the snapshot's path.
-    :raises OSError: it cannot be written.
+    :raises OSError: it cannot be written, or its directory is not
+        root's alone.
     """
+    if made_from is False:
+        made_from = source(config)
     name = path()
     directory = os.path.dirname(name) or '.'
     os.makedirs(directory, mode=0o755, exist_ok=True)
-    body = marshal.dumps({'format': FORMAT, 'config': _identity(config),
+    reason = _not_roots('its directory %s' % directory, os.stat(directory))
+    if reason:
+        raise PermissionError('the snapshot is not written: %s' % reason)
+    body = marshal.dumps({'format': FORMAT, 'config': made_from,
                           'settings': dump(settings)})
     temp = '%s.%d.tmp' % (name, os.getpid())
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
