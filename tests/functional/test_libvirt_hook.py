@@ -6,6 +6,7 @@ exit, showing stderr.  The tests that reap or create the chroot need
 root; the refusals do not.
 """
 
+import marshal
 import os
 import re
 import signal
@@ -22,6 +23,7 @@ from tests.functional import hostenv
 from xen_dm_restrict_plugin.core import domain
 from xen_dm_restrict_plugin.core import restrict
 from xen_dm_restrict_plugin.host import preflight
+from xen_dm_restrict_plugin.launcher import settings as launch_settings
 from xen_dm_restrict_plugin.leases import store as leases
 from xen_dm_restrict_plugin.orchestrator import extension
 from xen_dm_restrict_plugin.orchestrator import hooks
@@ -533,3 +535,183 @@ def test_operations_not_acted_on_import_nothing(env, operation):
                           input=base.fixture('hvm.xml').encode(),
                           capture_output=True, env=env.environ(), timeout=30)
     assert proc.stdout.decode().split() == ['0', '[]'], proc.stderr
+
+
+# The settings snapshot (launcher/settings.py): the hook reads it instead
+# of loading oslo.config, while the configuration file holds the bytes it
+# was made from and root alone can change it.
+
+def _snapshot(env) -> str:
+    return env.environ()[launch_settings.PATH_ENV]
+
+
+def _chroot_of(env, xml) -> str:
+    uid = restrict.read_record(domain.parse(xml, 1 << 20)).uid
+    return env.settings().chroot_dir(uid)
+
+
+def test_a_start_writes_the_snapshot_and_the_next_reads_it(env):
+    hostenv.require_root()
+    xml = restricted_xml(env)
+    assert not os.path.exists(_snapshot(env))
+    assert call_hook(env, 'prepare', 'begin', xml).returncode == 0
+    st = os.stat(_snapshot(env))
+    assert (st.st_uid, st.st_mode & 0o022) == (0, 0)
+    with open(env.config, 'rb') as handle:
+        made_from = [env.config, handle.read()]
+    assert marshal.loads(open(_snapshot(env), 'rb').read())[
+        'config'] == made_from
+    # The next call imports neither oslo.config nor stevedore.
+    proc = subprocess.run([sys.executable, '-X', 'importtime'] + HOOK[1:] + [
+        'fixture-hvm', 'prepare', 'begin', '-'], input=xml.encode(),
+        capture_output=True, env=env.environ(), timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    imported = {line.split(b'|')[-1].strip() for line in
+                proc.stderr.splitlines() if line.startswith(b'import time')}
+    assert b'xen_dm_restrict_plugin.daemon_hook.hook' in imported
+    assert not {b'oslo_config', b'stevedore', b'rfc3986',
+                b'netaddr'} & imported
+
+
+def test_a_changed_configuration_is_read_again(env):
+    # The same size and modification time: the bytes tell them apart.
+    hostenv.require_root()
+    plain = base.fixture('hvm.xml')
+    assert call_hook(env, 'prepare', 'begin', plain).returncode == 2
+    assert os.path.exists(_snapshot(env))
+    with open(env.config, 'rb') as handle:
+        before = handle.read()
+    st = os.stat(env.config)
+    line = b'allowed_networks = default\n'
+    edit = b'enforce = 0\n'
+    after = before.replace(line, edit + b'#' * (len(line) - len(edit) - 1)
+                           + b'\n')
+    assert len(after) == len(before) and after != before
+    with open(env.config, 'r+b') as handle:
+        handle.write(after)
+    os.utime(env.config, ns=(st.st_atime_ns, st.st_mtime_ns))
+    proc = call_hook(env, 'prepare', 'begin', plain)
+    assert proc.returncode == 0, proc.stderr
+    assert b'allowed unrestricted (enforce is off)' in proc.stderr
+
+
+def test_an_account_change_is_seen_without_a_configuration_change(env):
+    hostenv.require_root()
+    xml = restricted_xml(env)
+    assert call_hook(env, 'prepare', 'begin', xml).returncode == 0
+    assert os.path.exists(_snapshot(env))
+    subprocess.run(['userdel', env.reaper_name], check=True,
+                   capture_output=True)
+    env.users.remove(env.reaper_name)
+    proc = call_hook(env, 'prepare', 'begin', xml)
+    assert proc.returncode == 2
+    assert b'reaper_user' in proc.stderr and b'does not exist' in proc.stderr
+
+
+@pytest.mark.parametrize('spoil', ['mode', 'owner', 'directory', 'symlink'])
+def test_an_untrusted_snapshot_refuses_and_changes_nothing(env, spoil):
+    hostenv.require_root()
+    xml = restricted_xml(env)
+    assert call_hook(env, 'prepare', 'begin', xml).returncode == 0
+    chroot = _chroot_of(env, xml)
+    os.rmdir(chroot)
+    path = _snapshot(env)
+    if spoil == 'mode':
+        os.chmod(path, 0o666)
+    elif spoil == 'owner':
+        os.chown(path, env.first + 500, -1)  # the test's reaper user
+    elif spoil == 'directory':
+        os.chmod(os.path.dirname(path), 0o777)
+    else:
+        os.rename(path, path + '.real')
+        os.symlink(path + '.real', path)
+    with open(path, 'rb') as handle:
+        before = handle.read()
+    sleeper = _sleeper(restrict.read_record(domain.parse(xml, 1 << 20)).uid)
+    try:
+        proc = call_hook(env, 'prepare', 'begin', xml)
+        assert proc.returncode == 2
+        assert b'refused: settings snapshot %s: ' % path.encode() in (
+            proc.stderr)
+        assert b'Remedy: remove it' in proc.stderr
+        assert b'xen-dm-restrict install-hook' in proc.stderr
+        # Nothing happened: no chroot, no reap, the snapshot as it was.
+        assert not os.path.exists(chroot)
+        assert sleeper.poll() is None
+        with open(path, 'rb') as handle:
+            assert handle.read() == before
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_missing_snapshot_of_a_bad_configuration_refuses(env):
+    hostenv.require_root()
+    xml = restricted_xml(env)
+    chroot = _chroot_of(env, xml)
+    with open(env.config, 'a') as handle:
+        handle.write('reaper_usr = nobody\n')
+    proc = call_hook(env, 'prepare', 'begin', xml)
+    assert proc.returncode == 2
+    assert b'reaper_usr is not an option of [dm_restrict] (did you mean ' \
+        b'reaper_user?)' in proc.stderr
+    assert not os.path.exists(_snapshot(env))
+    assert not os.path.exists(chroot)
+
+
+def _install_hook(env, path, *extra):
+    return subprocess.run(
+        hostenv.module('xen_dm_restrict_plugin.cmd.cli')
+        + ['install-hook', path] + list(extra), env=env.environ(),
+        capture_output=True, text=True, timeout=60)
+
+
+def test_install_hook_writes_the_hook_and_its_snapshot(env):
+    hostenv.require_root()
+    path = os.path.join(env.tmp, 'libxl')
+    made = _install_hook(env, path)
+    assert made.returncode == 0, made.stderr
+    assert os.stat(path).st_mode & 0o7777 == 0o755
+    with open(_snapshot(env), 'rb') as handle:
+        data = marshal.loads(handle.read())
+    with open(env.config, 'rb') as handle:
+        assert data['config'] == [env.config, handle.read()]
+    # An operation the hook ignores: exit 0 without reading stdin (libvirt
+    # ignores the EPIPE), so a stdin that is never written nor closed
+    # does not hold it.
+    ignored = subprocess.Popen([path, 'vm', 'start', 'begin', '-'],
+                               stdin=subprocess.PIPE, env={})
+    try:
+        assert ignored.wait(timeout=10) == 0
+    finally:
+        ignored.stdin.close()
+    # One it acts on runs the hook.
+    xml = restricted_xml(env)
+    proc = subprocess.run([path, 'fixture-hvm', 'prepare', 'begin', '-'],
+                          input=xml.encode(), capture_output=True,
+                          env=env.environ(), timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert b'start of domain fixture-hvm' in proc.stderr
+
+
+def test_install_hook_refuses_a_bad_configuration_and_writes_nothing(env):
+    hostenv.require_root()
+    path = os.path.join(env.tmp, 'libxl')
+    with open(env.config, 'a') as handle:
+        handle.write('[dm_restrcit]\n')
+    made = _install_hook(env, path)
+    assert made.returncode == 2
+    assert 'did you mean [dm_restrict]?' in made.stderr
+    assert not os.path.exists(path)
+    assert not os.path.exists(_snapshot(env))
+
+
+def test_install_hook_refuses_a_configuration_the_hook_does_not_read(
+        env, tmp_path):
+    hostenv.require_root()
+    other = tmp_path / 'other.conf'
+    other.write_text('[dm_restrict]\n')
+    made = _install_hook(env, os.path.join(env.tmp, 'libxl'),
+                         '--config-file', str(other))
+    assert made.returncode == 2
+    assert 'the hook reads %s' % env.config in made.stderr

@@ -196,3 +196,23 @@ def test_historical_names_are_the_moved_modules():
     from xen_dm_restrict_plugin.orchestrator import loader as new
 
     assert old is new
+
+
+@pytest.mark.parametrize('script', ['daemon_hook.hook', 'cmd.libvirt_hook',
+                                    'host.reaper', 'launcher.settings'])
+def test_the_daemon_hook_loads_no_configuration_library(script):
+    """libvirtd waits for its hook at every domain start: the hook reads
+    the settings snapshot, and oslo.config and stevedore (with rfc3986,
+    netaddr) are imported only to make a new one.
+    """
+    modules = all_modules()
+    edges = {name: top_level_imports(path, modules)
+             for name, path in modules.items()}
+    for name in modules:
+        parent = name.rsplit('.', 1)[0]
+        if parent in modules and parent != name:
+            edges[name].add(parent)
+    reached = closure('%s.%s' % (PACKAGE, script), edges)
+    assert not {t for t in reached if t.split('.')[0] in HEAVY}
+    assert '%s.conf' % PACKAGE not in reached
+    assert '%s.cmd.host' % PACKAGE not in reached
