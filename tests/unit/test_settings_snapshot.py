@@ -131,8 +131,8 @@ def test_a_file_changed_while_it_was_loaded_leaves_it_stale(made):
     ('reaper_user', 'root', 'the reaper must not be root'),
     ('reaper_user', '200005', 'inside range 200000-200099 of acme'),
 ])
-def test_the_accounts_are_checked_at_every_read(made, field, value,
-                                                 message):
+def test_the_accounts_are_checked_at_every_read(
+        made, field, value, message):
     _, config, path = made
     data = marshal.loads(path.read_bytes())
     data['settings'][field] = value

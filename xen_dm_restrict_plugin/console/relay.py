@@ -34,6 +34,8 @@ QEMU's namespace keeps no route anywhere: the relay only ever connects
 to the unix socket.
 """
 
+from __future__ import annotations
+
 import errno
 import fcntl
 import logging
@@ -42,7 +44,6 @@ import pwd
 import signal
 import socket
 import stat
-import subprocess
 import time
 import typing
 
@@ -50,6 +51,10 @@ from xen_dm_restrict_plugin.core import constants
 from xen_dm_restrict_plugin.core import settings as settings_mod
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin.launcher import cgroup as dm_cgroup
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    import subprocess
 
 LOG = logging.getLogger(__name__)
 
@@ -256,6 +261,10 @@ def _spawn(group: str, user: pwd.struct_passwd, listener: socket.socket,
     # sets LISTEN_PID to its own pid, which exec keeps, and execs.
     argv = ['/bin/sh', '-c', _TRAMPOLINE, PROXYD,
             '--connections-max=%d' % MAX_CLIENTS, '/proc/self/fd/4']
+    # Only a start with a relayed console pays for it (libvirtd's hook
+    # imports this module at every start).
+    import subprocess
+
     try:
         return subprocess.Popen(
             argv, stdin=listener.fileno(), stdout=unix_fd,

@@ -9,7 +9,13 @@ on ``STORAGE_DIR/UUID/TARGET.d`` for every entry.  At
 ``stopped``/``release`` the nbd devices are disconnected, the daemons
 stopped and the images given back.  A failure at ``prepare`` (or any
 error) stops every daemon the start began and refuses the start.
+
+libvirtd's hook imports this module at every domain start, and most
+domains have no daemon-served disk: the daemon and nbd modules (ctypes,
+json, the seccomp filter) are imported only when there is one.
 """
+
+from __future__ import annotations
 
 import logging
 import os
@@ -21,8 +27,10 @@ from xen_dm_restrict_plugin.core import imageformat
 from xen_dm_restrict_plugin.core import model as model_mod
 from xen_dm_restrict_plugin.core import pathscope
 from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin.storage import daemon
-from xen_dm_restrict_plugin.storage import nbd
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from xen_dm_restrict_plugin.storage import daemon
 
 LOG = logging.getLogger(__name__)
 
@@ -42,6 +50,9 @@ def start(settings, dom: domain_mod.Domain, tenant: str, uid: int,
     wanted = disks.daemon_disks(dom)
     if not wanted:
         return served
+    from xen_dm_restrict_plugin.storage import daemon
+    from xen_dm_restrict_plugin.storage import nbd
+
     subject = 'start of domain %s (uuid %s)' % (dom.name, dom.uuid)
     if dom.uuid is None:
         raise _refused(subject, 'it has a storage record but no uuid')
@@ -91,6 +102,8 @@ def _undo(settings, instance: str,
     """Stop the daemons in ``served`` where they are recorded, then
     whatever else is left under the instance's storage directory.
     """
+    from xen_dm_restrict_plugin.storage import daemon
+
     for one in served:
         try:
             directory = daemon.disk_dir(settings.storage_dir, one.instance,
@@ -102,6 +115,9 @@ def _undo(settings, instance: str,
 
 
 def _stop_one(settings, instance: str, directory: str, target: str) -> None:
+    from xen_dm_restrict_plugin.storage import daemon
+    from xen_dm_restrict_plugin.storage import nbd
+
     served = daemon.read_state(directory)
     try:
         nbd.unlink(disks.stable_path(settings.storage_dir, instance, target))
@@ -123,6 +139,10 @@ def stop(settings, instance: typing.Optional[str]) -> None:
     except ValueError as err:
         LOG.warning('no storage to stop for %r: %s', instance, err)
         return
+    if not os.path.isdir(os.path.join(settings.storage_dir, instance)):
+        return  # nothing was served
+    from xen_dm_restrict_plugin.storage import daemon
+
     for directory in daemon.instance_dirs(settings.storage_dir, instance):
         _stop_one(settings, instance, directory,
                   os.path.basename(directory)[:-len('.d')])
@@ -139,6 +159,8 @@ ORPHAN_STORAGE = 'orphan-storage'
 def orphans(settings, active: typing.Iterable[str]
             ) -> typing.List[daemon.Served]:
     """Storage daemons recorded for instances not among ``active``."""
+    from xen_dm_restrict_plugin.storage import daemon
+
     active = set(active)
     return [served for served in daemon.running(settings.storage_dir)
             if served.instance not in active]
@@ -149,6 +171,8 @@ def reconcile(settings, active: typing.Iterable[str], apply: bool
     """What reconcile reports (and with ``apply`` does) about storage
     daemons left behind by domains that no longer run.
     """
+    from xen_dm_restrict_plugin.storage import daemon
+
     found = []
     done = set()
     for served in orphans(settings, active):
