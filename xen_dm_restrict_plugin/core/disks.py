@@ -235,8 +235,9 @@ def render(dom: domain_mod.Domain, settings,
         return []
     changed = []
     recorded: typing.Dict[str, DaemonDisk] = {}
-    dm = model_mod.DomainModel(dom)
-    for disk in dm.disks:
+    # Only the disks are read here: not the whole model of the domain.
+    for disk in [model_mod.DomainModel.disk(node)
+                 for node in dom.root.iterfind('devices/disk')]:
         if disk.target in brought and disk.source_type == 'block' and \
                 disk.path == brought[disk.target][0]:
             # A domain this hook rendered before (orchestrators read the

@@ -168,14 +168,15 @@ class Domain:
         otherwise.  ``xenpvh`` (as type, or as machine of a PV type) is
         PVH; any other type (``xen``, ``linux``) is PV.
         """
-        os_type, machine = self.os_type, self.machine
+        os_type = self.os_type
         if os_type == 'hvm':
-            if self.emulator and self.emulator in self.stubdom_emulators:
+            emulator = self.emulator
+            if emulator and emulator in self.stubdom_emulators:
                 return GuestKind.HVM_STUBDOM
-            if os.path.basename(self.emulator or '') == 'qemu-dm':
+            if os.path.basename(emulator or '') == 'qemu-dm':
                 return GuestKind.HVM_TRADITIONAL
             return GuestKind.HVM_QEMU_XEN
-        if os_type == 'xenpvh' or machine == 'xenpvh':
+        if os_type == 'xenpvh' or self.machine == 'xenpvh':
             return GuestKind.PVH
         return GuestKind.PV
 

@@ -145,7 +145,7 @@ class DomainModel:
         self.kind = dom.kind
         self.emulator = _text(root.find('devices/emulator'))
         self.os_type = _text(root.find('os/type'))
-        self.disks = [self._disk(node) for node in
+        self.disks = [self.disk(node) for node in
                       root.iterfind('devices/disk')]
         self.chardevs = [
             Chardev(node, node.tag, node.get('type') or 'pty',
@@ -178,7 +178,8 @@ class DomainModel:
         self.loader = _text(root.find('os/loader'))
 
     @staticmethod
-    def _disk(node: etree._Element) -> Disk:
+    def disk(node: etree._Element) -> Disk:
+        """The reading of one ``<disk>`` element."""
         source_type = node.get('type') or 'file'
         driver = node.find('driver')
         name = driver.get('name') if driver is not None else None

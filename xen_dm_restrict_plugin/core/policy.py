@@ -10,9 +10,11 @@ is taken or anything is written or defined, and name every refused part
 at once, each with the reason and the remedy.
 """
 
-import glob
+import fnmatch
 import ipaddress
+import os
 import re
+import time
 import typing
 
 from xen_dm_restrict_plugin.core import constants
@@ -462,8 +464,41 @@ def _is_ipv4(address: str) -> bool:
     return True
 
 
+#: Where libxl's versioned packages keep their firmware: LIB/xen-*/boot.
+_XEN_LIB = '/usr/lib'
+#: (identity of _XEN_LIB, its xen-* entries), while it does not change.
+_xen_lib_entries: typing.List[typing.Any] = [None, ()]
+
+
+def _xen_dirs() -> typing.List[str]:
+    """``glob('/usr/lib/xen-*/boot')``, without listing ``/usr/lib`` at
+    every boot: its ``xen-*`` names are kept while the directory's
+    identity and modification time stay the same (and were not "now",
+    when a change in the same clock tick would not show).
+    """
+    try:
+        st = os.stat(_XEN_LIB)
+    except OSError:
+        return []
+    key = (st.st_dev, st.st_ino, st.st_mtime_ns)
+    names = _xen_lib_entries[1]
+    if _xen_lib_entries[0] != key:
+        try:
+            names = tuple(fnmatch.filter(os.listdir(_XEN_LIB), 'xen-*'))
+        except OSError:
+            return []
+        fresh = time.time_ns() - st.st_mtime_ns > 2 * 10 ** 9
+        _xen_lib_entries[:] = [key if fresh else None, names]
+    found = []
+    for name in names:
+        entry = os.path.join(_XEN_LIB, name)
+        if os.path.isdir(entry) and os.path.lexists(entry + '/boot'):
+            found.append(entry + '/boot')
+    return sorted(found)
+
+
 def _firmware_dirs(path: str) -> typing.List[str]:
-    found = list(FIRMWARE_DIRS) + sorted(glob.glob('/usr/lib/xen-*/boot'))
+    found = list(FIRMWARE_DIRS) + _xen_dirs()
     match = _VERSIONED_FIRMWARE_RE.match(path)
     return found + ([match.group(0)] if match else [])
 

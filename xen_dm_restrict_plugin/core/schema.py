@@ -109,24 +109,17 @@ def _where(node: etree._Element) -> str:
     return '/'.join(reversed(path))
 
 
-def _path(node: etree._Element) -> str:
-    """The path of ``node`` under ``<domain>``, as the vocabulary writes
-    it (``devices/disk/driver``).
-    """
-    return _where(node).partition('/')[2]
-
-
 def _check(node: etree._Element, spec: Node,
-           found: typing.List[Unknown]) -> None:
-    where = _where(node)
+           found: typing.List[Unknown], where: str = '') -> None:
+    # The path is handed down, not walked up again for every element.
+    where = where or _where(node)
     for name in node.attrib:
-        qname = etree.QName(name)
-        if qname.namespace is not None:
+        if name[:1] == '{':  # {namespace}local, as lxml names it
             found.append(Unknown(
                 '<%s> attribute %s' % (where, name),
                 'a namespaced attribute is read by libvirt by its local '
                 'name %r, so it could mean something this product does '
-                'not see' % qname.localname,
+                'not see' % name.partition('}')[2],
                 'remove the namespace prefix or the attribute'))
         elif name not in spec.attrs:
             found.append(Unknown(
@@ -149,8 +142,8 @@ def _check(node: etree._Element, spec: Node,
                 '<%s> text %r' % (where, child.tail.strip()[:40]),
                 'libvirt would read this text as part of <%s>' % where,
                 'remove the text'))
-        qname = etree.QName(child)
-        if qname.namespace is not None:
+        if child.tag[:1] == '{':
+            qname = etree.QName(child)
             if (node is node.getroottree().getroot()
                     and child.tag == domain_mod.XEN + 'commandline'):
                 _check_commandline(child, found)
@@ -161,10 +154,11 @@ def _check(node: etree._Element, spec: Node,
                 'elements of other namespaces are only allowed inside '
                 '<metadata>', 'move it into <metadata> or remove it'))
             continue
-        name = qname.localname
+        name = child.tag
+        child_where = '%s/%s' % (where, name)
         child_spec = spec.children.get(name)
         if child_spec is None:
-            named = vocabulary.row(_path(child))
+            named = vocabulary.row(child_where.partition('/')[2])
             if named is not None and named.reason:
                 found.append(Unknown('<%s> under <%s>' % (name, where),
                                      named.reason, named.remedy))
@@ -184,7 +178,7 @@ def _check(node: etree._Element, spec: Node,
                 'libvirt reads only one of them, and which one it uses is '
                 'not what this product can promise',
                 'keep a single <%s>' % name))
-        _check(child, child_spec, found)
+        _check(child, child_spec, found, child_where)
 
 
 def _check_commandline(node: etree._Element,
