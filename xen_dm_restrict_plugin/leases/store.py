@@ -28,11 +28,10 @@ import os
 import pwd
 import sqlite3
 import stat
+import string
 import threading
 import time
 import typing
-import urllib.parse
-import uuid as uuid_mod
 
 from xen_dm_restrict_plugin.core import ranges
 from xen_dm_restrict_plugin import exception
@@ -153,13 +152,41 @@ def uid_and_gid_are_free(uid: int) -> bool:
     return False
 
 
+_HEX = frozenset(string.hexdigits.lower())
+#: What urllib.parse.quote leaves as it is (with "/", its default).
+_URI_SAFE = frozenset(string.ascii_letters + string.digits + '_.-~/')
+
+
+def _is_canonical(value: str) -> bool:
+    """Whether ``value`` is already what ``str(uuid.UUID(value))`` gives."""
+    return (len(value) == 36 and value[8] == value[13] == value[18]
+            == value[23] == '-' and _HEX.issuperset(value.replace('-', ''))
+            and value.count('-') == 4)
+
+
 def _canonical_uuid(value: str) -> str:
+    value = str(value)
+    if _is_canonical(value):
+        # libvirtd's hook takes this path at every start: uuid (and the
+        # platform module it imports) are loaded only for another form.
+        return value
+    import uuid as uuid_mod
+
     try:
-        return str(uuid_mod.UUID(str(value)))
+        return str(uuid_mod.UUID(value))
     except ValueError:
         raise exception.LeaseError(
             'instance uuid %r' % (value,), 'it is not a UUID',
             'pass the instance uuid in its canonical form') from None
+
+
+def _uri_path(path: str) -> str:
+    """``path`` quoted for an SQLite URI (as urllib.parse.quote does)."""
+    if _URI_SAFE.issuperset(path):
+        return path
+    import urllib.parse
+
+    return urllib.parse.quote(path)
 
 
 class LeaseStore:
@@ -197,8 +224,7 @@ class LeaseStore:
             else:
                 # mode=rw never creates the file.
                 conn = sqlite3.connect(
-                    'file:%s?mode=rw' % urllib.parse.quote(
-                        os.path.abspath(path)),
+                    'file:%s?mode=rw' % _uri_path(os.path.abspath(path)),
                     timeout=timeout, isolation_level=None,
                     check_same_thread=False, uri=True)
             try:
