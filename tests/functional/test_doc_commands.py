@@ -25,6 +25,7 @@ import pytest
 from tests.functional import doc_commands
 from tests.functional import hostenv
 from xen_dm_restrict_plugin.cmd import cli
+from xen_dm_restrict_plugin.launcher import settings as launch_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -245,15 +246,21 @@ def test_the_badly_set_up_host_sample_is_what_preflight_prints(tmp_path):
                     'reaper_user = nosuchuser\n'
                     'chroot_base_dir = %s\n'
                     'lease_db = /nonexistent/leases.sqlite\n' % chroot)
+    # No settings snapshot of the defaults (the host's own may be there).
+    snapshot = str(tmp_path / 'run' / 'settings.marshal')
+    env = dict(os.environ)
+    env.pop(launch_settings.CONFIG_ENV, None)
+    env[launch_settings.PATH_ENV] = snapshot
     proc = subprocess.run(
         [sys.executable, '-m', 'xen_dm_restrict_plugin.cmd.cli',
          'preflight', '--config-file', str(conf), '--libvirt-hooks-dir',
          str(tmp_path / 'hooks')], capture_output=True, text=True,
-        cwd=ROOT, timeout=120)
+        cwd=ROOT, timeout=120, env=env)
     assert proc.returncode == 1, proc.stderr
     from xen_dm_restrict_plugin.host import preflight
 
     replace = {str(chroot): '/tmp/pfbad-chroot',
+               snapshot: launch_settings.DEFAULT_PATH,
                str(tmp_path / 'hooks'): '/etc/libvirt/hooks',
                preflight.hook_command():
                    '/opt/xen-dm-restrict/bin/xen-dm-restrict-libvirt-hook'}

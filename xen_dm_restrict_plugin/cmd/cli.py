@@ -647,14 +647,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     hook = _subparser(
         subs, 'install-hook', 'Write libvirtd\'s libxl hook as a shell '
-        'script that starts Python only for the operations it acts on.',
+        'script that starts Python only for the operations it acts on, '
+        'and the settings snapshot it reads.',
         'xen-dm-restrict install-hook /etc/libvirt/hooks/libxl',
         'libvirtd runs its hook for every operation of every domain; the '
-        'written script exits at once for those the hook ignores (about '
-        '1 ms) and runs xen-dm-restrict-libvirt-hook by this Python with '
-        '-I -S for prepare begin, stopped end, release end and migrate '
-        'begin. Restart libvirtd afterwards. Run it again after '
-        'upgrading the plugin or Python.')
+        'written script exits at once for those the hook ignores (without '
+        'reading the domain XML) and runs xen-dm-restrict-libvirt-hook by '
+        'this Python with -I -S for prepare begin, started begin, stopped '
+        'end, release end and migrate begin. The configuration the hook '
+        'reads is loaded in full first (a bad one writes nothing), and '
+        'its settings snapshot written, which the hook reads instead of '
+        'loading the configuration. Restart libvirtd afterwards. Run it '
+        'again after upgrading the plugin or Python.')
     hook.add_argument('path', help='where to write the hook')
     hook.set_defaults(func=cmd_install_hook)
 

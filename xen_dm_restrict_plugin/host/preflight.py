@@ -440,9 +440,9 @@ def check_hook(hooks_dir: str) -> Check:
     if found:
         return Check('libvirt libxl hook', OK, ', '.join(found) +
                      ' (restart libvirtd after installing it)')
-    return Check('libvirt libxl hook', FAIL, 'not installed: ln -s %s '
-                 '%s/libxl, then restart libvirtd' % (hook_command(),
-                                                      hooks_dir))
+    return Check('libvirt libxl hook', FAIL, 'not installed: '
+                 'xen-dm-restrict install-hook %s/libxl, then restart '
+                 'libvirtd' % hooks_dir)
 
 
 def check_settings_snapshot() -> Check:
@@ -451,20 +451,21 @@ def check_settings_snapshot() -> Check:
     """
     from xen_dm_restrict_plugin.launcher import settings as launch_settings
 
-    name = 'settings snapshot'
     config = launch_settings.config_file()
     try:
         values = launch_settings.read(config)
     except launch_settings.Untrusted as err:
-        return Check(name, FAIL, '%s: libvirtd\'s hook refuses every '
-                     'start: %s' % (err.subject, err.reason))
+        return Check('settings snapshot', FAIL, '%s: libvirtd\'s hook '
+                     'refuses every start: %s; remove it and run '
+                     'xen-dm-restrict install-hook' % (err.subject,
+                                                       err.reason))
     if values is None:
-        return Check(name, WARN, 'no current snapshot of %s at %s: the '
-                     'next hook call or device-model start loads the '
-                     'configuration in full (and writes one); run '
+        return Check('settings snapshot', WARN, 'no current snapshot of %s '
+                     'at %s: the next hook call or device-model start loads '
+                     'the configuration in full (and writes one); run '
                      'xen-dm-restrict install-hook' % (
                          config or 'the defaults', launch_settings.path()))
-    return Check(name, OK, '%s, current for %s' % (
+    return Check('settings snapshot', OK, '%s, current for %s' % (
         launch_settings.path(), config or 'the defaults'))
 
 
