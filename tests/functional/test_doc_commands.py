@@ -263,7 +263,9 @@ def test_the_badly_set_up_host_sample_is_what_preflight_prints(tmp_path):
                snapshot: launch_settings.DEFAULT_PATH,
                str(tmp_path / 'hooks'): '/etc/libvirt/hooks',
                preflight.hook_command():
-                   '/opt/xen-dm-restrict/bin/xen-dm-restrict-libvirt-hook'}
+                   '/opt/xen-dm-restrict/bin/xen-dm-restrict-libvirt-hook',
+               preflight.hook_command('xen-dm-restrict'):
+                   '/opt/xen-dm-restrict/bin/xen-dm-restrict'}
     samples = [block for block in _code_blocks(
         'doc/source/admin/preflight.rst') if 'nosuchuser' in '\n'.join(
             block)]

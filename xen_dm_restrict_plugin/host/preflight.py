@@ -440,9 +440,9 @@ def check_hook(hooks_dir: str) -> Check:
     if found:
         return Check('libvirt libxl hook', OK, ', '.join(found) +
                      ' (restart libvirtd after installing it)')
-    return Check('libvirt libxl hook', FAIL, 'not installed: '
-                 'xen-dm-restrict install-hook %s/libxl, then restart '
-                 'libvirtd' % hooks_dir)
+    return Check('libvirt libxl hook', FAIL, 'not installed: %s '
+                 'install-hook %s/libxl, then restart libvirtd' % (
+                     hook_command('xen-dm-restrict'), hooks_dir))
 
 
 def check_settings_snapshot() -> Check:
@@ -469,13 +469,13 @@ def check_settings_snapshot() -> Check:
         launch_settings.path(), config or 'the defaults'))
 
 
-def hook_command() -> str:
-    """The path of this installation's ``xen-dm-restrict-libvirt-hook``.
+def hook_command(name: str = 'xen-dm-restrict-libvirt-hook') -> str:
+    """The path of this installation's ``xen-dm-restrict-libvirt-hook``
+    (or another of its console scripts).
 
     It is the console script beside the running Python (a virtual
     environment's ``bin``), else the one on ``PATH``.
     """
-    name = 'xen-dm-restrict-libvirt-hook'
     beside = os.path.join(os.path.dirname(sys.executable), name)
     if os.access(beside, os.X_OK):
         return beside
