@@ -126,9 +126,12 @@ class HostFile:
 
 
 def _text(node: typing.Optional[etree._Element]) -> typing.Optional[str]:
+    """XPath's ``string()`` of ``node``: all its text, children's too
+    (the parser keeps no comments or processing instructions).
+    """
     if node is None:
         return None
-    return node.xpath('string()')
+    return ''.join(node.itertext())
 
 
 class DomainModel:
