@@ -36,7 +36,10 @@ def made(tmp_path, monkeypatch):
 
 
 def test_every_setting_comes_back(made):
-    settings, config, _ = made
+    settings, config, path = made
+    # It holds the configuration file's bytes: root's alone to read too.
+    st = os.stat(path)
+    assert (st.st_uid, st.st_mode & 0o7777) == (0, 0o600)
     assert launch_settings.full_settings(
         launch_settings.read(config)) == settings
     loaded = launch_settings.load(config)

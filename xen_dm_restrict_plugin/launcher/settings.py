@@ -314,8 +314,8 @@ def write(settings: settings_mod.Settings, config: typing.Optional[str],
           made_from: typing.Any = False) -> str:
     """Write the snapshot of ``settings``, made from ``config``.
 
-    Only root writes it (a snapshot is trusted only when root's); the
-    file is replaced atomically.
+    Only root writes it (a snapshot is trusted only when root's), mode
+    0600; the file is replaced atomically.
 
     :param made_from: :func:`source` of ``config`` taken before the
         settings were loaded (default: read now).  A file changed while
@@ -335,9 +335,10 @@ def write(settings: settings_mod.Settings, config: typing.Optional[str],
     body = marshal.dumps({'format': FORMAT, 'config': made_from,
                           'settings': dump(settings)})
     temp = '%s.%d.tmp' % (name, os.getpid())
+    # Root's alone to read as well: it holds the configuration file's
+    # bytes, whatever that file's own mode.
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                 | os.O_CLOEXEC, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP
-                 | stat.S_IROTH)
+                 | os.O_CLOEXEC, stat.S_IRUSR | stat.S_IWUSR)
     try:
         with os.fdopen(fd, 'wb') as handle:
             handle.write(body)
