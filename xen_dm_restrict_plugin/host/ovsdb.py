@@ -14,13 +14,12 @@ JSON (``--format=json``), never as text meant for people.
 ``ovs-vsctl`` rather than the ``ovs`` Python library: the check runs in
 libvirtd's hook before every start, where a plain read of three tables
 is one short process, and the library's IDL would add a dependency and
-a schema to load for the same answer.
+a schema to load for the same answer.  What runs the tool and reads
+its answer (subprocess, shutil, json) is imported when the database is
+first asked for: libvirtd's hook imports this module at every start.
 """
 
-import json
 import logging
-import shutil
-import subprocess
 import typing
 
 from xen_dm_restrict_plugin.core import nics
@@ -75,6 +74,8 @@ def parse(output: str) -> typing.Dict[str, nics.OvsPort]:
 
     :raises ValueError: the output is not that.
     """
+    import json
+
     documents = [json.loads(line) for line in output.splitlines()
                  if line.strip()]
     if len(documents) != 3:
@@ -124,6 +125,9 @@ def read_ports(command: typing.Optional[str] = None
     :param command: the ``ovs-vsctl`` to run (default: from ``PATH``).
     :raises QueryFailed: the database cannot be read.
     """
+    import shutil
+    import subprocess
+
     path = command or shutil.which(OVS_VSCTL)
     if path is None:
         return None
