@@ -113,9 +113,10 @@ def run(cmd, timeout=300, stdin=None, env=None):
                            timeout=timeout, env=env)
         rc, out, err = p.returncode, p.stdout, p.stderr
     except subprocess.TimeoutExpired as e:
-        rc, out, err = 124, e.stdout or '', (e.stderr or '') + ' TIMEOUT'
-        out = out if isinstance(out, str) else out.decode()
-        err = err if isinstance(err, str) else err.decode()
+        # Its output is bytes even with text=True.
+        out, err = [x.decode('utf-8', 'replace') if isinstance(x, bytes)
+                    else (x or '') for x in (e.stdout, e.stderr)]
+        rc, err = 124, err + ' TIMEOUT after %d s' % timeout
     el = time.monotonic() - t0
     detail('$ %s\n[rc=%d, %.2f s]\n%s%s' % (
         shlex.join(cmd), rc, el, out, err))
