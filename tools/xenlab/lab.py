@@ -337,7 +337,7 @@ def parse(lines):
         m = re.match(r'XENLAB-ARGV (.*)', line)
         if m:
             argv.append(m.group(1))
-        m = re.match(r'XENLAB-FACT (.*)', line)
+        m = re.match(r'XENLAB-(?:FACT|HANG) (.*)', line)
         if m:
             facts.append(m.group(1))
         m = re.match(r'XENLAB-PROBE (.*)', line)

@@ -117,6 +117,7 @@ def run(cmd, timeout=300, stdin=None, env=None):
         out, err = [x.decode('utf-8', 'replace') if isinstance(x, bytes)
                     else (x or '') for x in (e.stdout, e.stderr)]
         rc, err = 124, err + ' TIMEOUT after %d s' % timeout
+        hang_evidence(cmd)
     el = time.monotonic() - t0
     detail('$ %s\n[rc=%d, %.2f s]\n%s%s' % (
         shlex.join(cmd), rc, el, out, err))
@@ -127,6 +128,46 @@ def run(cmd, timeout=300, stdin=None, env=None):
     r.rc, r.out, r.err, r.seconds = rc, out, err, el
     r.text = (out + err).strip()
     return r
+
+
+def hang_evidence(cmd):
+    """What dom0 waits on when a command hung.
+
+    Every task in uninterruptible sleep with its kernel stack, the
+    storage daemons' threads and logs, the nbd devices' servers.
+    """
+    emit('XENLAB-HANG %s' % shlex.join(cmd)[:160])
+    lines = []
+    for task in glob.glob('/proc/[0-9]*/task/[0-9]*'):
+        try:
+            with open(task + '/stat') as f:
+                stat = f.read()
+            with open(task + '/wchan') as f:
+                wchan = f.read().strip()
+            state = stat.rsplit(')', 1)[1].split()[0]
+            comm = stat.split('(', 1)[1].rsplit(')', 1)[0]
+        except (OSError, IndexError):
+            continue
+        if state == 'D' or comm.startswith(('qemu-storage', 'nbd')):
+            stack = ''
+            if state == 'D':
+                with contextlib.suppress(OSError):
+                    with open(task + '/stack') as f:
+                        stack = ' < '.join(x.split()[-1] for x in
+                                           f.read().splitlines()[:6])
+            lines.append('%s %s %s %s %s' % (task.split('/')[2], comm,
+                                             state, wchan, stack))
+    for line in lines[:30]:
+        emit('XENLAB-HANG task %s' % line[:300])
+    for path in glob.glob('/sys/block/nbd*/pid'):
+        with contextlib.suppress(OSError):
+            emit('XENLAB-HANG %s server pid %s' % (
+                path, open(path).read().strip()))
+    for path in glob.glob('/run/xen-dm-restrict/storage/*/*/daemon.log'):
+        with contextlib.suppress(OSError):
+            with open(path, errors='replace') as f:
+                emit('XENLAB-HANG %s: %s' % (path, ' | '.join(
+                    f.read().strip().splitlines()[-5:])[:400]))
 
 
 def virsh(*args, **kw):
@@ -478,10 +519,10 @@ def guest_log(dom_id, n=3):
     return [x.strip()[-150:] for x in lines[-n:]], len(lines)
 
 
-def boot(name, xml_path, tenant='acme'):
+def boot(name, xml_path, tenant='acme', timeout=600):
     """Boot through the plugin as the orchestrator would (CLI)."""
     r = cli('boot', '-v', '--format', 'json', '--connect', URI, '--tenant',
-            tenant, xml_path, timeout=600)
+            tenant, xml_path, timeout=timeout)
     try:
         res = json.loads(r.out[r.out.index('{'):])
     except ValueError:
@@ -1248,7 +1289,7 @@ def s7_storage(s):
     name = 'acme-12'
     path = write('/root/%s.xml' % name, domain_xml(
         name, uuid, memory=256, kernel=True, disk=disk))
-    r, rec = boot(name, path)
+    r, rec = boot(name, path, timeout=240)
     s.check(r.rc == 0 and rec, 'qcow2: boot exit %d in %.1f s%s' % (
         r.rc, r.seconds, '' if r.rc == 0 else ': ' + first_line(r.text, 400)))
     if rec:

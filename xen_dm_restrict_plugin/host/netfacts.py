@@ -67,6 +67,18 @@ def _sys(name: str, *parts: str) -> str:
     return os.path.join(SYS_CLASS_NET, name, *parts)
 
 
+def _devtype(name: str) -> typing.Optional[str]:
+    """The DEVTYPE of the interface's uevent, or None."""
+    try:
+        with open(_sys(name, 'uevent')) as handle:
+            for line in handle:
+                if line.startswith('DEVTYPE='):
+                    return line.split('=', 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 class HostNetwork(nics.NetworkFacts):
     """The facts of this host, read once per check.
 
@@ -123,6 +135,11 @@ class HostNetwork(nics.NetworkFacts):
             return 'missing'
         if os.path.isdir(_sys(name, 'bridge')):
             return 'linux'
+        # An Open vSwitch bridge's interface is an internal port, whose
+        # device type is "openvswitch" (the kernel's internal_dev); it is
+        # enslaved to no datapath device.
+        if _devtype(name) == 'openvswitch':
+            return 'openvswitch'
         master = _sys(name, 'master')
         # An Open vSwitch bridge's own port is enslaved to the datapath.
         if os.path.islink(master) and os.path.basename(
