@@ -159,6 +159,14 @@ def hang_evidence(cmd):
                                              state, wchan, stack))
     for line in lines[:30]:
         emit('XENLAB-HANG task %s' % line[:300])
+    # The process tree, waits included: which of libvirtd's children
+    # (hook, hotplug script, launcher) the command is waiting for.
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        tree = subprocess.run(['ps', '-eHo', 'pid,ppid,stat,wchan:24,args'],
+                              capture_output=True, text=True, timeout=20)
+        for line in tree.stdout.splitlines():
+            if not re.search(r'\[|kworker|ksoftirq|migration/|rcu_', line):
+                emit('XENLAB-HANG ps %s' % line[:240])
     for path in glob.glob('/sys/block/nbd*/pid'):
         with contextlib.suppress(OSError):
             emit('XENLAB-HANG %s server pid %s' % (
