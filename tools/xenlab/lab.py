@@ -197,9 +197,13 @@ def build_image(work, rebuild=False):
     return img, spent, False
 
 
-def build_payload(run):
+def build_payload(run, only=''):
     """The per-run disk: this checkout's wheel, the runner, the config."""
     payload = os.path.join(run, 'payload')
+    os.makedirs(payload)
+    if only:
+        with open(os.path.join(payload, 'only.txt'), 'w') as f:
+            f.write(only + '\n')
     wheels = os.path.join(payload, 'wheels')
     os.makedirs(wheels)
     env = dict(os.environ, SKIP_GENERATE_AUTHORS='1',
@@ -366,6 +370,10 @@ def main(argv=None):
                    help='seconds from QEMU start to the end of the run')
     p.add_argument('--mem', type=int, default=6144, help='QEMU MiB')
     p.add_argument('--dom0-mem', type=int, default=3072, help='dom0 MiB')
+    p.add_argument('--only', default='',
+                   help='comma-separated scenarios to run after the '
+                   'install (e.g. 7-storage,8-ovs), for diagnosis; the run '
+                   'then fails by design on the others')
     p.add_argument('--cpu', default=os.environ.get('XENLAB_CPU', 'no-avx'),
                    help='emulated CPU: %s, or a QEMU -cpu value '
                    '(default: %%(default)s)' % ', '.join(sorted(CPUS)))
@@ -387,7 +395,7 @@ def main(argv=None):
     shutil.rmtree(run, ignore_errors=True)
     os.makedirs(run)
     t_payload = time.monotonic()
-    build_payload(run)
+    build_payload(run, args.only)
     payload_s = time.monotonic() - t_payload
     cpu = CPUS.get(args.cpu, args.cpu)
     qemu = Qemu(img, run, args.mem, args.dom0_mem, cpu)
