@@ -67,18 +67,6 @@ def _sys(name: str, *parts: str) -> str:
     return os.path.join(SYS_CLASS_NET, name, *parts)
 
 
-def _devtype(name: str) -> typing.Optional[str]:
-    """The DEVTYPE of the interface's uevent, or None."""
-    try:
-        with open(_sys(name, 'uevent')) as handle:
-            for line in handle:
-                if line.startswith('DEVTYPE='):
-                    return line.split('=', 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
 class HostNetwork(nics.NetworkFacts):
     """The facts of this host, read once per check.
 
@@ -135,16 +123,18 @@ class HostNetwork(nics.NetworkFacts):
             return 'missing'
         if os.path.isdir(_sys(name, 'bridge')):
             return 'linux'
-        # An Open vSwitch bridge's interface is an internal port, whose
-        # device type is "openvswitch" (the kernel's internal_dev); it is
-        # enslaved to no datapath device.
-        if _devtype(name) == 'openvswitch':
-            return 'openvswitch'
         master = _sys(name, 'master')
-        # An Open vSwitch bridge's own port is enslaved to the datapath.
+        # A port Open vSwitch enslaves to its datapath.
         if os.path.islink(master) and os.path.basename(
                 os.path.realpath(master)) == 'ovs-system':
             return 'openvswitch'
+        # An Open vSwitch bridge's own interface is an internal port the
+        # kernel shows as neither a bridge nor enslaved: its database
+        # says (a bridge, or the bridge's port of its name).
+        if self.settings.allowed_ovs_bridges:
+            port = self._ovs.get(name)
+            if port is not None and port.bridge == name:
+                return 'openvswitch'
         return 'other'
 
     def ovs_port(self, name: str) -> typing.Optional[nics.OvsPort]:
