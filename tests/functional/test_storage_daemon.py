@@ -8,6 +8,7 @@ module: the kernel side runs in the Xen lab).  Needs root.
 """
 
 import os
+import select
 import shutil
 import stat
 import subprocess
@@ -124,6 +125,35 @@ def test_a_qcow2_overlay_is_served_deprivileged(env, tmp_path):
     after = os.stat(overlay)
     assert (after.st_uid, after.st_gid, after.st_mode) == (
         before.st_uid, before.st_gid, before.st_mode)
+
+
+def test_the_daemon_holds_none_of_roots_descriptors(env, tmp_path):
+    # libvirtd waits for its hook's output pipes to close: a daemon the
+    # hook started that kept an inherited pipe open hung libvirtd (seen
+    # in the Xen lab).
+    settings = env.settings()
+    overlay, _ = _nova_images(tmp_path)
+    chain = disks.chain_for(overlay, settings,
+                            pathscope.Scope('acme', INSTANCE))
+    read_end, write_end = os.pipe()
+    os.set_inheritable(write_end, True)
+    directory = daemon.disk_dir(settings.storage_dir, INSTANCE, 'xvda')
+    try:
+        served = daemon.start(settings, INSTANCE, 'xvda', env.first,
+                              env.first, chain)
+        try:
+            os.close(write_end)
+            write_end = None
+            ready, _, _ = select.select([read_end], [], [], 10)
+            assert ready and os.read(read_end, 1) == b'', \
+                'the daemon holds the write end of root\'s pipe'
+            assert 'read 1/1' in _io(served.socket, 'read -P 0x42 0 1')
+        finally:
+            daemon.stop_disk(settings, directory)
+    finally:
+        os.close(read_end)
+        if write_end is not None:
+            os.close(write_end)
 
 
 @pytest.mark.parametrize('backing,words', [

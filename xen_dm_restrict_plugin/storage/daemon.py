@@ -252,6 +252,11 @@ def _child(settings, target: str, served_uid: int, gid: int, root: str,
         os.dup2(log_fd, 2)
         null = os.open('/dev/null', os.O_RDONLY)
         os.dup2(null, 0)
+        # Nothing of root's but the listening socket: an inherited pipe
+        # (libvirtd's hook output) would keep libvirtd waiting for the
+        # hook to finish as long as the daemon runs.
+        os.closerange(3, listen_fd)
+        os.closerange(listen_fd + 1, os.sysconf('SC_OPEN_MAX'))
         os.set_inheritable(listen_fd, True)
         os.setgroups([])
         os.setresgid(gid, gid, gid)
