@@ -1447,8 +1447,12 @@ def s8_ovs_port_names(s, nic, tap):
     s.check(r.rc == 0, 'ovs: render %s exit %d %s' % (name, r.rc,
                                                       first_line(r.text)))
     if r.rc == 0:
-        xml = open('/root/%s-r.xml' % name).read().replace(
-            "<target dev='%s'/>" % tap, "<target dev='%s'/>" % patch, 1)
+        # The rendered XML is lxml's: its attributes are double-quoted.
+        xml = re.sub('<target dev=["\']%s["\']' % re.escape(tap),
+                     "<target dev='%s'" % patch,
+                     open('/root/%s-r.xml' % name).read(), count=1)
+        s.check(patch in xml, 'ovs: the rendered domain renamed its NIC to '
+                '%s before virsh define' % patch)
         virsh('define', write('/root/%s-t.xml' % name, xml))
         r = virsh('start', name)
         ports = run(['ovs-vsctl', 'list-ports', OVS_BRIDGE]).out.split()
