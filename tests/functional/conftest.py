@@ -1,13 +1,10 @@
 """Fixtures shared by the functional tests."""
 
-import libvirt
 import pytest
 
 from tests import base
 from tests.functional import hostenv
 from tests.functional import libvirtd
-from xen_dm_restrict_plugin.orchestrator import loader
-from xen_dm_restrict_plugin.orchestrator import virt
 
 
 @pytest.fixture(autouse=True)
@@ -27,17 +24,8 @@ def conn(tmp_path):
     so every domain a test defined is removed again afterwards.
     """
     conf = base.make_conf(tmp_path, domain_hooks=['dm_restrict'])
-    connection = virt.HookedConnection.open('test:///default',
-                                            loader.HookManager(conf))
-    yield connection
-    for dom in connection.conn.listAllDomains(0):
-        if dom.name() != 'test':
-            if dom.isActive():
-                dom.destroy()
-            dom.undefineFlags(
-                libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
-    connection.close()
+    with libvirtd.hooked_test_driver(conf) as connection:
+        yield connection
 
 
 @pytest.fixture

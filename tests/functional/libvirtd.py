@@ -158,3 +158,29 @@ def running() -> typing.Iterator[Libvirtd]:
             daemon.stop()
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def hooked_test_driver(conf) -> typing.Iterator[typing.Any]:
+    """A HookedConnection to ``test:///default`` through the hooks
+    ``conf`` enables.
+
+    The test driver's state is shared by every connection of the process,
+    so every domain defined through it is removed again afterwards.
+    """
+    from xen_dm_restrict_plugin.orchestrator import loader
+    from xen_dm_restrict_plugin.orchestrator import virt
+
+    connection = virt.HookedConnection.open('test:///default',
+                                            loader.HookManager(conf))
+    try:
+        yield connection
+    finally:
+        for dom in connection.conn.listAllDomains(0):
+            if dom.name() != 'test':
+                if dom.isActive():
+                    dom.destroy()
+                dom.undefineFlags(
+                    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+        connection.close()

@@ -19,6 +19,7 @@ import pytest
 
 from tests import base
 from tests.functional import hostenv
+from tests.functional import libvirtd
 from tests.functional import ovsdbenv
 from xen_dm_restrict_plugin.core import domain
 from xen_dm_restrict_plugin.core import restrict
@@ -26,8 +27,6 @@ from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin.host import ovsdb as ovsdb_mod
 from xen_dm_restrict_plugin.orchestrator import extension
 from xen_dm_restrict_plugin.orchestrator import hooks
-from xen_dm_restrict_plugin.orchestrator import loader
-from xen_dm_restrict_plugin.orchestrator import virt
 
 HOOK = hostenv.module('xen_dm_restrict_plugin.cmd.libvirt_hook')
 ACME = hooks.Instance(base.HVM_UUID, 'acme')
@@ -106,15 +105,8 @@ def ovs_conn(tmp_path):
     """test:///default through the dm_restrict hook, br-int allowed."""
     conf = base.make_conf(tmp_path, domain_hooks=['dm_restrict'],
                           allowed_ovs_bridges=['br-int'])
-    connection = virt.HookedConnection.open('test:///default',
-                                            loader.HookManager(conf))
-    yield connection
-    for dom in connection.conn.listAllDomains(0):
-        if dom.name() != 'test':
-            if dom.isActive():
-                dom.destroy()
-            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
-    connection.close()
+    with libvirtd.hooked_test_driver(conf) as connection:
+        yield connection
 
 
 def _domains(conn):
