@@ -17,6 +17,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -178,16 +179,34 @@ def _start_fd_monitor(argv: typing.List[str], workdir: str,
             if check is not None:
                 check(proc.pid)
     except (OSError, RuntimeError) as err:
-        proc.kill()
+        stop(proc)
         raise RuntimeError('%s: %s (%s)' % (argv[0], err, proc.communicate(
             timeout=10)[1].decode(errors='replace'))) from None
     finally:
         listener.close()
-        proc.kill()
-        proc.wait()
+        stop(proc)
         proc.stderr.close()
         _unlink(path)
     return spent
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a device model as libxl's kill_device_model does: SIGHUP
+    to the pid it knows.
+
+    Through the compiled front that pid is the front, which passes the
+    signal on to QEMU and exits as QEMU did.  SIGKILL would kill the front
+    alone and leave QEMU (whose parent-death signal the kernel cleared
+    when it changed uid) in its cgroup: then only the reaper's kill by
+    uid ends it, and the next start of the uid is rightly refused.
+    """
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGHUP)
+        try:
+            proc.wait(timeout=START_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    proc.wait()
 
 
 def _launcher_setup(binary: str, scratch: str, uid: int
