@@ -23,6 +23,7 @@ import pytest
 
 from tests import base
 from xen_dm_restrict_plugin.cmd import host
+from xen_dm_restrict_plugin.daemon_hook import service as hook_service
 from xen_dm_restrict_plugin.launcher import settings as launch_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -155,6 +156,9 @@ class HostEnv:
             self.tmp, 'run', 'launcher-settings.marshal')
         env[launch_settings.SOCKET_ENV] = os.path.join(
             self.tmp, 'run', 'launcher.sock')
+        # No call may reach a hook service of the host.
+        env[hook_service.SOCKET_ENV] = os.path.join(
+            self.tmp, 'run', 'hook.sock')
         return env
 
 
@@ -238,3 +242,71 @@ def kill_uid(uid: int, rounds: int = 20) -> None:
                 os._exit(0)
         os.waitpid(pid, 0)
         time.sleep(0.01)
+
+
+#: The interpreter compiled into the service tests' hook: none, so a call
+#: that does not reach the service fails instead of running Python.
+NO_FALLBACK = '/nonexistent/xdr-hook-fallback-must-not-run'
+
+
+class HookService:
+    """libvirtd's compiled hook (as ``install-hook`` builds it) and a
+    running ``xen-dm-restrict-hook-service`` it asks, on a socket in
+    ``tmp``.  The service takes each call's environment from the client,
+    so one serves every test's configuration.
+    """
+
+    def __init__(self, tmp: str):
+        import json
+
+        from xen_dm_restrict_plugin.daemon_hook import operations
+
+        require_root()
+        self.tmp = tmp
+        os.makedirs(os.path.join(tmp, 'run'), mode=0o700)
+        self.socket = os.path.join(tmp, 'run', 'hook.sock')
+        self.client = os.path.join(tmp, 'libxl')
+        program = host.HOOK_PROGRAM % {
+            'path': json.dumps([entry for entry in sys.path[1:]
+                                if os.path.isabs(entry)] + [ROOT])}
+        with open(self.client, 'wb') as handle:
+            # No fallback: every call must reach the service.
+            handle.write(host.compile_hook(NO_FALLBACK, program,
+                                           operations.ACTED_ON))
+        os.chmod(self.client, 0o755)
+        config = os.path.join(tmp, 'service.conf')
+        with open(config, 'w') as handle:
+            handle.write('[dm_restrict]\n')
+        env = dict(os.environ)
+        env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
+        env[host.CONFIG_ENV] = config
+        env[launch_settings.PATH_ENV] = os.path.join(tmp, 'run',
+                                                     'snapshot.marshal')
+        self.log = open(os.path.join(tmp, 'service.log'), 'w+b')
+        self.proc = subprocess.Popen(
+            module('xen_dm_restrict_plugin.cmd.hook_service')
+            + ['--socket', self.socket], env=env,
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(self.socket):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError('the hook service did not start: %s'
+                                   % self.log_text())
+            time.sleep(0.01)
+
+    def log_text(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors='replace')
+
+    def argv(self) -> typing.List[str]:
+        return [self.client]
+
+    def environ(self, env: typing.Dict[str, str]) -> typing.Dict[str, str]:
+        return dict(env, **{hook_service.SOCKET_ENV: self.socket})
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.log.close()

@@ -32,10 +32,24 @@ HOOK = hostenv.module('xen_dm_restrict_plugin.cmd.libvirt_hook')
 ACME = hooks.Instance(base.HVM_UUID, 'acme')
 
 
+@pytest.fixture(scope='module', params=['python', 'service'])
+def hook_via(request, tmp_path_factory):
+    """How libvirtd's call reaches the hook: the Python hook it execs, or
+    the compiled client ``install-hook`` writes and the hook service.
+    """
+    if request.param == 'python':
+        yield None
+        return
+    service = hostenv.HookService(str(tmp_path_factory.mktemp('hook')))
+    yield service
+    service.stop()
+
+
 @pytest.fixture
-def env(tmp_path):
+def env(tmp_path, hook_via):
     made = hostenv.make_env(tmp_path, with_reaper=os.geteuid() == 0)
     made.touched = set()
+    made.hook = hook_via
     yield made
     if os.geteuid() == 0:
         for uid in made.touched:
@@ -46,9 +60,12 @@ def env(tmp_path):
 def call_hook(env, operation, sub_operation, xml, name='fixture-hvm'):
     if isinstance(xml, str):
         xml = xml.encode()
-    return subprocess.run(HOOK + [name, operation, sub_operation, '-'],
-                          input=xml, capture_output=True,
-                          env=env.environ(), timeout=30)
+    argv, environ = HOOK, env.environ()
+    if env.hook is not None:
+        argv, environ = env.hook.argv(), env.hook.environ(environ)
+    return subprocess.run(argv + [name, operation, sub_operation, '-'],
+                          input=xml, capture_output=True, env=environ,
+                          timeout=30)
 
 
 def restricted_xml(env, instance=ACME, xml=None) -> str:

@@ -646,20 +646,28 @@ def build_parser() -> argparse.ArgumentParser:
     inst.set_defaults(func=cmd_install_launcher)
 
     hook = _subparser(
-        subs, 'install-hook', 'Write libvirtd\'s libxl hook as a shell '
-        'script that starts Python only for the operations it acts on, '
-        'and the settings snapshot it reads.',
+        subs, 'install-hook', 'Write libvirtd\'s libxl hook, which starts '
+        'no Python on libvirtd\'s path, and the settings snapshot it '
+        'reads.',
         'xen-dm-restrict install-hook /etc/libvirt/hooks/libxl',
-        'libvirtd runs its hook for every operation of every domain; the '
-        'written script exits at once for those the hook ignores (without '
-        'reading the domain XML) and runs xen-dm-restrict-libvirt-hook by '
-        'this Python with -I -S for prepare begin, started begin, stopped '
-        'end, release end and migrate begin. The configuration the hook '
-        'reads is loaded in full first (a bad one writes nothing), and '
-        'its settings snapshot written, which the hook reads instead of '
-        'loading the configuration. Restart libvirtd afterwards. Run it '
-        'again after upgrading the plugin or Python.')
+        'libvirtd runs its hook for every operation of every domain. PATH '
+        'is a compiled client (built here with the system C compiler, $CC '
+        'or cc): it exits at once for the operations the hook ignores '
+        '(without reading the domain XML), and hands prepare begin, '
+        'started begin, stopped end, release end and migrate begin to '
+        'xen-dm-restrict-hook-service, which runs the hook with its '
+        'modules already loaded; while the service is not running it runs '
+        'xen-dm-restrict-libvirt-hook by this Python with -I -S itself. '
+        'The configuration the hook reads is loaded in full first (a bad '
+        'one writes nothing), and its settings snapshot written, which '
+        'the hook reads instead of loading the configuration. Restart '
+        'libvirtd afterwards. Run it again after upgrading the plugin or '
+        'Python, and restart the hook service.')
     hook.add_argument('path', help='where to write the hook')
+    hook.add_argument('--script-only', action='store_true',
+                      help='write a shell script that runs the Python hook '
+                           'instead (no compiler needed; every call it '
+                           'acts on starts Python)')
     hook.set_defaults(func=cmd_install_hook)
 
     reap = _subparser(

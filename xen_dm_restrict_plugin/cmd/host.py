@@ -245,6 +245,9 @@ PYTHON_SUFFIX = '.py'
 #: The compiled front's source, in the package.
 FRONT_SOURCE = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'launcher', 'front.c')
+#: libvirtd's compiled hook client's source, in the package.
+HOOK_SOURCE = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'daemon_hook', 'client.c')
 
 
 def compile_front(fallback: str) -> bytes:
@@ -256,35 +259,84 @@ def compile_front(fallback: str) -> bytes:
     :returns: the executable's bytes.
     :raises CapabilityMissing: there is no compiler, or it failed.
     """
+    return _compile('install-launcher', FRONT_SOURCE, [
+        '-DXDR_FALLBACK=%s' % _c_string(fallback),
+        '-DXDR_SOCKET=%s' % _c_string(launch_settings.DEFAULT_SOCKET)],
+        '--python-only for the slower Python launcher')
+
+
+def compile_hook(python: str, program: str,
+                 acted: typing.Sequence[typing.Tuple[str, str]]) -> bytes:
+    """Build libvirtd's compiled hook client (``daemon_hook/client.c``).
+
+    :param python: the interpreter the client execs while the hook
+        service is not running, with ``-IS -c program``.
+    :param acted: the (operation, sub-operation) pairs it hands on; it
+        exits 0 at once for every other.
+    :returns: the executable's bytes.
+    :raises CapabilityMissing: there is no compiler, or it failed.
+    """
+    from xen_dm_restrict_plugin.daemon_hook import service as hook_service
+
+    header = ''.join('#define %s %s\n' % (name, value) for name, value in (
+        ('XDR_PYTHON', _c_literal(python)),
+        ('XDR_PROGRAM', _c_literal(program)),
+        ('XDR_SOCKET', _c_literal(hook_service.DEFAULT_SOCKET)),
+        ('XDR_ACTED', ', '.join(_c_literal(' '.join(op))
+                                for op in acted))))
+    return _compile('install-hook', HOOK_SOURCE, [], '--script-only for '
+                    'the shell hook that starts Python', header)
+
+
+def _compile(what: str, source: str, defines: typing.List[str],
+             instead: str, header: str = '') -> bytes:
     import shlex
     import subprocess
     import tempfile
 
     compiler = shlex.split(os.environ.get('CC') or 'cc')
-    with tempfile.TemporaryDirectory(prefix='xdr-front-') as work:
-        output = os.path.join(work, 'front')
+    with tempfile.TemporaryDirectory(prefix='xdr-build-') as work:
+        output = os.path.join(work, 'program')
+        if header:
+            generated = os.path.join(work, 'generated.h')
+            with open(generated, 'w') as handle:
+                handle.write(header)
+            defines = defines + ['-include', generated]
         command = compiler + [
-            '-O2', '-Wall', '-Werror', '-D_FORTIFY_SOURCE=2',
-            '-DXDR_FALLBACK=%s' % _c_string(fallback),
-            '-DXDR_SOCKET=%s' % _c_string(launch_settings.DEFAULT_SOCKET),
-            '-o', output, FRONT_SOURCE]
+            '-O2', '-Wall', '-Werror', '-D_FORTIFY_SOURCE=2'] + defines + [
+            '-o', output, source]
         try:
             built = subprocess.run(command, capture_output=True, text=True,
                                    timeout=120)
         except OSError as err:
             raise exception.CapabilityMissing(
-                'install-launcher', 'cannot run the C compiler %s: %s' % (
+                what, 'cannot run the C compiler %s: %s' % (
                     compiler[0], err.strerror or err),
                 'install gcc (bindep.txt; tools/install-deps.sh), or pass '
-                '--python-only for the slower Python launcher') from None
+                + instead) from None
         if built.returncode != 0:
             raise exception.CapabilityMissing(
-                'install-launcher', 'the C compiler failed on %s: %s' % (
-                    FRONT_SOURCE, built.stderr.strip()[-2000:]),
+                what, 'the C compiler failed on %s: %s' % (
+                    source, built.stderr.strip()[-2000:]),
                 'install gcc and the C library headers (bindep.txt), or '
-                'pass --python-only')
+                'pass ' + instead)
         with open(output, 'rb') as handle:
             return handle.read()
+
+
+def _c_literal(value: str) -> str:
+    """Any text as a C string literal (every byte but letters, digits
+    and a few marks as an octal escape).
+    """
+    safe = frozenset(b'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'
+                     b'0123456789 /._-=+,:')
+    data = value.encode('utf-8', 'surrogateescape')
+    if b'\0' in data:
+        raise exception.ConfigError(
+            'install-hook', 'a NUL byte in %r' % value,
+            'choose a path without one')
+    return '"%s"' % ''.join(chr(byte) if byte in safe else '\\%03o' % byte
+                            for byte in data)
 
 
 def _c_string(value: str) -> str:
@@ -318,21 +370,25 @@ def _replace(target: str, data: bytes) -> None:
 #: libvirt's ``src/util/vircommand.c``; the daemon ignores SIGPIPE,
 #: ``virNetDaemonNew``), and a shell loop reading it would cost more
 #: than the whole call.
+#: The Python hook an isolated interpreter runs (``-IS -c``), the
+#: import path put in at ``%(path)s``.
+HOOK_PROGRAM = """import sys
+sys.path += %(path)s
+from xen_dm_restrict_plugin.cmd.libvirt_hook import main
+sys.argv[0] = "xen-dm-restrict-libvirt-hook"
+sys.exit(main())"""
+
 HOOK_SCRIPT = """\
 #!/bin/sh
-# Written by "xen-dm-restrict install-hook": libvirtd's libxl hook.
-# libvirtd runs it for every operation of every domain; only those the
-# hook acts on start Python, isolated (-I) and without site start-up
-# code (-S): %(acted)s.
+# Written by "xen-dm-restrict install-hook --script-only": libvirtd's
+# libxl hook. libvirtd runs it for every operation of every domain; only
+# those the hook acts on start Python, isolated (-I) and without site
+# start-up code (-S): %(acted)s.
 # Every other call exits 0 without reading the domain XML (libvirtd
 # ignores a hook that does not read its stdin).
 case "$2 $3" in
     %(cases)s)
-        exec %(python)s -IS -c 'import sys
-sys.path += %(path)s
-from xen_dm_restrict_plugin.cmd.libvirt_hook import main
-sys.argv[0] = "xen-dm-restrict-libvirt-hook"
-sys.exit(main())' "$@" ;;
+        exec %(python)s -IS -c %(program)s "$@" ;;
 esac
 """
 
@@ -394,27 +450,32 @@ def install_hook(args, files: typing.Optional[typing.Sequence[str]] = None
     import shlex
 
     path = _module_path()
-    if any("'" in entry for entry in path):
-        raise exception.CapabilityMissing(
-            'install-hook', 'a directory of the import path has a quote '
-            'in its name: %s' % path, 'install the plugin elsewhere')
     # The whole configuration is checked first: a bad one writes nothing.
     refresh_snapshot(config)
-    text = HOOK_SCRIPT % {
-        'acted': ', '.join(' '.join(op) for op in operations.ACTED_ON),
-        'cases': '|'.join('"%s %s"' % op for op in operations.ACTED_ON),
-        'python': shlex.quote(sys.executable), 'path': json.dumps(path)}
+    program = HOOK_PROGRAM % {'path': json.dumps(path)}
+    script_only = getattr(args, 'script_only', False)
+    if script_only:
+        data = (HOOK_SCRIPT % {
+            'acted': ', '.join(' '.join(op) for op in operations.ACTED_ON),
+            'cases': '|'.join('"%s %s"' % op for op in operations.ACTED_ON),
+            'python': shlex.quote(sys.executable),
+            'program': shlex.quote(program)}).encode()
+    else:
+        data = compile_hook(sys.executable, program, operations.ACTED_ON)
     target = os.path.abspath(args.path)
     try:
-        _replace(target, text.encode())
+        _replace(target, data)
     except OSError as err:
         raise exception.CapabilityMissing(
             'install-hook', 'cannot write %s: %s' % (
                 target, err.strerror or err),
             'check the directory exists and is root\'s') from None
-    print('wrote %s and the settings snapshot %s of %s (libvirtd reads '
+    print('wrote %s%s and the settings snapshot %s of %s (libvirtd reads '
           'its hooks when it starts: restart libvirtd)' % (
-              target, launch_settings.path(), config or 'the defaults'))
+              target, '' if script_only else
+              ', the compiled hook (it asks xen-dm-restrict-hook-service, '
+              'else runs the Python hook itself),',
+              launch_settings.path(), config or 'the defaults'))
     return EXIT_OK
 
 

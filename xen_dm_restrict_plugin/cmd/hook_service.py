@@ -1,0 +1,80 @@
+"""``xen-dm-restrict-hook-service``: libvirtd's hook, kept loaded.
+
+The compiled hook ``install-hook`` writes hands every call it acts on to
+this service (see :mod:`xen_dm_restrict_plugin.daemon_hook.service`), so
+that no Python starts on libvirtd's path.  Run it as root, before
+libvirtd, as a service of the init system
+(``etc/systemd/xen-dm-restrict-hook-service.service``).  While it is not
+running the hook runs its Python form itself: every call is still
+checked, only slower.
+
+Each call reads the configuration as the Python hook does (its snapshot
+while that is current, else ``$XEN_DM_RESTRICT_CONFIG`` or
+/etc/xen-dm-restrict/xen-dm-restrict.conf in full), so a changed
+configuration applies to the next call without a restart; restart the
+service after upgrading the plugin.
+"""
+
+import argparse
+import logging
+import os
+import sys
+import typing
+
+from xen_dm_restrict_plugin.cmd import common
+from xen_dm_restrict_plugin.cmd import libvirt_hook
+from xen_dm_restrict_plugin.daemon_hook import service
+from xen_dm_restrict_plugin import exception
+from xen_dm_restrict_plugin.launcher import service as launch_service
+from xen_dm_restrict_plugin.launcher import settings as launch_settings
+
+LOG = logging.getLogger(__name__)
+PROG = 'xen-dm-restrict-hook-service'
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__.split('\n\n')[1],
+        epilog='configuration: $%s, else %s\n\nexample (as root):\n'
+               '  %s --socket %s' % (
+                   launch_settings.CONFIG_ENV,
+                   launch_settings.DEFAULT_CONFIG, PROG,
+                   service.DEFAULT_SOCKET),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        '--socket', default=None,
+        help='where to listen (default: $%s, else %s); the compiled hook '
+             'asks the same path' % (service.SOCKET_ENV,
+                                     service.DEFAULT_SOCKET))
+    return parser
+
+
+def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    common.setup_logging(PROG, verbose=True)
+
+    def call() -> int:
+        if os.geteuid() != 0:
+            raise exception.CapabilityMissing(
+                PROG, 'it runs as uid %d: libvirtd runs its hook as root, '
+                'and the hook reaps, mounts and chowns' % os.geteuid(),
+                'run it as root')
+        libvirt_hook.load_settings()  # a broken configuration fails here
+        service.preload()
+        service.standard_descriptors()
+        path = args.socket or service.socket_path()
+        try:
+            listener = launch_service.listen(path)
+        except OSError as err:
+            raise exception.CapabilityMissing(
+                PROG, 'cannot listen on %s: %s' % (path, err),
+                'check that its directory is root\'s') from None
+        LOG.info('answering libvirtd\'s compiled hook on %s', path)
+        service.serve(listener, libvirt_hook.main)
+        return common.EXIT_OK  # pragma: no cover - serve() never returns
+
+    return common.run(PROG, call)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,210 @@
+/*
+ * libvirtd's libxl hook, compiled client: the hook without a Python
+ * start-up on libvirtd's path.
+ *
+ * libvirtd runs the hook synchronously for every operation of every
+ * domain.  An operation the hook does not act on (XDR_ACTED lists those
+ * it does) exits 0 here at once, without reading the domain XML (libvirt
+ * ignores a hook that leaves its stdin unread).  For the others this
+ * client decides nothing: it hands its argv, environment, umask and its
+ * standard descriptors (SCM_RIGHTS) to the hook service
+ * (xen-dm-restrict-hook-service, a Python process that is already
+ * running, with the hook's modules imported), which forks a process
+ * that runs the hook's own code (xen_dm_restrict_plugin.cmd.libvirt_hook)
+ * on those descriptors exactly as the Python hook would: it reads the
+ * XML from libvirtd's pipe and writes its messages to libvirtd's.  The
+ * service answers with the hook's exit status, which this client exits
+ * with.
+ *
+ * Trust: only a service running as root (SO_PEERCRED) is asked, on a
+ * socket in a directory only root can write.  When no such service can
+ * be reached, the client execs the Python hook itself (XDR_PYTHON with
+ * XDR_PROGRAM): slower, never less strict.  Once the request is sent it
+ * never falls back (the service may have read the XML and acted): a
+ * service that ends without an answer is an error (exit 1), and
+ * libvirtd refuses the start.
+ *
+ * Built by "xen-dm-restrict install-hook" with the system compiler and a
+ * generated header defining XDR_PYTHON, XDR_PROGRAM, XDR_SOCKET and
+ * XDR_ACTED.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#if !defined(XDR_PYTHON) || !defined(XDR_PROGRAM) || !defined(XDR_ACTED)
+#error "XDR_PYTHON, XDR_PROGRAM and XDR_ACTED must be defined"
+#endif
+#ifndef XDR_SOCKET
+#define XDR_SOCKET "/run/xen-dm-restrict/hook.sock"
+#endif
+#define SOCKET_ENV "XEN_DM_RESTRICT_HOOK_SOCKET"
+#define PROG "xen-dm-restrict-libvirt-hook"
+#define MAGIC "XDH1"
+#define MAX_REQUEST (1 << 20)
+
+extern char **environ;
+
+static const char *const acted[] = { XDR_ACTED, NULL };
+
+static int acted_on(int argc, char **argv)
+{
+    size_t i, len;
+
+    if (argc < 4)
+        return 1;  /* the Python hook says what is missing */
+    for (i = 0; acted[i]; i++) {
+        len = strlen(argv[2]);
+        if (strncmp(acted[i], argv[2], len) == 0 && acted[i][len] == ' '
+                && strcmp(acted[i] + len + 1, argv[3]) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static void fallback(char **argv, int argc)
+{
+    char **args = calloc((size_t)argc + 4, sizeof(char *));
+    int i;
+
+    if (!args) {
+        dprintf(2, "%s: error: out of memory\n", PROG);
+        _exit(1);
+    }
+    args[0] = (char *)XDR_PYTHON;
+    args[1] = (char *)"-IS";
+    args[2] = (char *)"-c";
+    args[3] = (char *)XDR_PROGRAM;
+    for (i = 1; i < argc; i++)
+        args[3 + i] = argv[i];
+    execv(XDR_PYTHON, args);
+    dprintf(2, "%s: error: cannot execute %s: %s\n", PROG, XDR_PYTHON,
+            strerror(errno));
+    _exit(1);
+}
+
+/* Connect to root's hook service; -1 when it cannot be reached. */
+static int connect_service(void)
+{
+    const char *path = getenv(SOCKET_ENV);
+    struct sockaddr_un addr = { .sun_family = AF_UNIX };
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    int fd;
+
+    if (!path || !*path)
+        path = XDR_SOCKET;
+    if (strlen(path) >= sizeof(addr.sun_path))
+        return -1;
+    strcpy(addr.sun_path, path);
+    fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 ||
+            getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
+            cred.uid != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static int put(char *buf, size_t *off, const void *data, size_t len)
+{
+    if (len > MAX_REQUEST - *off)
+        return -1;
+    memcpy(buf + *off, data, len);
+    *off += len;
+    return 0;
+}
+
+static int put_u32(char *buf, size_t *off, uint32_t value)
+{
+    unsigned char le[4] = { value & 0xff, value >> 8 & 0xff,
+                            value >> 16 & 0xff, value >> 24 };
+
+    return put(buf, off, le, 4);
+}
+
+/*
+ * The request: MAGIC, umask, the number of arguments, the arguments
+ * (argv[1:]) and then the environment, each ending with a NUL; the
+ * standard descriptors 0, 1 and 2 ride along.  -1 when it cannot be
+ * built or sent (nothing reached the service then).
+ */
+static int ask(int sock, int argc, char **argv)
+{
+    static char buf[MAX_REQUEST];
+    size_t off = 0;
+    mode_t mask = umask(0);
+    int fds[3] = { 0, 1, 2 }, i;
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(fds))];
+    } control;
+    struct iovec iov;
+    struct msghdr msg = { 0 };
+    struct cmsghdr *cmsg;
+
+    umask(mask);
+    if (put(buf, &off, MAGIC, 4) || put_u32(buf, &off, mask) ||
+            put_u32(buf, &off, (uint32_t)(argc - 1)))
+        return -1;
+    for (i = 1; i < argc; i++)
+        if (put(buf, &off, argv[i], strlen(argv[i]) + 1))
+            return -1;
+    for (i = 0; environ[i]; i++)
+        if (put(buf, &off, environ[i], strlen(environ[i]) + 1))
+            return -1;
+    iov.iov_base = buf;
+    iov.iov_len = off;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    memset(&control, 0, sizeof(control));
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof(control.buf);
+    cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(fds));
+    memcpy(CMSG_DATA(cmsg), fds, sizeof(fds));
+    while (sendmsg(sock, &msg, MSG_NOSIGNAL) < 0)
+        if (errno != EINTR)
+            return -1;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    unsigned char reply[8];
+    ssize_t got;
+    int sock;
+
+    if (!acted_on(argc, argv))
+        return 0;
+    if (argc < 4)
+        fallback(argv, argc);
+    sock = connect_service();
+    if (sock < 0 || ask(sock, argc, argv) < 0)
+        fallback(argv, argc);
+    do
+        got = recv(sock, reply, sizeof(reply), 0);
+    while (got < 0 && errno == EINTR);
+    if (got != 8 || memcmp(reply, MAGIC, 4) != 0) {
+        dprintf(2, "%s: error: the hook service %s ended without an "
+                "answer: %s\n", PROG, getenv(SOCKET_ENV) ?
+                getenv(SOCKET_ENV) : XDR_SOCKET,
+                got < 0 ? strerror(errno) : "no status");
+        return 1;
+    }
+    if (reply[5] || reply[6] || reply[7])
+        return 1;
+    return reply[4];
+}
