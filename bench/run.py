@@ -213,11 +213,14 @@ def report_hook(report: Report, result: dict) -> None:
     if 'skipped' in result:
         report.row('skipped', result['skipped'])
         return
+    report.row('hook', result['hook'])
     report.row('prepare begin (check, chroot, reap)',
                _ms(result['prepare']), '<= 40 ms',
                result['prepare']['median_ms'] <= 40)
     report.row('  without a current settings snapshot (full load)',
                _ms(result['prepare_without_snapshot']))
+    report.row('  without the service (the Python hook, -IS)',
+               _ms(result['prepare_without_service']))
     report.row('%s (ignored)' % result['ignored_operation'],
                _ms(result['ignored']),
                '<= 2 ms', result['ignored']['median_ms'] <= 2)

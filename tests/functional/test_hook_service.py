@@ -24,6 +24,7 @@ from xen_dm_restrict_plugin.cmd import host
 from xen_dm_restrict_plugin.daemon_hook import operations
 from xen_dm_restrict_plugin.daemon_hook import service as hook_service
 
+
 @pytest.fixture
 def env(tmp_path):
     hostenv.require_root()
@@ -246,3 +247,27 @@ def test_install_hook_compiles_the_client_or_writes_the_script(env):
         proc = _run(hook, env)
         assert proc.returncode == 2, proc.stderr
         assert b'xen-dm-restrict-libvirt-hook: refused' in proc.stderr
+
+
+def test_preflight_says_whether_the_compiled_hook_is_served(env, service):
+    from xen_dm_restrict_plugin.host import preflight
+
+    hooks = os.path.join(env.tmp, 'hooks')
+    os.mkdir(hooks)
+    with open(os.path.join(hooks, 'libxl'), 'wb') as handle:
+        handle.write(open(_client(env.tmp), 'rb').read())
+    os.chmod(os.path.join(hooks, 'libxl'), 0o755)
+    saved = os.environ.get(hook_service.SOCKET_ENV)
+    try:
+        os.environ[hook_service.SOCKET_ENV] = os.path.join(env.tmp, 'none')
+        found, startup = preflight.check_hook(hooks)
+        assert (found.status, startup.status) == (preflight.OK,
+                                                  preflight.WARN)
+        assert 'no hook service answers' in startup.detail
+        os.environ[hook_service.SOCKET_ENV] = service.socket
+        assert preflight.check_hook(hooks)[1].status == preflight.OK
+    finally:
+        if saved is None:
+            os.environ.pop(hook_service.SOCKET_ENV)
+        else:
+            os.environ[hook_service.SOCKET_ENV] = saved

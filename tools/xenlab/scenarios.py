@@ -757,6 +757,22 @@ def install():
     # beside its diagnostic wrapper (HOOK_WRAPPER).
     r = cli('install-hook', HOOK_INSTALLED)
     s.check(r.rc == 0, 'install-hook: rc %d %s' % (r.rc, first_line(r.text)))
+    with open(HOOK_INSTALLED, 'rb') as f:
+        s.check(f.read(4) == b'\x7fELF', 'install-hook wrote the compiled '
+                'hook client')
+    # The guide's systemd unit starts the hook service; started by hand
+    # here, as the launcher service.
+    service = VENV + '/bin/xen-dm-restrict-hook-service'
+    log = open('/root/hook-service.log', 'ab')
+    subprocess.Popen([service], stdin=subprocess.DEVNULL, stdout=log,
+                     stderr=log, start_new_session=True)
+    for _ in range(100):
+        if os.path.exists('/run/xen-dm-restrict/hook.sock'):
+            break
+        time.sleep(0.2)
+    s.check(os.path.exists('/run/xen-dm-restrict/hook.sock'),
+            'hook service listening: %s' % first_line(run(
+                ['pgrep', '-af', 'xen-dm-restrict-hook-service']).out))
     write('/etc/libvirt/hooks/libxl', HOOK_WRAPPER)
     os.chmod('/etc/libvirt/hooks/libxl', 0o755)
     run(['systemctl', 'restart', 'libvirtd'])

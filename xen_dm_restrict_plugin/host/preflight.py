@@ -344,22 +344,16 @@ def check_launcher_speed(settings: conf_mod.Settings) -> Check:
 
 def _check_front(path: str) -> Check:
     """The compiled front is fast while its service answers."""
-    import socket
-
     from xen_dm_restrict_plugin.launcher import settings as launch_settings
 
     where = launch_settings.socket_path()
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        probe.connect(where)
-    except OSError as err:
+    reason = _unanswered(where)
+    if reason:
         return Check('launcher start-up', WARN, '%s is the compiled front, '
                      'but no launcher service answers on %s (%s): every '
                      'start runs the slower Python launcher %s.py; start '
                      'xen-dm-restrict-launch-service' % (
-                         path, where, err.strerror or err, path))
-    finally:
-        probe.close()
+                         path, where, reason, path))
     return Check('launcher start-up', OK, 'compiled front, service on %s, '
                  'snapshot %s current' % (where, launch_settings.path()))
 
@@ -435,14 +429,51 @@ def check_test_mode(settings: conf_mod.Settings) -> Check:
     return Check('launcher test mode', OK, 'off')
 
 
-def check_hook(hooks_dir: str) -> Check:
+def check_hook(hooks_dir: str) -> typing.List[Check]:
     found = installed_hooks(hooks_dir)
-    if found:
-        return Check('libvirt libxl hook', OK, ', '.join(found) +
-                     ' (restart libvirtd after installing it)')
-    return Check('libvirt libxl hook', FAIL, 'not installed: %s '
-                 'install-hook %s/libxl, then restart libvirtd' % (
-                     hook_command('xen-dm-restrict'), hooks_dir))
+    if not found:
+        return [Check('libvirt libxl hook', FAIL, 'not installed: %s '
+                      'install-hook %s/libxl, then restart libvirtd' % (
+                          hook_command('xen-dm-restrict'), hooks_dir))]
+    checks = [Check('libvirt libxl hook', OK, ', '.join(found) +
+                    ' (restart libvirtd after installing it)')]
+    compiled = []
+    for path in found:
+        with open(path, 'rb') as handle:
+            if handle.read(4) == b'\x7fELF':
+                compiled.append(path)
+    if not compiled:
+        checks.append(Check('hook start-up', WARN, '%s starts Python at '
+                            'every call it acts on (about 90 ms); run '
+                            'xen-dm-restrict install-hook without '
+                            '--script-only and start '
+                            'xen-dm-restrict-hook-service' % found[0]))
+        return checks
+    from xen_dm_restrict_plugin.daemon_hook import service as hook_service
+
+    reason = _unanswered(hook_service.socket_path())
+    checks.append(Check('hook start-up', WARN, 'no hook service answers on '
+                        '%s (%s): every call %s acts on runs the slower '
+                        'Python hook; start xen-dm-restrict-hook-service'
+                        % (hook_service.socket_path(), reason,
+                           compiled[0])) if reason else Check(
+        'hook start-up', OK, 'compiled hook, service on %s'
+        % hook_service.socket_path()))
+    return checks
+
+
+def _unanswered(path: str) -> str:
+    """Why no service listens on the unix socket ``path``, or ''."""
+    import socket
+
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        probe.connect(path)
+    except OSError as err:
+        return err.strerror or str(err)
+    finally:
+        probe.close()
+    return ''
 
 
 def check_settings_snapshot() -> Check:
@@ -549,7 +580,7 @@ def run(settings: conf_mod.Settings,
                check_test_mode(settings), check_host_paths(settings)]
     checks += check_isolation(settings)
     checks += check_storage(settings)
-    checks.append(check_hook(hooks_dir or DEFAULT_HOOKS_DIR))
+    checks += check_hook(hooks_dir or DEFAULT_HOOKS_DIR)
     checks.append(check_settings_snapshot())
     return Report(tuple(checks), xen_host)
 
@@ -568,7 +599,7 @@ def installed_hooks(hooks_dir: str = '/etc/libvirt/hooks'
             continue
         try:
             with open(path, 'rb') as handle:
-                head = handle.read(8192)
+                head = handle.read(1 << 20)
         except OSError:
             continue
         if (b'xen_dm_restrict_plugin' in head

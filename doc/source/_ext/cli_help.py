@@ -42,6 +42,12 @@ def help_text(words) -> str:
     if program == 'xen-dm-restrict-launch':
         from xen_dm_restrict_plugin.cmd import launch
         return launch.HELP
+    if program == 'xen-dm-restrict-launch-service':
+        from xen_dm_restrict_plugin.cmd import launch_service
+        return launch_service.build_parser().format_help()
+    if program == 'xen-dm-restrict-hook-service':
+        from xen_dm_restrict_plugin.cmd import hook_service
+        return hook_service.build_parser().format_help()
     raise ValueError('unknown program %r' % program)
 
 
