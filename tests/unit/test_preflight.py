@@ -110,7 +110,7 @@ def test_no_reaper_user_is_needed_when_nothing_is_reaped(tmp_path):
 
 
 def test_the_hook_remedy_names_an_existing_command():
-    check = preflight.check_hook('/nonexistent-hooks')
+    [check] = preflight.check_hook('/nonexistent-hooks')
     assert check.status == 'fail'
     command = check.detail.split('not installed: ')[1].split()[0]
     assert 'install-hook /nonexistent-hooks/libxl' in check.detail
@@ -154,11 +154,16 @@ def test_lease_db(tmp_path):
 
 
 def test_hook_check(tmp_path):
-    assert preflight.check_hook(str(tmp_path)).status == 'fail'
+    assert [c.status for c in preflight.check_hook(str(tmp_path))] == [
+        'fail']
     script = tmp_path / 'libxl'
     script.write_text('#!/bin/sh\nexec xen-dm-restrict-libvirt-hook "$@"\n')
     script.chmod(0o755)
-    assert preflight.check_hook(str(tmp_path)).status == 'ok'
+    found, startup = preflight.check_hook(str(tmp_path))
+    assert found.status == 'ok'
+    # A script starts Python at every call it acts on.
+    assert startup.status == 'warn'
+    assert '--script-only' in startup.detail
 
 
 def test_report_marks_failures_due_to_no_xen():

@@ -51,6 +51,12 @@ QUERY_ARGS = frozenset(('-help', '--help', '-h', '-version', '--version'))
 DEFAULT_CONFIG = '/etc/xen-dm-restrict/xen-dm-restrict.conf'
 #: Environment variable naming the configuration file to use instead.
 CONFIG_ENV = 'XEN_DM_RESTRICT_CONFIG'
+#: Where xen-dm-restrict-hook-service listens and libvirtd's compiled
+#: hook asks.
+HOOK_SOCKET = '/run/xen-dm-restrict/hook.sock'
+#: Environment variable naming another hook service socket (tests, the
+#: benchmark).
+HOOK_SOCKET_ENV = 'XEN_DM_RESTRICT_HOOK_SOCKET'
 
 
 def chroot_dir(base: str, uid: int) -> str:
@@ -61,3 +67,10 @@ def chroot_dir(base: str, uid: int) -> str:
 #: The unix socket, inside a device model's chroot, its VNC server listens
 #: on when it has no network (see console.relay).
 VNC_SOCKET = 'vnc.sock'
+
+
+def hook_socket() -> str:
+    """The hook service's socket this process uses."""
+    import os
+
+    return os.environ.get(HOOK_SOCKET_ENV) or HOOK_SOCKET

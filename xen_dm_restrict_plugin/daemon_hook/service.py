@@ -39,6 +39,8 @@ import struct
 import sys
 import traceback
 
+from xen_dm_restrict_plugin.core import constants
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     import typing
@@ -49,9 +51,9 @@ LOG = logging.getLogger(__name__)
 
 MAGIC = b'XDH1'
 #: Where the service listens and the client asks.
-DEFAULT_SOCKET = '/run/xen-dm-restrict/hook.sock'
+DEFAULT_SOCKET = constants.HOOK_SOCKET
 #: Environment variable naming another socket (tests, the benchmark).
-SOCKET_ENV = 'XEN_DM_RESTRICT_HOOK_SOCKET'
+SOCKET_ENV = constants.HOOK_SOCKET_ENV
 #: Largest request: the client's argv and environment.
 MAX_REQUEST = 1 << 20
 #: A client that sends nothing is dropped after this many seconds.
@@ -82,7 +84,7 @@ class BadRequest(ValueError):
 
 def socket_path() -> str:
     """The hook service's socket this process uses."""
-    return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+    return constants.hook_socket()
 
 
 def preload() -> None:

@@ -449,16 +449,13 @@ def check_hook(hooks_dir: str) -> typing.List[Check]:
                             '--script-only and start '
                             'xen-dm-restrict-hook-service' % found[0]))
         return checks
-    from xen_dm_restrict_plugin.daemon_hook import service as hook_service
-
-    reason = _unanswered(hook_service.socket_path())
+    where = constants.hook_socket()
+    reason = _unanswered(where)
     checks.append(Check('hook start-up', WARN, 'no hook service answers on '
                         '%s (%s): every call %s acts on runs the slower '
                         'Python hook; start xen-dm-restrict-hook-service'
-                        % (hook_service.socket_path(), reason,
-                           compiled[0])) if reason else Check(
-        'hook start-up', OK, 'compiled hook, service on %s'
-        % hook_service.socket_path()))
+                        % (where, reason, compiled[0])) if reason else Check(
+        'hook start-up', OK, 'compiled hook, service on %s' % where))
     return checks
 
 
