@@ -34,6 +34,8 @@ from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin.launcher import settings as launch_settings
 
 UID_BASE = 3990000
+#: Seconds between the calls through the service.
+SPACING = 0.3
 #: Operations libvirtd runs that the hook may ignore; the first it does
 #: ignore is timed.
 IGNORED_CANDIDATES = (('start', 'begin'), ('reconnect', 'begin'),
@@ -151,12 +153,17 @@ def run(workdir: str, calls: int) -> typing.Dict[str, typing.Any]:
         _timed(ignored, data, env)
         prepared, skipped, refreshed = [], [], []
         for n in range(calls):
+            # One domain start at a time, as libvirtd's calls come: the
+            # service has its workers ready again (a burst of more calls
+            # than workers waits for workers to start).
+            time.sleep(SPACING)
             prepared.append(_timed(prepare, data, env))
             skipped.append(_timed(ignored, data, env))
             if n % 5 == 0:
                 # The first call after the configuration changed: the
                 # whole configuration is loaded, and the snapshot written.
                 os.unlink(snapshot)
+                time.sleep(SPACING)
                 refreshed.append(_timed(prepare, data, env))
     except (OSError, RuntimeError, subprocess.SubprocessError,
             exception.DmRestrictError) as err:

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -33,15 +34,18 @@ def env(tmp_path):
     made.remove_users()
 
 
-def _client(tmp: str, python: str = sys.executable) -> str:
+def _client(tmp: str, python: str = sys.executable, timeout_ms=None,
+            acted=operations.ACTED_ON, path=None) -> str:
     program = host.HOOK_PROGRAM % {
-        'path': json.dumps([entry for entry in sys.path[1:]
-                            if os.path.isabs(entry)] + [hostenv.ROOT])}
-    path = os.path.join(tmp, 'client-%d' % len(os.listdir(tmp)))
-    with open(path, 'wb') as handle:
-        handle.write(host.compile_hook(python, program, operations.ACTED_ON))
-    os.chmod(path, 0o755)
-    return path
+        'path': json.dumps(path or [entry for entry in sys.path[1:]
+                                    if os.path.isabs(entry)]
+                           + [hostenv.ROOT])}
+    client = os.path.join(tmp, 'client-%d' % len(os.listdir(tmp)))
+    with open(client, 'wb') as handle:
+        handle.write(host.compile_hook(python, program, acted,
+                                       timeout_ms=timeout_ms))
+    os.chmod(client, 0o755)
+    return client
 
 
 def _run(client, env, operation='prepare', sub='begin', xml=None,
@@ -117,9 +121,20 @@ def test_a_service_not_run_by_root_is_not_asked(env):
         os.close(ready_r)
 
 
+def test_a_service_that_never_takes_the_call_is_not_waited_for(env):
+    """A service that is stopped (or its queue full) never says it holds
+    the call: after the timeout the client runs the Python hook.
+    """
+    path = os.path.join(env.tmp, 'stopped.sock')
+    with _listener(path):
+        proc = _run(_client(env.tmp, timeout_ms=300), env, socket_path=path)
+    assert proc.returncode == 2, proc.stderr
+    assert b'xen-dm-restrict-libvirt-hook: refused' in proc.stderr
+
+
 def test_a_service_that_ends_without_answering_fails_the_call(env):
-    """Once its request is sent the client never falls back (the service
-    may have read the XML and acted): no answer is an error.
+    """Once a worker may have read its request the client never falls
+    back (it may have read the XML and acted): no answer is an error.
     """
     path = os.path.join(env.tmp, 'mute.sock')
     with _listener(path) as sock:
@@ -130,14 +145,16 @@ def test_a_service_that_ends_without_answering_fails_the_call(env):
             stderr=subprocess.PIPE,
             env=dict(env.environ(), **{hook_service.SOCKET_ENV: path}))
         conn, _ = sock.accept()
+        conn.send(hook_service.ACCEPTED)
         data, ancillary, _, _ = conn.recvmsg(
-            hook_service.MAX_REQUEST, socket.CMSG_SPACE(12))
-        mask, args, environ = hook_service.parse(data)
-        assert args == ['fixture-hvm', 'prepare', 'begin', '-']
-        assert environ[b'XEN_DM_RESTRICT_CONFIG'] == env.config.encode()
-        assert mask == os.umask(mask)
+            hook_service.MAX_REQUEST, socket.CMSG_SPACE(16))
+        call = hook_service.parse(data)
+        assert call.args == ['fixture-hvm', 'prepare', 'begin', '-']
+        assert call.environ[b'XEN_DM_RESTRICT_CONFIG'] == \
+            env.config.encode()
+        assert call.build == hook_service.build_id(operations.ACTED_ON)
         fds = ancillary[0][2]
-        assert len(fds) == 12
+        assert len(fds) == 16
         for fd in memoryview(fds).cast('i'):
             os.close(fd)
         conn.close()
@@ -181,48 +198,140 @@ def test_the_service_answers_root_only(env, service):
     assert 'answers root only' in service.log_text()
 
 
-def test_each_call_is_a_process_of_its_own_not_the_services_child(
-        env, service):
-    script = os.path.join(env.tmp, 'probe.py')
-    # A hook main that reports its own process: run through the real
-    # service code with a main of the test's.
-    with open(script, 'w') as handle:
-        handle.write(
-            'import os, sys\n'
-            'from xen_dm_restrict_plugin.daemon_hook import service\n'
-            'from xen_dm_restrict_plugin.launcher import service as ls\n'
-            'def main(args):\n'
-            '    print(os.getpid(), os.getppid(), oct(os.umask(0)),\n'
-            '          os.environ.get("PROBE"), args, file=sys.stderr)\n'
-            '    print(sys.stdin.read().strip(), file=sys.stderr)\n'
-            '    return 7\n'
-            'service.standard_descriptors()\n'
-            'listener = ls.listen(sys.argv[1])\n'
-            'print("ready", flush=True)\n'
-            'service.serve(listener, main)\n')
+PROBE = """import os, resource, sys
+
+
+def main(args):
+    print(os.getpid(), os.getppid(), oct(os.umask(0)), os.getcwd(),
+          os.getpriority(os.PRIO_PROCESS, 0),
+          resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+          hash('xen-dm-restrict'), os.environ.get('PROBE'), args,
+          file=sys.stderr)
+    print(sys.stdin.read().strip(), file=sys.stderr)
+    return 7
+"""
+
+SERVE_PROBE = """import sys
+sys.path.insert(0, sys.argv[2])
+from xen_dm_restrict_plugin.daemon_hook import service
+from xen_dm_restrict_plugin.launcher import service as launch_service
+listener = launch_service.listen(sys.argv[1])
+print('ready', flush=True)
+service.Service(2, 'xdr_probe:main').serve(listener)
+"""
+
+
+def test_each_call_is_a_fresh_process_with_the_callers_attributes(
+        env, tmp_path):
+    """Each call runs in a worker of its own, started ahead with a fresh
+    exec (its own hash seed and address-space layout), with the client's
+    umask, working directory, nice value, limits, environment and
+    descriptors.
+    """
+    probe_dir = tmp_path / 'probe'
+    probe_dir.mkdir()
+    (probe_dir / 'xdr_probe.py').write_text(PROBE)
     path = os.path.join(env.tmp, 'probe.sock')
-    probe = subprocess.Popen(
-        [sys.executable, script, path], stdout=subprocess.PIPE,
+    server = subprocess.Popen(
+        [sys.executable, '-c', SERVE_PROBE, path, str(probe_dir)],
+        stdout=subprocess.PIPE,
         env=dict(os.environ, PYTHONPATH=hostenv.ROOT))
     try:
-        assert probe.stdout.readline() == b'ready\n'
+        assert server.stdout.readline() == b'ready\n'
         client = _client(env.tmp, python=hostenv.NO_FALLBACK)
-        environ = {hook_service.SOCKET_ENV: path, 'PROBE': 'seen'}
-        proc = subprocess.run(
-            ['/bin/sh', '-c', 'umask 027; exec "$@"', 'sh', client,
-             'vm', 'prepare', 'begin', '-'], input=b'<domain/>',
-            capture_output=True, env=environ, timeout=30)
-        assert proc.returncode == 7, proc.stderr
-        first, second = proc.stderr.decode().splitlines()
-        pid, ppid, mask, seen, args = first.split(' ', 4)
-        assert int(pid) != probe.pid
-        assert int(ppid) != probe.pid
-        assert (mask, seen) == ('0o27', 'seen')
-        assert args == "['vm', 'prepare', 'begin', '-']"
-        assert second == '<domain/>'
+        workdir = tmp_path / 'cwd'
+        workdir.mkdir()
+        seen = []
+        for _ in range(2):
+            proc = subprocess.run(
+                ['/bin/sh', '-c', 'umask 027; ulimit -n 333; exec nice -n 3 '
+                 '"$@"', 'sh', client, 'vm', 'prepare', 'begin', '-'],
+                input=b'<domain/>', capture_output=True, cwd=str(workdir),
+                env={hook_service.SOCKET_ENV: path, 'PROBE': 'seen',
+                     'PATH': os.environ['PATH']}, timeout=60)
+            assert proc.returncode == 7, proc.stderr
+            first, second = proc.stderr.decode().splitlines()
+            pid, ppid, mask, cwd, nice, files, seed, probe, args = \
+                first.split(' ', 8)
+            assert int(ppid) == server.pid
+            assert (mask, cwd, nice, files, probe) == (
+                '0o27', str(workdir), '3', '333', 'seen')
+            assert args == "['vm', 'prepare', 'begin', '-']"
+            assert second == '<domain/>'
+            seen.append((pid, seed))
+        assert seen[0][0] != seen[1][0]
+        # A fresh interpreter each: another hash seed.
+        assert seen[0][1] != seen[1][1]
     finally:
-        probe.kill()
-        probe.wait()
+        server.kill()
+        server.wait()
+
+
+def test_a_client_built_otherwise_is_refused_with_the_remedy(env, service):
+    client = _client(env.tmp, python=hostenv.NO_FALLBACK,
+                     acted=operations.ACTED_ON + (('start', 'begin'),))
+    proc = _run(client, env, socket_path=service.socket)
+    assert proc.returncode == 1
+    assert b'run xen-dm-restrict install-hook again' in proc.stderr
+
+
+def test_an_upgraded_package_is_used_from_the_next_call(env, tmp_path):
+    """The service's workers find their package changed on disk: the
+    call runs the Python hook (the new code) and the service exits, for
+    its init system to start it again.
+    """
+    copy = tmp_path / 'site'
+    shutil.copytree(os.path.join(hostenv.ROOT, 'xen_dm_restrict_plugin'),
+                    str(copy / 'xen_dm_restrict_plugin'),
+                    ignore=shutil.ignore_patterns('__pycache__'))
+    os.chmod(str(tmp_path), 0o755)
+    socket_path = os.path.join(env.tmp, 'run', 'upgrade.sock')
+    os.makedirs(os.path.dirname(socket_path), mode=0o700)
+    environ = dict(env.environ(), PYTHONPATH=str(copy))
+    environ[hook_service.SOCKET_ENV] = socket_path
+    server = subprocess.Popen(
+        [sys.executable, '-m', 'xen_dm_restrict_plugin.cmd.hook_service'],
+        env=environ, cwd=str(copy), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(socket_path):
+            assert server.poll() is None and time.monotonic() < deadline, \
+                server.stderr.read()
+            time.sleep(0.05)
+        path = [str(copy)] + [entry for entry in sys.path[1:]
+                              if os.path.isabs(entry)]
+        client = _client(env.tmp, path=path)
+        proc = _run(client, env, socket_path=socket_path)
+        assert proc.returncode == 2, proc.stderr
+        hook = copy / 'xen_dm_restrict_plugin' / 'daemon_hook' / 'hook.py'
+        hook.write_text(hook.read_text().replace(
+            "def handle(self, domain", "def handle(self, domain", 1)
+            + '\n# upgraded\n')
+        proc = _run(client, env, socket_path=socket_path)
+        # The Python hook answered (the service's workers did not).
+        assert proc.returncode == 2, proc.stderr
+        assert server.wait(timeout=30) == hook_service.EXIT_STALE
+        assert b'changed on disk' in server.stderr.read()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def test_a_service_with_an_import_path_others_can_write_does_not_start(
+        env, tmp_path):
+    open_dir = tmp_path / 'open'
+    open_dir.mkdir()
+    os.chmod(str(open_dir), 0o777)
+    proc = subprocess.run(
+        hostenv.module('xen_dm_restrict_plugin.cmd.hook_service')
+        + ['--socket', os.path.join(env.tmp, 'never.sock')],
+        env=dict(env.environ(), PYTHONPATH=str(open_dir) + os.pathsep
+                 + hostenv.ROOT), capture_output=True, timeout=60)
+    assert proc.returncode != 0
+    assert b'is not root\'s alone' in proc.stderr
+    assert not os.path.exists(os.path.join(env.tmp, 'never.sock'))
 
 
 def test_install_hook_compiles_the_client_or_writes_the_script(env):

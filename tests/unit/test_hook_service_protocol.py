@@ -4,39 +4,57 @@ import struct
 
 import pytest
 
+from xen_dm_restrict_plugin.daemon_hook import operations
 from xen_dm_restrict_plugin.daemon_hook import service
 
+BUILD = service.build_id(operations.ACTED_ON)
 
-def _request(mask, args, environ, count=None):
+
+def _request(mask, args, environ, count=None, limits=((1024, 4096),),
+             nice=-5, build=BUILD):
     body = b''.join(item + b'\0' for item in list(args) + list(environ))
-    return service.MAGIC + struct.pack(
-        '<II', mask, len(args) if count is None else count) + body
+    head = struct.pack('<IiI', mask, nice, len(limits)) + b''.join(
+        struct.pack('<QQ', *pair) for pair in limits)
+    return (service.MAGIC + build + head + struct.pack(
+        '<I', len(args) if count is None else count) + body)
 
 
-def test_a_request_gives_umask_arguments_and_environment():
+def test_a_request_gives_its_build_attributes_arguments_and_environment():
     data = _request(0o22, [b'vm', b'prepare', b'begin', b'-'],
                     [b'PATH=/usr/bin', b'XEN_DM_RESTRICT_CONFIG=/c=d',
-                     b'NOEQUALS', b'=nameless'])
-    mask, args, environ = service.parse(data)
-    assert mask == 0o22
-    assert args == ['vm', 'prepare', 'begin', '-']
-    # Only NAME=VALUE entries; the value may hold "=".
-    assert environ == {b'PATH': b'/usr/bin',
-                       b'XEN_DM_RESTRICT_CONFIG': b'/c=d'}
+                     b'NOEQUALS', b'=nameless',
+                     b'XEN_DM_RESTRICT_CONFIG=/second'])
+    call = service.parse(data)
+    assert call.build == BUILD
+    assert (call.umask, call.nice, call.limits) == (0o22, -5, [(1024, 4096)])
+    assert call.args == ['vm', 'prepare', 'begin', '-']
+    # Only NAME=VALUE entries; the value may hold "="; the first of a name
+    # counts, as for the C library's getenv and Python's os.environ.
+    assert call.environ == {b'PATH': b'/usr/bin',
+                            b'XEN_DM_RESTRICT_CONFIG': b'/c=d'}
 
 
 def test_an_argument_that_is_not_utf8_survives():
-    mask, args, _ = service.parse(_request(0, [b'vm\xff', b'a', b'b'], []))
-    assert args[0].encode('utf-8', 'surrogateescape') == b'vm\xff'
+    call = service.parse(_request(0, [b'vm\xff', b'a', b'b'], []))
+    assert call.args[0].encode('utf-8', 'surrogateescape') == b'vm\xff'
+
+
+def test_the_build_id_follows_the_operations_handed_on():
+    assert service.build_id(operations.ACTED_ON) == BUILD
+    assert len(BUILD) == service.BUILD_ID_BYTES
+    assert service.build_id(operations.ACTED_ON + (('start', 'begin'),)) \
+        != BUILD
 
 
 @pytest.mark.parametrize('data', [
     b'',
-    b'XDH0' + struct.pack('<II', 0, 3) + b'a\0b\0c\0',
-    service.MAGIC + struct.pack('<II', 0, 3) + b'a\0b\0c',
+    b'XDH1' + _request(0, [b'a', b'b', b'c'], [])[4:],
+    _request(0, [b'a', b'b', b'c'], [])[:-1],
     _request(0, [b'a', b'b'], []),
     _request(0o1777, [b'a', b'b', b'c'], []),
     _request(0, [b'a', b'b', b'c'], [], count=9),
+    _request(0, [b'a', b'b', b'c'], [], limits=[(1, 1)] * 65),
+    _request(0, [b'a', b'b', b'c'], [])[:len(service.MAGIC) + 40],
 ])
 def test_anything_else_is_a_bad_request(data):
     with pytest.raises(service.BadRequest):

@@ -234,7 +234,7 @@ def build_payload(run, only=''):
 class Qemu(object):
     """The lab's QEMU: started once, always killed (see stop())."""
 
-    def __init__(self, img, run, mem, dom0_mem, cpu):
+    def __init__(self, img, run, mem, dom0_mem, cpu, tcg='multi'):
         self.run = run
         self.last_step = None
         # The host's 1-minute load average, once a second: the emulated
@@ -246,7 +246,7 @@ class Qemu(object):
         sh(['qemu-img', 'create', '-q', '-f', 'qcow2', '-F', 'raw', '-b',
             os.path.join(img, 'disk.img'), self.overlay])
         self.argv = [
-            'qemu-system-x86_64', '-accel', 'tcg,thread=multi',
+            'qemu-system-x86_64', '-accel', 'tcg,thread=%s' % tcg,
             '-cpu', cpu, '-m', str(mem), '-smp', '2', '-machine', 'pc',
             '-display', 'none', '-vga', 'none', '-no-reboot',
             '-kernel', os.path.join(img, 'xen'),
@@ -377,6 +377,11 @@ def main(argv=None):
     p.add_argument('--cpu', default=os.environ.get('XENLAB_CPU', 'no-avx'),
                    help='emulated CPU: %s, or a QEMU -cpu value '
                    '(default: %%(default)s)' % ', '.join(sorted(CPUS)))
+    p.add_argument('--tcg', choices=('multi', 'single'),
+                   default=os.environ.get('XENLAB_TCG', 'multi'),
+                   help='TCG threading: one host thread per emulated CPU '
+                   '(multi, faster) or one for all (single, the lead for '
+                   'the crashes under emulation) (default: %(default)s)')
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         # Part of the test command: elsewhere than CI (root) it skips, and
@@ -398,7 +403,7 @@ def main(argv=None):
     build_payload(run, args.only)
     payload_s = time.monotonic() - t_payload
     cpu = CPUS.get(args.cpu, args.cpu)
-    qemu = Qemu(img, run, args.mem, args.dom0_mem, cpu)
+    qemu = Qemu(img, run, args.mem, args.dom0_mem, cpu, args.tcg)
 
     def on_signal(signum, frame):
         qemu.stop()
@@ -430,6 +435,7 @@ def main(argv=None):
                   'cold_build_seconds': build['seconds'],
                   'versions': build['versions']},
         'qemu_cpu': cpu,
+        'tcg_threads': args.tcg,
         'payload_seconds': round(payload_s, 1),
         'boot_milestones_seconds': times,
         'qemu_seconds': round(qemu_s, 1),

@@ -1,8 +1,9 @@
 """``xen-dm-restrict-hook-service``: libvirtd's hook, kept loaded.
 
 The compiled hook ``install-hook`` writes hands every call it acts on to
-this service (see :mod:`xen_dm_restrict_plugin.daemon_hook.service`), so
-that no Python starts on libvirtd's path.  Run it as root, before
+this service (see :mod:`xen_dm_restrict_plugin.daemon_hook.service`),
+which keeps hook processes ready, so that no Python starts on libvirtd's
+path.  Run it as root, before
 libvirtd, as a service of the init system
 (``etc/systemd/xen-dm-restrict-hook-service.service``).  While it is not
 running the hook runs its Python form itself: every call is still
@@ -11,8 +12,10 @@ checked, only slower.
 Each call reads the configuration as the Python hook does (its snapshot
 while that is current, else ``$XEN_DM_RESTRICT_CONFIG`` or
 /etc/xen-dm-restrict/xen-dm-restrict.conf in full), so a changed
-configuration applies to the next call without a restart; restart the
-service after upgrading the plugin.
+configuration applies to the next call without a restart. When the
+plugin changes on disk (an upgrade) the service exits (status 75), for
+the init system to start it again with the new code; calls in between
+run the Python hook.
 """
 
 import argparse
@@ -46,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
         help='where to listen (default: $%s, else %s); the compiled hook '
              'asks the same path' % (service.SOCKET_ENV,
                                      service.DEFAULT_SOCKET))
+    parser.add_argument(
+        '--workers', type=int, default=service.WORKERS,
+        help='hook processes kept ready, each for one call (default: '
+             '%(default)s)')
     return parser
 
 
@@ -54,14 +61,18 @@ def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
     common.setup_logging(PROG, verbose=True)
 
     def call() -> int:
+        from xen_dm_restrict_plugin.cmd import host
+
         if os.geteuid() != 0:
             raise exception.CapabilityMissing(
                 PROG, 'it runs as uid %d: libvirtd runs its hook as root, '
                 'and the hook reaps, mounts and chowns' % os.geteuid(),
                 'run it as root')
+        # Its workers run the hook as root from this import path.
+        host.check_import_path(PROG, [os.path.abspath(entry or '.')
+                                      for entry in sys.path],
+                               'the hook service')
         libvirt_hook.load_settings()  # a broken configuration fails here
-        service.preload()
-        service.standard_descriptors()
         path = args.socket or service.socket_path()
         try:
             listener = launch_service.listen(path)
@@ -69,9 +80,9 @@ def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
             raise exception.CapabilityMissing(
                 PROG, 'cannot listen on %s: %s' % (path, err),
                 'check that its directory is root\'s') from None
-        LOG.info('answering libvirtd\'s compiled hook on %s', path)
-        service.serve(listener, libvirt_hook.main)
-        return common.EXIT_OK  # pragma: no cover - serve() never returns
+        LOG.info('answering libvirtd\'s compiled hook on %s with %d '
+                 'workers ready', path, args.workers)
+        return service.Service(args.workers).serve(listener)
 
     return common.run(PROG, call)
 

@@ -266,24 +266,30 @@ def compile_front(fallback: str) -> bytes:
 
 
 def compile_hook(python: str, program: str,
-                 acted: typing.Sequence[typing.Tuple[str, str]]) -> bytes:
+                 acted: typing.Sequence[typing.Tuple[str, str]],
+                 timeout_ms: typing.Optional[int] = None) -> bytes:
     """Build libvirtd's compiled hook client (``daemon_hook/client.c``).
 
     :param python: the interpreter the client execs while the hook
         service is not running, with ``-IS -c program``.
     :param acted: the (operation, sub-operation) pairs it hands on; it
         exits 0 at once for every other.
+    :param timeout_ms: how long it waits for the service to take a call
+        before it runs the Python hook itself (default: 10 s).
     :returns: the executable's bytes.
     :raises CapabilityMissing: there is no compiler, or it failed.
     """
     from xen_dm_restrict_plugin.daemon_hook import service as hook_service
 
-    header = ''.join('#define %s %s\n' % (name, value) for name, value in (
+    defines = [
         ('XDR_PYTHON', _c_literal(python)),
         ('XDR_PROGRAM', _c_literal(program)),
         ('XDR_SOCKET', _c_literal(hook_service.DEFAULT_SOCKET)),
-        ('XDR_ACTED', ', '.join(_c_literal(' '.join(op))
-                                for op in acted))))
+        ('XDR_ACTED', ', '.join(_c_literal(' '.join(op)) for op in acted)),
+        ('XDR_BUILD', _c_literal(hook_service.build_id(acted).decode()))]
+    if timeout_ms:
+        defines.append(('HOOK_TIMEOUT_MS', str(int(timeout_ms))))
+    header = ''.join('#define %s %s\n' % item for item in defines)
     return _compile('install-hook', HOOK_SOURCE, [], '--script-only for '
                     'the shell hook that starts Python', header)
 
@@ -398,18 +404,28 @@ def _module_path() -> typing.List[str]:
 
     :raises CapabilityMissing: a directory on it is not root's alone.
     """
+    path = [entry for entry in sys.path[1:] if os.path.isabs(entry)]
+    return check_import_path('install-launcher', path, 'the launcher')
+
+
+def check_import_path(subject: str, path: typing.Sequence[str],
+                      who: str) -> typing.List[str]:
+    """``path`` and the package's own directory, once each is found to
+    be root's alone (as every directory above it).
+
+    :raises CapabilityMissing: one is not.
+    """
     import xen_dm_restrict_plugin
 
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(
         xen_dm_restrict_plugin.__file__)))
-    path = [entry for entry in sys.path[1:] if os.path.isabs(entry)]
-    path.append(package_parent)
+    path = list(path) + [package_parent]
     for entry in path:
         unsafe = _writable_by_others(entry)
         if unsafe:
             raise exception.CapabilityMissing(
-                'install-launcher', 'the launcher would import code from '
-                '%s, and %s is not root\'s alone' % (entry, unsafe),
+                subject, '%s would import code from %s, and %s is not '
+                'root\'s alone' % (who, entry, unsafe),
                 'install the plugin where only root can write')
     return path
 

@@ -74,6 +74,10 @@ def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
                 PROG, 'it runs as uid %d: it creates chroots, cgroups and '
                 'tap devices for root\'s launcher' % os.geteuid(),
                 'run it as root')
+        # It decides, as root, from code on this import path.
+        host.check_import_path(PROG, [os.path.abspath(entry or '.')
+                                      for entry in sys.path],
+                               'the launcher service')
         load_settings()  # a broken configuration fails here, not later
         path = args.socket or launch_settings.socket_path()
         try:

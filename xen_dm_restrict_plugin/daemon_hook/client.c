@@ -6,49 +6,60 @@
  * domain.  An operation the hook does not act on (XDR_ACTED lists those
  * it does) exits 0 here at once, without reading the domain XML (libvirt
  * ignores a hook that leaves its stdin unread).  For the others this
- * client decides nothing: it hands its argv, environment, umask and its
- * standard descriptors (SCM_RIGHTS) to the hook service
- * (xen-dm-restrict-hook-service, a Python process that is already
- * running, with the hook's modules imported), which forks a process
- * that runs the hook's own code (xen_dm_restrict_plugin.cmd.libvirt_hook)
- * on those descriptors exactly as the Python hook would: it reads the
- * XML from libvirtd's pipe and writes its messages to libvirtd's.  The
- * service answers with the hook's exit status, which this client exits
- * with.
+ * client decides nothing: it hands its argv, environment, umask, nice
+ * value, resource limits, working directory and standard descriptors
+ * (SCM_RIGHTS) to the hook service (xen-dm-restrict-hook-service), whose
+ * worker, a Python process started ahead with the hook's modules
+ * imported, runs the hook's own code (xen_dm_restrict_plugin.cmd.
+ * libvirt_hook) on those descriptors exactly as the Python hook would:
+ * it reads the XML from libvirtd's pipe and writes its messages to
+ * libvirtd's.  It answers with the hook's exit status, which this client
+ * exits with.  The protocol is daemon_hook/service.py's.
  *
- * Trust: only a service running as root (SO_PEERCRED) is asked, on a
- * socket in a directory only root can write.  When no such service can
- * be reached, the client execs the Python hook itself (XDR_PYTHON with
- * XDR_PROGRAM): slower, never less strict.  Once the request is sent it
- * never falls back (the service may have read the XML and acted): a
- * service that ends without an answer is an error (exit 1), and
+ * Trust: only a service running as root (SO_PEERCRED) is asked.  When no
+ * such service answers within HOOK_TIMEOUT_MS (not running, stopped,
+ * not installed, its queue full), or it says its code changed on disk
+ * (XDHS), the client execs the Python hook itself (XDR_PYTHON with
+ * XDR_PROGRAM): slower, never less strict.  Once a worker may have read
+ * the request it never falls back (it may have read the XML and acted):
+ * a worker that ends without an answer is an error (exit 1), and
  * libvirtd refuses the start.
  *
  * Built by "xen-dm-restrict install-hook" with the system compiler and a
- * generated header defining XDR_PYTHON, XDR_PROGRAM, XDR_SOCKET and
- * XDR_ACTED.
+ * generated header defining XDR_PYTHON, XDR_PROGRAM, XDR_SOCKET,
+ * XDR_ACTED and XDR_BUILD (the build id the service checks).
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
-#if !defined(XDR_PYTHON) || !defined(XDR_PROGRAM) || !defined(XDR_ACTED)
-#error "XDR_PYTHON, XDR_PROGRAM and XDR_ACTED must be defined"
+#if !defined(XDR_PYTHON) || !defined(XDR_PROGRAM) || !defined(XDR_ACTED) \
+    || !defined(XDR_BUILD)
+#error "XDR_PYTHON, XDR_PROGRAM, XDR_ACTED and XDR_BUILD must be defined"
 #endif
 #ifndef XDR_SOCKET
 #define XDR_SOCKET "/run/xen-dm-restrict/hook.sock"
 #endif
 #define SOCKET_ENV "XEN_DM_RESTRICT_HOOK_SOCKET"
 #define PROG "xen-dm-restrict-libvirt-hook"
-#define MAGIC "XDH1"
+#define MAGIC "XDH2"
+#define ACCEPTED "XDHA"
+#define STALE "XDHS"
 #define MAX_REQUEST (1 << 20)
+#ifndef HOOK_TIMEOUT_MS
+#define HOOK_TIMEOUT_MS 10000
+#endif
 
 extern char **environ;
 
@@ -90,30 +101,67 @@ static void fallback(char **argv, int argc)
     _exit(1);
 }
 
-/* Connect to root's hook service; -1 when it cannot be reached. */
+static long long now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+}
+
+/*
+ * Connect to root's hook service and wait for its word that a worker
+ * holds the connection; -1 when that does not happen in time.
+ */
 static int connect_service(void)
 {
     const char *path = getenv(SOCKET_ENV);
     struct sockaddr_un addr = { .sun_family = AF_UNIX };
     struct ucred cred;
     socklen_t len = sizeof(cred);
-    int fd;
+    long long deadline = now_ms() + HOOK_TIMEOUT_MS;
+    struct pollfd wait = { .events = POLLIN };
+    char word[4];
+    int fd, left, ready;
 
     if (!path || !*path)
         path = XDR_SOCKET;
     if (strlen(path) >= sizeof(addr.sun_path))
         return -1;
     strcpy(addr.sun_path, path);
-    fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
         return -1;
-    if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 ||
-            getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
-            cred.uid != 0) {
-        close(fd);
-        return -1;
+    /* A unix socket's connect says EAGAIN while the queue is full. */
+    while (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+        if ((errno != EAGAIN && errno != EINTR) || now_ms() >= deadline) {
+            close(fd);
+            return -1;
+        }
+        usleep(1000);
     }
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
+            cred.uid != 0)
+        goto fail;
+    wait.fd = fd;
+    for (;;) {
+        left = (int)(deadline - now_ms());
+        if (left <= 0)
+            goto fail;
+        ready = poll(&wait, 1, left);
+        if (ready > 0)
+            break;
+        if (ready < 0 && errno != EINTR)
+            goto fail;
+    }
+    if (recv(fd, word, sizeof(word), 0) != 4 || memcmp(word, ACCEPTED, 4))
+        goto fail;
+    if (fcntl(fd, F_SETFL, 0) < 0)
+        goto fail;
     return fd;
+fail:
+    close(fd);
+    return -1;
 }
 
 static int put(char *buf, size_t *off, const void *data, size_t len)
@@ -134,17 +182,19 @@ static int put_u32(char *buf, size_t *off, uint32_t value)
 }
 
 /*
- * The request: MAGIC, umask, the number of arguments, the arguments
- * (argv[1:]) and then the environment, each ending with a NUL; the
- * standard descriptors 0, 1 and 2 ride along.  -1 when it cannot be
- * built or sent (nothing reached the service then).
+ * The request (daemon_hook/service.py parses it): MAGIC, the build id,
+ * umask, nice value, the resource limits, the number of arguments, the
+ * arguments (argv[1:]) and then the environment, each ending with a NUL;
+ * the standard descriptors 0, 1, 2 and the working directory ride
+ * along.  -1 when it cannot be built or sent (nothing reached a worker
+ * then).
  */
 static int ask(int sock, int argc, char **argv)
 {
     static char buf[MAX_REQUEST];
     size_t off = 0;
     mode_t mask = umask(0);
-    int fds[3] = { 0, 1, 2 }, i;
+    int fds[4] = { 0, 1, 2, -1 }, i, nice_value, sent;
     union {
         struct cmsghdr align;
         char buf[CMSG_SPACE(sizeof(fds))];
@@ -152,10 +202,26 @@ static int ask(int sock, int argc, char **argv)
     struct iovec iov;
     struct msghdr msg = { 0 };
     struct cmsghdr *cmsg;
+    struct rlimit limit;
 
     umask(mask);
-    if (put(buf, &off, MAGIC, 4) || put_u32(buf, &off, mask) ||
-            put_u32(buf, &off, (uint32_t)(argc - 1)))
+    errno = 0;
+    nice_value = getpriority(PRIO_PROCESS, 0);
+    if (errno)
+        return -1;
+    if (put(buf, &off, MAGIC, 4) || put(buf, &off, XDR_BUILD, 32) ||
+            put_u32(buf, &off, mask) || put_u32(buf, &off, nice_value) ||
+            put_u32(buf, &off, RLIM_NLIMITS))
+        return -1;
+    for (i = 0; i < RLIM_NLIMITS; i++) {
+        if (getrlimit(i, &limit) < 0 ||
+                put_u32(buf, &off, limit.rlim_cur & 0xffffffff) ||
+                put_u32(buf, &off, (uint64_t)limit.rlim_cur >> 32) ||
+                put_u32(buf, &off, limit.rlim_max & 0xffffffff) ||
+                put_u32(buf, &off, (uint64_t)limit.rlim_max >> 32))
+            return -1;
+    }
+    if (put_u32(buf, &off, (uint32_t)(argc - 1)))
         return -1;
     for (i = 1; i < argc; i++)
         if (put(buf, &off, argv[i], strlen(argv[i]) + 1))
@@ -163,6 +229,9 @@ static int ask(int sock, int argc, char **argv)
     for (i = 0; environ[i]; i++)
         if (put(buf, &off, environ[i], strlen(environ[i]) + 1))
             return -1;
+    fds[3] = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (fds[3] < 0)
+        return -1;
     iov.iov_base = buf;
     iov.iov_len = off;
     msg.msg_iov = &iov;
@@ -175,10 +244,10 @@ static int ask(int sock, int argc, char **argv)
     cmsg->cmsg_type = SCM_RIGHTS;
     cmsg->cmsg_len = CMSG_LEN(sizeof(fds));
     memcpy(CMSG_DATA(cmsg), fds, sizeof(fds));
-    while (sendmsg(sock, &msg, MSG_NOSIGNAL) < 0)
-        if (errno != EINTR)
-            return -1;
-    return 0;
+    while ((sent = sendmsg(sock, &msg, MSG_NOSIGNAL)) < 0 && errno == EINTR)
+        ;
+    close(fds[3]);
+    return sent < 0 ? -1 : 0;
 }
 
 int main(int argc, char **argv)
@@ -197,6 +266,8 @@ int main(int argc, char **argv)
     do
         got = recv(sock, reply, sizeof(reply), 0);
     while (got < 0 && errno == EINTR);
+    if (got == 4 && memcmp(reply, STALE, 4) == 0)
+        fallback(argv, argc);  /* the worker read nothing */
     if (got != 8 || memcmp(reply, MAGIC, 4) != 0) {
         dprintf(2, "%s: error: the hook service %s ended without an "
                 "answer: %s\n", PROG, getenv(SOCKET_ENV) ?

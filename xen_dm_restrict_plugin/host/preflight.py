@@ -460,16 +460,26 @@ def check_hook(hooks_dir: str) -> typing.List[Check]:
 
 
 def _unanswered(path: str) -> str:
-    """Why no service listens on the unix socket ``path``, or ''."""
+    """Why no service of root's listens on the unix socket ``path``, or
+    ''.
+    """
     import socket
+    import struct
 
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
+        probe.settimeout(5)
         probe.connect(path)
+        uid = struct.unpack('3i', probe.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED,
+            struct.calcsize('3i')))[1]
     except OSError as err:
         return err.strerror or str(err)
     finally:
         probe.close()
+    if uid != 0:
+        return 'its listener runs as uid %d, not root: the compiled ' \
+            'programs do not ask it' % uid
     return ''
 
 

@@ -24,6 +24,7 @@ exactly these tags.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -238,10 +239,17 @@ class Service:
 def listen(path: str) -> socket.socket:
     """A root-only listening socket at ``path`` (replacing a stale one).
 
-    :raises OSError: it cannot be created.
+    :raises OSError: it cannot be created, or its directory is not
+        root's alone (someone else could put a socket of theirs there,
+        and a client's connect would wait on it).
     """
     directory = os.path.dirname(path) or '.'
     os.makedirs(directory, mode=0o755, exist_ok=True)
+    st = os.stat(directory)
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        raise OSError(errno.EPERM, 'the socket directory %s is not root\'s '
+                      'alone (owner uid %d, mode %04o)' % (
+                          directory, st.st_uid, st.st_mode & 0o7777))
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         os.unlink(path)
