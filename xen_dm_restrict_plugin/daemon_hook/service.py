@@ -1,41 +1,40 @@
 """The hook service: libvirtd's hook with its modules already imported.
 
-libvirtd waits for its hook at every operation of every domain.  A
-Python hook pays the interpreter's start and its imports (lxml, the
-policy, the lease store) at every call: about 90 ms of a ``prepare
-begin`` whose work is a few milliseconds.  The compiled client
-(``client.c`` beside this module, built by ``xen-dm-restrict
-install-hook``) instead hands the call to this service over a root-only
-``SOCK_SEQPACKET`` socket.
+libvirtd waits for its hook at every operation of every domain. A Python
+hook pays the interpreter's start and its imports (lxml, the policy, the
+lease store) at every call: about 90 ms of a ``prepare begin`` whose
+work is a few milliseconds. The compiled client (``client.c`` beside
+this module, built by ``xen-dm-restrict install-hook``) instead hands
+the call to this service over a root-only ``SOCK_SEQPACKET`` socket.
 
 The service keeps a few **workers** ready: Python processes it started
 (a fresh ``exec`` each, so each has its own address-space layout, stack
 canary and hash seeds: one tenant's call never probes a layout another
-call shares) that imported the hook's modules and wait for one call.
-For each connection from root the service hands the connection to an
-idle worker (``SCM_RIGHTS``), says so to the client (``XDHA``), and
-starts a replacement.  The worker receives the client's argv,
-environment, umask, nice value, resource limits, working directory and
-standard descriptors, becomes the hook process the Python hook would
-have been, runs the same code
-(:func:`xen_dm_restrict_plugin.cmd.libvirt_hook.main`), answers with its
-exit status and exits.  No state of one call reaches the next, and a crash ends only that call (the client then
-reports the missing answer and fails).
+call shares) that imported the hook's modules and wait for one call. For
+each connection from root the service hands the connection to an idle
+worker (``SCM_RIGHTS``), says so to the client (``XDHA``), and starts a
+replacement. The worker receives the client's argv, environment, umask,
+nice value, resource limits, working directory and standard descriptors,
+becomes the hook process the Python hook would have been, runs the same
+code (:func:`xen_dm_restrict_plugin.cmd.libvirt_hook.main`), answers
+with its exit status and exits. No state of one call reaches the next,
+and a crash ends only that call (the client then reports the missing
+answer and fails).
 
 Versions: the client sends its build id (the operations it hands on and
 its own source, :func:`build_id`); a worker refuses a call from a client
-built otherwise, with the remedy (run ``install-hook`` again).  A worker
+built otherwise, with the remedy (run ``install-hook`` again). A worker
 whose package changed on disk since it imported it (an upgrade) answers
 ``XDHS`` before it reads anything, so the client runs the Python hook
 (the new code) instead, and exits with :data:`EXIT_STALE`, on which the
 service exits too, to be restarted by its init system with the new code.
 
 Request: ``XDH2``, the build id (32 hexadecimal digits), then as 32-bit
-little-endian integers the umask, the nice value, the number of resource limits and
-that many (soft, hard) 64-bit pairs, the argument count, then the
-arguments and the environment entries, each ending with a NUL; the
-descriptors 0, 1, 2 and the working directory ride along.  Answer:
-``XDH2`` and the exit status (32-bit), or ``XDHS``.  ``client.c`` writes
+little-endian integers the umask, the nice value, the number of resource
+limits and that many (soft, hard) 64-bit pairs, the argument count, then
+the arguments and the environment entries, each ending with a NUL; the
+descriptors 0, 1, 2 and the working directory ride along. Answer:
+``XDH2`` and the exit status (32-bit), or ``XDHS``. ``client.c`` writes
 and reads exactly these.
 """
 
