@@ -253,3 +253,50 @@ def test_a_probe_that_does_not_answer_is_refused_and_not_remembered(
     caps = capabilities.probe(binary)
     assert caps.has('version') and caps.has('xen-domid-restrict')
     capabilities.clear_cache()
+
+
+def test_results_are_kept_for_the_next_process(tmp_path):
+    """libvirtd's hook starts anew at every call: the probe's results
+    are kept in a root-only file, and a new process (here: the cache of
+    this one cleared) probes nothing.
+    """
+    binary = standin(tmp_path, 'qemu', DEBIAN_XEN)
+    first = capabilities.probe(binary)
+    count = len(calls(binary))
+    capabilities.clear_cache()
+    if os.geteuid() != 0:
+        # Only root writes it (only root's is read).
+        assert not os.path.exists(capabilities.shared_path())
+        return
+    st = os.stat(capabilities.shared_path())
+    assert (st.st_uid, st.st_mode & 0o777) == (0, 0o600)
+    again = capabilities.probe(binary)
+    assert again.supported == first.supported
+    assert not again.has('sandbox')
+    assert len(calls(binary)) == count
+    # An upgrade is probed again, and kept beside the old entry.
+    standin(tmp_path, 'qemu', QEMU_10_XEN)
+    capabilities.clear_cache()
+    assert capabilities.probe(binary).has('run-with-user')
+    assert len(calls(binary)) == count + len(capabilities.PROBES)
+
+
+@pytest.mark.parametrize('spoil', ['group-writable', 'not-roots',
+                                   'garbage'])
+def test_a_shared_cache_not_roots_alone_is_not_believed(tmp_path, spoil):
+    if os.geteuid() != 0:
+        pytest.skip('needs root: the cache is root\'s')
+    binary = standin(tmp_path, 'qemu', DEBIAN_XEN)
+    capabilities.probe(binary)
+    count = len(calls(binary))
+    path = capabilities.shared_path()
+    if spoil == 'group-writable':
+        os.chmod(path, 0o620)
+    elif spoil == 'not-roots':
+        os.chown(path, 65534, 65534)
+    else:
+        with open(path, 'wb') as handle:
+            handle.write(b'\x00not marshal')
+    capabilities.clear_cache()
+    capabilities.probe(binary)
+    assert len(calls(binary)) == count + len(capabilities.PROBES)

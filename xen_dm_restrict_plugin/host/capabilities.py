@@ -6,16 +6,23 @@ lack seccomp, while ``-help`` lists options that do not work.  The only
 reliable test is to ask QEMU to parse the option: ``QEMU -no-user-config
 OPTION... -version`` exits 0 only when every option was accepted, needs
 no Xen and has no side effect.  Probes run in parallel and are cached per
-binary identity (path, inode, size, mtime), so a boot pays for them once
-per QEMU upgrade.  When QEMU cannot restrict, boots are refused: Xen
-would leave the restriction silently ineffective.
+binary identity (path, device, inode, size, mtime, ctime), in the process
+and, for processes that start anew at every call (libvirtd's hook, the
+launcher), in a root-only file beside the settings snapshot
+(``/run/xen-dm-restrict/capabilities.marshal``), so a host pays for them
+once per QEMU upgrade (on a QEMU without seccomp, every ``prepare begin``
+of libvirtd's hook used to probe it).  When QEMU cannot restrict, boots
+are refused: Xen would leave the restriction silently ineffective.
 """
 
 import concurrent.futures
 import dataclasses
 import logging
+import marshal
 import os
+import stat
 import subprocess
+import tempfile
 import threading
 import typing
 
@@ -69,8 +76,83 @@ def _identity(binary: str) -> tuple:
             'it cannot be probed: %s' % (err.strerror or err),
             'install qemu-xen (e.g. Debian package qemu-system-xen) or set '
             '[dm_restrict] qemu_binary to its path') from None
-    return (os.path.realpath(binary), st.st_ino, st.st_size,
-            st.st_mtime_ns)
+    return (os.path.realpath(binary), st.st_dev, st.st_ino, st.st_size,
+            st.st_mtime_ns, st.st_ctime_ns)
+
+
+#: The shared cache's name, in the settings snapshot's directory.
+SHARED_NAME = 'capabilities.marshal'
+#: Binaries the shared cache remembers (a host has one or two QEMUs).
+SHARED_ENTRIES = 8
+
+
+def shared_path() -> str:
+    """The probe results kept across processes."""
+    from xen_dm_restrict_plugin.launcher import settings as launch_settings
+
+    return os.path.join(os.path.dirname(launch_settings.path()),
+                        SHARED_NAME)
+
+
+def _roots_alone(st: os.stat_result) -> bool:
+    return st.st_uid == 0 and not st.st_mode & 0o022
+
+
+def _read_shared() -> typing.Dict[tuple, typing.Dict[str, bool]]:
+    """The shared cache, when it and its directory are root's alone;
+    anything else is no cache (the binary is probed again).
+    """
+    path = shared_path()
+    try:
+        if not _roots_alone(os.stat(os.path.dirname(path))):
+            return {}
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                     | os.O_NONBLOCK)
+    except OSError:
+        return {}
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or not _roots_alone(st):
+            return {}
+        data = marshal.loads(os.read(fd, 1 << 16))
+        return {key: value for key, value in data.items()
+                if isinstance(key, tuple) and isinstance(value, dict)
+                and set(value) == set(PROBES)
+                and all(isinstance(v, bool) for v in value.values())}
+    except (OSError, ValueError, EOFError, TypeError, AttributeError):
+        return {}
+    finally:
+        os.close(fd)
+
+
+def _write_shared(key: tuple, supported: typing.Dict[str, bool]) -> None:
+    """Remember a probe's results for other processes (root only, in a
+    directory that is root's alone; else nothing is written).
+    """
+    path = shared_path()
+    directory = os.path.dirname(path)
+    try:
+        if os.geteuid() != 0 or not _roots_alone(os.stat(directory)):
+            return
+        entries = _read_shared()
+        entries.pop(key, None)
+        entries[key] = supported
+        while len(entries) > SHARED_ENTRIES:
+            entries.pop(next(iter(entries)))
+        fd, temporary = tempfile.mkstemp(prefix='.capabilities-',
+                                         dir=directory)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, marshal.dumps(entries))
+            os.rename(temporary, path)
+        except BaseException:
+            os.unlink(temporary)
+            raise
+        finally:
+            os.close(fd)
+    except OSError as err:
+        LOG.debug('probe results of %s not kept in %s: %s', key[0], path,
+                  err)
 
 
 def _run_probe(binary: str, args: typing.Sequence[str]
@@ -102,6 +184,12 @@ def probe(binary: str) -> Capabilities:
         cached = _cache.get(key)
     if cached is not None:
         return cached
+    shared = _read_shared().get(key)
+    if shared is not None:
+        caps = Capabilities(binary, shared)
+        with _cache_lock:
+            _cache[key] = caps
+        return caps
     # No more probes at once than CPUs: each has its own timeout, which
     # more QEMU starts than CPUs would share out (a loaded or slow host).
     workers = min(len(PROBES), max(2, os.cpu_count() or 2))
@@ -126,6 +214,7 @@ def probe(binary: str) -> Capabilities:
         for k, v in sorted(supported.items())))
     with _cache_lock:
         _cache[key] = caps
+    _write_shared(key, supported)
     return caps
 
 
