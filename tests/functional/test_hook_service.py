@@ -380,3 +380,19 @@ def test_preflight_says_whether_the_compiled_hook_is_served(env, service):
             os.environ.pop(hook_service.SOCKET_ENV)
         else:
             os.environ[hook_service.SOCKET_ENV] = saved
+
+
+def test_preflight_fails_a_compiled_hook_of_another_build(env):
+    from xen_dm_restrict_plugin.host import preflight
+
+    hooks = os.path.join(env.tmp, 'hooks-stale')
+    os.mkdir(hooks)
+    stale = _client(env.tmp, acted=operations.ACTED_ON + (('start',
+                                                           'begin'),))
+    shutil.copy(stale, os.path.join(hooks, 'libxl'))
+    build = hook_service.build_id(operations.ACTED_ON)
+    found, startup = preflight.check_hook(hooks, build)
+    assert (found.status, startup.status) == (preflight.OK, preflight.FAIL)
+    assert 'install-hook again' in startup.detail
+    shutil.copy(_client(env.tmp), os.path.join(hooks, 'libxl'))
+    assert preflight.check_hook(hooks, build)[1].status != preflight.FAIL

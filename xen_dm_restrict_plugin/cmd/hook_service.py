@@ -3,8 +3,7 @@
 The compiled hook ``install-hook`` writes hands every call it acts on to
 this service (see :mod:`xen_dm_restrict_plugin.daemon_hook.service`),
 which keeps hook processes ready, so that no Python starts on libvirtd's
-path.  Run it as root, before
-libvirtd, as a service of the init system
+path.  Run it as root, before libvirtd, as a service of the init system
 (``etc/systemd/xen-dm-restrict-hook-service.service``).  While it is not
 running the hook runs its Python form itself: every call is still
 checked, only slower.
@@ -12,36 +11,36 @@ checked, only slower.
 Each call reads the configuration as the Python hook does (its snapshot
 while that is current, else ``$XEN_DM_RESTRICT_CONFIG`` or
 /etc/xen-dm-restrict/xen-dm-restrict.conf in full), so a changed
-configuration applies to the next call without a restart. When the
+configuration applies to the next call without a restart.  When the
 plugin changes on disk (an upgrade) the service exits (status 75), for
 the init system to start it again with the new code; calls in between
 run the Python hook.
+
+Its workers run the hook as root from its import path: it checks that
+path (stdlib only, before it imports anything else of the package) and
+refuses to start when a directory on it is not root's alone.
 """
 
-import argparse
-import logging
 import os
 import sys
 import typing
 
-from xen_dm_restrict_plugin.cmd import common
-from xen_dm_restrict_plugin.cmd import libvirt_hook
-from xen_dm_restrict_plugin.daemon_hook import service
-from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin.launcher import service as launch_service
-from xen_dm_restrict_plugin.launcher import settings as launch_settings
+from xen_dm_restrict_plugin.core import importpath
 
-LOG = logging.getLogger(__name__)
 PROG = 'xen-dm-restrict-hook-service'
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser():
+    import argparse
+
+    from xen_dm_restrict_plugin.core import constants
+    from xen_dm_restrict_plugin.daemon_hook import service
+
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__.split('\n\n')[1],
         epilog='configuration: $%s, else %s\n\nexample (as root):\n'
                '  %s --socket %s' % (
-                   launch_settings.CONFIG_ENV,
-                   launch_settings.DEFAULT_CONFIG, PROG,
+                   constants.CONFIG_ENV, constants.DEFAULT_CONFIG, PROG,
                    service.DEFAULT_SOCKET),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -57,21 +56,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
+    if os.geteuid() == 0:
+        reason = importpath.untrusted_reason()
+        if reason:
+            print('%s: error: %s' % (PROG, reason), file=sys.stderr)
+            return 1
     args = build_parser().parse_args(argv)
+    import logging
+
+    from xen_dm_restrict_plugin.cmd import common
+    from xen_dm_restrict_plugin.cmd import libvirt_hook
+    from xen_dm_restrict_plugin.daemon_hook import service
+    from xen_dm_restrict_plugin import exception
+    from xen_dm_restrict_plugin.launcher import service as launch_service
+
+    log = logging.getLogger(__name__)
     common.setup_logging(PROG, verbose=True)
 
     def call() -> int:
-        from xen_dm_restrict_plugin.cmd import host
-
         if os.geteuid() != 0:
             raise exception.CapabilityMissing(
                 PROG, 'it runs as uid %d: libvirtd runs its hook as root, '
                 'and the hook reaps, mounts and chowns' % os.geteuid(),
                 'run it as root')
-        # Its workers run the hook as root from this import path.
-        host.check_import_path(PROG, [os.path.abspath(entry or '.')
-                                      for entry in sys.path],
-                               'the hook service')
         libvirt_hook.load_settings()  # a broken configuration fails here
         path = args.socket or service.socket_path()
         try:
@@ -80,7 +87,7 @@ def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
             raise exception.CapabilityMissing(
                 PROG, 'cannot listen on %s: %s' % (path, err),
                 'check that its directory is root\'s') from None
-        LOG.info('answering libvirtd\'s compiled hook on %s with %d '
+        log.info('answering libvirtd\'s compiled hook on %s with %d '
                  'workers ready', path, args.workers)
         return service.Service(args.workers).serve(listener)
 

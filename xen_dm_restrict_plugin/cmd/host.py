@@ -20,6 +20,7 @@ from oslo_config import cfg
 
 from xen_dm_restrict_plugin.cmd import common
 from xen_dm_restrict_plugin import conf as conf_mod
+from xen_dm_restrict_plugin.core import importpath
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin.launcher import settings as launch_settings
 from xen_dm_restrict_plugin.orchestrator import loader
@@ -200,10 +201,13 @@ def preflight(args, settings: conf_mod.Settings,
 
     :returns: 0 when every check the configuration asks for passes, else 1.
     """
+    from xen_dm_restrict_plugin.daemon_hook import operations
+    from xen_dm_restrict_plugin.daemon_hook import service as hook_service
     from xen_dm_restrict_plugin.host import preflight as preflight_mod
 
-    report = preflight_mod.run(settings, hooks_dir=args.libvirt_hooks_dir,
-                               unknown_names=unknown)
+    report = preflight_mod.run(
+        settings, hooks_dir=args.libvirt_hooks_dir, unknown_names=unknown,
+        hook_build=hook_service.build_id(operations.ACTED_ON))
     if args.format == 'json':
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -415,18 +419,13 @@ def check_import_path(subject: str, path: typing.Sequence[str],
 
     :raises CapabilityMissing: one is not.
     """
-    import xen_dm_restrict_plugin
-
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(
-        xen_dm_restrict_plugin.__file__)))
-    path = list(path) + [package_parent]
-    for entry in path:
-        unsafe = _writable_by_others(entry)
-        if unsafe:
-            raise exception.CapabilityMissing(
-                subject, '%s would import code from %s, and %s is not '
-                'root\'s alone' % (who, entry, unsafe),
-                'install the plugin where only root can write')
+    path = list(path) + [importpath.package_parent()]
+    unsafe = importpath.first_unsafe(path)
+    if unsafe:
+        raise exception.CapabilityMissing(
+            subject, '%s would import code from %s, and %s is not root\'s '
+            'alone' % ((who,) + unsafe),
+            'install the plugin where only root can write')
     return path
 
 
@@ -493,32 +492,6 @@ def install_hook(args, files: typing.Optional[typing.Sequence[str]] = None
               'else runs the Python hook itself),',
               launch_settings.path(), config or 'the defaults'))
     return EXIT_OK
-
-
-def _writable_by_others(entry: str) -> typing.Optional[str]:
-    """The first directory from ``entry`` up to / that lets someone other
-    than root put code where ``entry`` is, or None.
-
-    The nearest existing directory must be root's alone; above it, a
-    directory others can write is fine with the sticky bit (as /tmp),
-    which stops them from replacing root's entries in it.
-    """
-    current = os.path.realpath(entry)
-    nearest = True
-    while True:
-        try:
-            st = os.lstat(current)
-        except FileNotFoundError:
-            st = None
-        if st is not None:
-            if st.st_uid != 0 or (st.st_mode & 0o022 and (
-                    nearest or not st.st_mode & 0o1000)):
-                return current
-            nearest = False
-        parent = os.path.dirname(current)
-        if parent == current:
-            return None
-        current = parent
 
 
 def install_launcher(args, settings: conf_mod.Settings,

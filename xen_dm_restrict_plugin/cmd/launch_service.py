@@ -14,16 +14,13 @@ is current, else ``$XEN_DM_RESTRICT_CONFIG`` or
 a changed configuration applies to the next start without a restart.
 """
 
-import argparse
 import logging
 import os
 import sys
 import typing
 
-from xen_dm_restrict_plugin.cmd import host
-from xen_dm_restrict_plugin import exception
-from xen_dm_restrict_plugin.launcher import service
-from xen_dm_restrict_plugin.launcher import settings as launch_settings
+# Nothing else of the package before the import path is checked (main).
+from xen_dm_restrict_plugin.core import importpath
 
 LOG = logging.getLogger(__name__)
 PROG = 'xen-dm-restrict-launch-service'
@@ -35,6 +32,9 @@ def load_settings():
 
     :raises ConfigError: the configuration is invalid.
     """
+    from xen_dm_restrict_plugin.cmd import host
+    from xen_dm_restrict_plugin.launcher import settings as launch_settings
+
     config = launch_settings.config_file()
     settings = launch_settings.load(config)
     if settings is not None:
@@ -48,7 +48,12 @@ def load_settings():
     return settings
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser():
+    import argparse
+
+    from xen_dm_restrict_plugin.cmd import host
+    from xen_dm_restrict_plugin.launcher import settings as launch_settings
+
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__.split('\n\n')[1],
         epilog='configuration: $%s, else %s\n\nexample (as root):\n'
@@ -65,7 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
+    if os.geteuid() == 0:
+        # It decides, as root, from code on this import path.
+        reason = importpath.untrusted_reason()
+        if reason:
+            print('%s: error: %s' % (PROG, reason), file=sys.stderr)
+            return 1
     args = build_parser().parse_args(argv)
+    from xen_dm_restrict_plugin.cmd import host
+    from xen_dm_restrict_plugin import exception
+    from xen_dm_restrict_plugin.launcher import service
+    from xen_dm_restrict_plugin.launcher import settings as launch_settings
+
     host.setup_logging(PROG, verbose=True)
 
     def call() -> int:
@@ -74,10 +90,6 @@ def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
                 PROG, 'it runs as uid %d: it creates chroots, cgroups and '
                 'tap devices for root\'s launcher' % os.geteuid(),
                 'run it as root')
-        # It decides, as root, from code on this import path.
-        host.check_import_path(PROG, [os.path.abspath(entry or '.')
-                                      for entry in sys.path],
-                               'the launcher service')
         load_settings()  # a broken configuration fails here, not later
         path = args.socket or launch_settings.socket_path()
         try:

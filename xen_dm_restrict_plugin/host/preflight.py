@@ -429,7 +429,13 @@ def check_test_mode(settings: conf_mod.Settings) -> Check:
     return Check('launcher test mode', OK, 'off')
 
 
-def check_hook(hooks_dir: str) -> typing.List[Check]:
+def check_hook(hooks_dir: str, build: typing.Optional[bytes] = None
+               ) -> typing.List[Check]:
+    """The installed hook, and whether it starts fast.
+
+    :param build: the build id a compiled hook of this package carries
+        (:func:`xen_dm_restrict_plugin.daemon_hook.service.build_id`).
+    """
     found = installed_hooks(hooks_dir)
     if not found:
         return [Check('libvirt libxl hook', FAIL, 'not installed: %s '
@@ -437,11 +443,21 @@ def check_hook(hooks_dir: str) -> typing.List[Check]:
                           hook_command('xen-dm-restrict'), hooks_dir))]
     checks = [Check('libvirt libxl hook', OK, ', '.join(found) +
                     ' (restart libvirtd after installing it)')]
-    compiled = []
+    compiled, stale = [], []
     for path in found:
         with open(path, 'rb') as handle:
-            if handle.read(4) == b'\x7fELF':
-                compiled.append(path)
+            data = handle.read(1 << 20)
+        if data.startswith(b'\x7fELF'):
+            compiled.append(path)
+            if build and build not in data:
+                stale.append(path)
+    if stale:
+        checks.append(Check('hook start-up', FAIL, '%s was compiled by '
+                            'another version of the plugin (other '
+                            'operations or protocol): the hook service '
+                            'refuses its calls; run xen-dm-restrict '
+                            'install-hook again' % ', '.join(stale)))
+        return checks
     if not compiled:
         checks.append(Check('hook start-up', WARN, '%s starts Python at '
                             'every call it acts on (about 90 ms); run '
@@ -563,7 +579,8 @@ def check_storage(settings: conf_mod.Settings) -> typing.List[Check]:
 
 def run(settings: conf_mod.Settings,
         hooks_dir: typing.Optional[str] = None,
-        unknown_names: typing.Sequence[str] = ()) -> Report:
+        unknown_names: typing.Sequence[str] = (),
+        hook_build: typing.Optional[bytes] = None) -> Report:
     """Run every check; nothing on the host is changed.
 
     :param settings: the configuration the host must satisfy.
@@ -572,6 +589,7 @@ def run(settings: conf_mod.Settings,
     :param unknown_names: misspelled options and groups found in the
         configuration files
         (:func:`~xen_dm_restrict_plugin.conf.unknown_names`).
+    :param hook_build: the build id of this package's compiled hook.
     """
     xen_host = is_xen_host()
     checks = [Check('Xen host', OK if xen_host else FAIL,
@@ -587,7 +605,7 @@ def run(settings: conf_mod.Settings,
                check_test_mode(settings), check_host_paths(settings)]
     checks += check_isolation(settings)
     checks += check_storage(settings)
-    checks += check_hook(hooks_dir or DEFAULT_HOOKS_DIR)
+    checks += check_hook(hooks_dir or DEFAULT_HOOKS_DIR, hook_build)
     checks.append(check_settings_snapshot())
     return Report(tuple(checks), xen_host)
 
