@@ -234,7 +234,8 @@ def build_payload(run, only=''):
 class Qemu(object):
     """The lab's QEMU: started once, always killed (see stop())."""
 
-    def __init__(self, img, run, mem, dom0_mem, cpu, tcg='multi'):
+    def __init__(self, img, run, mem, dom0_mem, cpu, tcg='multi',
+                 xen_extra=''):
         self.run = run
         self.last_step = None
         # The host's 1-minute load average, once a second: the emulated
@@ -250,7 +251,8 @@ class Qemu(object):
             '-cpu', cpu, '-m', str(mem), '-smp', '2', '-machine', 'pc',
             '-display', 'none', '-vga', 'none', '-no-reboot',
             '-kernel', os.path.join(img, 'xen'),
-            '-append', XEN_CMDLINE.format(dom0_mem=dom0_mem),
+            '-append', ' '.join(filter(None, (
+                XEN_CMDLINE.format(dom0_mem=dom0_mem), xen_extra))),
             '-initrd', '%s %s,%s' % (os.path.join(img, 'vmlinuz'),
                                      DOM0_CMDLINE,
                                      os.path.join(img, 'initrd.img')),
@@ -382,6 +384,11 @@ def main(argv=None):
                    help='TCG threading: one host thread per emulated CPU '
                    '(multi, faster) or one for all (single, the lead for '
                    'the crashes under emulation) (default: %(default)s)')
+    p.add_argument('--xen-extra', default=os.environ.get('XENLAB_XEN_EXTRA',
+                                                        ''),
+                   help='more options for Xen\'s command line, for '
+                   'diagnosis (e.g. asid=0: flush the whole TLB at every '
+                   'VMRUN instead of relying on TCG\'s ASIDs)')
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         # Part of the test command: elsewhere than CI (root) it skips, and
@@ -403,7 +410,8 @@ def main(argv=None):
     build_payload(run, args.only)
     payload_s = time.monotonic() - t_payload
     cpu = CPUS.get(args.cpu, args.cpu)
-    qemu = Qemu(img, run, args.mem, args.dom0_mem, cpu, args.tcg)
+    qemu = Qemu(img, run, args.mem, args.dom0_mem, cpu, args.tcg,
+                args.xen_extra)
 
     def on_signal(signum, frame):
         qemu.stop()
@@ -436,6 +444,7 @@ def main(argv=None):
                   'versions': build['versions']},
         'qemu_cpu': cpu,
         'tcg_threads': args.tcg,
+        'xen_extra': args.xen_extra,
         'payload_seconds': round(payload_s, 1),
         'boot_milestones_seconds': times,
         'qemu_seconds': round(qemu_s, 1),
