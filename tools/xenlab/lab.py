@@ -384,8 +384,8 @@ def main(argv=None):
                    help='TCG threading: one host thread per emulated CPU '
                    '(multi, faster) or one for all (single, the lead for '
                    'the crashes under emulation) (default: %(default)s)')
-    p.add_argument('--xen-extra', default=os.environ.get('XENLAB_XEN_EXTRA',
-                                                        ''),
+    p.add_argument('--xen-extra',
+                   default=os.environ.get('XENLAB_XEN_EXTRA', ''),
                    help='more options for Xen\'s command line, for '
                    'diagnosis (e.g. asid=0: flush the whole TLB at every '
                    'VMRUN instead of relying on TCG\'s ASIDs)')

@@ -324,8 +324,20 @@ def call(conn: socket.socket, main: Main, expected_build: bytes,
         return 0
     _become(fds, request)
     status = _run(main, request.args)
+    _release_stdio()
     conn.sendall(MAGIC + struct.pack('<I', status))
     return 0
+
+
+def _release_stdio() -> None:
+    """Give libvirtd's pipes back: it reads the hook's output until every
+    copy of them is closed, so they must not wait for this process to
+    exit.
+    """
+    null = os.open(os.devnull, os.O_RDWR)
+    for number in range(3):
+        os.dup2(null, number)
+    os.close(null)
 
 
 def work(control_fd: int, main: Main) -> int:
@@ -359,7 +371,10 @@ def worker_entry(control_fd: int, target: str) -> int:
     logging.basicConfig(level=logging.INFO,
                         format=PROG + ': %(levelname)s %(name)s: %(message)s')
     module, _, name = target.partition(':')
-    return work(control_fd, getattr(importlib.import_module(module), name))
+    status = work(control_fd, getattr(importlib.import_module(module), name))
+    # Nothing of the interpreter's teardown is needed: the answer is sent,
+    # and the caller's descriptors are given back.
+    os._exit(status)
 
 
 WORKER_PROGRAM = """import sys
@@ -463,9 +478,12 @@ class Service:
         :returns: :data:`EXIT_STALE`, for the init system to restart it.
         """
         self.fill()
-        listener.settimeout(1.0)
         try:
             while not self.stale:
+                # While calls run, replacements wait: a worker's start
+                # (an interpreter and its imports) would take CPU from
+                # the calls libvirtd waits for.
+                listener.settimeout(0.05 if self.busy else 1.0)
                 try:
                     conn, _ = listener.accept()
                 except socket.timeout:
@@ -477,7 +495,8 @@ class Service:
                         except OSError as err:
                             LOG.warning('hook call not served: %s', err)
                 self.reap()
-                self.fill()
+                if not self.busy:
+                    self.fill()
         finally:
             self.stop()
         LOG.warning('the plugin changed on disk: the hook service exits '
