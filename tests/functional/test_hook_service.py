@@ -198,10 +198,13 @@ def test_the_service_answers_root_only(env, service):
     assert 'answers root only' in service.log_text()
 
 
-PROBE = """import os, resource, sys
+PROBE = """import atexit, os, resource, sys, time
 
 
 def main(args):
+    # libvirtd reads the hook's output until every copy of its pipes is
+    # closed: whatever the worker does after the call must not hold them.
+    atexit.register(time.sleep, 60)
     print(os.getpid(), os.getppid(), oct(os.umask(0)), os.getcwd(),
           os.getpriority(os.PRIO_PROCESS, 0),
           resource.getrlimit(resource.RLIMIT_NOFILE)[0],
@@ -248,7 +251,7 @@ def test_each_call_is_a_fresh_process_with_the_callers_attributes(
                  '"$@"', 'sh', client, 'vm', 'prepare', 'begin', '-'],
                 input=b'<domain/>', capture_output=True, cwd=str(workdir),
                 env={hook_service.SOCKET_ENV: path, 'PROBE': 'seen',
-                     'PATH': os.environ['PATH']}, timeout=60)
+                     'PATH': os.environ['PATH']}, timeout=30)
             assert proc.returncode == 7, proc.stderr
             first, second = proc.stderr.decode().splitlines()
             pid, ppid, mask, cwd, nice, files, seed, probe, args = \
