@@ -781,7 +781,8 @@ class LeaseStore:
         lease = Lease(uuid, tenant, uid, time.time())
         conn.execute('INSERT INTO leases (uuid, tenant, uid, created_at, '
                      'claims) VALUES (?, ?, ?, ?, ?)',
-                     dataclasses.astuple(lease))
+                     (lease.uuid, lease.tenant, lease.uid, lease.created_at,
+                      lease.claims))
         return lease
 
     @staticmethod
