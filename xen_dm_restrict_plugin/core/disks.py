@@ -183,8 +183,8 @@ def path_problem(path: str, settings, scope: typing.Optional[
     block device, the device's identity and use (:mod:`blockdev`).
     """
     prefixes = _prefixes(settings, scope)
-    reason = hostpaths.problem(path, prefixes.for_use(writable), expect,
-                               disk=disk)
+    reason, real = hostpaths.resolved_problem(
+        path, prefixes.for_use(writable), expect, disk=disk)
     if reason and writable and hostpaths.problem(
             path, prefixes.read, expect, disk=disk) is None:
         return ('%r lies under a shared directory of [dm_restrict] '
@@ -193,7 +193,6 @@ def path_problem(path: str, settings, scope: typing.Optional[
                 'writable_shared_host_paths)' % path)
     if reason:
         return reason
-    real = os.path.realpath(path)
     reason = (pathscope.foreign_problem(path, settings.allowed_host_paths,
                                         scope)
               or pathscope.foreign_problem(real, settings.allowed_host_paths,

@@ -102,39 +102,52 @@ def problem(path: typing.Optional[str], prefixes: typing.Sequence[str],
         whether dom0 uses it, is checked by
         :mod:`xen_dm_restrict_plugin.core.blockdev`).
     """
+    return resolved_problem(path, prefixes, expect, disk)[0]
+
+
+def resolved_problem(path: typing.Optional[str],
+                     prefixes: typing.Sequence[str], expect: Expect,
+                     disk: bool = False
+                     ) -> typing.Tuple[typing.Optional[str],
+                                       typing.Optional[str]]:
+    """:func:`problem`, and ``path`` with every symlink resolved (None
+    when it was refused before it was resolved): for a caller that goes
+    on with the resolved path, which is then resolved once.
+    """
     if not path:
-        return 'it names no path'
+        return 'it names no path', None
     if not (_DISK_PATH_RE if disk else _PATH_RE).match(path):
         return ('%r is not an absolute path of letters, digits and "_./+@-%s" '
                 '(libxl pastes paths into QEMU option strings unescaped)'
-                % (path, ':' if disk else ''))
+                % (path, ':' if disk else '')), None
     parts = path.split('/')
     if '..' in parts or '.' in parts or '//' in path:
-        return '%r is not in normal form (it has "." or ".." or "//")' % path
+        return ('%r is not in normal form (it has "." or ".." or "//")'
+                % path), None
     if not prefixes:
         return ('no host path is allowed: [dm_restrict] allowed_host_paths '
-                'is empty')
+                'is empty'), None
     if not _under(path, prefixes):
         return '%r is not under [dm_restrict] allowed_host_paths (%s)' % (
-            path, ', '.join(prefixes))
+            path, ', '.join(prefixes)), None
     real = os.path.realpath(path)
     by_identity = (disk and expect in (Expect.BLOCK, Expect.BLOCK_OR_FILE)
                    and real != path and _DEVICE_NODE_RE.match(real)
                    and _is_block(real))
     if not by_identity and not _under(real, prefixes):
         return ('%r resolves through a symlink to %r, outside '
-                '[dm_restrict] allowed_host_paths' % (path, real))
+                '[dm_restrict] allowed_host_paths' % (path, real)), real
     try:
         mode = os.stat(real).st_mode
     except FileNotFoundError:
         mode = None
     except OSError as err:
-        return '%r cannot be examined: %s' % (path, err.strerror)
+        return '%r cannot be examined: %s' % (path, err.strerror), real
     if mode is None:
         if expect in (Expect.NEW_FILE, Expect.SOCKET) and os.path.isdir(
                 os.path.dirname(real)):
-            return None
-        return '%r does not exist' % path
+            return None, real
+        return '%r does not exist' % path, real
     wanted = {
         Expect.BLOCK: stat.S_ISBLK(mode),
         Expect.FILE: stat.S_ISREG(mode),
@@ -144,8 +157,8 @@ def problem(path: typing.Optional[str], prefixes: typing.Sequence[str],
         Expect.ANY: True,
     }[expect]
     if not wanted:
-        return '%r is not %s' % (path, expect.value)
-    return None
+        return '%r is not %s' % (path, expect.value), real
+    return None, real
 
 
 def _is_block(path: str) -> bool:
