@@ -17,6 +17,8 @@ import re
 import time
 import typing
 
+from lxml import etree
+
 from xen_dm_restrict_plugin.core import constants
 from xen_dm_restrict_plugin.core import disks
 from xen_dm_restrict_plugin.core import domain as domain_mod
@@ -72,6 +74,9 @@ _NETWORK_RE = nics_mod.NETWORK_RE
 _KEYMAP_RE = libxl_argv.KEYMAP_RE
 _VDEV_RE = re.compile(r'^(hd|sd|xvd)[a-z]{1,3}[0-9]{0,3}\Z')
 _NAME_RE = libxl_argv.NAME_RE
+#: XPath's ``string()``, compiled once (``node.xpath()`` compiles the
+#: expression at every call).
+_STRING = etree.XPath('string()')
 
 
 def _refusal(subject: str, reason: str, remedy: str) -> Refusal:
@@ -196,10 +201,10 @@ class Checker:
                 found.append(_path_refusal('<loader>%s' % dm.loader, reason))
         for tag in ('on_poweroff', 'on_reboot', 'on_crash'):
             node = dm.dom.root.find(tag)
-            if node is not None and node.xpath('string()') not in \
-                    LIFECYCLE_ACTIONS:
+            action = _STRING(node) if node is not None else None
+            if action is not None and action not in LIFECYCLE_ACTIONS:
                 found.append(_refusal(
-                    '<%s>%s</%s>' % (tag, node.xpath('string()'), tag),
+                    '<%s>%s</%s>' % (tag, action, tag),
                     'only %s are known to be safe (a core dump writes the '
                     'guest\'s memory into dom0 as root)'
                     % ', '.join(LIFECYCLE_ACTIONS),
