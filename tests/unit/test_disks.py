@@ -17,6 +17,7 @@ from tests import base
 from xen_dm_restrict_plugin.core import blockdev
 from xen_dm_restrict_plugin.core import disks
 from xen_dm_restrict_plugin.core import domain
+from xen_dm_restrict_plugin.core import hostpaths
 from xen_dm_restrict_plugin.core import imageformat
 from xen_dm_restrict_plugin.core import pathscope
 from xen_dm_restrict_plugin.core import policy
@@ -514,6 +515,67 @@ def test_the_hook_renders_and_scopes(scoped, tmp_path):
         with pytest.raises(exception.FeatureRefused) as err:
             hook.prepare(xml, hooks.Instance(UUID_A, 'acme'))
         assert UUID_B in str(err.value)
+    finally:
+        hook.close()
+
+
+def test_a_host_view_reads_the_host_once_for_its_check_only(settings,
+                                                            tmp_path):
+    """One view answers its check's second question about a disk as the
+    first (render and the policy of one prepare); a new view, the next
+    check's, sees the disk as it is now.
+    """
+    path = _write(tmp_path / 'images' / 'disk')
+    view = disks.HostView(settings, None)
+    dom = _domain(_file_disk(path))
+    disks.render(dom, settings, None, view)
+    assert policy.Checker(settings, view=view).problems(dom, []) == []
+    _write(path, HEADERS['qcow2'])
+    assert view.sniff(path) == 'raw'
+    assert "declared raw but its header says qcow2" in _text(
+        _problems(settings, dom))
+    os.unlink(path)
+    os.symlink('/etc/passwd', path)
+    assert view.path_problem(path, hostpaths.Expect.FILE, True,
+                             disk=True) is None
+    assert 'outside [dm_restrict] allowed_host_paths' in _text(
+        _problems(settings, dom))
+
+
+def test_a_host_view_serves_only_the_check_it_was_made_for(settings):
+    view = disks.HostView(settings, pathscope.Scope('acme', UUID_A))
+    with pytest.raises(ValueError):
+        policy.Checker(settings, scope=pathscope.Scope('acme', UUID_B),
+                       view=view)
+    with pytest.raises(ValueError):
+        disks.render(_domain(), settings, None, view)
+
+
+@pytest.mark.parametrize('change', ['header', 'symlink'])
+def test_a_disk_changed_after_a_boot_is_refused_at_the_next(settings,
+                                                            tmp_path,
+                                                            change):
+    """Nothing the hook read of a disk at one prepare is kept for the
+    next: an image given a qcow2 header, or swapped for a symlink out of
+    the allowed paths, after a boot is refused at the next boot.
+    """
+    path = _write(tmp_path / 'images' / 'disk')
+    xml = base.edit(_domain(_file_disk(path)).to_string(),
+                    lambda root: root.remove(root.find('uuid')))
+    hook = extension.DmRestrictHook(None, settings)
+    try:
+        hook.prepare(xml, hooks.Instance(UUID_A, 'acme'))
+        if change == 'header':
+            _write(path, HEADERS['qcow2'])
+            expected = 'declared raw but its header says qcow2'
+        else:
+            os.unlink(path)
+            os.symlink('/etc/passwd', path)
+            expected = 'outside [dm_restrict] allowed_host_paths'
+        with pytest.raises(exception.FeatureRefused) as err:
+            hook.prepare(xml, hooks.Instance(UUID_B, 'acme'))
+        assert expected in str(err.value)
+        assert [lease.uuid for lease in hook.store.list()] == [UUID_A]
     finally:
         hook.close()
 

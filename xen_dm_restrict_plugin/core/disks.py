@@ -209,13 +209,78 @@ def _is_block(path: str) -> bool:
         return False
 
 
+class HostView:
+    """The host as one check of one domain reads it: each path's verdict
+    and each file's format, read once.
+
+    The disks of one ``prepare`` are read by :func:`render` and judged by
+    :func:`problems` moments apart; one view, made for that check and
+    dropped with it, reads each from the host once for both.  Nothing is
+    kept between checks: the next boot reads the host again.
+
+    :param settings: the ``[dm_restrict]`` settings of the check.
+    :param scope: the tenant and instance it is for.
+    """
+
+    def __init__(self, settings, scope: typing.Optional[pathscope.Scope]):
+        self.settings = settings
+        self.scope = scope
+        self._reasons: typing.Dict[typing.Tuple, typing.Optional[str]] = {}
+        self._formats: typing.Dict[
+            str, typing.Union[str, OSError]] = {}
+
+    def of(self, settings, scope: typing.Optional[pathscope.Scope]
+           ) -> 'HostView':
+        """This view, checked to be one of ``settings`` and ``scope``."""
+        if settings is not self.settings or scope != self.scope:
+            raise ValueError('a host view serves the check it was made '
+                             'for only')
+        return self
+
+    def path_problem(self, path: str, expect: hostpaths.Expect,
+                     writable: bool, disk: bool = False
+                     ) -> typing.Optional[str]:
+        """:func:`path_problem` of the view's settings and scope."""
+        key = (path, expect, writable, disk)
+        if key not in self._reasons:
+            self._reasons[key] = path_problem(path, self.settings,
+                                              self.scope, expect, writable,
+                                              disk=disk)
+        return self._reasons[key]
+
+    def sniff(self, path: str) -> str:
+        """:func:`imageformat.sniff`; the error it raised, again.
+
+        Only for a path :meth:`path_problem` allowed: root reads nothing
+        the domain names before the path is checked.
+        """
+        found = self._formats.get(path)
+        if found is None:
+            try:
+                found = imageformat.sniff(path)
+            except OSError as err:
+                found = err
+            self._formats[path] = found
+        if isinstance(found, OSError):
+            raise found
+        return found
+
+
+def _view(settings, scope: typing.Optional[pathscope.Scope],
+          view: typing.Optional[HostView]) -> HostView:
+    if view is None:
+        return HostView(settings, scope)
+    return view.of(settings, scope)
+
+
 def _writable(disk: model_mod.Disk) -> bool:
     return disk.device != 'cdrom' and disk.node.find('readonly') is None
 
 
 # -- rendering -------------------------------------------------------------
 def render(dom: domain_mod.Domain, settings,
-           scope: typing.Optional[pathscope.Scope]) -> typing.List[str]:
+           scope: typing.Optional[pathscope.Scope],
+           view: typing.Optional[HostView] = None) -> typing.List[str]:
     """Rewrite the disks of ``dom`` to how they are served restricted.
 
     Raw regular files with a qdisk driver name get ``phy``; qcow2 files
@@ -223,8 +288,11 @@ def render(dom: domain_mod.Domain, settings,
     ``[dm_restrict] storage_daemon`` is enabled).  Disks that stay as they
     are are judged by :func:`problems` afterwards; nothing here refuses.
 
+    :param view: the host as the check that follows reads it (its
+        :func:`problems` then reads nothing twice).
     :returns: what was changed, for the log.
     """
+    view = _view(settings, scope, view)
     # The storage record is this product's, never the tenant's: whatever
     # the domain brings in the storage namespace is dropped and the
     # record is rebuilt from the disks alone.
@@ -252,10 +320,10 @@ def render(dom: domain_mod.Domain, settings,
             continue
         found = None
         # Root reads nothing the domain names before the path is checked.
-        if path_problem(disk.path, settings, scope, hostpaths.Expect.FILE,
-                        _writable(disk), disk=True) is None:
+        if view.path_problem(disk.path, hostpaths.Expect.FILE,
+                             _writable(disk), disk=True) is None:
             try:
-                found = imageformat.sniff(disk.path)
+                found = view.sniff(disk.path)
             except OSError:
                 found = None
         if found == imageformat.RAW and disk.format in (None, 'raw') and (
@@ -328,9 +396,14 @@ def _to_block(node: etree._Element, path: str) -> None:
 
 # -- the policy ------------------------------------------------------------
 def problems(dm: model_mod.DomainModel, settings,
-             scope: typing.Optional[pathscope.Scope]) -> typing.List[
+             scope: typing.Optional[pathscope.Scope],
+             view: typing.Optional[HostView] = None) -> typing.List[
                  Refusal]:
-    """Every refused disk of ``dm``, with reason and remedy."""
+    """Every refused disk of ``dm``, with reason and remedy.
+
+    :param view: the host as :func:`render` of the same check read it.
+    """
+    view = _view(settings, scope, view)
     found: typing.List[Refusal] = []
     hvm = dm.kind.has_dom0_device_model
     qdisk_ok = (not hvm and settings.pv_dom0_qemu
@@ -366,7 +439,7 @@ def problems(dm: model_mod.DomainModel, settings,
                 'give only the %s attribute' % (
                     'file' if disk.source_type == 'file' else 'dev')))
         if disk.device == 'cdrom' and hvm:
-            found += _hvm_cdrom(disk, settings, scope)
+            found += _hvm_cdrom(disk, view)
             continue
         if disk.backend is model_mod.Backend.TAP:
             found.append(_refusal(
@@ -379,14 +452,13 @@ def problems(dm: model_mod.DomainModel, settings,
                     and disk.format in (None, 'raw')):
                 # The path first: root reads nothing before it is checked
                 # (render left the disk as it is for either reason).
-                reason = path_problem(disk.path, settings, scope,
-                                      hostpaths.Expect.FILE, _writable(disk),
-                                      disk=True)
+                reason = view.path_problem(disk.path, hostpaths.Expect.FILE,
+                                           _writable(disk), disk=True)
                 if reason:
                     found.append(_path_refusal('%s source %s' % (
                         subject, disk.path), reason))
                 else:
-                    reason = _format_problem(disk.path, None)
+                    reason = _format_problem(disk.path, None, view)
                     if reason:
                         found.append(_path_refusal('%s source %s' % (
                             subject, disk.path), reason))
@@ -419,9 +491,9 @@ def problems(dm: model_mod.DomainModel, settings,
                                                       dm.dom.uuid):
                 found += _daemon_disk(subject, target, settings, scope)
                 continue
-            found += _block(subject, disk, settings, scope)
+            found += _block(subject, disk, view)
         else:
-            found += _file(subject, disk, settings, scope)
+            found += _file(subject, disk, view)
     return found
 
 
@@ -531,10 +603,10 @@ def _qdisk_refusal(disk: model_mod.Disk, settings) -> Refusal:
         disk.describe(), disk.driver, disk.format), why, remedy)
 
 
-def _format_problem(path: str, declared: typing.Optional[str]
-                    ) -> typing.Optional[str]:
+def _format_problem(path: str, declared: typing.Optional[str],
+                    view: HostView) -> typing.Optional[str]:
     try:
-        found = imageformat.sniff(path)
+        found = view.sniff(path)
     except OSError as err:
         return '%r cannot be read: %s' % (path, err.strerror)
     if found != (declared or imageformat.RAW):
@@ -544,9 +616,8 @@ def _format_problem(path: str, declared: typing.Optional[str]
     return None
 
 
-def _hvm_cdrom(disk: model_mod.Disk, settings,
-               scope: typing.Optional[pathscope.Scope]) -> typing.List[
-                   Refusal]:
+def _hvm_cdrom(disk: model_mod.Disk, view: HostView) -> typing.List[
+        Refusal]:
     subject = disk.describe()
     if disk.driver not in (None,) + _QDISK_DRIVERS or disk.format not in (
             None, 'raw'):
@@ -565,32 +636,31 @@ def _hvm_cdrom(disk: model_mod.Disk, settings,
             'or remove it')]
     expect = (hostpaths.Expect.BLOCK if disk.source_type == 'block'
               else hostpaths.Expect.FILE)
-    reason = path_problem(disk.path, settings, scope, expect, False,
-                          disk=True)
+    reason = view.path_problem(disk.path, expect, False, disk=True)
     if reason is None and disk.source_type == 'file':
-        reason = _format_problem(disk.path, None)
+        reason = _format_problem(disk.path, None, view)
     if reason:
         return [_path_refusal('%s source %s' % (subject, disk.path),
                               reason)]
     return []
 
 
-def _file(subject: str, disk: model_mod.Disk, settings,
-          scope: typing.Optional[pathscope.Scope]) -> typing.List[Refusal]:
-    reason = path_problem(disk.path, settings, scope,
-                          hostpaths.Expect.FILE, _writable(disk), disk=True)
+def _file(subject: str, disk: model_mod.Disk,
+          view: HostView) -> typing.List[Refusal]:
+    reason = view.path_problem(disk.path, hostpaths.Expect.FILE,
+                               _writable(disk), disk=True)
     if reason is None:
-        reason = _format_problem(disk.path, None)
+        reason = _format_problem(disk.path, None, view)
     if reason:
         return [_path_refusal('%s source %s' % (subject, disk.path),
                               reason)]
     return []
 
 
-def _block(subject: str, disk: model_mod.Disk, settings,
-           scope: typing.Optional[pathscope.Scope]) -> typing.List[Refusal]:
-    reason = path_problem(disk.path, settings, scope,
-                          hostpaths.Expect.BLOCK, _writable(disk), disk=True)
+def _block(subject: str, disk: model_mod.Disk,
+           view: HostView) -> typing.List[Refusal]:
+    reason = view.path_problem(disk.path, hostpaths.Expect.BLOCK,
+                               _writable(disk), disk=True)
     if reason:
         return [_path_refusal('%s source %s' % (subject, disk.path),
                               reason)]

@@ -100,14 +100,19 @@ class Checker:
     :param scope: the tenant and instance whose paths the domain may name
         (:mod:`xen_dm_restrict_plugin.core.pathscope`); without one a
         ``{tenant}``/``{instance}`` entry matches any.
+    :param view: the host as :func:`disks.render` of the same check read
+        it (:class:`disks.HostView`); a new one otherwise.
     """
 
     def __init__(self, settings: settings_mod.Settings,
                  facts: typing.Optional[nics_mod.NetworkFacts] = None,
-                 scope: typing.Optional[pathscope.Scope] = None):
+                 scope: typing.Optional[pathscope.Scope] = None,
+                 view: typing.Optional[disks.HostView] = None):
         self.settings = settings
         self.facts = facts if facts is not None else nics_mod.NetworkFacts()
         self.scope = scope
+        self.view = (disks.HostView(settings, scope) if view is None
+                     else view.of(settings, scope))
 
     def problems(self, dom: domain_mod.Domain,
                  foreign_args: typing.Sequence[str]) -> typing.List[
@@ -186,17 +191,16 @@ class Checker:
     def _os(self, dm: model_mod.DomainModel) -> typing.List[Refusal]:
         found = []
         for item in dm.host_files:
-            reason = disks.path_problem(item.path, self.settings, self.scope,
-                                        hostpaths.Expect.FILE, False)
+            reason = self.view.path_problem(item.path,
+                                            hostpaths.Expect.FILE, False)
             if reason:
                 found.append(_path_refusal(
                     '<%s> %s' % (item.what, item.path), reason))
         if dm.loader:
             reason = None
             if not _is_firmware(dm.loader):
-                reason = disks.path_problem(dm.loader, self.settings,
-                                            self.scope,
-                                            hostpaths.Expect.FILE, False)
+                reason = self.view.path_problem(
+                    dm.loader, hostpaths.Expect.FILE, False)
             if reason:
                 found.append(_path_refusal('<loader>%s' % dm.loader, reason))
         for tag in ('on_poweroff', 'on_reboot', 'on_crash'):
@@ -245,7 +249,7 @@ class Checker:
     # -- devices ----------------------------------------------------------
     def _disks(self, dm: model_mod.DomainModel) -> typing.List[Refusal]:
         # How each disk is served, and the storage rules: core.disks.
-        return disks.problems(dm, self.settings, self.scope)
+        return disks.problems(dm, self.settings, self.scope, self.view)
 
     def _chardevs(self, dm: model_mod.DomainModel) -> typing.List[Refusal]:
         found = []
@@ -268,8 +272,7 @@ class Checker:
             expect = CHARDEV_PATHS[dev.type]
             if expect is None:
                 continue
-            reason = disks.path_problem(dev.path, self.settings,
-                                        self.scope, expect, True)
+            reason = self.view.path_problem(dev.path, expect, True)
             if reason:
                 found.append(_path_refusal(
                     '%s source %s' % (dev.describe(), dev.path), reason))
@@ -534,7 +537,8 @@ def raise_all(problems: typing.Sequence[Refusal]) -> None:
 def check_domain(dom: domain_mod.Domain, foreign_args: typing.Sequence[str],
                  settings: settings_mod.Settings,
                  facts: typing.Optional[nics_mod.NetworkFacts] = None,
-                 scope: typing.Optional[pathscope.Scope] = None) -> None:
+                 scope: typing.Optional[pathscope.Scope] = None,
+                 view: typing.Optional[disks.HostView] = None) -> None:
     """Refuse every part of ``dom`` not known to be safe.
 
     :param dom: the parsed domain.
@@ -542,10 +546,12 @@ def check_domain(dom: domain_mod.Domain, foreign_args: typing.Sequence[str],
     :param settings: the ``[dm_restrict]`` settings.
     :param facts: the host's interfaces and libvirt's networks, if known.
     :param scope: the tenant and instance the domain is for.
+    :param view: the host as :func:`disks.render` of the same check read
+        it.
     :raises FeatureRefused: naming every refused part, the reasons and the
         remedies.
     """
-    Checker(settings, facts, scope).check(dom, foreign_args)
+    Checker(settings, facts, scope, view).check(dom, foreign_args)
 
 
 def pv_dom0_qemu_reasons(dom: domain_mod.Domain) -> typing.List[str]:

@@ -134,12 +134,16 @@ class DmRestrictHook(hooks.DomainHook):
         scope = pathscope.Scope(instance.tenant, instance.uuid)
         if dom.uuid is None:
             dom.set_uuid(instance.uuid)
-        for change in disks.render(dom, self.settings, scope):
+        # What render reads of the host, the check that follows reads
+        # too: once, for this call only.
+        view = disks.HostView(self.settings, scope)
+        for change in disks.render(dom, self.settings, scope, view):
             LOG.info('instance %s of tenant %s: %s', instance.uuid,
                      instance.tenant, change)
         # Checked again, strictly, by libvirtd's hook at prepare.
         policy.check_domain(dom, foreign, self.settings,
-                            netfacts.HostNetwork(self.settings), scope=scope)
+                            netfacts.HostNetwork(self.settings), scope=scope,
+                            view=view)
         if not dom.kind.has_dom0_device_model:
             return dom, foreign, None, None
         if record is not None and record.tenant != instance.tenant:
