@@ -123,3 +123,37 @@ def test_declared_stub_domain_emulator():
     other = domain.parse(_with_emulator('/opt/evil/stubdom-dm'), LIMIT,
                          {'/usr/lib/xen/bin/stubdom-dm'})
     assert other.kind is domain.GuestKind.HVM_QEMU_XEN
+
+
+_PATHS_DOC = etree.fromstring(
+    '<domain xmlns:x="urn:x/y"><name>a</name><!-- c --><name>b</name>'
+    '<os><type>hvm</type></os><os><boot dev="hd"/><type/></os>'
+    '<devices><disk n="1"><source/></disk><x:disk/><disk n="2"/>'
+    '<disk n="3"><source n="s3"/><source n="s3b"/></disk></devices>'
+    '<x:m><x:a v="1"/><x:a v="2"/></x:m><x:m><x:a v="3"/></x:m>'
+    '</domain>')
+
+
+@pytest.mark.parametrize('path', [
+    'name', 'uuid', 'os', 'os/type', 'os/boot', 'devices/disk',
+    'devices/disk/source', 'devices/{urn:x/y}disk', 'devices/nothing',
+    '{urn:x/y}m', '{urn:x/y}m/{urn:x/y}a', '{urn:x}m', 'x:m'])
+def test_find_answers_as_lxml_does(path):
+    """The policy's fast path lookups give lxml's own answers."""
+    root = _PATHS_DOC
+    if path == 'x:m':
+        # A prefix is no name: neither looks it up.
+        with pytest.raises(ValueError):
+            domain.find(root, path)
+        return
+    assert domain.find(root, path) is root.find(path)
+    assert domain.findall(root, path) == root.findall(path)
+    assert domain.findtext(root, path) == root.findtext(path)
+
+
+@pytest.mark.parametrize('path', [
+    'devices/*', "disk[@n='1']", 'a//b', '/a', 'a/', '.', 'a/../b', '',
+    '{urn:x}'])
+def test_find_takes_element_names_only(path):
+    with pytest.raises(ValueError):
+        domain.find(_PATHS_DOC, path)

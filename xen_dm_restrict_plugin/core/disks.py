@@ -136,12 +136,12 @@ def daemon_disks(dom: domain_mod.Domain) -> typing.List[DaemonDisk]:
         return []
     return [DaemonDisk(disk.get('target') or '', disk.get('image') or '',
                        disk.get('format') or '')
-            for disk in node.iterfind(STORAGE + 'disk')]
+            for disk in domain_mod.findall(node, STORAGE + 'disk')]
 
 
 def _record_nodes(dom: domain_mod.Domain) -> typing.List[etree._Element]:
     """Every element of the storage namespace under ``<metadata>``."""
-    meta = dom.root.find('metadata')
+    meta = domain_mod.find(dom.root, 'metadata')
     if meta is None:
         return []
     return [node for node in meta if isinstance(node.tag, str)
@@ -274,7 +274,8 @@ def _view(settings, scope: typing.Optional[pathscope.Scope],
 
 
 def _writable(disk: model_mod.Disk) -> bool:
-    return disk.device != 'cdrom' and disk.node.find('readonly') is None
+    return disk.device != 'cdrom' and domain_mod.find(
+        disk.node, 'readonly') is None
 
 
 # -- rendering -------------------------------------------------------------
@@ -304,7 +305,7 @@ def render(dom: domain_mod.Domain, settings,
     recorded: typing.Dict[str, DaemonDisk] = {}
     # Only the disks are read here: not the whole model of the domain.
     for disk in [model_mod.DomainModel.disk(node)
-                 for node in dom.root.iterfind('devices/disk')]:
+                 for node in domain_mod.findall(dom.root, 'devices/disk')]:
         if disk.target in brought and disk.source_type == 'block' and \
                 disk.path == brought[disk.target][0]:
             # A domain this hook rendered before (orchestrators read the
@@ -328,7 +329,7 @@ def render(dom: domain_mod.Domain, settings,
                 found = None
         if found == imageformat.RAW and disk.format in (None, 'raw') and (
                 disk.driver in _QDISK_DRIVERS):
-            disk.node.find('driver').set('name', 'phy')
+            domain_mod.find(disk.node, 'driver').set('name', 'phy')
             changed.append('%s: raw file served by the kernel backend '
                            '(driver %s -> phy)' % (disk.target, disk.driver))
         elif (found == imageformat.QCOW2 and disk.format == 'qcow2'
@@ -380,7 +381,7 @@ def _recoverable(dom: domain_mod.Domain, settings
 
 def _to_block(node: etree._Element, path: str) -> None:
     node.set('type', 'block')
-    driver = node.find('driver')
+    driver = domain_mod.find(node, 'driver')
     if driver is None:
         driver = etree.SubElement(node, 'driver')
     for name in list(driver.attrib):
@@ -388,7 +389,7 @@ def _to_block(node: etree._Element, path: str) -> None:
             del driver.attrib[name]
     driver.set('name', 'phy')
     driver.set('type', 'raw')
-    source = node.find('source')
+    source = domain_mod.find(node, 'source')
     for name in list(source.attrib):
         del source.attrib[name]
     source.set('dev', path)
@@ -561,8 +562,8 @@ def record_problems(dm: model_mod.DomainModel, settings
 
 
 def _network_refusal(disk: model_mod.Disk) -> Refusal:
-    protocol = disk.node.find('source').get('protocol') if disk.node.find(
-        'source') is not None else None
+    source = domain_mod.find(disk.node, 'source')
+    protocol = source.get('protocol') if source is not None else None
     if protocol == 'rbd':
         return _refusal(
             'rbd disk %s' % disk.describe(),

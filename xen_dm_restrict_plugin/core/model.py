@@ -134,6 +134,12 @@ def _text(node: typing.Optional[etree._Element]) -> typing.Optional[str]:
     return ''.join(node.itertext())
 
 
+def _attr(node: etree._Element, tag: str, name: str) -> typing.Optional[str]:
+    """Attribute ``name`` of the first ``tag`` child of ``node``."""
+    child = domain_mod.find(node, tag)
+    return child.get(name) if child is not None else None
+
+
 class DomainModel:
     """The reading of one parsed domain.
 
@@ -144,50 +150,50 @@ class DomainModel:
         self.dom = dom
         root = dom.root
         self.hypervisor = root.get('type')
-        self.name = _text(root.find('name'))
+        self.name = _text(domain_mod.find(root, 'name'))
         self.kind = dom.kind
-        self.emulator = _text(root.find('devices/emulator'))
-        self.os_type = _text(root.find('os/type'))
+        self.emulator = _text(domain_mod.find(root, 'devices/emulator'))
+        self.os_type = _text(domain_mod.find(root, 'os/type'))
         self.disks = [self.disk(node) for node in
-                      root.iterfind('devices/disk')]
+                      domain_mod.findall(root, 'devices/disk')]
         self.chardevs = [
             Chardev(node, node.tag, node.get('type') or 'pty',
-                    node.find('source').get('path')
-                    if node.find('source') is not None else None,
-                    node.find('target').get('type')
-                    if node.find('target') is not None else None)
-            for node in root.iterfind('devices/*')
-            if node.tag in ('serial', 'console', 'channel', 'parallel')]
-        self.nics = [self._nic(node)
-                     for node in root.iterfind('devices/interface')]
+                    _attr(node, 'source', 'path'),
+                    _attr(node, 'target', 'type'))
+            for devices in root.iterchildren('devices')
+            for node in devices.iterchildren(
+                'serial', 'console', 'channel', 'parallel')]
+        self.nics = [self._nic(node) for node in
+                     domain_mod.findall(root, 'devices/interface')]
         self.displays = [
             Display(node, node.get('type') or '',
                     tuple([(None, node.get('listen'))]
                           if node.get('listen') is not None else [])
                     + tuple((listen.get('type'), listen.get('address'))
-                            for listen in node.iterfind('listen')),
+                            for listen in domain_mod.findall(node, 'listen')),
                     node.get('keymap'))
-            for node in root.iterfind('devices/graphics')]
-        self.bootloader = _text(root.find('bootloader'))
-        self.bootloader_args = _text(root.find('bootloader_args'))
+            for node in domain_mod.findall(root, 'devices/graphics')]
+        self.bootloader = _text(domain_mod.find(root, 'bootloader'))
+        self.bootloader_args = _text(domain_mod.find(root,
+                                                     'bootloader_args'))
         files = []
         for tag, what in (('os/kernel', 'kernel'), ('os/initrd', 'initrd')):
-            text = _text(root.find(tag))
+            text = _text(domain_mod.find(root, tag))
             if text:
                 files.append(HostFile(what, text))
-        for table in root.iterfind('os/acpi/table'):
+        for table in domain_mod.findall(root, 'os/acpi/table'):
             files.append(HostFile('ACPI table', _text(table)))
         self.host_files = files
-        self.loader = _text(root.find('os/loader'))
+        self.loader = _text(domain_mod.find(root, 'os/loader'))
 
     @staticmethod
     def disk(node: etree._Element) -> Disk:
         """The reading of one ``<disk>`` element."""
         source_type = node.get('type') or 'file'
-        driver = node.find('driver')
+        driver = domain_mod.find(node, 'driver')
         name = driver.get('name') if driver is not None else None
         fmt = driver.get('type') if driver is not None else None
-        source = node.find('source')
+        source = domain_mod.find(node, 'source')
         attr = {'file': 'file', 'block': 'dev'}.get(source_type)
         path = stray = None
         if source is not None:
@@ -195,7 +201,7 @@ class DomainModel:
             other = {'file': 'dev', 'dev': 'file'}.get(attr or '')
             if other and source.get(other) is not None:
                 stray = other
-        target = node.find('target')
+        target = domain_mod.find(node, 'target')
         return Disk(node, source_type, node.get('device') or 'disk', name,
                     fmt, disk_backend(source_type, name, fmt), path, stray,
                     target.get('dev') if target is not None else None)
@@ -203,9 +209,8 @@ class DomainModel:
     @staticmethod
     def _nic(node: etree._Element) -> Nic:
         def attr(tag: str, name: str) -> typing.Optional[str]:
-            child = node.find(tag)
-            return child.get(name) if child is not None else None
-        tags = node.findall('vlan/tag')
+            return _attr(node, tag, name)
+        tags = domain_mod.findall(node, 'vlan/tag')
         return Nic(node, node.get('type') or '', attr('source', 'bridge'),
                    attr('source', 'network'), attr('script', 'path'),
                    attr('model', 'type'), attr('target', 'dev'),

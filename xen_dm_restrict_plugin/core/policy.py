@@ -204,7 +204,7 @@ class Checker:
             if reason:
                 found.append(_path_refusal('<loader>%s' % dm.loader, reason))
         for tag in ('on_poweroff', 'on_reboot', 'on_crash'):
-            node = dm.dom.root.find(tag)
+            node = domain_mod.find(dm.dom.root, tag)
             action = _STRING(node) if node is not None else None
             if action is not None and action not in LIFECYCLE_ACTIONS:
                 found.append(_refusal(
@@ -213,7 +213,7 @@ class Checker:
                     'guest\'s memory into dom0 as root)'
                     % ', '.join(LIFECYCLE_ACTIONS),
                     'use destroy or restart'))
-        for boot in dm.dom.root.iterfind('os/boot'):
+        for boot in domain_mod.findall(dm.dom.root, 'os/boot'):
             if boot.get('dev') not in BOOT_DEVS:
                 found.append(_refusal(
                     '<boot dev=%r>' % boot.get('dev'),
@@ -395,7 +395,7 @@ class Checker:
 
         def check(tag: str, attr: str, allowed: typing.Sequence[str],
                   what: str) -> None:
-            for node in dom.root.iterfind(tag):
+            for node in domain_mod.findall(dom.root, tag):
                 value = node.get(attr)
                 if value not in allowed:
                     found.append(_refusal(

@@ -107,7 +107,7 @@ def problems(dom: domain_mod.Domain,
 
 
 def _vcpus(root, settings) -> typing.List[Refusal]:
-    node = root.find('vcpu')
+    node = domain_mod.find(root, 'vcpu')
     if node is None:
         return []
     found = []
@@ -129,13 +129,13 @@ def _memory(root, settings) -> typing.List[Refusal]:
     found = []
     sizes = []
     for tag in ('memory', 'currentMemory', 'maxMemory'):
-        node = root.find(tag)
+        node = domain_mod.find(root, tag)
         if node is not None:
             sizes.append(('<%s>' % tag, node.text, node.get('unit'),
                           _DEFAULT_UNIT[tag]))
     # Without <memory>, libvirt sums the guest NUMA cells
     # (virDomainDefPostParseMemory); each counts on its own anyway.
-    cells = root.findall('cpu/numa/cell')
+    cells = domain_mod.findall(root, 'cpu/numa/cell')
     for index, cell in enumerate(cells):
         sizes.append(("<cpu><numa><cell memory> (cell %d)" % index,
                       cell.get('memory'), cell.get('unit'), 'kib'))
@@ -167,7 +167,7 @@ def _memory_refusal(subject, size, settings) -> Refusal:
 
 def _video(root, settings) -> typing.List[Refusal]:
     found = []
-    for model in root.iterfind('devices/video/model'):
+    for model in domain_mod.findall(root, 'devices/video/model'):
         try:
             size = _mib(model.get('vram'), None, 'kib')
         except Unreadable as err:
@@ -189,13 +189,13 @@ def _cputune(root, settings) -> typing.List[Refusal]:
     if settings.allow_cputune:
         return []
     found = []
-    if root.find('cputune') is not None:
+    if domain_mod.find(root, 'cputune') is not None:
         found.append(_refusal(
             '<cputune>', 'libvirt hands its scheduler weight (shares) and '
             'vCPU pinning to Xen as written: a tenant could outweigh dom0 '
             'or pin every vCPU to the CPUs dom0 runs on',
             'remove <cputune>, or ask the operator to set allow_cputune'))
-    vcpu = root.find('vcpu')
+    vcpu = domain_mod.find(root, 'vcpu')
     if vcpu is not None and vcpu.get('cpuset') is not None:
         found.append(_refusal(
             "<vcpu cpuset='%s'>" % vcpu.get('cpuset'), 'libvirt pins the '
@@ -205,12 +205,12 @@ def _cputune(root, settings) -> typing.List[Refusal]:
 
 
 def _nested(root, settings) -> typing.List[Refusal]:
-    cpu = root.find('cpu')
+    cpu = domain_mod.find(root, 'cpu')
     if settings.allow_nested_hvm or cpu is None or \
             cpu.get('mode') != 'host-passthrough':
         return []
     found = []
-    for feature in cpu.iterfind('feature'):
+    for feature in domain_mod.findall(cpu, 'feature'):
         if feature.get('name') in _NESTED and \
                 (feature.get('policy') or 'require') in _NESTED_POLICIES:
             found.append(_refusal(
@@ -227,7 +227,7 @@ def _nested(root, settings) -> typing.List[Refusal]:
 
 def _device_counts(root, settings) -> typing.List[Refusal]:
     counts: typing.Dict[str, int] = {}
-    devices = root.find('devices')
+    devices = domain_mod.find(root, 'devices')
     if devices is None:
         return []
     for node in devices:

@@ -21,6 +21,7 @@ from xen_dm_restrict_plugin.core import domain as domain_mod
 META_NS = 'urn:xen-dm-restrict:metadata:1'
 META = '{%s}' % META_NS
 RECORD_TAG = META + 'restriction'
+_ARGS = '%sargs/%sarg' % (META, META)
 META_PREFIX = 'dmrestrict'
 
 SANDBOX_POLICY = constants.SANDBOX_POLICY
@@ -129,12 +130,12 @@ def parse_record(node: typing.Optional[etree._Element]
         return None
     try:
         return Record(
-            tenant=node.findtext(META + 'tenant') or '',
-            uid=int(node.findtext(META + 'uid')),
-            gid=int(node.findtext(META + 'gid')),
-            chroot=node.findtext(META + 'chroot') or '',
+            tenant=domain_mod.findtext(node, META + 'tenant') or '',
+            uid=int(domain_mod.findtext(node, META + 'uid')),
+            gid=int(domain_mod.findtext(node, META + 'gid')),
+            chroot=domain_mod.findtext(node, META + 'chroot') or '',
             args=tuple(a.get('value', '') for a in
-                       node.iterfind('%sargs/%sarg' % (META, META))))
+                       domain_mod.findall(node, _ARGS)))
     except (TypeError, ValueError):
         return None
 
