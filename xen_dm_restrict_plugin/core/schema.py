@@ -111,41 +111,50 @@ def _where(node: etree._Element) -> str:
 
 def _check(node: etree._Element, spec: Node,
            found: typing.List[Unknown], where: str = '') -> None:
-    # The path is handed down, not walked up again for every element.
+    # The path is handed down, not walked up again for every element;
+    # the common case (known attributes, no stray text) is tested first.
     where = where or _where(node)
-    for name in node.attrib:
-        if name[:1] == '{':  # {namespace}local, as lxml names it
-            found.append(Unknown(
-                '<%s> attribute %s' % (where, name),
-                'a namespaced attribute is read by libvirt by its local '
-                'name %r, so it could mean something this product does '
-                'not see' % name.partition('}')[2],
-                'remove the namespace prefix or the attribute'))
-        elif name not in spec.attrs:
-            found.append(Unknown(
-                '<%s %s=%r>' % (where, name, node.get(name)),
-                'this attribute is not known to be safe under dm_restrict',
-                'remove it; if it is needed, ask for it to be supported'))
+    names = node.keys()
+    if names and not spec.attrs.issuperset(names):
+        for name in names:
+            if name[:1] == '{':  # {namespace}local, as lxml names it
+                found.append(Unknown(
+                    '<%s> attribute %s' % (where, name),
+                    'a namespaced attribute is read by libvirt by its '
+                    'local name %r, so it could mean something this '
+                    'product does not see' % name.partition('}')[2],
+                    'remove the namespace prefix or the attribute'))
+            elif name not in spec.attrs:
+                found.append(Unknown(
+                    '<%s %s=%r>' % (where, name, node.get(name)),
+                    'this attribute is not known to be safe under '
+                    'dm_restrict',
+                    'remove it; if it is needed, ask for it to be '
+                    'supported'))
     if spec.opaque:
         return
-    if not spec.text and (node.text or '').strip():
+    text = node.text
+    if not spec.text and text and not text.isspace():
         found.append(Unknown(
-            '<%s> text %r' % (where, node.text.strip()[:40]),
+            '<%s> text %r' % (where, text.strip()[:40]),
             'this element holds no text in a libvirt domain',
             'remove the text'))
+    known = spec.children
     seen: typing.Dict[str, int] = {}
     for child in node:
-        if not isinstance(child.tag, str):
+        name = child.tag
+        if not isinstance(name, str):
             continue
-        if (child.tail or '').strip():
+        tail = child.tail
+        if tail and not tail.isspace():
             found.append(Unknown(
-                '<%s> text %r' % (where, child.tail.strip()[:40]),
+                '<%s> text %r' % (where, tail.strip()[:40]),
                 'libvirt would read this text as part of <%s>' % where,
                 'remove the text'))
-        if child.tag[:1] == '{':
+        if name[:1] == '{':
             qname = etree.QName(child)
             if (node is node.getroottree().getroot()
-                    and child.tag == domain_mod.XEN + 'commandline'):
+                    and name == domain_mod.XEN + 'commandline'):
                 _check_commandline(child, found)
                 continue
             found.append(Unknown(
@@ -154,11 +163,10 @@ def _check(node: etree._Element, spec: Node,
                 'elements of other namespaces are only allowed inside '
                 '<metadata>', 'move it into <metadata> or remove it'))
             continue
-        name = child.tag
-        child_where = '%s/%s' % (where, name)
-        child_spec = spec.children.get(name)
+        child_spec = known.get(name)
         if child_spec is None:
-            named = vocabulary.row(child_where.partition('/')[2])
+            named = vocabulary.row(('%s/%s' % (where, name)).partition(
+                '/')[2])
             if named is not None and named.reason:
                 found.append(Unknown('<%s> under <%s>' % (name, where),
                                      named.reason, named.remedy))
@@ -171,14 +179,15 @@ def _check(node: etree._Element, spec: Node,
             found.append(Unknown('<%s> under <%s>' % (name, where),
                                  reason, remedy))
             continue
-        seen[name] = seen.get(name, 0) + 1
-        if seen[name] == 2 and not child_spec.many:
-            found.append(Unknown(
-                'second <%s> under <%s>' % (name, where),
-                'libvirt reads only one of them, and which one it uses is '
-                'not what this product can promise',
-                'keep a single <%s>' % name))
-        _check(child, child_spec, found, child_where)
+        if not child_spec.many:
+            seen[name] = seen.get(name, 0) + 1
+            if seen[name] == 2:
+                found.append(Unknown(
+                    'second <%s> under <%s>' % (name, where),
+                    'libvirt reads only one of them, and which one it uses '
+                    'is not what this product can promise',
+                    'keep a single <%s>' % name))
+        _check(child, child_spec, found, where + '/' + name)
 
 
 def _check_commandline(node: etree._Element,
