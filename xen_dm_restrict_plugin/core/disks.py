@@ -182,6 +182,21 @@ def path_problem(path: str, settings, scope: typing.Optional[
     another instance's or tenant's directory), and, when it reaches a
     block device, the device's identity and use (:mod:`blockdev`).
     """
+    return _resolved_problem(path, settings, scope, expect, writable,
+                             disk)[0]
+
+
+#: What a path checked as one of these may be a block device.
+_MAY_BE_BLOCK = (hostpaths.Expect.BLOCK, hostpaths.Expect.BLOCK_OR_FILE,
+                 hostpaths.Expect.ANY)
+
+
+def _resolved_problem(path: str, settings,
+                      scope: typing.Optional[pathscope.Scope],
+                      expect: hostpaths.Expect, writable: bool,
+                      disk: bool) -> typing.Tuple[typing.Optional[str],
+                                                  typing.Optional[str]]:
+    """:func:`path_problem`, and the path resolved when it is allowed."""
     prefixes = _prefixes(settings, scope)
     reason, real = hostpaths.resolved_problem(
         path, prefixes.for_use(writable), expect, disk=disk)
@@ -190,16 +205,18 @@ def path_problem(path: str, settings, scope: typing.Optional[
         return ('%r lies under a shared directory of [dm_restrict] '
                 'allowed_host_paths, which tenants may only read (an entry '
                 'without {tenant} or {instance} that is not in '
-                'writable_shared_host_paths)' % path)
+                'writable_shared_host_paths)' % path), None
     if reason:
-        return reason
+        return reason, None
     reason = (pathscope.foreign_problem(path, settings.allowed_host_paths,
                                         scope)
               or pathscope.foreign_problem(real, settings.allowed_host_paths,
                                            scope))
-    if reason is None and _is_block(real):
+    # A path that passed as a regular file, a socket or a name to create
+    # was just found to be no block device.
+    if reason is None and expect in _MAY_BE_BLOCK and _is_block(real):
         reason = blockdev.problem(path, real)
-    return reason
+    return reason, (real if reason is None else None)
 
 
 def _is_block(path: str) -> bool:
@@ -226,6 +243,8 @@ class HostView:
         self.settings = settings
         self.scope = scope
         self._reasons: typing.Dict[typing.Tuple, typing.Optional[str]] = {}
+        #: each allowed path, resolved.
+        self._real: typing.Dict[str, str] = {}
         self._formats: typing.Dict[
             str, typing.Union[str, OSError]] = {}
 
@@ -243,21 +262,27 @@ class HostView:
         """:func:`path_problem` of the view's settings and scope."""
         key = (path, expect, writable, disk)
         if key not in self._reasons:
-            self._reasons[key] = path_problem(path, self.settings,
-                                              self.scope, expect, writable,
-                                              disk=disk)
+            reason, real = _resolved_problem(path, self.settings,
+                                             self.scope, expect, writable,
+                                             disk)
+            self._reasons[key] = reason
+            if real is not None:
+                self._real[path] = real
         return self._reasons[key]
 
     def sniff(self, path: str) -> str:
         """:func:`imageformat.sniff`; the error it raised, again.
 
         Only for a path :meth:`path_problem` allowed: root reads nothing
-        the domain names before the path is checked.
+        the domain names before the path is checked, and reads the file
+        the check resolved it to.
         """
         found = self._formats.get(path)
         if found is None:
+            real = self._real.get(path)
             try:
-                found = imageformat.sniff(path)
+                found = (imageformat.sniff(path) if real is None
+                         else imageformat.sniff(real, resolved=True))
             except OSError as err:
                 found = err
             self._formats[path] = found

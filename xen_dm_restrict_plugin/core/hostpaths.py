@@ -62,7 +62,7 @@ class Expect(enum.Enum):
 def _under(path: str, prefixes: typing.Iterable[str]) -> bool:
     for prefix in prefixes:
         prefix = prefix.rstrip('/') or '/'
-        if PLACEHOLDER_RE.search(prefix):
+        if '{' in prefix and PLACEHOLDER_RE.search(prefix):
             # Not scoped to one instance here (the launcher's check): a
             # placeholder stands for one path component.
             if re.match('^%s(/|$)' % _placeholder_pattern(prefix), path):
@@ -148,17 +148,21 @@ def resolved_problem(path: typing.Optional[str],
                 os.path.dirname(real)):
             return None, real
         return '%r does not exist' % path, real
-    wanted = {
-        Expect.BLOCK: stat.S_ISBLK(mode),
-        Expect.FILE: stat.S_ISREG(mode),
-        Expect.BLOCK_OR_FILE: stat.S_ISBLK(mode) or stat.S_ISREG(mode),
-        Expect.NEW_FILE: stat.S_ISREG(mode),
-        Expect.SOCKET: stat.S_ISSOCK(mode),
-        Expect.ANY: True,
-    }[expect]
-    if not wanted:
+    if not _WANTED[expect](mode):
         return '%r is not %s' % (path, expect.value), real
     return None, real
+
+
+#: Whether a file mode is what each expectation wants.
+_WANTED = {
+    Expect.BLOCK: stat.S_ISBLK,
+    Expect.FILE: stat.S_ISREG,
+    Expect.BLOCK_OR_FILE: lambda mode: stat.S_ISBLK(mode) or stat.S_ISREG(
+        mode),
+    Expect.NEW_FILE: stat.S_ISREG,
+    Expect.SOCKET: stat.S_ISSOCK,
+    Expect.ANY: lambda mode: True,
+}
 
 
 def _is_block(path: str) -> bool:

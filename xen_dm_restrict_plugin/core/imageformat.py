@@ -62,7 +62,7 @@ class ImageProblem(Exception):
     """Why an image or its chain may not be served."""
 
 
-def open_regular(path: str) -> int:
+def open_regular(path: str, resolved: bool = False) -> int:
     """A read-only descriptor of the regular file ``path`` resolves to.
 
     Only a regular file is opened: the resolved path is examined first
@@ -72,9 +72,11 @@ def open_regular(path: str) -> int:
     (``/proc/kmsg``, whose reads block and consume dom0's kernel log) is
     closed again unread.
 
+    :param resolved: ``path`` is already resolved (by the check that
+        allowed it), and is not resolved again.
     :raises OSError: it cannot be opened, or is not a regular file.
     """
-    real = os.path.realpath(path)
+    real = path if resolved else os.path.realpath(path)
     if not stat.S_ISREG(os.lstat(real).st_mode):
         # Opening a device may act (a tape rewinds on close): not even that.
         raise OSError(errno.EINVAL, 'not a regular file', path)
@@ -104,13 +106,14 @@ def _is_pseudo(fd: int) -> bool:
     return False
 
 
-def sniff(path: str) -> str:
+def sniff(path: str, resolved: bool = False) -> str:
     """The format of the regular file at ``path`` from its first bytes:
     ``raw`` unless it carries a header QEMU would recognise.
 
+    :param resolved: as for :func:`open_regular`.
     :raises OSError: it cannot be read, or is not a regular file.
     """
-    fd = open_regular(path)
+    fd = open_regular(path, resolved)
     try:
         head = os.pread(fd, SNIFF_BYTES, 0)
         size = os.fstat(fd).st_size
