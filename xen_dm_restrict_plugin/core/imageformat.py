@@ -76,6 +76,12 @@ def open_regular(path: str, resolved: bool = False) -> int:
         allowed it), and is not resolved again.
     :raises OSError: it cannot be opened, or is not a regular file.
     """
+    return _open_regular(path, resolved)[0]
+
+
+def _open_regular(path: str, resolved: bool
+                  ) -> typing.Tuple[int, os.stat_result]:
+    """:func:`open_regular`, and what ``fstat`` says of the descriptor."""
     real = path if resolved else os.path.realpath(path)
     if not stat.S_ISREG(os.lstat(real).st_mode):
         # Opening a device may act (a tape rewinds on close): not even that.
@@ -83,20 +89,19 @@ def open_regular(path: str, resolved: bool = False) -> int:
     fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY
                  | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode) or _is_pseudo(fd):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or _is_pseudo(info.st_dev):
             raise OSError(errno.EINVAL, 'not a regular file', path)
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, info
 
 
-def _is_pseudo(fd: int) -> bool:
-    """Whether ``fd`` is on procfs or sysfs, whose "regular" files
+def _is_pseudo(dev: int) -> bool:
+    """Whether device ``dev`` is procfs or sysfs, whose "regular" files
     (``/proc/kmsg``) are the kernel's, not images.
     """
-    dev = os.fstat(fd).st_dev
     for mount in ('/proc', '/sys'):
         try:
             if os.stat(mount).st_dev == dev:
@@ -113,10 +118,10 @@ def sniff(path: str, resolved: bool = False) -> str:
     :param resolved: as for :func:`open_regular`.
     :raises OSError: it cannot be read, or is not a regular file.
     """
-    fd = open_regular(path, resolved)
+    fd, info = _open_regular(path, resolved)
     try:
         head = os.pread(fd, SNIFF_BYTES, 0)
-        size = os.fstat(fd).st_size
+        size = info.st_size
         tail = os.pread(fd, 512, size - 512) if size >= 1024 else b''
     finally:
         os.close(fd)
