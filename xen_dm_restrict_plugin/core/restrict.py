@@ -10,6 +10,7 @@ running the hook on its own output changes nothing, and lets the host
 side and reconcile find a domain's uid without the lease database.
 """
 
+import copy
 import dataclasses
 import typing
 
@@ -105,19 +106,27 @@ def canonical_args(record: Record) -> typing.List[typing.List[str]]:
     return found
 
 
-def _sub(parent: etree._Element, tag: str, text: str) -> None:
-    etree.SubElement(parent, META + tag).text = text
+def _template() -> etree._Element:
+    record = etree.Element(RECORD_TAG, nsmap={META_PREFIX: META_NS})
+    for tag in ('tenant', 'uid', 'gid', 'chroot', 'sandbox', 'args'):
+        etree.SubElement(record, META + tag)
+    return record
+
+
+#: The record's elements, copied for each record (lxml checks every name
+#: of an element it creates, which a copy skips).
+_RECORD = _template()
 
 
 def to_element(restriction: Restriction) -> etree._Element:
     """Build the ``<metadata>`` record for ``restriction``."""
-    record = etree.Element(RECORD_TAG, nsmap={META_PREFIX: META_NS})
-    _sub(record, 'tenant', restriction.tenant)
-    _sub(record, 'uid', str(restriction.uid))
-    _sub(record, 'gid', str(restriction.gid))
-    _sub(record, 'chroot', restriction.chroot)
-    _sub(record, 'sandbox', 'on' if restriction.syntax.sandbox else 'off')
-    args = etree.SubElement(record, META + 'args')
+    record = copy.deepcopy(_RECORD)
+    tenant, uid, gid, chroot, sandbox, args = record
+    tenant.text = restriction.tenant
+    uid.text = str(restriction.uid)
+    gid.text = str(restriction.gid)
+    chroot.text = restriction.chroot
+    sandbox.text = 'on' if restriction.syntax.sandbox else 'off'
     for value in restriction.args():
         etree.SubElement(args, META + 'arg', value=value)
     return record
