@@ -194,10 +194,17 @@ _MAY_BE_BLOCK = (hostpaths.Expect.BLOCK, hostpaths.Expect.BLOCK_OR_FILE,
 def _resolved_problem(path: str, settings,
                       scope: typing.Optional[pathscope.Scope],
                       expect: hostpaths.Expect, writable: bool,
-                      disk: bool) -> typing.Tuple[typing.Optional[str],
-                                                  typing.Optional[str]]:
-    """:func:`path_problem`, and the path resolved when it is allowed."""
-    prefixes = _prefixes(settings, scope)
+                      disk: bool,
+                      prefixes: typing.Optional[pathscope.Prefixes] = None
+                      ) -> typing.Tuple[typing.Optional[str],
+                                        typing.Optional[str]]:
+    """:func:`path_problem`, and the path resolved when it is allowed.
+
+    :param prefixes: ``_prefixes(settings, scope)``, when the caller
+        has them.
+    """
+    if prefixes is None:
+        prefixes = _prefixes(settings, scope)
     reason, real = hostpaths.resolved_problem(
         path, prefixes.for_use(writable), expect, disk=disk)
     if reason and writable and hostpaths.problem(
@@ -242,6 +249,7 @@ class HostView:
     def __init__(self, settings, scope: typing.Optional[pathscope.Scope]):
         self.settings = settings
         self.scope = scope
+        self._prefixes = _prefixes(settings, scope)
         self._reasons: typing.Dict[typing.Tuple, typing.Optional[str]] = {}
         #: each allowed path, resolved.
         self._real: typing.Dict[str, str] = {}
@@ -264,7 +272,7 @@ class HostView:
         if key not in self._reasons:
             reason, real = _resolved_problem(path, self.settings,
                                              self.scope, expect, writable,
-                                             disk)
+                                             disk, self._prefixes)
             self._reasons[key] = reason
             if real is not None:
                 self._real[path] = real

@@ -59,6 +59,11 @@ def find(node: etree._Element, path: str) -> typing.Optional[etree._Element]:
         for found in node.iterchildren(path):
             return found
         return None
+    if len(steps) == 2:
+        for parent in node.iterchildren(steps[0]):
+            for found in parent.iterchildren(steps[1]):
+                return found
+        return None
     return _first(node, steps, 0)
 
 

@@ -125,6 +125,12 @@ class HostFile:
     path: str
 
 
+#: The ``<source>`` attribute that names a disk of each type, and the one
+#: libvirt ignores for it.
+_SOURCE_ATTR = {'file': 'file', 'block': 'dev'}
+_OTHER_ATTR = {'file': 'dev', 'dev': 'file'}
+
+
 def _text(node: typing.Optional[etree._Element]) -> typing.Optional[str]:
     """XPath's ``string()`` of ``node``: all its text, children's too
     (the parser keeps no comments or processing instructions).
@@ -194,11 +200,11 @@ class DomainModel:
         name = driver.get('name') if driver is not None else None
         fmt = driver.get('type') if driver is not None else None
         source = domain_mod.find(node, 'source')
-        attr = {'file': 'file', 'block': 'dev'}.get(source_type)
+        attr = _SOURCE_ATTR.get(source_type)
         path = stray = None
         if source is not None:
             path = source.get(attr) if attr else None
-            other = {'file': 'dev', 'dev': 'file'}.get(attr or '')
+            other = _OTHER_ATTR.get(attr or '')
             if other and source.get(other) is not None:
                 stray = other
         target = domain_mod.find(node, 'target')

@@ -258,7 +258,9 @@ def _xenbus(root, settings) -> typing.List[Refusal]:
     channel and grant frame is hypervisor memory.
     """
     found = []
-    for node in root.iterfind("devices/controller[@type='xenbus']"):
+    for node in domain_mod.findall(root, 'devices/controller'):
+        if node.get('type') != 'xenbus':
+            continue
         for attr, option in XENBUS_LIMITS:
             subject = "<controller type='xenbus' %s>" % attr
             try:

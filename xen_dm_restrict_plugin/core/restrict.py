@@ -118,17 +118,22 @@ def _template() -> etree._Element:
 _RECORD = _template()
 
 
-def to_element(restriction: Restriction) -> etree._Element:
-    """Build the ``<metadata>`` record for ``restriction``."""
+def to_element(restriction: Restriction,
+               args: typing.Optional[typing.Sequence[str]] = None
+               ) -> etree._Element:
+    """Build the ``<metadata>`` record for ``restriction``.
+
+    :param args: ``restriction.args()``, when the caller has them.
+    """
     record = copy.deepcopy(_RECORD)
-    tenant, uid, gid, chroot, sandbox, args = record
+    tenant, uid, gid, chroot, sandbox, listed = record
     tenant.text = restriction.tenant
     uid.text = str(restriction.uid)
     gid.text = str(restriction.gid)
     chroot.text = restriction.chroot
     sandbox.text = 'on' if restriction.syntax.sandbox else 'off'
-    for value in restriction.args():
-        etree.SubElement(args, META + 'arg', value=value)
+    for value in restriction.args() if args is None else args:
+        etree.SubElement(listed, META + 'arg', value=value)
     return record
 
 
@@ -232,7 +237,8 @@ def apply(dom: domain_mod.Domain, restriction: Restriction,
     :param foreign: the arguments not ours, kept behind ours.
     :param emulator: if given, set as the domain's ``<emulator>``.
     """
-    dom.set_xen_args(restriction.args() + list(foreign))
-    dom.set_metadata(to_element(restriction))
+    ours = restriction.args()
+    dom.set_xen_args(ours + list(foreign))
+    dom.set_metadata(to_element(restriction, ours))
     if emulator:
         dom.set_emulator(emulator)

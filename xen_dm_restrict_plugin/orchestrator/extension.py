@@ -124,15 +124,16 @@ class DmRestrictHook(hooks.DomainHook):
         device model.
         """
         dom = self.settings.parse_domain(xml)
-        if dom.uuid is not None and dom.uuid != instance.uuid:
+        uuid = dom.uuid
+        if uuid is not None and uuid != instance.uuid:
             raise exception.InvalidDomainXML(
-                '<uuid>%s</uuid>' % dom.uuid,
+                '<uuid>%s</uuid>' % uuid,
                 'it is not the uuid of instance %s' % instance.uuid,
                 'define the domain with the instance uuid')
         record = restrict.read_record(dom)
         foreign = restrict.foreign_args(dom, record)
         scope = pathscope.Scope(instance.tenant, instance.uuid)
-        if dom.uuid is None:
+        if uuid is None:
             dom.set_uuid(instance.uuid)
         # What render reads of the host, the check that follows reads
         # too: once, for this call only.
