@@ -112,33 +112,18 @@ def _where(node: etree._Element) -> str:
 def _check(node: etree._Element, spec: Node,
            found: typing.List[Unknown], where: str = '') -> None:
     # The path is handed down, not walked up again for every element;
-    # the common case (known attributes, no stray text) is tested first.
+    # the common case (known attributes, no stray text) is tested first,
+    # and a child without children (most of them) is checked here
+    # rather than by a call of its own.
     where = where or _where(node)
     names = node.keys()
     if names and not spec.attrs.issuperset(names):
-        for name in names:
-            if name[:1] == '{':  # {namespace}local, as lxml names it
-                found.append(Unknown(
-                    '<%s> attribute %s' % (where, name),
-                    'a namespaced attribute is read by libvirt by its '
-                    'local name %r, so it could mean something this '
-                    'product does not see' % name.partition('}')[2],
-                    'remove the namespace prefix or the attribute'))
-            elif name not in spec.attrs:
-                found.append(Unknown(
-                    '<%s %s=%r>' % (where, name, node.get(name)),
-                    'this attribute is not known to be safe under '
-                    'dm_restrict',
-                    'remove it; if it is needed, ask for it to be '
-                    'supported'))
+        _attribute_problems(node, spec, names, found, where)
     if spec.opaque:
         return
     text = node.text
-    if not spec.text and text and not text.isspace():
-        found.append(Unknown(
-            '<%s> text %r' % (where, text.strip()[:40]),
-            'this element holds no text in a libvirt domain',
-            'remove the text'))
+    if text and not spec.text and not text.isspace():
+        found.append(_text_problem(where, text))
     known = spec.children
     seen: typing.Dict[str, int] = {}
     for child in node:
@@ -187,7 +172,40 @@ def _check(node: etree._Element, spec: Node,
                     'libvirt reads only one of them, and which one it uses '
                     'is not what this product can promise',
                     'keep a single <%s>' % name))
-        _check(child, child_spec, found, where + '/' + name)
+        if len(child) or child_spec.opaque:
+            _check(child, child_spec, found, where + '/' + name)
+            continue
+        names = child.keys()
+        if names and not child_spec.attrs.issuperset(names):
+            _attribute_problems(child, child_spec, names, found,
+                                where + '/' + name)
+        text = child.text
+        if text and not child_spec.text and not text.isspace():
+            found.append(_text_problem(where + '/' + name, text))
+
+
+def _attribute_problems(node: etree._Element, spec: Node,
+                        names: typing.List[str],
+                        found: typing.List[Unknown], where: str) -> None:
+    for name in names:
+        if name[:1] == '{':  # {namespace}local, as lxml names it
+            found.append(Unknown(
+                '<%s> attribute %s' % (where, name),
+                'a namespaced attribute is read by libvirt by its local '
+                'name %r, so it could mean something this product does '
+                'not see' % name.partition('}')[2],
+                'remove the namespace prefix or the attribute'))
+        elif name not in spec.attrs:
+            found.append(Unknown(
+                '<%s %s=%r>' % (where, name, node.get(name)),
+                'this attribute is not known to be safe under dm_restrict',
+                'remove it; if it is needed, ask for it to be supported'))
+
+
+def _text_problem(where: str, text: str) -> Unknown:
+    return Unknown('<%s> text %r' % (where, text.strip()[:40]),
+                   'this element holds no text in a libvirt domain',
+                   'remove the text')
 
 
 def _check_commandline(node: etree._Element,
