@@ -140,10 +140,14 @@ def _text(node: typing.Optional[etree._Element]) -> typing.Optional[str]:
     return ''.join(node.itertext())
 
 
-def _attr(node: etree._Element, tag: str, name: str) -> typing.Optional[str]:
-    """Attribute ``name`` of the first ``tag`` child of ``node``."""
-    child = domain_mod.find(node, tag)
-    return child.get(name) if child is not None else None
+def _firsts(node: etree._Element) -> typing.Dict[typing.Any, etree._Element]:
+    """Each tag among ``node``'s children, with its first child of that
+    tag: one pass, where a device's few children would each cost a find.
+    """
+    found: typing.Dict[typing.Any, etree._Element] = {}
+    for child in node:
+        found.setdefault(child.tag, child)
+    return found
 
 
 class DomainModel:
@@ -163,10 +167,7 @@ class DomainModel:
         self.disks = [self.disk(node) for node in
                       domain_mod.findall(root, 'devices/disk')]
         self.chardevs = [
-            Chardev(node, node.tag, node.get('type') or 'pty',
-                    _attr(node, 'source', 'path'),
-                    _attr(node, 'target', 'type'))
-            for devices in root.iterchildren('devices')
+            self._chardev(node) for devices in root.iterchildren('devices')
             for node in devices.iterchildren(
                 'serial', 'console', 'channel', 'parallel')]
         self.nics = [self._nic(node) for node in
@@ -196,10 +197,11 @@ class DomainModel:
     def disk(node: etree._Element) -> Disk:
         """The reading of one ``<disk>`` element."""
         source_type = node.get('type') or 'file'
-        driver = domain_mod.find(node, 'driver')
+        firsts = _firsts(node)
+        driver = firsts.get('driver')
         name = driver.get('name') if driver is not None else None
         fmt = driver.get('type') if driver is not None else None
-        source = domain_mod.find(node, 'source')
+        source = firsts.get('source')
         attr = _SOURCE_ATTR.get(source_type)
         path = stray = None
         if source is not None:
@@ -207,15 +209,26 @@ class DomainModel:
             other = _OTHER_ATTR.get(attr or '')
             if other and source.get(other) is not None:
                 stray = other
-        target = domain_mod.find(node, 'target')
+        target = firsts.get('target')
         return Disk(node, source_type, node.get('device') or 'disk', name,
                     fmt, disk_backend(source_type, name, fmt), path, stray,
                     target.get('dev') if target is not None else None)
 
     @staticmethod
+    def _chardev(node: etree._Element) -> Chardev:
+        firsts = _firsts(node)
+        source, target = firsts.get('source'), firsts.get('target')
+        return Chardev(node, node.tag, node.get('type') or 'pty',
+                       source.get('path') if source is not None else None,
+                       target.get('type') if target is not None else None)
+
+    @staticmethod
     def _nic(node: etree._Element) -> Nic:
+        firsts = _firsts(node)
+
         def attr(tag: str, name: str) -> typing.Optional[str]:
-            return _attr(node, tag, name)
+            child = firsts.get(tag)
+            return child.get(name) if child is not None else None
         tags = domain_mod.findall(node, 'vlan/tag')
         return Nic(node, node.get('type') or '', attr('source', 'bridge'),
                    attr('source', 'network'), attr('script', 'path'),

@@ -166,8 +166,8 @@ class DmRestrictHook(hooks.DomainHook):
                  finish: typing.Optional[typing.Callable[[str], None]]
                  ) -> typing.Tuple[str, hooks.Undo]:
         dom, foreign, uid_range, syntax = self._validated(xml, instance)
-        kind = dom.kind
         if uid_range is None:
+            kind = dom.kind
             reasons = policy.pv_dom0_qemu_reasons(dom)
             if reasons:
                 LOG.warning('instance %s of tenant %s: libxl serves %s of '
