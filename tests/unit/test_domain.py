@@ -106,6 +106,27 @@ def test_xen_args_round_trip_and_namespace_declared_once():
     assert again.name == 'fixture-hvm'
 
 
+def test_xen_args_declare_the_namespace_on_the_root_in_place():
+    """The xen prefix is declared on <domain> as libvirt writes it, the
+    root stays the element callers hold, and a foreign element binding
+    ``xen`` to its own namespace keeps it.
+    """
+    xml = base.fixture('hvm.xml').replace(
+        '<devices>', '<metadata><m:a xmlns:m="urn:m" xmlns:xen="urn:own">'
+        '<xen:b/></m:a></metadata><devices>')
+    dom = domain.parse(xml, LIMIT)
+    root = dom.root
+    dom.set_xen_args(['-a'])
+    assert dom.root is root
+    out = etree.fromstring(dom.to_bytes())
+    assert out.nsmap.get('xen') == domain.XEN_NS
+    cmdline = out.find(domain.XEN + 'commandline')
+    assert cmdline.nsmap == {'xen': domain.XEN_NS}
+    assert b'<xen:commandline>' in dom.to_bytes()
+    assert out.find('metadata/{urn:m}a/{urn:own}b') is not None
+    assert domain.parse(dom.to_bytes(), LIMIT).xen_args() == ['-a']
+
+
 def test_set_uuid_adds_it_after_name():
     xml = base.edit(base.fixture('hvm.xml'),
                     lambda root: root.remove(root.find('uuid')))

@@ -275,10 +275,10 @@ class Domain:
         The xen namespace is declared on ``<domain>`` with the ``xen``
         prefix, as libvirt writes it, unless the document binds ``xen``
         to another namespace there: then it is declared on
-        ``<xen:commandline>`` itself.  Rebinding it on a rebuilt root
-        would make lxml invent prefixes for the moved content, which a
-        descendant declaring the same prefix shadows on output, changing
-        the namespace of foreign elements and attributes.
+        ``<xen:commandline>`` itself.  Rebinding it on the root would
+        make lxml invent prefixes for its content, which a descendant
+        declaring the same prefix shadows on output, changing the
+        namespace of foreign elements and attributes.
         """
         existing = findall(self.root, '%scommandline' % XEN)
         for node in existing:
@@ -286,31 +286,19 @@ class Domain:
         if not args:
             return
         bound = self.root.nsmap.get('xen')
-        if bound is None:
-            self._declare_namespace('xen', XEN_NS)
         cmdline = etree.SubElement(
             self.root, '%scommandline' % XEN,
-            nsmap=None if bound in (None, XEN_NS) else {'xen': XEN_NS})
+            nsmap=None if bound == XEN_NS else {'xen': XEN_NS})
         for value in args:
             etree.SubElement(cmdline, '%sarg' % XEN, value=value)
+        if bound is None:
+            # lxml cannot add a declaration to an existing element but
+            # this way: declared on the root, the one on <xen:commandline>
+            # is then dropped as redundant (as are unused ones, which
+            # serializing drops anyway).
+            etree.cleanup_namespaces(self.root, top_nsmap={'xen': XEN_NS},
+                                     keep_ns_prefixes=['xen'])
         self._tidy(cmdline)
-
-    def _declare_namespace(self, prefix: str, uri: str) -> None:
-        """Re-create the root with an unbound ``prefix`` bound, keeping its
-        content.
-
-        lxml cannot add a namespace declaration to an existing element, so
-        the root is rebuilt in place and the wrapper keeps pointing at it.
-        Every other declaration stays, so the moved content needs no new
-        one.
-        """
-        nsmap = dict(self.root.nsmap)
-        nsmap[prefix] = uri
-        new_root = etree.Element(self.root.tag, attrib=self.root.attrib,
-                                 nsmap=nsmap)
-        new_root.text = self.root.text
-        new_root.extend(list(self.root))
-        self.root = new_root
 
     # -- metadata ---------------------------------------------------------
     def metadata(self, tag: str) -> typing.Optional[etree._Element]:
