@@ -201,7 +201,7 @@ class Domain:
         """Write ``<uuid>``, after ``<name>`` as libvirt orders it."""
         node = find(self.root, 'uuid')
         if node is None:
-            node = etree.Element('uuid')
+            node = self.root.makeelement('uuid')
             anchor = find(self.root, 'name')
             if anchor is not None:
                 anchor.addnext(node)
@@ -228,7 +228,7 @@ class Domain:
         devices = self.devices()
         node = find(devices, 'emulator')
         if node is None:
-            node = etree.Element('emulator')
+            node = self.root.makeelement('emulator')
             devices.insert(0, node)
             if devices.text and not devices.text.strip():
                 node.tail = devices.text
@@ -322,7 +322,7 @@ class Domain:
         """
         meta = find(self.root, 'metadata')
         if meta is None:
-            meta = etree.Element('metadata')
+            meta = self.root.makeelement('metadata')
             anchor = None
             for tag in ('description', 'title', 'uuid', 'name'):
                 anchor = find(self.root, tag)
