@@ -13,7 +13,6 @@ data); attributes carry no namespace (:mod:`schema` refuses namespaced
 ones, which libvirt would match by local name).
 """
 
-import dataclasses
 import enum
 import typing
 
@@ -36,9 +35,12 @@ class Backend(enum.Enum):
 #: ``<driver type>`` values that make tap/tap2 a QEMU qdisk.
 _TAP_QDISK_FORMATS = frozenset(('qcow', 'qcow2', 'qed'))
 
+# The readings below are named tuples: immutable like a frozen
+# dataclass, and made several times faster (a frozen dataclass sets
+# each field through object.__setattr__), several of them per boot.
 
-@dataclasses.dataclass(frozen=True)
-class Disk:
+
+class Disk(typing.NamedTuple):
     """A ``<disk>`` as libxl will serve it."""
 
     node: etree._Element
@@ -72,8 +74,7 @@ def disk_backend(source_type: str, driver: typing.Optional[str],
     return Backend.UNKNOWN
 
 
-@dataclasses.dataclass(frozen=True)
-class Chardev:
+class Chardev(typing.NamedTuple):
     """A serial, console, channel or parallel device."""
 
     node: etree._Element
@@ -86,8 +87,7 @@ class Chardev:
         return '<%s type=%r>' % (self.role, self.type)
 
 
-@dataclasses.dataclass(frozen=True)
-class Nic:
+class Nic(typing.NamedTuple):
     """An ``<interface>``."""
 
     node: etree._Element
@@ -106,8 +106,7 @@ class Nic:
         return '<interface type=%r>' % self.type
 
 
-@dataclasses.dataclass(frozen=True)
-class Display:
+class Display(typing.NamedTuple):
     """A ``<graphics>`` device."""
 
     node: etree._Element
@@ -117,8 +116,7 @@ class Display:
     keymap: typing.Optional[str]
 
 
-@dataclasses.dataclass(frozen=True)
-class HostFile:
+class HostFile(typing.NamedTuple):
     """A host path libxl or QEMU opens for the domain itself."""
 
     what: str
