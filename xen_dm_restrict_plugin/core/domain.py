@@ -12,6 +12,7 @@ arguments, our metadata record) and edits only those parts, leaving the
 rest of the document as it came.
 """
 
+import copy
 import enum
 import logging
 import os
@@ -166,6 +167,30 @@ def parse(data: typing.Union[bytes, str], max_bytes: int,
     return Domain(root, stubdom_emulators)
 
 
+#: ``<xen:commandline>`` elements holding N ``<xen:arg value=''/>``, by
+#: N, made once: lxml checks every name of an element it creates, which a
+#: copy skips.  A domain's own arguments may make any N; a few are kept.
+_COMMANDLINES: typing.Dict[int, etree._Element] = {}
+_KEPT_COMMANDLINES = 32
+
+
+def _commandline(values: typing.Sequence[str]) -> etree._Element:
+    """A new ``<xen:commandline>`` (declaring ``xen``) holding ``values``.
+    """
+    prototype = _COMMANDLINES.get(len(values))
+    if prototype is None:
+        prototype = etree.Element('%scommandline' % XEN,
+                                  nsmap={'xen': XEN_NS})
+        for _ in values:
+            etree.SubElement(prototype, '%sarg' % XEN, value='')
+        if len(values) <= _KEPT_COMMANDLINES:
+            _COMMANDLINES[len(values)] = prototype
+    made = copy.deepcopy(prototype)
+    for node, value in zip(made, values):
+        node.set('value', value)
+    return made
+
+
 class Domain:
     """A parsed libvirt domain; wraps the root ``<domain>`` element.
 
@@ -291,16 +316,13 @@ class Domain:
         if not args:
             return
         bound = self.root.nsmap.get('xen')
-        cmdline = etree.SubElement(
-            self.root, '%scommandline' % XEN,
-            nsmap=None if bound == XEN_NS else {'xen': XEN_NS})
-        for value in args:
-            etree.SubElement(cmdline, '%sarg' % XEN, value=value)
-        if bound is None:
+        cmdline = _commandline(args)
+        self.root.append(cmdline)
+        if bound in (None, XEN_NS):
             # lxml cannot add a declaration to an existing element but
-            # this way: declared on the root, the one on <xen:commandline>
-            # is then dropped as redundant (as are unused ones, which
-            # serializing drops anyway).
+            # this way: declared on the root (or found there), the one
+            # <xen:commandline> brought is dropped as redundant (as are
+            # unused ones, which serializing drops anyway).
             etree.cleanup_namespaces(self.root, top_nsmap={'xen': XEN_NS},
                                      keep_ns_prefixes=['xen'])
         self._tidy(cmdline)

@@ -106,16 +106,24 @@ def canonical_args(record: Record) -> typing.List[typing.List[str]]:
     return found
 
 
-def _template() -> etree._Element:
-    record = etree.Element(RECORD_TAG, nsmap={META_PREFIX: META_NS})
-    for tag in ('tenant', 'uid', 'gid', 'chroot', 'sandbox', 'args'):
-        etree.SubElement(record, META + tag)
+#: Records of N arguments, by N, copied for each record: lxml checks
+#: every name of an element it creates, which a copy skips.  A domain's
+#: own arguments may make any N; a few are kept.
+_RECORDS: typing.Dict[int, etree._Element] = {}
+_KEPT_RECORDS = 32
+
+
+def _template(count: int) -> etree._Element:
+    record = _RECORDS.get(count)
+    if record is None:
+        record = etree.Element(RECORD_TAG, nsmap={META_PREFIX: META_NS})
+        for tag in ('tenant', 'uid', 'gid', 'chroot', 'sandbox', 'args'):
+            etree.SubElement(record, META + tag)
+        for _ in range(count):
+            etree.SubElement(record[-1], META + 'arg', value='')
+        if count <= _KEPT_RECORDS:
+            _RECORDS[count] = record
     return record
-
-
-#: The record's elements, copied for each record (lxml checks every name
-#: of an element it creates, which a copy skips).
-_RECORD = _template()
 
 
 def to_element(restriction: Restriction,
@@ -125,15 +133,17 @@ def to_element(restriction: Restriction,
 
     :param args: ``restriction.args()``, when the caller has them.
     """
-    record = copy.deepcopy(_RECORD)
+    if args is None:
+        args = restriction.args()
+    record = copy.deepcopy(_template(len(args)))
     tenant, uid, gid, chroot, sandbox, listed = record
     tenant.text = restriction.tenant
     uid.text = str(restriction.uid)
     gid.text = str(restriction.gid)
     chroot.text = restriction.chroot
     sandbox.text = 'on' if restriction.syntax.sandbox else 'off'
-    for value in restriction.args() if args is None else args:
-        etree.SubElement(listed, META + 'arg', value=value)
+    for node, value in zip(listed, args):
+        node.set('value', value)
     return record
 
 
