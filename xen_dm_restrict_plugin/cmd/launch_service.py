@@ -15,12 +15,11 @@ a changed configuration applies to the next start without a restart.
 """
 
 import logging
-import os
 import sys
 import typing
 
 # Nothing else of the package before the import path is checked (main).
-from xen_dm_restrict_plugin.core import importpath
+from xen_dm_restrict_plugin.cmd import serving
 
 LOG = logging.getLogger(__name__)
 PROG = 'xen-dm-restrict-launch-service'
@@ -49,55 +48,29 @@ def load_settings():
 
 
 def build_parser():
-    import argparse
-
-    from xen_dm_restrict_plugin.cmd import host
     from xen_dm_restrict_plugin.launcher import settings as launch_settings
 
-    parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__.split('\n\n')[1],
-        epilog='configuration: $%s, else %s\n\nexample (as root):\n'
-               '  %s --socket %s' % (
-                   host.CONFIG_ENV, host.DEFAULT_CONFIG, PROG,
-                   launch_settings.DEFAULT_SOCKET),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        '--socket', default=None,
-        help='where to listen (default: $%s, else %s); the front asks the '
-             'same path' % (launch_settings.SOCKET_ENV,
-                            launch_settings.DEFAULT_SOCKET))
-    return parser
+    return serving.build_parser(PROG, __doc__, launch_settings.DEFAULT_SOCKET,
+                                launch_settings.SOCKET_ENV, 'the front')
 
 
 def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
-    if os.geteuid() == 0:
-        # It decides, as root, from code on this import path.
-        reason = importpath.untrusted_reason()
-        if reason:
-            print('%s: error: %s' % (PROG, reason), file=sys.stderr)
-            return 1
+    # It decides, as root, from code on this import path.
+    if serving.untrusted_import_path(PROG):
+        return 1
     args = build_parser().parse_args(argv)
     from xen_dm_restrict_plugin.cmd import host
-    from xen_dm_restrict_plugin import exception
     from xen_dm_restrict_plugin.launcher import service
     from xen_dm_restrict_plugin.launcher import settings as launch_settings
 
     host.setup_logging(PROG, verbose=True)
 
     def call() -> int:
-        if os.geteuid() != 0:
-            raise exception.CapabilityMissing(
-                PROG, 'it runs as uid %d: it creates chroots, cgroups and '
-                'tap devices for root\'s launcher' % os.geteuid(),
-                'run it as root')
+        serving.require_root(PROG, 'it creates chroots, cgroups and tap '
+                             'devices for root\'s launcher')
         load_settings()  # a broken configuration fails here, not later
         path = args.socket or launch_settings.socket_path()
-        try:
-            listener = service.listen(path)
-        except OSError as err:
-            raise exception.CapabilityMissing(
-                PROG, 'cannot listen on %s: %s' % (path, err),
-                'check that its directory is root\'s') from None
+        listener = serving.listen(PROG, path)
         LOG.info('answering the launcher front on %s', path)
         service.Service(load_settings).serve(listener)
         return host.EXIT_OK  # pragma: no cover - serve() never returns
