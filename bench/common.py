@@ -10,9 +10,12 @@ transaction at a time would only slow the bench down.
 """
 
 import math
+import os
 import pathlib
 import sqlite3
 import statistics
+import subprocess
+import sys
 import time
 import typing
 import uuid as uuid_mod
@@ -135,3 +138,25 @@ def proc_status(field: str, pid: typing.Union[int, str] = 'self') -> str:
 def kib(field: str) -> int:
     """A memory field of this process's status, in KiB."""
     return int(proc_status(field).split()[0])
+
+
+def start_service(module: str, env: dict, socket_path: str
+                  ) -> subprocess.Popen:
+    """One of the package's root services (``module``, run with ``-m``)
+    as init runs it; returns once it listens on ``socket_path``.
+
+    :raises RuntimeError: it ended or did not listen within 30 s (with
+        what it wrote on stderr).
+    """
+    proc = subprocess.Popen(
+        [sys.executable, '-m', module], env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(socket_path):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError('%s did not start: %s' % (
+                module, proc.communicate()[1].decode(errors='replace')))
+        time.sleep(0.01)
+    proc.stderr.close()
+    return proc

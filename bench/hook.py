@@ -21,7 +21,6 @@ import os
 import pwd
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import typing
@@ -148,7 +147,9 @@ def run(workdir: str, calls: int) -> typing.Dict[str, typing.Any]:
         _timed(prepare, data, env)
         python = [_timed(prepare, data, env)
                   for _ in range(max(5, calls // 3))]
-        service = _start_service(env, socket_path)
+        service = common.start_service(
+            'xen_dm_restrict_plugin.cmd.hook_service',
+            dict(os.environ, **env), socket_path)
         _timed(prepare, data, env)
         _timed(ignored, data, env)
         prepared, skipped, refreshed = [], [], []
@@ -182,22 +183,3 @@ def run(workdir: str, calls: int) -> typing.Dict[str, typing.Any]:
             'prepare_without_snapshot': common.summary(refreshed),
             'prepare_without_service': common.summary(python),
             'ignored': common.summary(skipped)}
-
-
-def _start_service(env: dict, socket_path: str) -> subprocess.Popen:
-    """xen-dm-restrict-hook-service as init runs it; returns once it
-    listens.
-    """
-    proc = subprocess.Popen(
-        [sys.executable, '-m', 'xen_dm_restrict_plugin.cmd.hook_service'],
-        env=dict(os.environ, **env), stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while not os.path.exists(socket_path):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError('the hook service did not start: %s' % (
-                proc.communicate()[1].decode(errors='replace')))
-        time.sleep(0.01)
-    proc.stderr.close()
-    return proc

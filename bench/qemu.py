@@ -20,7 +20,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import typing
@@ -268,26 +267,6 @@ def qemu_pid(pid: int) -> int:
     return pid
 
 
-def start_service(env: dict) -> subprocess.Popen:
-    """The launcher service the compiled front asks, as init would run
-    it; returns once it listens.
-    """
-    from xen_dm_restrict_plugin.launcher import settings as launch_settings
-
-    path = env[launch_settings.SOCKET_ENV]
-    proc = subprocess.Popen(
-        [sys.executable, '-m', 'xen_dm_restrict_plugin.cmd.launch_service'],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while not os.path.exists(path):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError('the launcher service did not start')
-        time.sleep(0.01)
-    return proc
-
-
 def _verify_launched(uid: int) -> typing.Callable[[int], None]:
     def check(pid: int) -> None:
         pid = qemu_pid(pid)
@@ -325,7 +304,12 @@ def run_launcher(binary: str, workdir: str, starts: int
                           check=_verify_launched(uid))
         fallback = [_start_fd_monitor([python] + args, scratch, env)
                     for _ in range(max(3, starts // 4))]
-        service = start_service(env)
+        from xen_dm_restrict_plugin.launcher import settings as \
+            launch_settings
+
+        service = common.start_service(
+            'xen_dm_restrict_plugin.cmd.launch_service', env,
+            env[launch_settings.SOCKET_ENV])
         _start_fd_monitor([script] + args, scratch, env,
                           check=_verify_launched(uid))
         through, bare = [], []
