@@ -244,6 +244,29 @@ def kill_uid(uid: int, rounds: int = 20) -> None:
         time.sleep(0.01)
 
 
+def compile_hook_client(target: str, python: str = sys.executable,
+                        acted=None, timeout_ms=None,
+                        import_path=None) -> str:
+    """libvirtd's compiled hook as ``install-hook`` builds it, at
+    ``target``: its fallback runs ``python`` on ``import_path`` (default:
+    this process's and the tree's).
+    """
+    import json
+
+    from xen_dm_restrict_plugin.daemon_hook import operations
+
+    program = host.HOOK_PROGRAM % {
+        'path': json.dumps(import_path or [
+            entry for entry in sys.path[1:] if os.path.isabs(entry)]
+            + [ROOT])}
+    with open(target, 'wb') as handle:
+        handle.write(host.compile_hook(
+            python, program, operations.ACTED_ON if acted is None
+            else acted, timeout_ms=timeout_ms))
+    os.chmod(target, 0o755)
+    return target
+
+
 #: The interpreter compiled into the service tests' hook: none, so a call
 #: that does not reach the service fails instead of running Python.
 NO_FALLBACK = '/nonexistent/xdr-hook-fallback-must-not-run'
@@ -257,23 +280,13 @@ class HookService:
     """
 
     def __init__(self, tmp: str):
-        import json
-
-        from xen_dm_restrict_plugin.daemon_hook import operations
-
         require_root()
         self.tmp = tmp
         os.makedirs(os.path.join(tmp, 'run'), mode=0o700)
         self.socket = os.path.join(tmp, 'run', 'hook.sock')
-        self.client = os.path.join(tmp, 'libxl')
-        program = host.HOOK_PROGRAM % {
-            'path': json.dumps([entry for entry in sys.path[1:]
-                                if os.path.isabs(entry)] + [ROOT])}
-        with open(self.client, 'wb') as handle:
-            # No fallback: every call must reach the service.
-            handle.write(host.compile_hook(NO_FALLBACK, program,
-                                           operations.ACTED_ON))
-        os.chmod(self.client, 0o755)
+        # No fallback: every call must reach the service.
+        self.client = compile_hook_client(os.path.join(tmp, 'libxl'),
+                                          NO_FALLBACK)
         config = os.path.join(tmp, 'service.conf')
         with open(config, 'w') as handle:
             handle.write('[dm_restrict]\n')

@@ -8,7 +8,6 @@ what ``install-hook`` writes.  Needs root (the service, the compiled
 hook's install).
 """
 
-import json
 import os
 import shutil
 import socket
@@ -21,7 +20,6 @@ import pytest
 
 from tests import base
 from tests.functional import hostenv
-from xen_dm_restrict_plugin.cmd import host
 from xen_dm_restrict_plugin.daemon_hook import operations
 from xen_dm_restrict_plugin.daemon_hook import service as hook_service
 
@@ -36,16 +34,9 @@ def env(tmp_path):
 
 def _client(tmp: str, python: str = sys.executable, timeout_ms=None,
             acted=operations.ACTED_ON, path=None) -> str:
-    program = host.HOOK_PROGRAM % {
-        'path': json.dumps(path or [entry for entry in sys.path[1:]
-                                    if os.path.isabs(entry)]
-                           + [hostenv.ROOT])}
-    client = os.path.join(tmp, 'client-%d' % len(os.listdir(tmp)))
-    with open(client, 'wb') as handle:
-        handle.write(host.compile_hook(python, program, acted,
-                                       timeout_ms=timeout_ms))
-    os.chmod(client, 0o755)
-    return client
+    return hostenv.compile_hook_client(
+        os.path.join(tmp, 'client-%d' % len(os.listdir(tmp))), python,
+        acted, timeout_ms, path)
 
 
 def _run(client, env, operation='prepare', sub='begin', xml=None,
