@@ -120,13 +120,40 @@ def _run_launcher(env, args, **kwargs):
                           **kwargs)
 
 
-def test_help_and_version_pass_straight_through(env):
+def test_version_and_options_pass_straight_through(env):
     version = _run_launcher(env, ['-version'])
     assert version.returncode == 0
     assert version.stdout.startswith('QEMU emulator version')
-    helped = _run_launcher(env, ['-help'])
-    assert helped.returncode == 0
-    assert '-machine' in helped.stdout
+    options = _run_launcher(env, ['-h'])
+    assert options.returncode == 0
+    assert '-machine' in options.stdout
+    assert not os.path.exists(env.settings().chroot_base_dir)
+
+
+def test_libvirts_probe_is_answered_without_starting_qemu(env, tmp_path):
+    """libvirt's libxl driver runs ``<emulator> -help`` twice per start
+    and builds qemu-xen's command line unless the output holds
+    qemu-xen-traditional's mark; the launcher (Python or compiled front)
+    answers with its own text and starts no QEMU for it.
+    """
+    from xen_dm_restrict_plugin.launcher import usage
+
+    ran = tmp_path / 'qemu-ran'
+    fake = tmp_path / 'qemu'
+    fake.write_text('#!/bin/sh\ntouch %s\necho "%s"\n' % (
+        ran, usage.LIBVIRT_TRADITIONAL_MARK))
+    fake.chmod(0o755)
+    env.write_config(qemu_binary=str(fake))
+    for args in (['-help'], ['--help']):
+        helped = _run_launcher(env, args)
+        assert helped.returncode == 0, helped.stderr
+        assert helped.stdout == usage.HELP
+        assert usage.LIBVIRT_TRADITIONAL_MARK not in helped.stdout
+        assert 'qemu-xen' in helped.stdout
+    assert not ran.exists()
+    # Any other query does reach the configured binary.
+    other = _run_launcher(env, ['-version'])
+    assert other.returncode == 0 and ran.exists()
     assert not os.path.exists(env.settings().chroot_base_dir)
 
 

@@ -263,10 +263,13 @@ def compile_front(fallback: str) -> bytes:
     :returns: the executable's bytes.
     :raises CapabilityMissing: there is no compiler, or it failed.
     """
+    from xen_dm_restrict_plugin.launcher import usage
+
     return _compile('install-launcher', FRONT_SOURCE, [
         '-DXDR_FALLBACK=%s' % _c_string(fallback),
         '-DXDR_SOCKET=%s' % _c_string(launch_settings.DEFAULT_SOCKET)],
-        '--python-only for the slower Python launcher')
+        '--python-only for the slower Python launcher',
+        '#define XDR_HELP %s\n' % _c_literal(usage.HELP))
 
 
 def compile_hook(python: str, program: str,

@@ -13,9 +13,11 @@ reads the launcher's snapshot of the configuration
 does not use; only when the snapshot is missing or stale does it load
 oslo.config, then it writes a fresh snapshot.
 
-``xen-dm-restrict-launch --help`` (exactly that one argument) prints
-:data:`HELP`; ``-help``, which libvirt uses to tell qemu-xen from
-qemu-xen-traditional, and every other query still reach QEMU.
+``xen-dm-restrict-launch --help`` or ``-help`` (exactly that one
+argument) prints :data:`~xen_dm_restrict_plugin.launcher.usage.HELP`
+without starting QEMU; ``-help`` is libvirt's probe of the emulator
+(see :mod:`~xen_dm_restrict_plugin.launcher.usage`).  Every other query
+(``-version``, ``-h``) still reaches QEMU.
 """
 
 import os
@@ -23,50 +25,14 @@ import sys
 
 from xen_dm_restrict_plugin import exception
 from xen_dm_restrict_plugin.launcher import settings as launch_settings
+from xen_dm_restrict_plugin.launcher import usage
 
 PROG = 'xen-dm-restrict-launch'
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_REFUSED = 2
 
-#: What ``xen-dm-restrict-launch --help`` prints.
-HELP = """\
-usage: xen-dm-restrict-launch QEMU-ARGUMENT...
-
-The device-model wrapper of xen-dm-restrict. libxl starts it, as root,
-in place of QEMU for every restricted domain: set [dm_restrict] launcher
-to its path and the dm_restrict hook writes it as the domain's
-<emulator>. It checks that the arguments are ones libxl writes for an
-allowed domain and restrict QEMU to a uid of a configured range
-(-runas UID:GID or -run-with user=UID:GID) and to that uid's chroot
-directory. It then creates the directory (empty, root-owned, mode
-0000), puts itself in the uid's cgroup (pids, memory and CPU limits),
-opens the emulated NICs' tap devices and hands them to QEMU as file
-descriptors, unshares the mount, IPC and network namespaces, sets
-RLIMIT_NPROC, RLIMIT_FSIZE to 256 KiB and RLIMIT_CORE, RLIMIT_MSGQUEUE,
-RLIMIT_LOCKS and RLIMIT_MEMLOCK to 0, installs a seccomp filter (under
-QEMU's own -sandbox too), and execs [dm_restrict] qemu_binary. A command
-line without the restriction is refused (exit 2); one that only asks
-QEMU for its help or version (-help, -version) is passed straight to
-QEMU.
-
-It has no options of its own: this text is shown only for the single
-argument --help. Configuration: $%(env)s, else
-%(conf)s; it reads a snapshot of it from
-%(snapshot)s while that is current. Exit codes:
-QEMU's own once exec'd; before that, 2 refused and 1 error, with the
-message on stderr.
-
-examples:
-  # what libvirt runs to tell qemu-xen from qemu-xen-traditional:
-  xen-dm-restrict-launch -help
-  # a restricted start, as libxl would run it (as root):
-  xen-dm-restrict-launch -xen-domid 7 -xen-domid-restrict \\
-      -runas 200000:200000 \\
-      -chroot /var/run/xen/dm-restrict/qemu-root-200000 ...
-""" % {'env': launch_settings.CONFIG_ENV,
-       'conf': launch_settings.DEFAULT_CONFIG,
-       'snapshot': launch_settings.DEFAULT_PATH}
+HELP = usage.HELP
 
 
 def load_settings():
@@ -96,7 +62,7 @@ def load_settings():
 
 def main(argv=None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args == ['--help']:
+    if len(args) == 1 and args[0] in usage.HELP_ARGS:
         sys.stdout.write(HELP)
         return EXIT_OK
     try:

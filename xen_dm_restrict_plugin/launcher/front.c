@@ -22,8 +22,12 @@
  * front execs the Python launcher XDR_FALLBACK with the same argv, which
  * checks and applies everything itself: slower, never less strict.
  *
+ * "--help" and libvirt's "-help" probe are answered without the
+ * service or QEMU: XDR_HELP is the Python launcher's HELP text.
+ *
  * Built by "xen-dm-restrict install-launcher" with the system compiler:
- *   cc -O2 -DXDR_FALLBACK='"PATH.py"' -o PATH front.c
+ *   cc -O2 -DXDR_FALLBACK='"PATH.py"' -include generated.h -o PATH front.c
+ * (generated.h defines XDR_HELP)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -47,6 +51,9 @@
 
 #ifndef XDR_FALLBACK
 #error "XDR_FALLBACK (the Python launcher's path) must be defined"
+#endif
+#ifndef XDR_HELP
+#error "XDR_HELP (the launcher's --help text) must be defined"
 #endif
 #ifndef XDR_SOCKET
 #define XDR_SOCKET "/run/xen-dm-restrict/launcher.sock"
@@ -115,6 +122,22 @@ static void fallback(char **argv)
     argv[0] = (char *)XDR_FALLBACK;
     execv(XDR_FALLBACK, argv);
     die(1, "cannot execute the Python launcher " XDR_FALLBACK);
+}
+
+/* Write all of buf to fd; nonzero when it was written. */
+static int write_all(int fd, const char *buf, size_t len)
+{
+    while (len) {
+        ssize_t done = write(fd, buf, len);
+
+        if (done < 0 && errno == EINTR)
+            continue;
+        if (done <= 0)
+            return 0;
+        buf += done;
+        len -= (size_t)done;
+    }
+    return 1;
 }
 
 static uint32_t u32(const unsigned char *p)
@@ -496,8 +519,11 @@ int main(int argc, char **argv)
     size_t len = 0;
     int sock;
 
-    if (argc == 2 && strcmp(argv[1], "--help") == 0)
-        fallback(argv);
+    /* libvirt's probe of the emulator, twice per start: answered here,
+     * with the Python launcher's HELP, compiled in. */
+    if (argc == 2 && (strcmp(argv[1], "--help") == 0 ||
+                      strcmp(argv[1], "-help") == 0))
+        _exit(write_all(1, XDR_HELP, sizeof(XDR_HELP) - 1) ? 0 : 1);
     sock = connect_service();
     if (sock < 0)
         fallback(argv);
