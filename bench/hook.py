@@ -6,13 +6,14 @@ on stdin and a cleared environment.  Here the hook ``xen-dm-restrict
 install-hook`` writes is run exactly so (the environment holds only the
 scratch configuration's path, which a host has at the default place),
 for ``prepare begin`` of a restricted domain of a leased uid (the whole
-check, the chroot, the reap as a real reaper user) and for an operation
-the hook ignores (``start begin``).  ``prepare begin`` is timed with a
-current settings snapshot, and (every fifth call) without one: the first
-call after the configuration changed loads it in full and writes the
-snapshot again.  The snapshot is the scratch one (the environment names
-it; a host has it at the default place).  Needs root (the reap, the
-chroot); elsewhere skipped.
+check, the chroot, the reap as a real reaper user), for an operation the
+hook ignores (``start begin``), and for ``started begin`` of a domain
+without a VNC console (nothing to relay).  ``prepare begin`` is timed
+with a current settings snapshot, and (every fifth call) without one:
+the first call after the configuration changed loads it in full and
+writes the snapshot again.  The snapshot is the scratch one (the
+environment names it; a host has it at the default place).  Needs root
+(the reap, the chroot); elsewhere skipped.
 """
 
 import argparse
@@ -143,6 +144,7 @@ def run(workdir: str, calls: int) -> typing.Dict[str, typing.Any]:
         skipped_op = next(op for op in IGNORED_CANDIDATES
                           if op not in operations.ACTED_ON)
         ignored = [path, name, skipped_op[0], skipped_op[1], '-']
+        started = [path, name] + list(operations.OP_STARTED) + ['-']
         # No service yet: the compiled hook runs the Python hook itself.
         _timed(prepare, data, env)
         python = [_timed(prepare, data, env)
@@ -152,7 +154,7 @@ def run(workdir: str, calls: int) -> typing.Dict[str, typing.Any]:
             dict(os.environ, **env), socket_path)
         _timed(prepare, data, env)
         _timed(ignored, data, env)
-        prepared, skipped, refreshed = [], [], []
+        prepared, skipped, refreshed, after = [], [], [], []
         for n in range(calls):
             # One domain start at a time, as libvirtd's calls come: the
             # service has its workers ready again (a burst of more calls
@@ -160,6 +162,8 @@ def run(workdir: str, calls: int) -> typing.Dict[str, typing.Any]:
             time.sleep(SPACING)
             prepared.append(_timed(prepare, data, env))
             skipped.append(_timed(ignored, data, env))
+            time.sleep(SPACING)
+            after.append(_timed(started, data, env))
             if n % 5 == 0:
                 # The first call after the configuration changed: the
                 # whole configuration is loaded, and the snapshot written.
@@ -182,4 +186,5 @@ def run(workdir: str, calls: int) -> typing.Dict[str, typing.Any]:
             'prepare': common.summary(prepared),
             'prepare_without_snapshot': common.summary(refreshed),
             'prepare_without_service': common.summary(python),
-            'ignored': common.summary(skipped)}
+            'ignored': common.summary(skipped),
+            'started': common.summary(after)}

@@ -224,6 +224,9 @@ def report_hook(report: Report, result: dict) -> None:
     report.row('%s (ignored)' % result['ignored_operation'],
                _ms(result['ignored']),
                '<= 2 ms', result['ignored']['median_ms'] <= 2)
+    if 'started' in result:
+        report.row('started begin, no VNC console to relay',
+                   _ms(result['started']))
 
 
 def report_xen(report: Report, result: dict) -> None:

@@ -73,10 +73,21 @@ SCENARIOS = ('1-start', '2-refuse', '3-lifecycle', '4-refused-ops',
 # LAB-ONLY WORKAROUND (SMAP): a PV dom0 under TCG crashes at once with
 # SMAP on ("d0v0 Unhandled: vec 14, #PF[0001]", create_bounce_frame);
 # smap=0 hides it from Xen. Real hardware does not need it.
+# LAB-ONLY WORKAROUND (lazy FPU): on the emulated AMD CPU Xen 4.17
+# switches FPU state lazily (CR0.TS and #NM; eager only on Intel parts
+# that speculate past #NM), so a vCPU's x87/SSE registers stay loaded
+# until another vCPU's first FPU instruction traps. Under TCG that trap
+# is the emulator's to raise for every such instruction, across nested
+# SVM too; a missed one hands one vCPU another's registers. Programs in
+# dom0 died now and then with wild pointers while an HVM guest shared
+# its CPUs (glibc's string routines keep pointers in XMM registers).
+# spec-ctrl=eager-fpu switches the state at every context switch, as
+# upstream Xen now always does ("x86: Always use eager-fpu", 2026);
+# real hardware needs nothing.
 XEN_CMDLINE = ('console=com1 com1=115200,8n1 dom0_mem={dom0_mem}M,'
                'max:{dom0_mem}M dom0_max_vcpus=2 loglvl=all '
                'guest_loglvl=all noreboot smap=0 '
-               'console_timestamps=boot')
+               'spec-ctrl=eager-fpu console_timestamps=boot')
 DOM0_CMDLINE = 'root=/dev/vda rw console=hvc0 earlyprintk=xen'
 # The emulated CPU. "max" gives Xen AMD SVM with nested paging (HAP).
 CPU_MAX = 'max'

@@ -1927,6 +1927,11 @@ def main():
         run(['dpkg-query', '-W', '-f', '${Package} ${Version}; ',
              'qemu-system-xen', 'libvirt-daemon-driver-xen', 'python3.11'])
         .out))
+    settings = [x.split(':', 1)[1].strip() for x in
+                run(['xl', 'dmesg']).out.splitlines()
+                if 'Xen settings:' in x or 'Support for PV VMs' in x]
+    emit('XENLAB-FACT xen speculation settings (EAGER_FPU expected, the '
+         'lab\'s spec-ctrl=eager-fpu): %s' % ' | '.join(settings))
     # libvirt's libxl driver logs libxl's debug lines (the device-model
     # argv among them) into /var/log/libvirt/libxl/<name>.log only at
     # log_level 1; its own outputs stay at warnings.
