@@ -197,7 +197,8 @@ def main(args):
     # closed: whatever the worker does after the call must not hold them.
     atexit.register(time.sleep, 60)
     print(os.getpid(), os.getppid(), oct(os.umask(0)), os.getcwd(),
-          os.getpriority(os.PRIO_PROCESS, 0),
+          '%d/%d' % (os.getpriority(os.PRIO_PROCESS, 0),
+                     os.sched_getscheduler(0)),
           resource.getrlimit(resource.RLIMIT_NOFILE)[0],
           hash('xen-dm-restrict'), os.environ.get('PROBE'), args,
           file=sys.stderr)
@@ -248,14 +249,29 @@ def test_each_call_is_a_fresh_process_with_the_callers_attributes(
             pid, ppid, mask, cwd, nice, files, seed, probe, args = \
                 first.split(' ', 8)
             assert int(ppid) == server.pid
+            # The caller's nice value, under the normal policy.
             assert (mask, cwd, nice, files, probe) == (
-                '0o27', str(workdir), '3', '333', 'seen')
+                '0o27', str(workdir), '3/%d' % os.SCHED_OTHER, '333',
+                'seen')
             assert args == "['vm', 'prepare', 'begin', '-']"
             assert second == '<domain/>'
             seen.append((pid, seed))
         assert seen[0][0] != seen[1][0]
         # A fresh interpreter each: another hash seed.
         assert seen[0][1] != seen[1][1]
+        # The spare workers started after the calls wait under
+        # SCHED_IDLE: they take no CPU time from the domain's start.
+        deadline = time.monotonic() + 30
+        while True:
+            with open('/proc/%d/task/%d/children' % (
+                    server.pid, server.pid)) as handle:
+                spare = [int(x) for x in handle.read().split()]
+            if len(spare) == 2 and str(seen[1][0]) not in map(str, spare):
+                break
+            assert time.monotonic() < deadline, spare
+            time.sleep(0.05)
+        assert [os.sched_getscheduler(pid) for pid in spare] == [
+            os.SCHED_IDLE] * 2
     finally:
         server.kill()
         server.wait()

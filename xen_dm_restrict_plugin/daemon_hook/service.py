@@ -385,10 +385,29 @@ sys.exit(service.worker_entry(%d, %r))"""
 HOOK_MAIN = 'xen_dm_restrict_plugin.cmd.libvirt_hook:main'
 
 
-class Worker:
-    """A worker process and the service's end of its control socket."""
+def _schedule(pid: int, policy: int) -> None:
+    """Put process ``pid`` under the scheduling ``policy`` (priority 0);
+    a host that does not allow it keeps the default policy.
+    """
+    try:
+        os.sched_setscheduler(pid, policy, os.sched_param(0))
+    except OSError as err:
+        LOG.debug('scheduling policy %d of worker %d not set: %s',
+                  policy, pid, err)
 
-    def __init__(self, target: str):
+
+class Worker:
+    """A worker process and the service's end of its control socket.
+
+    :param spare: started ahead of any call.  A spare worker starts and
+        imports under ``SCHED_IDLE``, on CPU time nothing else wants: it
+        is started right after a call, while libvirtd is still building
+        the domain and starting its device model, which must not wait
+        for it.  It is put back under the normal policy when it is given
+        a call (then it takes the caller's nice value).
+    """
+
+    def __init__(self, target: str, spare: bool = True):
         ours, theirs = socket.socketpair(socket.AF_UNIX,
                                          socket.SOCK_SEQPACKET)
         try:
@@ -402,9 +421,12 @@ class Worker:
         finally:
             theirs.close()
         self.control = ours
+        if spare:
+            _schedule(self.proc.pid, os.SCHED_IDLE)
 
     def hand(self, conn: socket.socket) -> bool:
         """Give the worker ``conn``; False when it is gone."""
+        _schedule(self.proc.pid, os.SCHED_OTHER)
         try:
             self.control.sendmsg([b'c'], [(
                 socket.SOL_SOCKET, socket.SCM_RIGHTS,
@@ -459,7 +481,7 @@ class Service:
             return  # the client gave up
         while True:
             if not self.idle:
-                self.idle.append(Worker(self.target))
+                self.idle.append(Worker(self.target, spare=False))
             worker = self.idle.popleft()
             if worker.hand(conn):
                 self.busy.append(worker.proc)
