@@ -534,6 +534,48 @@ def guest_log(dom_id, n=3):
     return [x.strip()[-150:] for x in lines[-n:]], len(lines)
 
 
+def triple_fault(dom_id):
+    """Xen's line about a triple fault of domain ``dom_id``, or None."""
+    for line in run(['xl', 'dmesg']).out.splitlines():
+        if re.search(r'\bd%dv\d+ Triple fault' % dom_id, line):
+            return line.strip()
+    return None
+
+
+def read_guest(name, dom_id, marker, timeout=400, whole=False):
+    """Read domain ``name``'s serial console until ``marker``.
+
+    LAB-ONLY WORKAROUND (guest triple fault): an HVM Linux guest under
+    TCG's nested SVM now and then triple-faults in early boot (run 19: at
+    "AGP: Checking aperture", a PCI configuration access; Xen logs
+    "dNvM Triple fault" and the domain is destroyed, on_reboot=destroy).
+    That is the guest's CPU, emulated twice over, not the device model:
+    the domain is then started once more (``virsh start``, through the
+    hook again) and the retry is reported (``XENLAB-EMULATION``).
+
+    :returns: (found, text, domain id of the run that was read).
+    """
+    pty = pty_of(name)
+    found, text = (read_pty(pty, marker, timeout, whole=whole) if pty
+                   else (False, 'no pty'))
+    fault = None if found else triple_fault(dom_id)
+    if not fault:
+        return found, text, dom_id
+    emit('XENLAB-EMULATION %s (domid %d) triple-faulted before %s: %s; '
+         'started once more' % (name, dom_id, marker, fault))
+    STATE.setdefault('triple_faults', []).append(name)
+    virsh('destroy', name)
+    r = virsh('start', name, timeout=300)
+    new_id = domid(name)
+    if r.rc != 0 or new_id is None:
+        return False, '%s; the second start: %s' % (
+            first_line(text), first_line(r.text)), dom_id
+    pty = pty_of(name)
+    found, text = (read_pty(pty, marker, timeout, whole=whole) if pty
+                   else (False, 'no pty'))
+    return found, text, new_id
+
+
 def boot(name, xml_path, tenant='acme', timeout=600):
     """Boot through the plugin as the orchestrator would (CLI)."""
     r = cli('boot', '-v', '--format', 'json', '--connect', URI, '--tenant',
@@ -1076,12 +1118,13 @@ def s1_start(s):
     if r.rc != 0 or not rec:
         return
     t0 = time.monotonic()
-    pty = pty_of('acme-2')
     pid = dm_pid(rec['id'])
     if pid:
         check_restricted(s, 'linux', facts(pid), rec)
-    found, text = (read_pty(pty, 'XENLAB-GUEST-USERSPACE-OK', 400) if pty
-                   else (False, 'no pty'))
+    found, text, ran = read_guest('acme-2', rec['id'],
+                                  'XENLAB-GUEST-USERSPACE-OK')
+    if ran != rec['id']:
+        pid = dm_pid(ran)
     if pid:
         # At once: the guest powers off right after its marker line.
         measure(s, 'linux (256 MiB guest, at userspace)', pid, rec['uid'],
@@ -1418,7 +1461,6 @@ def s7_storage(s):
         r.rc, r.seconds, '' if r.rc == 0 else ': ' + first_line(r.text, 400)))
     if rec:
         t0 = time.monotonic()
-        pty = pty_of(name)
         daemons = run(['pgrep', '-f', 'qemu-storage-daemon']).out.split()
         s.check(len(daemons) == 1, 'qcow2: storage daemons running: %s'
                 % daemons)
@@ -1436,8 +1478,8 @@ def s7_storage(s):
                 groups = handle.read()
             s.check('storage' in groups, 'qcow2: storage daemon cgroup: %s'
                     % ' '.join(groups.split())[:200])
-        found, text = (read_pty(pty, 'XENLAB-GUEST-DISKREAD', 400,
-                                whole=True) if pty else (False, 'no pty'))
+        found, text, _ = read_guest(name, rec['id'],
+                                    'XENLAB-GUEST-DISKREAD', whole=True)
         line = re.search(r'XENLAB-GUEST-DISK [^\r\n]*', text)
         s.check(found and line and marker in line.group(0),
                 'qcow2: the guest read its disk (blkfront, through the '
@@ -2007,6 +2049,10 @@ def main():
     s_bench(plain)
     crash_probe()
     crash_evidence()
+    emit('XENLAB-FACT guest triple faults under emulation (each guest '
+         'started once more): %d %s' % (
+             len(STATE.get('triple_faults', [])),
+             ' '.join(STATE.get('triple_faults', []))))
     j = run(['journalctl', '--no-pager', '-b'])
     mem = [x for x in j.out.splitlines() if 'MemoryError' in x]
     emit('XENLAB-FACT MemoryError lines in the journal: %d%s' % (
