@@ -348,8 +348,10 @@ def work(control_fd: int, main: Main) -> int:
     """
     from xen_dm_restrict_plugin.daemon_hook import operations
 
-    preload()
+    # Before the imports: a package replaced while they run makes the
+    # worker stale, not a mix of old and new code.
     fingerprint = code_fingerprint()
+    preload()
     expected = build_id(operations.ACTED_ON)
     with socket.socket(fileno=control_fd) as control:
         _, ancillary, _, _ = control.recvmsg(1, socket.CMSG_SPACE(4))
@@ -385,15 +387,40 @@ sys.exit(service.worker_entry(%d, %r))"""
 HOOK_MAIN = 'xen_dm_restrict_plugin.cmd.libvirt_hook:main'
 
 
-def _schedule(pid: int, policy: int) -> None:
-    """Put process ``pid`` under the scheduling ``policy`` (priority 0);
-    a host that does not allow it keeps the default policy.
+#: CAP_SYS_NICE's bit in /proc/PID/status's CapEff.
+CAP_SYS_NICE = 23
+
+
+def _can_leave_idle() -> bool:
+    """Whether this process may move a task out of ``SCHED_IDLE`` again
+    (CAP_SYS_NICE): anyone may put a task under it, but without the
+    capability (a unit with a reduced bounding set, a container) the way
+    back fails, and a spare would run its call, and the storage daemon
+    or console relay it starts, at idle priority.
+    """
+    try:
+        with open('/proc/self/status') as handle:
+            for line in handle:
+                if line.startswith('CapEff:'):
+                    return bool(int(line.split()[1], 16) >> CAP_SYS_NICE
+                                & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def _schedule(pid: int, policy: int) -> bool:
+    """Put process ``pid`` under the scheduling ``policy`` (priority 0).
+
+    :returns: whether it is.
     """
     try:
         os.sched_setscheduler(pid, policy, os.sched_param(0))
     except OSError as err:
-        LOG.debug('scheduling policy %d of worker %d not set: %s',
-                  policy, pid, err)
+        LOG.warning('scheduling policy %d of hook worker %d not set: %s',
+                    policy, pid, err)
+        return False
+    return True
 
 
 class Worker:
@@ -421,12 +448,18 @@ class Worker:
         finally:
             theirs.close()
         self.control = ours
-        if spare:
-            _schedule(self.proc.pid, os.SCHED_IDLE)
+        self.idle_policy = spare and _schedule(self.proc.pid,
+                                               os.SCHED_IDLE)
 
     def hand(self, conn: socket.socket) -> bool:
-        """Give the worker ``conn``; False when it is gone."""
-        _schedule(self.proc.pid, os.SCHED_OTHER)
+        """Give the worker ``conn``; False when it is gone, or cannot
+        leave ``SCHED_IDLE`` (then it is killed).
+        """
+        if self.idle_policy and not _schedule(self.proc.pid,
+                                              os.SCHED_OTHER):
+            self.control.close()
+            self.proc.kill()
+            return False
         try:
             self.control.sendmsg([b'c'], [(
                 socket.SOL_SOCKET, socket.SCM_RIGHTS,
@@ -447,13 +480,15 @@ class Service:
     def __init__(self, workers: int = WORKERS, target: str = HOOK_MAIN):
         self.size = max(1, workers)
         self.target = target
+        #: Spares start under SCHED_IDLE only where they can leave it.
+        self.idle_spares = _can_leave_idle()
         self.idle: typing.Deque[Worker] = collections.deque()
         self.busy: typing.List[subprocess.Popen] = []
         self.stale = False
 
     def fill(self) -> None:
         while len(self.idle) < self.size:
-            self.idle.append(Worker(self.target))
+            self.idle.append(Worker(self.target, spare=self.idle_spares))
 
     def reap(self) -> None:
         for proc in list(self.busy):
@@ -489,9 +524,14 @@ class Service:
             worker.proc.wait()
 
     def stop(self) -> None:
+        """End the spare workers (they have served no one): at once,
+        since one still importing under ``SCHED_IDLE`` on a busy host
+        would take long to notice.
+        """
         while self.idle:
             worker = self.idle.popleft()
             worker.control.close()
+            worker.proc.kill()
             worker.proc.wait()
 
     def serve(self, listener: socket.socket) -> int:
@@ -520,6 +560,9 @@ class Service:
                 if not self.busy:
                     self.fill()
         finally:
+            # Clients then run the Python hook at once, rather than wait
+            # for a service that no longer takes calls.
+            listener.close()
             self.stop()
         LOG.warning('the plugin changed on disk: the hook service exits '
                     'to be restarted with the new code')
