@@ -236,7 +236,8 @@ from xen_dm_restrict_plugin.daemon_hook import service
 from xen_dm_restrict_plugin.launcher import service as launch_service
 listener = launch_service.listen(sys.argv[1])
 print('ready', flush=True)
-service.Service(2, 'xdr_probe:main').serve(listener)
+service.Service(2, 'xdr_probe:main',
+                *[float(x) for x in sys.argv[3:]]).serve(listener)
 """
 
 
@@ -297,6 +298,50 @@ def test_each_call_is_a_fresh_process_with_the_callers_attributes(
         spare = _wait_for_spares(server.pid)
         assert [os.sched_getscheduler(pid) for pid in spare] == [
             os.SCHED_IDLE if sys_nice else os.SCHED_OTHER] * 2
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_spent_workers_are_replaced_when_calls_pause_or_none_is_left(
+        env, tmp_path):
+    """A start's calls come seconds apart: while a spare is left, the
+    worker a call spent is replaced only after a pause (here 60 s, so
+    never during the test); once none is left, at once.
+    """
+    probe_dir = tmp_path / 'probe'
+    probe_dir.mkdir()
+    (probe_dir / 'xdr_probe.py').write_text(PROBE)
+    path = os.path.join(env.tmp, 'refill.sock')
+    server = subprocess.Popen(
+        [sys.executable, '-c', SERVE_PROBE, path, str(probe_dir), '60'],
+        stdout=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=hostenv.ROOT))
+    try:
+        assert server.stdout.readline() == b'ready\n'
+        client = _client(env.tmp, python=hostenv.NO_FALLBACK)
+        first = _wait_for_spares(server.pid)
+
+        def call():
+            proc = subprocess.run(
+                [client, 'vm', 'prepare', 'begin', '-'], input=b'<domain/>',
+                capture_output=True, timeout=60,
+                env={hook_service.SOCKET_ENV: path,
+                     'PATH': os.environ['PATH']})
+            assert proc.returncode == 7, proc.stderr
+            return int(proc.stderr.split()[0])
+
+        served = call()
+        assert served in first
+        left = [pid for pid in first if pid != served]
+        # The other spare, and no replacement yet.
+        assert _wait_for_spares(server.pid, 1) == left
+        time.sleep(2)
+        assert _wait_for_spares(server.pid, 1) == left
+        assert call() == left[0]
+        # No spare left: two new ones at once.
+        again = _wait_for_spares(server.pid)
+        assert not set(again) & set(first)
     finally:
         server.kill()
         server.wait()

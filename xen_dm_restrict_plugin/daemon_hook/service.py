@@ -49,6 +49,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 import traceback
 import typing
 
@@ -74,6 +75,11 @@ MAX_REQUEST = 1 << 20
 CLIENT_TIMEOUT = 30.0
 #: Workers kept ready.
 WORKERS = 2
+#: Seconds without a call before spent workers are replaced, while a
+#: spare is left: libvirtd's calls of one start (``prepare begin``, then
+#: ``started begin`` once the device model runs) come seconds apart,
+#: and a replacement's start would take CPU from the domain's.
+REFILL_AFTER = 2.0
 #: A worker's exit status when its package changed on disk.
 EXIT_STALE = 75
 #: What a call of the hook imports: loaded by each worker before its call.
@@ -477,9 +483,12 @@ class Service:
     :param target: the ``module:function`` workers run each call with.
     """
 
-    def __init__(self, workers: int = WORKERS, target: str = HOOK_MAIN):
+    def __init__(self, workers: int = WORKERS, target: str = HOOK_MAIN,
+                 refill_after: float = REFILL_AFTER):
         self.size = max(1, workers)
         self.target = target
+        self.refill_after = refill_after
+        self.last_call = 0.0
         #: Spares start under SCHED_IDLE only where they can leave it.
         self.idle_spares = _can_leave_idle()
         self.idle: typing.Deque[Worker] = collections.deque()
@@ -551,13 +560,15 @@ class Service:
                 except socket.timeout:
                     conn = None
                 if conn is not None:
+                    self.last_call = time.monotonic()
                     with conn:
                         try:
                             self.handle(conn)
                         except OSError as err:
                             LOG.warning('hook call not served: %s', err)
                 self.reap()
-                if not self.busy:
+                if not self.busy and (not self.idle or time.monotonic()
+                                      - self.last_call >= self.refill_after):
                     self.fill()
         finally:
             # Clients then run the Python hook at once, rather than wait
