@@ -167,25 +167,41 @@ def parse(data: typing.Union[bytes, str], max_bytes: int,
     return Domain(root, stubdom_emulators)
 
 
-#: ``<xen:commandline>`` elements holding N ``<xen:arg value=''/>``, by
-#: N, made once: lxml checks every name of an element it creates, which a
-#: copy skips.  A domain's own arguments may make any N; a few are kept.
-_COMMANDLINES: typing.Dict[int, etree._Element] = {}
-_KEPT_COMMANDLINES = 32
+#: Elements made once per (kind, N) and copied for each use: lxml checks
+#: every name of an element it creates, which a copy skips.  A domain's
+#: own arguments may make any N; only small ones are kept.
+_TEMPLATES: typing.Dict[typing.Tuple[str, int], etree._Element] = {}
+_KEPT_TEMPLATES = 32
+
+
+def copy_of(kind: str, count: int,
+            build: typing.Callable[[int], etree._Element]
+            ) -> etree._Element:
+    """A copy of ``build(count)``, which is called once per ``kind`` and
+    ``count`` (up to :data:`_KEPT_TEMPLATES`) and must not be changed.
+    """
+    prototype = _TEMPLATES.get((kind, count))
+    if prototype is None:
+        prototype = build(count)
+        if count <= _KEPT_TEMPLATES:
+            _TEMPLATES[(kind, count)] = prototype
+    return copy.deepcopy(prototype)
+
+
+def _empty_commandline(count: int) -> etree._Element:
+    """``<xen:commandline>`` (declaring ``xen``) with ``count`` empty
+    ``<xen:arg value=''/>``.
+    """
+    made = etree.Element('%scommandline' % XEN, nsmap={'xen': XEN_NS})
+    for _ in range(count):
+        etree.SubElement(made, '%sarg' % XEN, value='')
+    return made
 
 
 def _commandline(values: typing.Sequence[str]) -> etree._Element:
     """A new ``<xen:commandline>`` (declaring ``xen``) holding ``values``.
     """
-    prototype = _COMMANDLINES.get(len(values))
-    if prototype is None:
-        prototype = etree.Element('%scommandline' % XEN,
-                                  nsmap={'xen': XEN_NS})
-        for _ in values:
-            etree.SubElement(prototype, '%sarg' % XEN, value='')
-        if len(values) <= _KEPT_COMMANDLINES:
-            _COMMANDLINES[len(values)] = prototype
-    made = copy.deepcopy(prototype)
+    made = copy_of('commandline', len(values), _empty_commandline)
     for node, value in zip(made, values):
         node.set('value', value)
     return made

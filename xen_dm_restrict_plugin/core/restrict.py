@@ -10,7 +10,6 @@ running the hook on its own output changes nothing, and lets the host
 side and reconcile find a domain's uid without the lease database.
 """
 
-import copy
 import dataclasses
 import typing
 
@@ -106,23 +105,13 @@ def canonical_args(record: Record) -> typing.List[typing.List[str]]:
     return found
 
 
-#: Records of N arguments, by N, copied for each record: lxml checks
-#: every name of an element it creates, which a copy skips.  A domain's
-#: own arguments may make any N; a few are kept.
-_RECORDS: typing.Dict[int, etree._Element] = {}
-_KEPT_RECORDS = 32
-
-
-def _template(count: int) -> etree._Element:
-    record = _RECORDS.get(count)
-    if record is None:
-        record = etree.Element(RECORD_TAG, nsmap={META_PREFIX: META_NS})
-        for tag in ('tenant', 'uid', 'gid', 'chroot', 'sandbox', 'args'):
-            etree.SubElement(record, META + tag)
-        for _ in range(count):
-            etree.SubElement(record[-1], META + 'arg', value='')
-        if count <= _KEPT_RECORDS:
-            _RECORDS[count] = record
+def _empty_record(count: int) -> etree._Element:
+    """A record with empty fields and ``count`` empty arguments."""
+    record = etree.Element(RECORD_TAG, nsmap={META_PREFIX: META_NS})
+    for tag in ('tenant', 'uid', 'gid', 'chroot', 'sandbox', 'args'):
+        etree.SubElement(record, META + tag)
+    for _ in range(count):
+        etree.SubElement(record[-1], META + 'arg', value='')
     return record
 
 
@@ -135,7 +124,7 @@ def to_element(restriction: Restriction,
     """
     if args is None:
         args = restriction.args()
-    record = copy.deepcopy(_template(len(args)))
+    record = domain_mod.copy_of('record', len(args), _empty_record)
     tenant, uid, gid, chroot, sandbox, listed = record
     tenant.text = restriction.tenant
     uid.text = str(restriction.uid)
