@@ -269,7 +269,9 @@ def compile_front(fallback: str) -> bytes:
         '-DXDR_FALLBACK=%s' % _c_string(fallback),
         '-DXDR_SOCKET=%s' % _c_string(launch_settings.DEFAULT_SOCKET)],
         '--python-only for the slower Python launcher',
-        '#define XDR_HELP %s\n' % _c_literal(usage.HELP))
+        '#define XDR_HELP %s\n#define XDR_HELP_ARGS %s\n' % (
+            _c_literal(usage.HELP),
+            ', '.join(_c_literal(arg) for arg in usage.HELP_ARGS)))
 
 
 def compile_hook(python: str, program: str,

@@ -32,8 +32,6 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_REFUSED = 2
 
-HELP = usage.HELP
-
 
 def load_settings():
     """The launcher's settings: the snapshot if current, else the full
@@ -63,7 +61,7 @@ def load_settings():
 def main(argv=None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) == 1 and args[0] in usage.HELP_ARGS:
-        sys.stdout.write(HELP)
+        sys.stdout.write(usage.HELP)
         return EXIT_OK
     try:
         settings = load_settings()

@@ -23,11 +23,12 @@
  * checks and applies everything itself: slower, never less strict.
  *
  * "--help" and libvirt's "-help" probe are answered without the
- * service or QEMU: XDR_HELP is the Python launcher's HELP text.
+ * service or QEMU: XDR_HELP and XDR_HELP_ARGS are the Python launcher's
+ * HELP and HELP_ARGS.
  *
  * Built by "xen-dm-restrict install-launcher" with the system compiler:
  *   cc -O2 -DXDR_FALLBACK='"PATH.py"' -include generated.h -o PATH front.c
- * (generated.h defines XDR_HELP)
+ * (generated.h defines XDR_HELP and XDR_HELP_ARGS)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -52,8 +53,8 @@
 #ifndef XDR_FALLBACK
 #error "XDR_FALLBACK (the Python launcher's path) must be defined"
 #endif
-#ifndef XDR_HELP
-#error "XDR_HELP (the launcher's --help text) must be defined"
+#if !defined(XDR_HELP) || !defined(XDR_HELP_ARGS)
+#error "XDR_HELP and XDR_HELP_ARGS (launcher/usage.py) must be defined"
 #endif
 #ifndef XDR_SOCKET
 #define XDR_SOCKET "/run/xen-dm-restrict/launcher.sock"
@@ -138,6 +139,20 @@ static int write_all(int fd, const char *buf, size_t len)
         len -= (size_t)done;
     }
     return 1;
+}
+
+/* libvirt's probe of the emulator ("-help", twice per start) or a
+ * person's "--help": answered here, with the Python launcher's HELP and
+ * HELP_ARGS (launcher/usage.py), compiled in. */
+static int is_help(const char *arg)
+{
+    static const char *const help_args[] = { XDR_HELP_ARGS };
+    size_t i;
+
+    for (i = 0; i < sizeof(help_args) / sizeof(help_args[0]); i++)
+        if (strcmp(arg, help_args[i]) == 0)
+            return 1;
+    return 0;
 }
 
 static uint32_t u32(const unsigned char *p)
@@ -519,10 +534,7 @@ int main(int argc, char **argv)
     size_t len = 0;
     int sock;
 
-    /* libvirt's probe of the emulator, twice per start: answered here,
-     * with the Python launcher's HELP, compiled in. */
-    if (argc == 2 && (strcmp(argv[1], "--help") == 0 ||
-                      strcmp(argv[1], "-help") == 0))
+    if (argc == 2 && is_help(argv[1]))
         _exit(write_all(1, XDR_HELP, sizeof(XDR_HELP) - 1) ? 0 : 1);
     sock = connect_service();
     if (sock < 0)

@@ -40,8 +40,8 @@ def help_text(words) -> str:
         from xen_dm_restrict_plugin.cmd import libvirt_hook
         return libvirt_hook.build_parser().format_help()
     if program == 'xen-dm-restrict-launch':
-        from xen_dm_restrict_plugin.cmd import launch
-        return launch.HELP
+        from xen_dm_restrict_plugin.launcher import usage
+        return usage.HELP
     if program == 'xen-dm-restrict-launch-service':
         from xen_dm_restrict_plugin.cmd import launch_service
         return launch_service.build_parser().format_help()
