@@ -555,9 +555,12 @@ def read_guest(name, dom_id, marker, timeout=400, whole=False):
 
     :returns: (found, text, domain id of the run that was read).
     """
-    pty = pty_of(name)
-    found, text = (read_pty(pty, marker, timeout, whole=whole) if pty
-                   else (False, 'no pty'))
+    def read():
+        pty = pty_of(name)
+        return (read_pty(pty, marker, timeout, whole=whole) if pty
+                else (False, 'no pty'))
+
+    found, text = read()
     fault = None if found else triple_fault(dom_id)
     if not fault:
         return found, text, dom_id
@@ -570,9 +573,7 @@ def read_guest(name, dom_id, marker, timeout=400, whole=False):
     if r.rc != 0 or new_id is None:
         return False, '%s; the second start: %s' % (
             first_line(text), first_line(r.text)), dom_id
-    pty = pty_of(name)
-    found, text = (read_pty(pty, marker, timeout, whole=whole) if pty
-                   else (False, 'no pty'))
+    found, text = read()
     return found, text, new_id
 
 
