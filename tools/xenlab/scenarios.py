@@ -493,7 +493,11 @@ def read_pty(path, marker, timeout, whole=False):
 
     The text is the marker's line, or everything read with ``whole``.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        # The guest's domain, and with it its pty, went first (run 26).
+        return False, '%s is gone' % path
     try:
         try:
             tty.setraw(fd)
@@ -653,24 +657,30 @@ def halting_boot_sector(path):
     """Make ``path``'s first sector a boot sector that halts the guest.
 
     SeaBIOS tries the hard disk before a NIC's option ROM: a firmware-only
-    guest with a NIC and a blank disk otherwise runs iPXE, whose real-mode
-    code is where run 24's guest triple-faulted under the emulation. The
-    sector writes XENLAB-MBR-HALT to Xen's debug port 0xe9 (handled by
-    Xen: it shows in ``xl dmesg`` as the guest's line) and halts.
+    guest with a NIC and a blank disk otherwise runs iPXE (run 24's guest
+    triple-faulted there under the emulation). The sector writes
+    XENLAB-MBR-HALT to Xen's debug port 0xe9 (Xen's own: ``xl dmesg``
+    shows it as the guest's line), masks both PICs and halts with
+    interrupts enabled, so the vCPU blocks for good. Xen takes a HLT with
+    interrupts disabled for a power-off (``hvm_hlt``; run 26).
     """
     code = bytes.fromhex(
         'fa'          # cli
         '31c0'        # xor ax, ax
         '8ed8'        # mov ds, ax
-        'be167c'      # mov si, 0x7c16 (the text below)
+        'be1d7c'      # mov si, 0x7c1d (the text below)
         'bae900'      # mov dx, 0xe9
         'ac'          # 0x0b: lodsb
         '84c0'        # test al, al
         '7403'        # jz 0x13
         'ee'          # out dx, al
         'ebf8'        # jmp 0x0b
-        'f4'          # 0x13: hlt
-        'ebfd'        # jmp 0x13
+        'b0ff'        # 0x13: mov al, 0xff
+        'e621'        # out 0x21, al (master PIC: all masked)
+        'e6a1'        # out 0xa1, al (slave PIC)
+        'fb'          # sti
+        'f4'          # 0x1a: hlt
+        'ebfd'        # jmp 0x1a
     ) + b'XENLAB-MBR-HALT\n\0'
     sector = code.ljust(510, b'\0') + b'\x55\xaa'
     with open(path, 'r+b') as disk:
