@@ -242,10 +242,11 @@ def scenario(sid, title, timeout=SCENARIO_TIMEOUT):
     """A scenario: its checks, and a watchdog.
 
     The watchdog fails it, naming the step that hung, rather than lose
-    the rest of the run.
+    the rest of the run. A scenario that failed while a guest
+    triple-faulted runs once more (:func:`faults_since`).
     """
     def wrap(fn):
-        def call(*a):
+        def attempt(*a):
             s = Scenario(sid, title)
             STEP.update(sid=sid, cmd=None, t0=time.monotonic())
             old = signal.signal(signal.SIGALRM, _watchdog)
@@ -261,9 +262,58 @@ def scenario(sid, title, timeout=SCENARIO_TIMEOUT):
                 signal.alarm(0)
                 signal.signal(signal.SIGALRM, old)
                 STEP.update(sid='-', cmd=None)
+            return s
+
+        def call(*a):
+            before = triple_faults()
+            domains = set(virsh('list', '--all', '--name').out.split())
+            s = attempt(*a)
+            faults = [] if s.ok else faults_since(before)
+            if faults:
+                emit('XENLAB-EMULATION %s failed while a guest triple-'
+                     'faulted (%s); its checks above are discarded and it '
+                     'runs once more' % (sid, ' | '.join(faults)))
+                STATE.setdefault('triple_faults', []).append(sid)
+                undefine_new(domains)
+                s = attempt(*a)
             return s.done()
         return call
     return wrap
+
+
+def triple_faults():
+    """Xen's "Triple fault" lines, as ``xl dmesg`` has them now."""
+    return [line.strip() for line in run(['xl', 'dmesg']).out.splitlines()
+            if re.search(r'\bd\d+v\d+ Triple fault', line)]
+
+
+def faults_since(before):
+    """The triple faults since ``before``.
+
+    LAB-ONLY WORKAROUND (guest triple fault). Any guest may meet the
+    emulation's fault (:func:`restart_after_fault`), firmware included:
+    run 26's guest died in SeaBIOS with Xen's own CS and RIP
+    (e008:ffff82d0...) and stack in its register state. A scenario that
+    failed while one happened is run again, once, from a clean slate
+    (:func:`undefine_new`).
+    """
+    seen = set(before)
+    return [line for line in triple_faults() if line not in seen]
+
+
+def undefine_new(domains):
+    """Destroy and undefine the domains not in ``domains``.
+
+    Through the library, as the orchestrator does: their leases go.
+    """
+    for name in virsh('list', '--all', '--name').out.split():
+        if name in domains:
+            continue
+        uuid = virsh('domuuid', name).out.strip()
+        virsh('destroy', name)
+        r = library('undefine', uuid)
+        if r.rc != 0:
+            virsh('undefine', name)
 
 
 # --- domains ---------------------------------------------------------------
@@ -2166,7 +2216,7 @@ def main():
     crash_probe()
     crash_evidence()
     emit('XENLAB-FACT guest triple faults under emulation (each guest '
-         'started once more): %d %s' % (
+         'started, or its scenario run, once more): %d %s' % (
              len(STATE.get('triple_faults', [])),
              ' '.join(STATE.get('triple_faults', []))))
     j = run(['journalctl', '--no-pager', '-b'])
