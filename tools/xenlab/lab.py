@@ -57,15 +57,10 @@ IMAGE_INPUTS = ('build-dom0.sh', 'packages.txt', 'dom0-entry.sh')
 # Bumped by hand when the image recipe changes outside IMAGE_INPUTS.
 IMAGE_FORMAT = '1'
 IMAGE_SIZE = '4G'
-# Host packages the lab itself needs (installed when missing).
-HOST_TOOLS = {
-    'qemu-system-x86_64': 'qemu-system-x86',
-    'qemu-img': 'qemu-utils',
-    'debootstrap': 'debootstrap',
-    'mkfs.ext4': 'e2fsprogs',
-    'debugfs': 'e2fsprogs',
-    'unshare': 'util-linux',
-}
+# Host tools the lab itself needs; bindep.txt's profile "xenlab" has
+# their packages (tools/install-deps.sh xenlab installs them).
+HOST_TOOLS = ('qemu-system-x86_64', 'qemu-img', 'debootstrap', 'mkfs.ext4',
+              'debugfs', 'unshare')
 # The scenarios the runner must report; a missing one is a failure.
 SCENARIOS = ('1-start', '2-refuse', '3-lifecycle', '4-refused-ops',
              '5-xl-anchor', '6-isolation', '7-storage', '8-ovs', 'bench')
@@ -125,13 +120,11 @@ def sh(cmd, **kw):
     return subprocess.run(cmd, check=True, **kw)
 
 
-def ensure_host_tools():
-    missing = sorted({pkg for tool, pkg in HOST_TOOLS.items()
-                      if shutil.which(tool) is None
-                      and not os.path.exists('/usr/sbin/' + tool)})
-    if missing:
-        sh(['apt-get', 'install', '-y', '-q', '--no-install-recommends']
-           + missing, env=dict(os.environ, DEBIAN_FRONTEND='noninteractive'))
+def missing_host_tools():
+    """The lab's host tools that are not installed."""
+    return [tool for tool in HOST_TOOLS
+            if shutil.which(tool) is None
+            and not os.path.exists('/usr/sbin/' + tool)]
 
 
 def host_mirror():
@@ -413,7 +406,12 @@ def main(argv=None):
     t_all = time.monotonic()
     work = os.path.abspath(args.work)
     os.makedirs(work, exist_ok=True)
-    ensure_host_tools()
+    missing = missing_host_tools()
+    if missing:
+        print('xenlab: ERROR: %s not found; install the lab\'s host '
+              'packages first: tools/install-deps.sh xenlab'
+              % ', '.join(missing))
+        return 2
     img, build_s, cached = build_image(work, args.rebuild)
     if args.build_only:
         return 0
