@@ -8,7 +8,9 @@ scratch configuration's path, which a host has at the default place),
 for ``prepare begin`` of a restricted domain of a leased uid (the whole
 check, the chroot, the reap as a real reaper user), for an operation the
 hook ignores (``start begin``), and for ``started begin`` of a domain
-without a VNC console (nothing to relay).  ``prepare begin`` is timed
+whose VNC console is not relayed (the worker looks and has nothing to
+do) and of one without a graphics element (the compiled client does not
+hand it on).  ``prepare begin`` is timed
 with a current settings snapshot, and (every fifth call) without one:
 the first call after the configuration changed loads it in full and
 writes the snapshot again.  The snapshot is the scratch one (the
@@ -137,6 +139,10 @@ def run(workdir: str, calls: int) -> typing.Dict[str, typing.Any]:
         with _environ(env), contextlib.redirect_stdout(None):
             host.install_hook(argparse.Namespace(path=path))
         data = xml.encode()
+        parsed = domain_mod.parse(data, 1 << 20)
+        for node in parsed.root.findall('devices/graphics'):
+            node.getparent().remove(node)
+        bare = parsed.to_bytes()
         name = 'bench-hook'
         prepare = [path, name, 'prepare', 'begin', '-']
         from xen_dm_restrict_plugin.daemon_hook import operations
@@ -154,7 +160,7 @@ def run(workdir: str, calls: int) -> typing.Dict[str, typing.Any]:
             dict(os.environ, **env), socket_path)
         _timed(prepare, data, env)
         _timed(ignored, data, env)
-        prepared, skipped, refreshed, after = [], [], [], []
+        prepared, skipped, refreshed, after, after_bare = [], [], [], [], []
         for n in range(calls):
             # One domain start at a time, as libvirtd's calls come: the
             # service has its workers ready again (a burst of more calls
@@ -164,6 +170,7 @@ def run(workdir: str, calls: int) -> typing.Dict[str, typing.Any]:
             skipped.append(_timed(ignored, data, env))
             time.sleep(SPACING)
             after.append(_timed(started, data, env))
+            after_bare.append(_timed(started, bare, env))
             if n % 5 == 0:
                 # The first call after the configuration changed: the
                 # whole configuration is loaded, and the snapshot written.
@@ -187,4 +194,5 @@ def run(workdir: str, calls: int) -> typing.Dict[str, typing.Any]:
             'prepare_without_snapshot': common.summary(refreshed),
             'prepare_without_service': common.summary(python),
             'ignored': common.summary(skipped),
-            'started': common.summary(after)}
+            'started': common.summary(after),
+            'started_without_graphics': common.summary(after_bare)}

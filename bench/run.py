@@ -227,6 +227,9 @@ def report_hook(report: Report, result: dict) -> None:
     if 'started' in result:
         report.row('started begin, no VNC console to relay',
                    _ms(result['started']))
+    if 'started_without_graphics' in result:
+        report.row('started begin, no graphics (not handed on)',
+                   _ms(result['started_without_graphics']))
 
 
 def report_xen(report: Report, result: dict) -> None:

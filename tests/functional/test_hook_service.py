@@ -70,6 +70,42 @@ def test_ignored_operations_neither_read_stdin_nor_ask(env):
             proc.stdin.close()
 
 
+def test_started_begin_is_handed_on_only_for_a_console(env):
+    """``started begin`` only relays a VNC console: without a graphics
+    element the client reads the XML and exits 0 without asking anyone;
+    with one, the worker (here the Python hook, no service running) gets
+    the whole XML on its stdin, however the pipe cut it.
+    """
+    client = _client(env.tmp, python=hostenv.NO_FALLBACK)
+    missing = os.path.join(env.tmp, 'no-service.sock')
+    plain = base.edit(base.fixture('hvm.xml'), lambda root: root.find(
+        'devices').remove(root.find('devices/graphics'))).encode()
+    assert b'<graphics' not in plain
+    big = plain.replace(b'</domain>', b'<!--%s--></domain>' % (
+        b'x' * 200000))
+    for xml in (plain, big):
+        proc = subprocess.run([client, 'vm', 'started', 'begin', '-'],
+                              input=xml, capture_output=True, timeout=30,
+                              env={hook_service.SOCKET_ENV: missing})
+        assert (proc.returncode, proc.stderr) == (0, b'')
+    # The Python hook is asked, and reads what libvirtd wrote.
+    dump = os.path.join(env.tmp, 'stdin-dump')
+    python = os.path.join(env.tmp, 'python-dump')
+    with open(python, 'w') as script:
+        script.write('#!/bin/sh\ncat > %s\nexit 3\n' % dump)
+    os.chmod(python, 0o755)
+    client = _client(env.tmp, python=python)
+    for cut in (0, 65536 - 4, 65536 + 1, 200000):
+        xml = big.replace(b'<devices>', b'<devices>' + b' ' * cut +
+                          b"<graphics type='vnc' port='5900'/>", 1)
+        proc = subprocess.run([client, 'vm', 'started', 'begin', '-'],
+                              input=xml, capture_output=True, timeout=30,
+                              env={hook_service.SOCKET_ENV: missing})
+        assert proc.returncode == 3, proc.stderr
+        with open(dump, 'rb') as handle:
+            assert handle.read() == xml
+
+
 def _wait_for_spares(server_pid: int, count: int = 2) -> list:
     """The pids of ``count`` spare workers of the service, once each
     waits for a call (it imported the hook's modules): spares start

@@ -288,6 +288,7 @@ def compile_hook(python: str, program: str,
     :returns: the executable's bytes.
     :raises CapabilityMissing: there is no compiler, or it failed.
     """
+    from xen_dm_restrict_plugin.daemon_hook import operations
     from xen_dm_restrict_plugin.daemon_hook import service as hook_service
 
     defines = [
@@ -295,6 +296,10 @@ def compile_hook(python: str, program: str,
         ('XDR_PROGRAM', _c_literal(program)),
         ('XDR_SOCKET', _c_literal(hook_service.DEFAULT_SOCKET)),
         ('XDR_ACTED', ', '.join(_c_literal(' '.join(op)) for op in acted)),
+        ('XDR_ONLY_WITH', ', '.join(
+            '%s, %s' % (_c_literal(' '.join(op)), _c_literal(text))
+            for op, text in operations.ACTED_ON_ONLY_WITH.items()
+            if op in acted) or 'NULL'),
         ('XDR_BUILD', _c_literal(hook_service.build_id(acted).decode()))]
     if timeout_ms:
         defines.append(('HOOK_TIMEOUT_MS', str(int(timeout_ms))))

@@ -25,9 +25,15 @@
  * a worker that ends without an answer is an error (exit 1), and
  * libvirtd refuses the start.
  *
+ * An operation the hook acts on only when the XML holds a text
+ * (XDR_ONLY_WITH: operation, text, ...; daemon_hook/operations.py says
+ * why) is read here first, into a memfd that then stands in for stdin;
+ * without the text the client exits 0.
+ *
  * Built by "xen-dm-restrict install-hook" with the system compiler and a
  * generated header defining XDR_PYTHON, XDR_PROGRAM, XDR_SOCKET,
- * XDR_ACTED and XDR_BUILD (the build id the service checks).
+ * XDR_ACTED, XDR_ONLY_WITH and XDR_BUILD (the build id the service
+ * checks).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -38,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -45,8 +52,9 @@
 #include <unistd.h>
 
 #if !defined(XDR_PYTHON) || !defined(XDR_PROGRAM) || !defined(XDR_ACTED) \
-    || !defined(XDR_BUILD)
-#error "XDR_PYTHON, XDR_PROGRAM, XDR_ACTED and XDR_BUILD must be defined"
+    || !defined(XDR_ONLY_WITH) || !defined(XDR_BUILD)
+#error "XDR_PYTHON, XDR_PROGRAM, XDR_ACTED, XDR_ONLY_WITH and XDR_BUILD \
+must be defined"
 #endif
 #ifndef XDR_SOCKET
 #define XDR_SOCKET "/run/xen-dm-restrict/hook.sock"
@@ -64,6 +72,7 @@
 extern char **environ;
 
 static const char *const acted[] = { XDR_ACTED, NULL };
+static const char *const only_with[] = { XDR_ONLY_WITH, NULL, NULL };
 
 static int acted_on(int argc, char **argv)
 {
@@ -78,6 +87,74 @@ static int acted_on(int argc, char **argv)
             return 1;
     }
     return 0;
+}
+
+/* The text this call is acted on only with, or NULL (always). */
+static const char *needed_text(int argc, char **argv)
+{
+    size_t i, len;
+
+    if (argc < 4)
+        return NULL;
+    len = strlen(argv[2]);
+    for (i = 0; only_with[i]; i += 2)
+        if (strncmp(only_with[i], argv[2], len) == 0
+                && only_with[i][len] == ' '
+                && strcmp(only_with[i] + len + 1, argv[3]) == 0)
+            return only_with[i + 1];
+    return NULL;
+}
+
+/*
+ * Copy stdin whole into a memfd, looking for text on the way.  Returns
+ * the memfd at offset 0 when the text is there, -2 when it is not, -1
+ * on an error (stdin is then partly read: the call cannot be handed on).
+ */
+static int copy_stdin_if(const char *text)
+{
+    static char buf[65536 + 256];
+    size_t keep = strlen(text) - 1, carry = 0;
+    ssize_t got, put_now, done;
+    int fd, found = 0;
+
+    if (keep >= 256)
+        return -1;
+    fd = memfd_create("xdr-hook-xml", MFD_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    for (;;) {
+        got = read(0, buf + carry, sizeof(buf) - carry);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0)
+            goto fail;
+        if (got == 0)
+            break;
+        for (done = 0; done < got; done += put_now) {
+            put_now = write(fd, buf + carry + done, (size_t)(got - done));
+            if (put_now < 0 && errno == EINTR)
+                put_now = 0;
+            else if (put_now <= 0)
+                goto fail;
+        }
+        if (!found && memmem(buf, carry + (size_t)got, text, keep + 1))
+            found = 1;
+        carry += (size_t)got;
+        if (carry > keep) {
+            memmove(buf, buf + carry - keep, keep);
+            carry = keep;
+        }
+    }
+    if (!found) {
+        close(fd);
+        return -2;
+    }
+    if (lseek(fd, 0, SEEK_SET) < 0)
+        goto fail;
+    return fd;
+fail:
+    close(fd);
+    return -1;
 }
 
 static void fallback(char **argv, int argc)
@@ -253,13 +330,26 @@ static int ask(int sock, int argc, char **argv)
 int main(int argc, char **argv)
 {
     unsigned char reply[8];
+    const char *text;
     ssize_t got;
-    int sock;
+    int sock, xml;
 
     if (!acted_on(argc, argv))
         return 0;
     if (argc < 4)
         fallback(argv, argc);
+    text = needed_text(argc, argv);
+    if (text) {
+        xml = copy_stdin_if(text);
+        if (xml == -2)
+            return 0;
+        if (xml < 0 || dup2(xml, 0) < 0) {
+            dprintf(2, "%s: error: cannot read the domain XML: %s\n", PROG,
+                    strerror(errno));
+            return 1;
+        }
+        close(xml);
+    }
     sock = connect_service();
     if (sock < 0 || ask(sock, argc, argv) < 0)
         fallback(argv, argc);
