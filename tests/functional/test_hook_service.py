@@ -95,9 +95,18 @@ def test_started_begin_is_handed_on_only_for_a_console(env):
         script.write('#!/bin/sh\ncat > %s\nexit 3\n' % dump)
     os.chmod(python, 0o755)
     client = _client(env.tmp, python=python)
-    for cut in (0, 65536 - 4, 65536 + 1, 200000):
-        xml = big.replace(b'<devices>', b'<devices>' + b' ' * cut +
-                          b"<graphics type='vnc' port='5900'/>", 1)
+    text = plain.decode()
+    handed_on = [
+        big.replace(b'<devices>', b'<devices>' + b' ' * cut +
+                    b"<graphics type='vnc' port='5900'/>", 1)
+        for cut in (0, 65536 - 4, 65536 + 1, 200000)] + [
+        # Other encodings need not hold "<graphics" as ASCII bytes (the
+        # parser would find it in UTF-16): handed on, as is a declared one.
+        text.replace('<devices>', "<devices><graphics type='vnc'/>").encode(
+            'utf-16'),
+        b"<?xml version='1.0' encoding='latin-1'?>" + plain,
+        plain.replace(b'<devices>', b'<devices>\0')]
+    for xml in handed_on:
         proc = subprocess.run([client, 'vm', 'started', 'begin', '-'],
                               input=xml, capture_output=True, timeout=30,
                               env={hook_service.SOCKET_ENV: missing})

@@ -46,6 +46,19 @@ def test_the_build_id_follows_the_operations_handed_on():
         != BUILD
 
 
+def test_the_build_id_follows_when_an_operation_is_handed_on(monkeypatch):
+    # A client installed with another started-begin rule (or none) is
+    # refused by the service and reported by preflight: install-hook
+    # again.
+    assert operations.only_with(operations.ACTED_ON) == [
+        (operations.OP_STARTED, '<graphics')]
+    monkeypatch.setattr(operations, 'ACTED_ON_ONLY_WITH', {})
+    assert service.build_id(operations.ACTED_ON) != BUILD
+    monkeypatch.setattr(operations, 'ACTED_ON_ONLY_WITH',
+                        {operations.OP_STARTED: '<video'})
+    assert service.build_id(operations.ACTED_ON) != BUILD
+
+
 @pytest.mark.parametrize('data', [
     b'',
     b'XDH1' + _request(0, [b'a', b'b', b'c'], [])[4:],

@@ -298,8 +298,7 @@ def compile_hook(python: str, program: str,
         ('XDR_ACTED', ', '.join(_c_literal(' '.join(op)) for op in acted)),
         ('XDR_ONLY_WITH', ', '.join(
             '%s, %s' % (_c_literal(' '.join(op)), _c_literal(text))
-            for op, text in operations.ACTED_ON_ONLY_WITH.items()
-            if op in acted) or 'NULL'),
+            for op, text in operations.only_with(acted)) or 'NULL'),
         ('XDR_BUILD', _c_literal(hook_service.build_id(acted).decode()))]
     if timeout_ms:
         defines.append(('HOOK_TIMEOUT_MS', str(int(timeout_ms))))

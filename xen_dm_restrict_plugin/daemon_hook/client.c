@@ -27,8 +27,8 @@
  *
  * An operation the hook acts on only when the XML holds a text
  * (XDR_ONLY_WITH: operation, text, ...; daemon_hook/operations.py says
- * why) is read here first, into a memfd that then stands in for stdin;
- * without the text the client exits 0.
+ * why) is read here first; without the text the client exits 0, with it
+ * a sealed memfd holding the XML stands in for stdin.
  *
  * Built by "xen-dm-restrict install-hook" with the system compiler and a
  * generated header defining XDR_PYTHON, XDR_PROGRAM, XDR_SOCKET,
@@ -106,54 +106,75 @@ static const char *needed_text(int argc, char **argv)
 }
 
 /*
- * Copy stdin whole into a memfd, looking for text on the way.  Returns
- * the memfd at offset 0 when the text is there, -2 when it is not, -1
- * on an error (stdin is then partly read: the call cannot be handed on).
+ * Read stdin whole.  Without the text, in a UTF-8 document without an
+ * XML declaration (as libvirtd writes them; any other encoding need not
+ * hold the text as ASCII bytes, and is handed on), return -2: nothing to
+ * hand on.  Otherwise return a sealed memfd at offset 0 holding what was
+ * read, to stand in for stdin; -1 on an error (errno set; stdin is then
+ * partly read and the call cannot be handed on).
  */
-static int copy_stdin_if(const char *text)
+static int xml_if(const char *text)
 {
-    static char buf[65536 + 256];
-    size_t keep = strlen(text) - 1, carry = 0;
-    ssize_t got, put_now, done;
-    int fd, found = 0;
+    size_t len = 0, cap = 65536, done;
+    char *buf = malloc(cap), *grown;
+    ssize_t got;
+    int fd = -1, saved;
 
-    if (keep >= 256)
-        return -1;
-    fd = memfd_create("xdr-hook-xml", MFD_CLOEXEC);
-    if (fd < 0)
+    if (!buf)
         return -1;
     for (;;) {
-        got = read(0, buf + carry, sizeof(buf) - carry);
+        if (len == cap) {
+            grown = cap < ((size_t)1 << 30) ? realloc(buf, cap * 2) : NULL;
+            if (!grown) {
+                free(buf);
+                errno = ENOMEM;
+                return -1;
+            }
+            buf = grown;
+            cap *= 2;
+        }
+        got = read(0, buf + len, cap - len);
         if (got < 0 && errno == EINTR)
             continue;
-        if (got < 0)
-            goto fail;
+        if (got < 0) {
+            saved = errno;
+            free(buf);
+            errno = saved;
+            return -1;
+        }
         if (got == 0)
             break;
-        for (done = 0; done < got; done += put_now) {
-            put_now = write(fd, buf + carry + done, (size_t)(got - done));
-            if (put_now < 0 && errno == EINTR)
-                put_now = 0;
-            else if (put_now <= 0)
-                goto fail;
-        }
-        if (!found && memmem(buf, carry + (size_t)got, text, keep + 1))
-            found = 1;
-        carry += (size_t)got;
-        if (carry > keep) {
-            memmove(buf, buf + carry - keep, keep);
-            carry = keep;
-        }
+        len += (size_t)got;
     }
-    if (!found) {
-        close(fd);
+    if (len > 1 && buf[0] == '<' && buf[1] != '?' && !memchr(buf, 0, len)
+            && !memmem(buf, len, text, strlen(text))) {
+        free(buf);
         return -2;
     }
-    if (lseek(fd, 0, SEEK_SET) < 0)
+    fd = memfd_create("xdr-hook-xml", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0)
         goto fail;
+    for (done = 0; done < len; done += (size_t)got) {
+        got = write(fd, buf + done, len - done);
+        if (got < 0 && errno == EINTR)
+            got = 0;
+        else if (got <= 0) {
+            if (got == 0)
+                errno = EIO;
+            goto fail;
+        }
+    }
+    if (lseek(fd, 0, SEEK_SET) < 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL
+            | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) < 0)
+        goto fail;
+    free(buf);
     return fd;
 fail:
-    close(fd);
+    saved = errno;
+    if (fd >= 0)
+        close(fd);
+    free(buf);
+    errno = saved;
     return -1;
 }
 
@@ -340,7 +361,7 @@ int main(int argc, char **argv)
         fallback(argv, argc);
     text = needed_text(argc, argv);
     if (text) {
-        xml = copy_stdin_if(text);
+        xml = xml_if(text);
         if (xml == -2)
             return 0;
         if (xml < 0 || dup2(xml, 0) < 0) {

@@ -21,3 +21,11 @@ ACTED_ON = (OP_PREPARE, OP_STARTED, OP_STOPPED, OP_RELEASE, OP_MIGRATE)
 #: and the compiled client does not hand that call on (in the lab, 0.25
 #: to 0.3 s of every start of a domain without a console).
 ACTED_ON_ONLY_WITH = {OP_STARTED: '<graphics'}
+
+
+def only_with(acted):
+    """The (operation, text) rules of ACTED_ON_ONLY_WITH for ``acted``,
+    in a fixed order (the compiled client's, and its build id's).
+    """
+    return sorted((op, text) for op, text in ACTED_ON_ONLY_WITH.items()
+                  if op in acted)

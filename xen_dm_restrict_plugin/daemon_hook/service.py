@@ -54,6 +54,7 @@ import traceback
 import typing
 
 from xen_dm_restrict_plugin.core import constants
+from xen_dm_restrict_plugin.daemon_hook import operations
 
 Main = typing.Callable[[typing.List[str]], int]
 
@@ -116,11 +117,12 @@ def socket_path() -> str:
 
 def build_id(acted: typing.Sequence[typing.Tuple[str, str]]) -> bytes:
     """What a compiled client and the service must agree on: the
-    operations the client hands on, and the client's source (its
-    protocol).
+    operations the client hands on (and when: operations.only_with), and
+    the client's source (its protocol).
     """
     digest = hashlib.sha256()
     digest.update(repr([' '.join(op) for op in acted]).encode())
+    digest.update(repr(operations.only_with(acted)).encode())
     with open(CLIENT_SOURCE, 'rb') as handle:
         digest.update(handle.read())
     return digest.hexdigest()[:BUILD_ID_BYTES].encode()
