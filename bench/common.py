@@ -9,6 +9,7 @@ straight into the lease database, since taking 32,752 leases one durable
 transaction at a time would only slow the bench down.
 """
 
+import contextlib
 import math
 import os
 import pathlib
@@ -160,3 +161,21 @@ def start_service(module: str, env: dict, socket_path: str
         time.sleep(0.01)
     proc.stderr.close()
     return proc
+
+
+@contextlib.contextmanager
+def environ(values: typing.Dict[str, str]) -> typing.Iterator[None]:
+    """This process's environment with ``values`` set: settings snapshots
+    and probe caches written in process go to the step's scratch
+    directory, never to the host's /run.
+    """
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

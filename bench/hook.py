@@ -54,23 +54,6 @@ def _free_uid(start: int) -> int:
         uid += 1
 
 
-@contextlib.contextmanager
-def _environ(values: typing.Dict[str, str]) -> typing.Iterator[None]:
-    """This process's environment with ``values`` set, for the hook's
-    settings snapshot written in process.
-    """
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def _timed(argv: typing.List[str], xml: bytes, env: dict) -> float:
     start = time.perf_counter()
     proc = subprocess.run(argv, input=xml, env=env, capture_output=True)
@@ -136,7 +119,7 @@ def run(workdir: str, calls: int) -> typing.Dict[str, typing.Any]:
         socket_path = os.path.join(run_dir, 'hook.sock')
         env = {host.CONFIG_ENV: config, launch_settings.PATH_ENV: snapshot,
                hook_service.SOCKET_ENV: socket_path}
-        with _environ(env), contextlib.redirect_stdout(None):
+        with common.environ(env), contextlib.redirect_stdout(None):
             host.install_hook(argparse.Namespace(path=path))
         data = xml.encode()
         parsed = domain_mod.parse(data, 1 << 20)

@@ -376,7 +376,12 @@ def run(workdir: str, starts: int) -> typing.Dict[str, typing.Any]:
     chroot = os.path.join(scratch, 'qemu-root')
     os.mkdir(chroot, 0o000)
     uid = free_uid(common.FIRST_UID + common.TENANTS * common.RANGE_SIZE)
-    extra = restriction_args(binary, uid, chroot)
+    from xen_dm_restrict_plugin.launcher import settings as launch_settings
+
+    # The probe keeps its results beside the settings snapshot.
+    with common.environ({launch_settings.PATH_ENV: os.path.join(
+            scratch, 'settings.marshal')}):
+        extra = restriction_args(binary, uid, chroot)
     sandbox = '-sandbox' in extra
     try:
         version = subprocess.run([binary, '-version'], capture_output=True,
