@@ -74,33 +74,36 @@ extern char **environ;
 static const char *const acted[] = { XDR_ACTED, NULL };
 static const char *const only_with[] = { XDR_ONLY_WITH, NULL, NULL };
 
+/* Whether entry, "OPERATION SUB-OPERATION", names this call (argc >= 4). */
+static int names_call(const char *entry, char **argv)
+{
+    size_t len = strlen(argv[2]);
+
+    return strncmp(entry, argv[2], len) == 0 && entry[len] == ' '
+        && strcmp(entry + len + 1, argv[3]) == 0;
+}
+
 static int acted_on(int argc, char **argv)
 {
-    size_t i, len;
+    size_t i;
 
     if (argc < 4)
         return 1;  /* the Python hook says what is missing */
-    for (i = 0; acted[i]; i++) {
-        len = strlen(argv[2]);
-        if (strncmp(acted[i], argv[2], len) == 0 && acted[i][len] == ' '
-                && strcmp(acted[i] + len + 1, argv[3]) == 0)
+    for (i = 0; acted[i]; i++)
+        if (names_call(acted[i], argv))
             return 1;
-    }
     return 0;
 }
 
 /* The text this call is acted on only with, or NULL (always). */
 static const char *needed_text(int argc, char **argv)
 {
-    size_t i, len;
+    size_t i;
 
     if (argc < 4)
         return NULL;
-    len = strlen(argv[2]);
     for (i = 0; only_with[i]; i += 2)
-        if (strncmp(only_with[i], argv[2], len) == 0
-                && only_with[i][len] == ' '
-                && strcmp(only_with[i] + len + 1, argv[3]) == 0)
+        if (names_call(only_with[i], argv))
             return only_with[i + 1];
     return NULL;
 }

@@ -354,8 +354,6 @@ def work(control_fd: int, main: Main) -> int:
 
     :returns: the worker's exit status.
     """
-    from xen_dm_restrict_plugin.daemon_hook import operations
-
     # Before the imports: a package replaced while they run makes the
     # worker stale, not a mix of old and new code.
     fingerprint = code_fingerprint()
