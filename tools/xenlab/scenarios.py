@@ -590,10 +590,8 @@ def guest_log(dom_id, n=3):
 
 def triple_fault(dom_id):
     """Xen's line about a triple fault of domain ``dom_id``, or None."""
-    for line in run(['xl', 'dmesg']).out.splitlines():
-        if re.search(r'\bd%dv\d+ Triple fault' % dom_id, line):
-            return line.strip()
-    return None
+    return next((line for line in triple_faults()
+                 if re.search(r'\bd%dv\d+ ' % dom_id, line)), None)
 
 
 def restart_after_fault(name, dom_id, before, fault):
@@ -644,63 +642,6 @@ def read_guest(name, dom_id, marker, timeout=400, whole=False):
         return False, '%s; %s' % (first_line(text), why), dom_id
     found, text = read()
     return found, text, new_id
-
-
-class Attempt(object):
-    """A scenario's checks of one run of a guest.
-
-    They are held back until that run is known to count (see
-    :func:`checked_guest`).
-    """
-
-    def __init__(self):
-        self.ok = True
-        self.lines = []
-
-    def check(self, cond, text):
-        self.ok &= bool(cond)
-        self.lines.append((bool(cond), text))
-        return bool(cond)
-
-    def info(self, text):
-        self.lines.append((None, text))
-
-    def replay(self, s):
-        for cond, text in self.lines:
-            if cond is None:
-                s.info(text)
-            else:
-                s.check(cond, text)
-
-
-def checked_guest(s, name, dom_id, checks, settle=5):
-    """Run ``checks(t, dom_id, started)`` on a started guest.
-
-    When a check fails and Xen logged a triple fault of the guest, the
-    checks of that run are reported as discarded, the domain is started
-    once more (:func:`restart_after_fault`) and the checks run again on
-    the new run, whose results count.
-
-    :returns: the domain id of the run the checks count for.
-    """
-    t = Attempt()
-    checks(t, dom_id, time.monotonic() - settle)
-    fault = None if t.ok else triple_fault(dom_id)
-    if not fault:
-        t.replay(s)
-        return dom_id
-    for cond, text in t.lines:
-        if cond is False:
-            emit('XENLAB-EMULATION %s discarded: %s' % (s.sid, text))
-    new_id, why = restart_after_fault(name, dom_id, 'its checks', fault)
-    if not s.check(new_id is not None, '%s: %s' % (name, why or
-                                                   'started once more')):
-        return dom_id
-    time.sleep(settle)
-    t = Attempt()
-    checks(t, new_id, time.monotonic() - settle)
-    t.replay(s)
-    return new_id
 
 
 def halting_boot_sector(path):
@@ -1483,12 +1424,11 @@ def s6_isolation(s):
     if r.rc != 0 or not rec:
         library('undefine', uuid_of(9))
         return
+    started = time.monotonic()
     uid = rec['uid']
     time.sleep(5)
-    d = checked_guest(s, name, rec['id'],
-                      lambda t, d, started: nic_checks(t, name, rec, d,
-                                                       started))
-    want = 'vif%d.0-emu' % d
+    nic_checks(s, name, rec, started)
+    want = 'vif%d.0-emu' % rec['id']
     r = virsh('destroy', name)
     s.check(r.rc == 0, 'nic: destroy exit %d' % r.rc)
     cgroup_gone(s, 'nic', uid)
@@ -1516,8 +1456,9 @@ def s6_isolation(s):
         library('undefine', uuid_of(10))
 
 
-def nic_checks(s, name, rec, d, started):
+def nic_checks(s, name, rec, started):
     """The restricted device model of a guest with a vif: its tap."""
+    d = rec['id']
     pid = dm_pid(d)
     # virsh says "idle" (blocked) while every vCPU halts, here in the
     # disk's halting boot sector.
